@@ -1,0 +1,95 @@
+"""The database schema: numbered migrations and a recorded version.
+
+Rebuildable index data (models, index_runs, neurons, examples, logits, activations,
+tokens) is kept apart from human data (labels), which the indexer never deletes:
+re-indexing a model replaces its index rows and leaves every label in place.
+Labels are append-only; `current_labels` shows the latest row per neuron and source.
+"""
+from __future__ import annotations
+
+import duckdb
+
+from solu.errors import UserError
+
+MIGRATIONS: list[str] = [
+    # 1: the index and labels
+    """
+    CREATE TABLE meta(key VARCHAR PRIMARY KEY, value VARCHAR);
+    CREATE TABLE models(
+        model_id VARCHAR PRIMARY KEY, act_fn VARCHAR, n_layers INTEGER, d_model INTEGER,
+        d_mlp INTEGER, n_heads INTEGER, n_ctx INTEGER, d_vocab INTEGER, n_params BIGINT,
+        eval_loss DOUBLE, tokens_trained BIGINT, source VARCHAR, config JSON, loss_curve JSON);
+    CREATE TABLE index_runs(
+        run_id VARCHAR, model_id VARCHAR, dataset VARCHAR, tokens BIGINT, documents BIGINT,
+        top_k INTEGER, window_before INTEGER, window_after INTEGER, sites VARCHAR[],
+        bands INTEGER, band_kind VARCHAR, samples_per_band INTEGER, random_samples INTEGER,
+        activation_threshold DOUBLE, sample_documents INTEGER, started_at TIMESTAMP,
+        seconds DOUBLE, tokens_per_s DOUBLE, code_version VARCHAR, device VARCHAR);
+    CREATE TABLE neurons(
+        model_id VARCHAR, layer INTEGER, neuron INTEGER, site VARCHAR, is_primary BOOLEAN,
+        max_act FLOAT, min_act FLOAT, mean_act DOUBLE, std_act DOUBLE, kurtosis DOUBLE,
+        frac_active DOUBLE, frac_active_rel DOUBLE, hist_lo FLOAT, hist_hi FLOAT,
+        hist_counts BIGINT[], max_tokens VARCHAR[], max_token_counts INTEGER[],
+        PRIMARY KEY (model_id, layer, neuron, site));
+    CREATE TABLE examples(
+        model_id VARCHAR, layer INTEGER, neuron INTEGER, site VARCHAR, kind VARCHAR,
+        band INTEGER, rank INTEGER, doc_id BIGINT, max_act FLOAT, max_pos INTEGER,
+        start_pos INTEGER, tokens VARCHAR[], acts FLOAT[]);
+    CREATE TABLE logits(
+        model_id VARCHAR, layer INTEGER, neuron INTEGER, sign VARCHAR, rank INTEGER,
+        token VARCHAR, token_id INTEGER, weight FLOAT);
+    CREATE TABLE activations(
+        model_id VARCHAR, layer INTEGER, neuron INTEGER, site VARCHAR, doc_id BIGINT,
+        pos INTEGER, act FLOAT);
+    CREATE TABLE tokens(model_id VARCHAR, doc_id BIGINT, pos INTEGER, token VARCHAR, token_id INTEGER);
+    CREATE TABLE labels(
+        label_id BIGINT, model_id VARCHAR, layer INTEGER,
+        neuron INTEGER, label VARCHAR, note VARCHAR, source VARCHAR, author VARCHAR,
+        score DOUBLE, status VARCHAR, created_at TIMESTAMP DEFAULT current_timestamp);
+    CREATE VIEW current_labels AS
+        SELECT * EXCLUDE (rn) FROM (
+            SELECT *, row_number() OVER (PARTITION BY model_id, layer, neuron, source
+                                         ORDER BY created_at DESC, label_id DESC) AS rn
+            FROM labels) WHERE rn = 1;
+    CREATE VIEW example_tokens AS
+        SELECT model_id, layer, neuron, site, kind, band, rank, doc_id, max_act AS example_max,
+               start_pos + i - 1 AS pos, i - 1 AS window_pos, tokens[i] AS token, acts[i] AS act
+        FROM examples, range(1, len(tokens) + 1) AS r(i);
+    """,
+]
+
+SCHEMA_VERSION = len(MIGRATIONS)
+INDEX_TABLES = ("models", "index_runs", "neurons", "examples", "logits", "activations", "tokens")
+HUMAN_TABLES = ("labels",)
+
+
+def schema_version(con: duckdb.DuckDBPyConnection) -> int:
+    """0 for an empty database; raises UserError for a database that is not ours."""
+    tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
+    if not tables:
+        return 0
+    if "meta" not in tables:
+        raise UserError("this DuckDB file is not a solu index (no meta table)")
+    rows = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
+    if not rows:
+        raise UserError("this DuckDB file is not a solu index (no schema version)")
+    return int(rows[0][0])
+
+
+def check_version(con: duckdb.DuckDBPyConnection) -> int:
+    version = schema_version(con)
+    if version > SCHEMA_VERSION:
+        raise UserError(f"the database has schema version {version}, newer than this solu "
+                        f"({SCHEMA_VERSION}); upgrade solu-neuron-explorer")
+    return version
+
+
+def migrate(con: duckdb.DuckDBPyConnection) -> int:
+    """Bring a writable connection to SCHEMA_VERSION; returns the version it started at."""
+    start = check_version(con)
+    for number in range(start, SCHEMA_VERSION):
+        con.execute("BEGIN")
+        con.execute(MIGRATIONS[number])
+        con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(number + 1)])
+        con.execute("COMMIT")
+    return start

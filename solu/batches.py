@@ -1,0 +1,106 @@
+"""Pack documents into fixed-length token sequences for training and evaluation.
+
+Documents are joined with an end-of-text token and cut into rows of n_ctx tokens.
+Training reads only documents outside the eval split and cycles over the dataset in
+epochs when asked for more tokens than it holds. The stream's position is a small
+state dict, saved with each checkpoint, so a resumed run continues where it stopped.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+from tokenizers import Tokenizer
+
+from solu.corpus import Document, ReadStats, is_eval_document, iter_documents
+from solu.errors import UserError
+from solu.tokenizer import eot_id
+
+ENCODE_BATCH = 64
+
+
+def _encode_docs(tok: Tokenizer, docs: Iterator[Document]) -> Iterator[list[int]]:
+    eot = eot_id(tok)
+    batch: list[str] = []
+    for doc in docs:
+        batch.append(doc.text)
+        if len(batch) == ENCODE_BATCH:
+            for enc in tok.encode_batch(batch, add_special_tokens=False):
+                yield enc.ids + [eot]
+            batch = []
+    for enc in tok.encode_batch(batch, add_special_tokens=False):
+        yield enc.ids + [eot]
+
+
+def training_texts(spec: str, text_column: str, seed: int, max_chars: int) -> Iterator[str]:
+    """Up to max_chars of training text, for fitting a tokenizer."""
+    seen = 0
+    for doc in iter_documents(spec, text_column, seed=seed):
+        if is_eval_document(doc.text):
+            continue
+        yield doc.text
+        seen += len(doc.text)
+        if seen >= max_chars:
+            return
+
+
+def eval_rows(tok: Tokenizer, spec: str, text_column: str, seed: int, n_ctx: int, n_tokens: int) -> torch.Tensor:
+    """The held-out evaluation set: [rows, n_ctx] tokens from eval-split documents."""
+    need = -(-n_tokens // n_ctx) * n_ctx
+    buf: list[int] = []
+    docs = (d for d in iter_documents(spec, text_column, seed=seed) if is_eval_document(d.text))
+    for ids in _encode_docs(tok, docs):
+        buf.extend(ids)
+        if len(buf) >= need:
+            break
+    rows = len(buf) // n_ctx
+    if rows == 0:
+        raise UserError(
+            f"the eval split of {spec!r} holds {len(buf)} tokens, fewer than one context of {n_ctx}; "
+            "use a larger dataset or a smaller --ctx")
+    return torch.tensor(buf[: rows * n_ctx], dtype=torch.long).view(rows, n_ctx)
+
+
+class TrainStream:
+    """Yields [batch, n_ctx] token batches from the training split, resumably."""
+
+    def __init__(self, tok: Tokenizer, spec: str, text_column: str, seed: int,
+                 batch_size: int, n_ctx: int, state: dict | None = None):
+        self.tok, self.spec, self.text_column, self.seed = tok, spec, text_column, seed
+        self.batch_size, self.n_ctx = batch_size, n_ctx
+        state = state or {}
+        self.epoch: int = state.get("epoch", 0)
+        self.docs_done: int = state.get("docs_done", 0)  # documents consumed in this epoch
+        self.buffer: list[int] = list(state.get("buffer", []))
+        self.stats = ReadStats()
+
+    def state(self) -> dict:
+        return {"epoch": self.epoch, "docs_done": self.docs_done, "buffer": list(self.buffer)}
+
+    def _epoch_docs(self) -> Iterator[Document]:
+        skip = self.docs_done
+        for doc in iter_documents(self.spec, self.text_column, self.stats, self.seed):
+            if is_eval_document(doc.text):
+                continue
+            if skip:
+                skip -= 1
+                continue
+            yield doc
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        need = self.batch_size * self.n_ctx
+        while True:
+            produced = False
+            for ids in _encode_docs(self.tok, self._epoch_docs()):
+                self.docs_done += 1
+                self.buffer.extend(ids)
+                while len(self.buffer) >= need:
+                    produced = True
+                    batch, self.buffer = self.buffer[:need], self.buffer[need:]
+                    yield torch.tensor(batch, dtype=torch.long).view(self.batch_size, self.n_ctx)
+            if not produced and self.epoch > 0:
+                raise UserError(
+                    f"dataset {self.spec!r} has too few training tokens for one batch of "
+                    f"{self.batch_size} x {self.n_ctx}; use a smaller --batch-size or --ctx")
+            self.epoch += 1
+            self.docs_done = 0
