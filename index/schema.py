@@ -56,6 +56,22 @@ MIGRATIONS: list[str] = [
                start_pos + i - 1 AS pos, i - 1 AS window_pos, tokens[i] AS token, acts[i] AS act
         FROM examples, range(1, len(tokens) + 1) AS r(i);
     """,
+    # 2: concept scores (rebuilt by `solu autolabel`) and the blinded study (human data)
+    """
+    CREATE TABLE concepts(name VARCHAR PRIMARY KEY, description VARCHAR, pattern VARCHAR,
+        updated_at TIMESTAMP DEFAULT current_timestamp);
+    CREATE TABLE concept_scores(
+        model_id VARCHAR, layer INTEGER, neuron INTEGER, site VARCHAR, concept VARCHAR,
+        auroc DOUBLE, top_share DOUBLE, score DOUBLE, n_recorded BIGINT, n_top INTEGER,
+        PRIMARY KEY (model_id, layer, neuron, site, concept));
+    CREATE TABLE studies(
+        study VARCHAR PRIMARY KEY, models VARCHAR[], per_model INTEGER, seed INTEGER,
+        snippets INTEGER, created_at TIMESTAMP DEFAULT current_timestamp);
+    CREATE TABLE study_answers(
+        answer_id BIGINT, study VARCHAR, rater VARCHAR, model_id VARCHAR, layer INTEGER,
+        neuron INTEGER, site VARCHAR, answer VARCHAR, label VARCHAR, seconds DOUBLE,
+        created_at TIMESTAMP DEFAULT current_timestamp);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
