@@ -1,0 +1,20 @@
+"""The explorer's entry point: it only routes. Run it with `solu app --db FILE`."""
+from pathlib import Path
+
+import streamlit as st
+
+HERE = Path(__file__).parent
+
+st.set_page_config(page_title="SoLU Neuron Explorer", page_icon=":material/neurology:", layout="wide")
+
+pages = [
+    st.Page("views/neurons.py", title="Neurons", icon=":material/table_rows:", url_path="neurons", default=True),
+    st.Page("views/neuron.py", title="Neuron", icon=":material/neurology:", url_path="neuron"),
+    st.Page("views/probe.py", title="Text probe", icon=":material/keyboard:", url_path="probe"),
+    st.Page("views/sql.py", title="SQL", icon=":material/database:", url_path="sql"),
+    st.Page("views/models.py", title="Models", icon=":material/monitoring:", url_path="models"),
+]
+if (HERE / "views" / "study.py").exists():
+    pages.append(st.Page("views/study.py", title="Study", icon=":material/science:", url_path="study"))
+
+st.navigation(pages, position="top").run()

@@ -1,0 +1,55 @@
+"""Run a checkpoint on text and read every neuron site: the text probe's engine.
+
+No Streamlit here; the page caches the loaded model and the results.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from solu.checkpoint import Checkpoint, load_checkpoint
+from solu.model import neuron_sites
+from solu.tokenizer import token_strings
+
+
+@dataclass
+class Probe:
+    tokens: list[str]
+    acts: dict[tuple[int, str], np.ndarray]  # (layer, site) -> [position, neuron]
+    truncated: bool
+
+
+def load(source: str) -> Checkpoint:
+    """The checkpoint a model was indexed from (raises UserError if it is gone or broken)."""
+    return load_checkpoint(source, device="cpu")
+
+
+@torch.inference_mode()
+def probe(ckpt: Checkpoint, text: str) -> Probe:
+    """Every neuron's activation at every token of `text` (cut to the model's context)."""
+    ids = ckpt.tokenizer.encode(text).ids
+    truncated = len(ids) > ckpt.model_cfg.n_ctx
+    ids = ids[:ckpt.model_cfg.n_ctx]
+    sites = neuron_sites(ckpt.model_cfg)
+    if not ids:
+        return Probe([], {(s.layer, s.name): np.zeros((0, ckpt.model_cfg.d_mlp), np.float32) for s in sites}, False)
+    _, cache = ckpt.model.run_with_cache(torch.tensor([ids]), names_filter=[s.hook for s in sites])
+    acts = {(s.layer, s.name): cache[s.hook][0].float().cpu().numpy() for s in sites}
+    return Probe(token_strings(ckpt.tokenizer, ids), acts, truncated)
+
+
+def top_neurons(p: Probe, site: str, k: int = 20, position: int | None = None) -> list[dict]:
+    """The k (layer, neuron) pairs with the highest activation on the text (its max over
+    tokens), or at one token position."""
+    rows = []
+    for (layer, name), acts in p.acts.items():
+        if name != site or acts.shape[0] == 0:
+            continue
+        values = acts[position] if position is not None else acts.max(axis=0)
+        where = np.full(acts.shape[1], position) if position is not None else acts.argmax(axis=0)
+        for n in np.argsort(-values)[:k]:
+            rows.append({"layer": layer, "neuron": int(n), "act": float(values[n]), "pos": int(where[n]),
+                         "token": p.tokens[int(where[n])]})
+    return sorted(rows, key=lambda r: -r["act"])[:k]

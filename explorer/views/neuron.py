@@ -1,0 +1,182 @@
+"""One neuron: label, stats, histogram, snippets as token heatmaps, logits, label editor."""
+import random
+
+import altair as alt
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+from explorer import data, nav, render
+from explorer.nav import Address
+
+BAND_KINDS = {"interval": "equal-width activation intervals (not quantiles)",
+              "quantile": "activation quantiles"}
+
+
+def navigator(sites: pd.DataFrame, addr: Address | None) -> None:
+    """Model / site / layer / neuron pickers and previous / next / random buttons."""
+    models = list(dict.fromkeys(sites.model_id))
+    current = addr or Address(models[0], 0, 0, nav.primary_site(sites, models[0]))
+    cols = st.columns([3, 2, 1.2, 1.4, 0.9, 0.9, 1.1], vertical_alignment="bottom")
+    model_id = cols[0].selectbox("Model", models, index=models.index(current.model_id), key=f"m|{current.key}")
+    model_sites = list(sites[sites.model_id == model_id].site)
+    site = current.site if current.site in model_sites else nav.primary_site(sites, model_id)
+    site = cols[1].selectbox("Site", model_sites, index=model_sites.index(site), key=f"s|{current.key}")
+    layer = cols[2].number_input("Layer", min_value=0, value=current.layer, step=1, key=f"l|{current.key}")
+    neuron = cols[3].number_input("Neuron", min_value=0, value=current.neuron, step=1, key=f"n|{current.key}")
+    target = Address(model_id, int(layer), int(neuron), site)
+    if target != current:
+        nav.go(target)
+    if cols[4].button("Prev", icon=":material/chevron_left:", width="stretch", disabled=addr is None):
+        step_to(current, -1)
+    if cols[5].button("Next", icon=":material/chevron_right:", icon_position="right", width="stretch", disabled=addr is None):
+        step_to(current, +1)
+    if cols[6].button("Random", icon=":material/casino:", width="stretch"):
+        row = data.query("random_neuron", current.model_id, current.site, random.randrange(1 << 30))
+        nav.go(Address(current.model_id, int(row.layer[0]), int(row.neuron[0]), current.site))
+
+
+def step_to(addr: Address, step: int) -> None:
+    row = data.query("neighbour", addr.model_id, addr.site, addr.layer, addr.neuron, step)
+    nav.go(Address(addr.model_id, int(row.layer[0]), int(row.neuron[0]), addr.site))
+
+
+def histogram_chart(stats: dict) -> alt.Chart | None:
+    counts = np.asarray(stats["hist_counts"] if stats["hist_counts"] is not None else [], dtype=float)
+    if counts.size == 0 or not np.isfinite([stats["hist_lo"], stats["hist_hi"]]).all():
+        return None
+    edges = np.linspace(stats["hist_lo"], stats["hist_hi"], counts.size + 1)
+    df = pd.DataFrame({"lo": edges[:-1], "hi": edges[1:], "tokens": counts})
+    df = df[df["tokens"] > 0]
+    return alt.Chart(df).mark_bar(color="#ff6a00").encode(
+        x=alt.X("lo:Q", title="activation", bin="binned"), x2="hi:Q",
+        y=alt.Y("tokens:Q", scale=alt.Scale(type="log"), title="tokens (log scale)"), y2=alt.datum(1),
+        tooltip=[alt.Tooltip("lo:Q", format=".3f"), alt.Tooltip("hi:Q", format=".3f"), "tokens:Q"],
+    ).properties(height=170)
+
+
+def show_stats(stats: dict) -> None:
+    a, b = st.columns(2)
+    a.metric("Max activation", f"{stats['max_act']:.3f}")
+    b.metric("Density", f"{stats['frac_active']:.2%}", help="fraction of tokens where the neuron is active")
+    a.metric("Mean", f"{stats['mean_act']:.3f}")
+    b.metric("Kurtosis", f"{stats['kurtosis']:.1f}" if pd.notna(stats["kurtosis"]) else "-")
+    tokens = list(stats["max_tokens"]) if stats["max_tokens"] is not None else []
+    counts = list(stats["max_token_counts"]) if stats["max_token_counts"] is not None else [None] * len(tokens)
+    if tokens:
+        chips = " ".join(f"<code>{render.html.escape(repr(t))}</code>{f'×{c}' if c else ''}"
+                         for t, c in zip(tokens, counts))
+        st.html(f'<div style="font-size:0.8rem">Tokens it peaks on: {chips}</div>')
+    chart = histogram_chart(stats)
+    if chart is not None:
+        st.altair_chart(chart, width="stretch")
+
+
+def show_logits(logits: pd.DataFrame) -> None:
+    if logits.empty:
+        st.caption("No logit effects stored for this neuron.")
+        return
+    view = logits.assign(token=logits.token.map(repr))[["positive", "token", "weight"]]
+    up, down = st.columns(2)
+    for col, positive, title in ((up, True, "Boosts"), (down, False, "Suppresses")):
+        col.caption(title)
+        col.dataframe(view[view.positive == positive][["token", "weight"]], hide_index=True,
+                      column_config={"weight": st.column_config.NumberColumn(format="%.3f")})
+
+
+def label_editor(addr: Address) -> None:
+    current = data.fresh("current_labels", addr.model_id, addr.layer, addr.neuron)
+    human = current[current.source == "human"]
+    auto = current[(current.source == "auto") & (current.status.fillna("") != "rejected")]
+    human_label = str(human.label.iloc[0] or "") if not human.empty else ""
+    if not auto.empty and auto.label.iloc[0] != human_label:
+        suggestion(addr, auto.iloc[0])
+    with st.form(f"label|{addr.key}", border=True):
+        label = st.text_input("Label", value=human_label, placeholder="what makes this neuron fire?")
+        note = st.text_area("Note", value=str(human.note.iloc[0] or "") if not human.empty else "", height=80)
+        author = st.text_input("Author (optional)", value=data.author())
+        if st.form_submit_button("Save label", type="primary"):
+            st.session_state["author"] = author
+            data.save_label(addr.model_id, addr.layer, addr.neuron, label.strip(), note.strip(),
+                            author=author.strip() or None)
+            st.toast("Label saved")
+            st.rerun()
+    history = data.fresh("label_history", addr.model_id, addr.layer, addr.neuron)
+    if not history.empty:
+        with st.expander(f"History ({len(history)} change{'s' * (len(history) != 1)})"):
+            st.dataframe(history, hide_index=True)
+
+
+def suggestion(addr: Address, auto: pd.Series) -> None:
+    score = f" (score {auto.score:.2f})" if pd.notna(auto.score) else ""
+    st.info(f"Suggested label: {render.md_escape(auto.label)}{score}")
+    a, r = st.columns(2)
+    if a.button("Accept", key=f"accept|{addr.key}", width="stretch"):
+        data.save_label(addr.model_id, addr.layer, addr.neuron, auto.label, "accepted automatic label",
+                        author=data.author() or None)
+        st.rerun()
+    if r.button("Reject", key=f"reject|{addr.key}", width="stretch"):
+        data.save_label(addr.model_id, addr.layer, addr.neuron, auto.label, auto.note or "", source="auto",
+                        author=data.author() or None, score=auto.score, status="rejected")
+        st.rerun()
+
+
+def show_examples(addr: Address, stats: dict, examples: pd.DataFrame, band_kind: str | None) -> None:
+    scale = max(float(stats["max_act"]), float(examples.max_act.max()) if not examples.empty else 0.0, 1e-6)
+    top = examples[examples.kind == "top"]
+    st.subheader(f"Top {len(top)} activations")
+    st.caption("One snippet per document, strongest first. The outlined token is the maximum; "
+               "hover a token for its activation. ↵ marks a newline.")
+    if top.empty:
+        st.caption("No top examples stored.")
+    else:
+        st.html(render.snippets(top.to_dict("records"), scale, lambda r: f"#{r['rank']}  {r['max_act']:.2f}"))
+    bands = examples[examples.kind.isin(["interval", "quantile"])]
+    if not bands.empty:
+        st.subheader("Across the activation range")
+        st.caption(f"Samples from {BAND_KINDS.get(band_kind or '', 'activation bands')}, highest band first.")
+        ordered = bands.sort_values(["band", "rank"], ascending=[False, True]).to_dict("records")
+        st.html(render.snippets(ordered, scale, lambda r: f"band {r['band']}  {r['max_act']:.2f}"))
+    rand = examples[examples.kind == "random"]
+    if not rand.empty:
+        st.subheader("Random samples")
+        st.html(render.snippets(rand.to_dict("records"), scale, lambda r: f"random  {r['max_act']:.2f}"))
+
+
+def page() -> None:
+    data.require_db()
+    sites = data.query("sites")
+    addr, problem = nav.parse(st.query_params, sites)
+    navigator(sites, addr)
+    if problem:
+        st.warning(problem)
+        st.page_link("views/neurons.py", label="Browse all neurons", icon=":material/table_rows:")
+        return
+    stats_df = data.query("neuron", addr.model_id, addr.layer, addr.neuron, addr.site)
+    if stats_df.empty:
+        st.warning(f"Neuron {addr.title} is not in this index.")
+        return
+    stats = stats_df.iloc[0].to_dict()
+    labels = data.fresh("current_labels", addr.model_id, addr.layer, addr.neuron)
+    human = labels[labels.source == "human"]
+    label = str(human.label.iloc[0]) if not human.empty and human.label.iloc[0] else None
+    models = data.query("models").set_index("model_id")
+    act_fn = models.act_fn.get(addr.model_id, "?")
+    band_kind = models.band_kind.get(addr.model_id)
+    st.html(render.header(addr.title, label, f"{act_fn} model · layer {addr.layer} · neuron {addr.neuron} · "
+                                             f"site {addr.site}"))
+    st.page_link("views/probe.py", label="Probe this neuron with your own text", icon=":material/keyboard:",
+                 query_params=addr.params())
+    left, right = st.columns([2.3, 1], gap="large")
+    with right:
+        label_editor(addr)
+        st.subheader("Stats")
+        show_stats(stats)
+        st.subheader("Logit effects")
+        show_logits(data.query("logits", addr.model_id, addr.layer, addr.neuron))
+    with left:
+        examples = data.query("examples", addr.model_id, addr.layer, addr.neuron, addr.site)
+        show_examples(addr, stats, examples, band_kind if isinstance(band_kind, str) else None)
+
+
+page()

@@ -1,0 +1,76 @@
+"""All indexed neurons in one sortable, filterable table; a click opens the neuron."""
+import streamlit as st
+
+from explorer import data, nav, render
+from explorer.nav import Address
+from index.queries import SORTS
+
+PAGE_SIZE = 100
+SORT_NAMES = {"max_act": "max activation", "density": "density", "kurtosis": "kurtosis",
+              "mean_act": "mean activation", "neuron": "model, layer, neuron", "labeled_at": "label time"}
+LABEL_NAMES = {"any": "all", "labeled": "labeled", "unlabeled": "unlabeled", "suggested": "with suggestion"}
+
+
+def filters(sites) -> dict:
+    models = list(dict.fromkeys(sites.model_id))
+    a, b, c, d = st.columns([3, 2, 2, 3])
+    chosen = a.multiselect("Models", models, placeholder="all models")
+    n_layers = int(sites[sites.model_id.isin(chosen or models)].n_layers.max())
+    layers = b.multiselect("Layers", list(range(n_layers)), placeholder="all layers")
+    all_sites = sorted(set(sites[sites.model_id.isin(chosen or models)].site))
+    site_pick = c.multiselect("Sites", all_sites, placeholder="primary sites")
+    search = d.text_input("Search labels", placeholder="e.g. base64, number, python")
+    e, f, g = st.columns([3, 2, 1], vertical_alignment="bottom")
+    labeled = e.segmented_control("Labels", list(LABEL_NAMES), format_func=LABEL_NAMES.get, default="any") or "any"
+    sort = f.selectbox("Sort by", list(SORTS), format_func=SORT_NAMES.get)
+    descending = g.toggle("Descending", value=sort != "neuron")
+    return dict(models=chosen, layers=layers, sites=site_pick, primary_only=not site_pick, search=search,
+                labeled=labeled, sort=sort, descending=descending)
+
+
+def table(rows):
+    view = rows.drop(columns=["total"]).assign(
+        open=[render.neuron_url(r.model_id, r.layer, r.neuron, r.site) for r in rows.itertuples()],
+        top_token=rows.top_token.map(lambda t: repr(t) if isinstance(t, str) else ""))
+    config = {
+        "open": st.column_config.LinkColumn("link", display_text="open ↗", width="small"),
+        "max_act": st.column_config.NumberColumn("max", format="%.3f"),
+        "density": st.column_config.NumberColumn("density", format="%.4f"),
+        "kurtosis": st.column_config.NumberColumn("kurtosis", format="%.1f"),
+        "auto_score": st.column_config.NumberColumn("auto score", format="%.2f"),
+        "auto_label": st.column_config.TextColumn("automatic label"),
+        "top_token": st.column_config.TextColumn("peak token"),
+    }
+    return st.dataframe(view, hide_index=True, column_config=config, on_select="rerun",
+                        selection_mode="single-row", key="neuron_table", height=min(38 + 35 * len(view), 740))
+
+
+def page() -> None:
+    data.require_db()
+    st.title("Neurons")
+    sites = data.query("sites")
+    if sites.empty:
+        st.info("This index has no neurons yet.")
+        return
+    args = filters(sites)
+    total = data.query("neuron_table", **args, limit=1).total
+    total = int(total.iloc[0]) if len(total) else 0
+    n_pages = max(1, -(-total // PAGE_SIZE))
+    if st.session_state.get("neuron_page", 1) > n_pages:
+        st.session_state["neuron_page"] = n_pages
+    page_no = st.session_state.get("neuron_page", 1)
+    rows = data.query("neuron_table", **args, limit=PAGE_SIZE, offset=(page_no - 1) * PAGE_SIZE)
+    st.caption(f"{total:,} neurons match · page {page_no} of {n_pages} · click a row to open the neuron")
+    if rows.empty:
+        st.info("No neuron matches these filters.")
+        return
+    event = table(rows)
+    if n_pages > 1:
+        st.pagination(n_pages, key="neuron_page")
+    picked = event.selection.rows if event is not None else []
+    if picked:
+        r = rows.iloc[picked[0]]
+        nav.open_neuron(Address(r.model_id, int(r.layer), int(r.neuron), r.site))
+
+
+page()

@@ -1,0 +1,114 @@
+"""Text probe: run a model live on your text and read its neurons."""
+import pandas as pd
+import streamlit as st
+
+from explorer import data, live, nav, render
+from explorer.nav import Address
+from solu.errors import UserError
+
+SAMPLE = 'def encode(data):\n    """Return the base64 of data."""\n    return "SGVsbG8gd29ybGQ="\n'
+
+
+@st.cache_resource(max_entries=4, show_spinner="Loading the model…")
+def checkpoint(source: str, version: float):
+    return live.load(source)
+
+
+@st.cache_data(max_entries=64, show_spinner=False)
+def run_probe(source: str, version: float, text: str) -> live.Probe:
+    return live.probe(checkpoint(source, version), text)
+
+
+def source_version(source: str) -> float:
+    from pathlib import Path
+
+    try:
+        return (Path(source) / "config.json").stat().st_mtime
+    except OSError:
+        raise UserError(f"the checkpoint of this model is gone ({source}); the probe needs it to run the "
+                        f"model live (the rest of the explorer works without it)") from None
+
+
+def neuron_table(model_id: str, site: str, rows: list[dict]):
+    if not rows:
+        return
+    df = pd.DataFrame(rows)
+    known = data.fresh("neuron_labels", [(r["layer"], r["neuron"]) for r in rows], model_id)
+    df = df.merge(known, on=["layer", "neuron"], how="left")
+    df["of_max"] = df.act / df.max_act.where(df.max_act > 0)
+    df["token"] = df.token.map(repr)
+    df["open"] = [render.neuron_url(model_id, r.layer, r.neuron, site) for r in df.itertuples()]
+    st.dataframe(df[["layer", "neuron", "act", "of_max", "token", "label", "auto_label", "open"]], hide_index=True,
+                 column_config={"act": st.column_config.NumberColumn(format="%.3f"),
+                                "of_max": st.column_config.ProgressColumn("of indexed max", min_value=0, max_value=1,
+                                                                          format="percent"),
+                                "open": st.column_config.LinkColumn("link", display_text="open ↗")})
+
+
+def controls(sites, models) -> tuple[Address, str]:
+    params = st.query_params
+    names = list(models.model_id)
+    a, b, c, d = st.columns([3, 2, 1, 1])
+    model_id = a.selectbox("Model", names, index=names.index(params["model"]) if params.get("model") in names else 0)
+    model_sites = list(sites[sites.model_id == model_id].site)
+    site = params.get("site") if params.get("site") in model_sites else nav.primary_site(sites, model_id)
+    site = b.selectbox("Site", model_sites, index=model_sites.index(site))
+    row = sites[(sites.model_id == model_id) & (sites.site == site)].iloc[0]
+    layer = c.number_input("Layer", 0, int(row.n_layers) - 1, _param_int("layer", int(row.n_layers) - 1))
+    neuron = d.number_input("Neuron", 0, int(row.d_mlp) - 1, _param_int("neuron", int(row.d_mlp) - 1))
+    text = st.text_area("Text", value=st.session_state.get("probe_text", SAMPLE), height=150,
+                        placeholder="type or paste text")
+    st.session_state["probe_text"] = text
+    return Address(model_id, int(layer), int(neuron), site), text
+
+
+def _param_int(name: str, highest: int) -> int:
+    try:
+        return min(max(int(st.query_params.get(name, 0)), 0), highest)
+    except ValueError:
+        return 0
+
+
+def show(addr: Address, result: live.Probe) -> None:
+    acts = result.acts[(addr.layer, addr.site)][:, addr.neuron]
+    stats = data.query("neuron", addr.model_id, addr.layer, addr.neuron, addr.site)
+    indexed_max = float(stats.max_act.iloc[0]) if not stats.empty else 0.0
+    scale = max(indexed_max, float(acts.max(initial=0.0)), 1e-6)
+    best = int(acts.argmax())
+    st.subheader(f"{addr.title} on your text")
+    st.caption(f"max {acts[best]:.3f} at token {best} ({result.tokens[best]!r}); the neuron's indexed max is "
+               f"{indexed_max:.3f}. Colours are relative to the larger of the two.")
+    st.html(render.heatmap(result.tokens, acts.tolist(), scale, best))
+    st.page_link("views/neuron.py", label="Open this neuron", icon=":material/neurology:", query_params=addr.params())
+    st.subheader("Neurons that fire most on this text")
+    neuron_table(addr.model_id, addr.site, live.top_neurons(result, addr.site))
+    st.subheader("…or on one token")
+    pos = st.selectbox("Token", range(len(result.tokens)), index=best,
+                       format_func=lambda i: f"{i}: {result.tokens[i]!r}")
+    neuron_table(addr.model_id, addr.site, live.top_neurons(result, addr.site, position=pos))
+
+
+def page() -> None:
+    data.require_db()
+    st.title("Text probe")
+    st.caption("Runs the model on your text, live, and shows what each neuron does with it.")
+    models, sites = data.query("models"), data.query("sites")
+    if models.empty:
+        st.info("This index has no models.")
+        return
+    addr, text = controls(sites, models)
+    source = str(models.set_index("model_id").source.get(addr.model_id) or "")
+    try:
+        result = run_probe(source, source_version(source), text)
+    except UserError as e:
+        st.error(str(e))
+        return
+    if not result.tokens:
+        st.info("Type some text to probe.")
+        return
+    if result.truncated:
+        st.warning(f"The text was cut to the model's context of {len(result.tokens)} tokens.")
+    show(addr, result)
+
+
+page()
