@@ -35,30 +35,43 @@ class Concept:
     name: str
     description: str
     find: Callable[[str], Spans]
+    pattern: str | None = None  # a user regex; None for a built-in detector
 
     def mask(self, tokens: list[str]) -> np.ndarray:
         return token_mask(tokens, self.find("".join(tokens)))
 
 
+_SPACES = np.array([cp for cp in range(0x3001) if chr(cp).isspace()], dtype=np.uint32)
+
+
 def token_mask(tokens: list[str], spans: Iterable[tuple[int, int]]) -> np.ndarray:
     """Boolean mask over tokens: True where most of a token's characters lie in spans."""
-    lengths = np.fromiter((len(t) for t in tokens), dtype=np.int64, count=len(tokens))
-    total = int(lengths.sum())
-    inside = np.zeros(total + 1, dtype=np.int64)  # difference array over characters
+    return _majority(tokens, _covered(sum(len(t) for t in tokens), spans), _solid("".join(tokens)))
+
+
+def _covered(n_chars: int, spans: Iterable[tuple[int, int]]) -> np.ndarray:
+    inside = np.zeros(n_chars + 1, dtype=np.int64)  # a difference array over characters
     for start, end in spans:
         if end > start:
             inside[max(start, 0)] += 1
-            inside[min(end, total)] -= 1
-    covered = np.cumsum(inside[:total]) > 0
-    mask = np.zeros(len(tokens), dtype=bool)
-    offset = 0
-    for i, tok in enumerate(tokens):
-        chars = covered[offset:offset + len(tok)]
-        solid = np.fromiter((not c.isspace() for c in tok), dtype=bool, count=len(tok))
-        counted = chars[solid] if solid.any() else chars
-        mask[i] = counted.size > 0 and 2 * int(counted.sum()) > counted.size
-        offset += len(tok)
-    return mask
+            inside[min(end, n_chars)] -= 1
+    return np.cumsum(inside[:n_chars]) > 0
+
+
+def _solid(text: str) -> np.ndarray:
+    """True for each character that is not whitespace."""
+    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
+    return ~np.isin(codes, _SPACES)
+
+
+def _majority(tokens: list[str], covered: np.ndarray, solid: np.ndarray) -> np.ndarray:
+    lengths = np.fromiter((len(t) for t in tokens), dtype=np.int64, count=len(tokens))
+    owner = np.repeat(np.arange(len(tokens)), lengths)
+    n = len(tokens)
+    n_solid = np.bincount(owner, weights=solid, minlength=n)
+    solid_in = np.bincount(owner, weights=solid & covered, minlength=n)
+    all_in = np.bincount(owner, weights=covered, minlength=n)
+    return np.where(n_solid > 0, 2 * solid_in > n_solid, 2 * all_in > lengths) & (lengths > 0)
 
 
 def _regex_spans(pattern: re.Pattern, group: int = 0) -> Callable[[str], Spans]:
@@ -318,7 +331,7 @@ def regex_concept(name: str, pattern: str) -> Concept:
         compiled = re.compile(pattern, re.MULTILINE)
     except re.error as e:
         raise UserError(f"concept {name!r}: bad regular expression {pattern!r}: {e}") from None
-    return Concept(name, f"matches /{pattern}/", _regex_spans(compiled))
+    return Concept(name, f"matches /{pattern}/", _regex_spans(compiled), pattern)
 
 
 def concept(spec: str) -> Concept:
@@ -341,5 +354,7 @@ def detect(spec: str | Concept, tokens: list[str]) -> np.ndarray:
 
 
 def concept_masks(tokens: list[str], concepts: Iterable[Concept]) -> dict[str, np.ndarray]:
+    """Masks of several concepts over one document's tokens (the text is joined once)."""
     text = "".join(tokens)
-    return {c.name: token_mask(tokens, c.find(text)) for c in concepts}
+    solid = _solid(text)
+    return {c.name: _majority(tokens, _covered(len(text), c.find(text)), solid) for c in concepts}

@@ -1,0 +1,153 @@
+"""Concept scores: AUROC from sparse activations against brute force, the top-example
+share, the stored scores and the automatic labels (suggest, keep, withdraw)."""
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pytest
+
+from index.autolabel import auroc_by_group, autolabel, resolve_concepts, selectivity
+from index.concepts import CONCEPTS, detect
+from index.store import append_label
+from measure_db import THRESHOLD, build_measure_db, dense_for_model
+from solu.errors import UserError
+
+
+def brute_auroc(x: np.ndarray, positive: np.ndarray) -> float:
+    p, n = x[positive], x[~positive]
+    return float(((p[:, None] > n[None, :]).sum() + 0.5 * (p[:, None] == n[None, :]).sum()) / (len(p) * len(n)))
+
+
+def test_auroc_by_group_matches_brute_force_with_ties():
+    rng = np.random.default_rng(0)
+    n_tokens, n_groups, n_concepts = 300, 6, 4
+    dense = rng.normal(size=(n_groups, n_tokens)).round(1)  # rounding makes ties
+    masks = rng.random((n_tokens, n_concepts)) < 0.3
+    masks[:, 3] = False  # a concept with no tokens
+    group, idx = np.nonzero(dense > 0.4)
+    got = auroc_by_group(group, dense[group, idx], masks[idx], n_groups, n_tokens, masks.sum(axis=0))
+    censored = np.where(dense > 0.4, dense, -np.inf)  # what the sparse sample knows
+    for g in range(n_groups):
+        for c in range(3):
+            assert got[g, c] == pytest.approx(brute_auroc(censored[g], masks[:, c]), abs=1e-12)
+    assert np.isnan(got[:, 3]).all()
+
+
+def test_auroc_edges():
+    # a neuron with nothing recorded: every token ties, 0.5
+    assert auroc_by_group(np.array([], int), np.array([]), np.zeros((0, 1), bool), 1, 10, np.array([4]))[0, 0] == 0.5
+    # recorded only on the concept's tokens: 1.0
+    got = auroc_by_group(np.array([0, 0]), np.array([1.0, 2.0]), np.array([[True], [True]]), 1, 10, np.array([2]))
+    assert got[0, 0] == 1.0
+    with pytest.raises(ValueError):
+        auroc_by_group(np.zeros(3, int), np.ones(3), np.ones((3, 1), bool), 1, 2, np.array([1]))
+
+
+def test_selectivity_combines_both_measures():
+    assert selectivity(np.array([1.0]), np.array([1.0]))[0] == 1.0
+    assert selectivity(np.array([0.5]), np.array([1.0]))[0] == 0.0       # no ranking signal
+    assert selectivity(np.array([0.3]), np.array([0.9]))[0] == 0.0       # anti-selective
+    assert selectivity(np.array([np.nan]), np.array([0.5]))[0] == 0.0
+    assert selectivity(np.array([0.9]), np.array([0.5]))[0] == pytest.approx(np.sqrt(0.5 * 0.8))
+
+
+@pytest.fixture()
+def measure_db(tmp_path):
+    return build_measure_db(tmp_path / "m.duckdb")
+
+
+def test_autolabel_finds_planted_neurons_and_stores_exact_scores(measure_db):
+    summary = autolabel(measure_db, threshold=0.6)
+    con = duckdb.connect(str(measure_db), read_only=True)
+    scores = con.execute("SELECT * FROM concept_scores").df()
+    labels = con.execute("SELECT * FROM current_labels WHERE source = 'auto'").df()
+    con.close()
+    assert len(scores) == 2 * 2 * 8 * len(CONCEPTS)
+    best = scores.sort_values("score").groupby(["model_id", "layer", "neuron"]).tail(1).set_index(
+        ["model_id", "layer", "neuron"])
+    for model in ("gelu-m", "solu-m"):
+        for layer in (0, 1):
+            assert best.loc[(model, layer, 0), "concept"] == "base64"
+            assert best.loc[(model, layer, 1), "concept"] == "people_count"
+            assert best.loc[(model, layer, 0), "score"] > 0.9 and best.loc[(model, layer, 1), "score"] > 0.7
+            assert best.loc[(model, layer, 0), "top_share"] == 1.0
+    random_neurons = best[best.index.get_level_values("neuron") >= 2]
+    assert random_neurons.score.mean() < 0.3
+    # the stored AUROC is the brute-force one over the censored activations
+    tokens, acts = dense_for_model(measure_db, "solu-m")
+    docs = [list(g.token) for _, g in _token_frames(measure_db, "solu-m")]
+    mask = np.concatenate([detect("base64", d) for d in docs])
+    key = {(d, p): i for i, (d, p) in enumerate(zip(tokens.doc_id, tokens.pos))}
+    for neuron in (0, 3):
+        x = np.full(len(tokens), -np.inf)
+        sel = acts[(acts.layer == 1) & (acts.neuron == neuron)]
+        x[[key[(d, p)] for d, p in zip(sel.doc_id, sel.pos)]] = sel.act
+        stored = scores[(scores.model_id == "solu-m") & (scores.layer == 1) & (scores.neuron == neuron)
+                        & (scores.concept == "base64")].auroc.item()
+        assert stored == pytest.approx(brute_auroc(x, mask), abs=1e-9)
+    # labels: the planted neurons, and the summary agrees
+    assert {(r.model_id, r.layer, r.neuron, r.label) for r in labels.itertuples()} >= {
+        ("solu-m", 0, 0, "base64"), ("solu-m", 1, 1, "people_count"), ("gelu-m", 0, 0, "base64")}
+    assert (labels.status == "suggested").all() and (labels.author == "autolabel").all()
+    assert labels.score.min() >= 0.6
+    row = summary[(summary.model_id == "gelu-m") & (summary.concept == "base64")].iloc[0]
+    assert row.best_neuron in ("L0/N0", "L1/N0") and row.neurons_above >= 2
+
+
+def _token_frames(db, model_id):
+    con = duckdb.connect(str(db), read_only=True)
+    df = con.execute("SELECT doc_id, pos, token FROM tokens WHERE model_id = ? ORDER BY doc_id, pos", [model_id]).df()
+    con.close()
+    return df.groupby("doc_id", sort=True)
+
+
+def _auto_rows(db):
+    con = duckdb.connect(str(db), read_only=True)
+    rows = con.execute("SELECT model_id, layer, neuron, label, status, author FROM labels "
+                       "WHERE source = 'auto' ORDER BY label_id").fetchall()
+    con.close()
+    return rows
+
+
+def test_autolabel_rerun_keeps_rejections_and_withdraws(measure_db):
+    autolabel(measure_db, threshold=0.6)
+    first = _auto_rows(measure_db)
+    autolabel(measure_db, threshold=0.6)
+    assert _auto_rows(measure_db) == first  # nothing changed, nothing appended
+    append_label(measure_db, "solu-m", 0, 0, "base64", source="auto", author="ana", status="rejected")
+    autolabel(measure_db, threshold=0.6)
+    assert len(_auto_rows(measure_db)) == len(first) + 1  # a person's rejection stands
+    autolabel(measure_db, threshold=0.99)  # people counters (80% recall) fall below, base64 stays
+    after = _auto_rows(measure_db)
+    withdrawn = [r for r in after[len(first) + 1:] if r[4] == "rejected" and r[5] == "autolabel"]
+    assert {r[3] for r in withdrawn} == {"people_count"} and len(withdrawn) == 4
+    autolabel(measure_db, threshold=0.6)  # withdrawn suggestions come back
+    con = duckdb.connect(str(measure_db), read_only=True)
+    live = con.execute("SELECT count(*) FROM current_labels WHERE source = 'auto' AND status = 'suggested'").fetchall()
+    con.close()
+    assert live[0][0] == len(first) - 1
+
+
+def test_autolabel_user_regex_and_errors(measure_db):
+    concepts = resolve_concepts(["base64"], ["cat=\\bcat\\b"])
+    summary = autolabel(measure_db, models=["gelu-m"], concepts=concepts, threshold=0.6)
+    assert set(summary.concept) == {"base64", "cat"} and set(summary.model_id) == {"gelu-m"}
+    con = duckdb.connect(str(measure_db), read_only=True)
+    assert con.execute("SELECT pattern FROM concepts WHERE name = 'cat'").fetchall() == [("\\bcat\\b",)]
+    con.close()
+    with pytest.raises(UserError, match="not in"):
+        autolabel(measure_db, models=["nope"])
+    with pytest.raises(UserError, match="between 0 and 1"):
+        autolabel(measure_db, threshold=2)
+    with pytest.raises(UserError, match="NAME=PATTERN"):
+        resolve_concepts(None, ["nopattern"])
+    with pytest.raises(UserError, match="repeat"):
+        resolve_concepts(["base64", "base64"])
+
+
+def test_measure_db_threshold_is_sparse(measure_db):
+    con = duckdb.connect(str(measure_db), read_only=True)
+    low, total = con.execute(f"SELECT count(*) FILTER (WHERE act <= {THRESHOLD}), count(*) FROM activations").fetchall()[0]
+    n_tokens = con.execute("SELECT count(*) FROM tokens").fetchall()[0][0]
+    con.close()
+    assert low == 0 and total < 2 * 8 * n_tokens / 2
