@@ -1,0 +1,172 @@
+"""The blinded interpretability study, after the SoLU paper's protocol.
+
+A study samples neurons at random from two or more models (primary site, neurons with
+top examples only), the same sample for every rater. Each rater sees the sample in an
+order of their own, one neuron at a time, with about 20 top snippets and nothing that
+names the model: no model id, no layer or neuron number, activations scaled to the
+neuron's own maximum. The question is the paper's: does one rule explain 80% or more
+of the strongest firings? (yes / no / unsure, and an optional label.)
+
+Answers are stored per rater, append-only; a rater's latest answer for a neuron counts.
+`summary` unblinds: per model, the fraction of answers that are "yes" (unsure counts as
+not yes) with a 95% Wilson interval. Every rater's answer is one observation, so with
+several raters the interval treats their answers as independent.
+"""
+from __future__ import annotations
+
+import math
+import random
+import re
+from pathlib import Path
+
+import pandas as pd
+
+from index.store import open_write
+from solu.errors import UserError
+
+ANSWERS = ("yes", "no", "unsure")
+QUESTION = "Does one rule explain 80% or more of the strongest firings?"
+ITEM_COLUMNS = ["model_id", "layer", "neuron", "site"]
+
+
+def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """The Wilson score interval for k successes in n trials (95% by default)."""
+    if n == 0:
+        return math.nan, math.nan
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def create_study(db: str | Path, name: str, models: list[str], per_model: int = 50, seed: int = 0,
+                 snippets: int = 20) -> None:
+    """Define a study; an existing study of that name must have the same settings."""
+    name = name.strip()
+    if not re.fullmatch(r"[\w .:-]{1,80}", name):
+        raise UserError("a study name is 1-80 letters, digits, spaces or . _ : -")
+    if len(set(models)) < 2:
+        raise UserError("a blinded study compares two or more models")
+    if per_model < 1 or snippets < 1:
+        raise UserError("neurons per model and snippets must be at least 1")
+    with open_write(db) as con:
+        known = {r[0] for r in con.execute("SELECT model_id FROM models").fetchall()}
+        missing = [m for m in models if m not in known]
+        if missing:
+            raise UserError(f"model {missing[0]!r} is not in the index")
+        old = con.execute("SELECT models, per_model, seed, snippets FROM studies WHERE study = ?", [name]).fetchall()
+        if old:
+            if (sorted(old[0][0]), old[0][1], old[0][2], old[0][3]) != (sorted(set(models)), per_model, seed, snippets):
+                raise UserError(f"study {name!r} exists with other settings; pick another name")
+            return
+        con.execute("INSERT INTO studies (study, models, per_model, seed, snippets) VALUES (?, ?, ?, ?, ?)",
+                    [name, sorted(set(models)), per_model, seed, snippets])
+
+
+def studies(con) -> pd.DataFrame:
+    return con.execute("SELECT study, models, per_model, seed, snippets, created_at FROM studies "
+                       "ORDER BY created_at, study").df()
+
+
+def _settings(con, study: str) -> tuple:
+    rows = con.execute("SELECT models, per_model, seed, snippets FROM studies WHERE study = ?", [study]).fetchall()
+    if not rows:
+        raise UserError(f"no study named {study!r}")
+    return rows[0]
+
+
+def study_items(con, study: str) -> pd.DataFrame:
+    """The study's sample: up to per_model neurons of each model, drawn with the study's
+    seed from the primary-site neurons that have top examples."""
+    models, per_model, seed, _ = _settings(con, study)
+    frames = []
+    for model_id in sorted(models):
+        pool = con.execute("""
+            SELECT n.model_id, n.layer, n.neuron, n.site FROM neurons n
+            WHERE n.model_id = ? AND n.is_primary AND EXISTS (
+                SELECT 1 FROM examples e WHERE e.model_id = n.model_id AND e.layer = n.layer
+                  AND e.neuron = n.neuron AND e.site = n.site AND e.kind = 'top')
+            ORDER BY n.layer, n.neuron""", [model_id]).df()
+        rng = random.Random(f"{seed}:{model_id}")
+        frames.append(pool.iloc[sorted(rng.sample(range(len(pool)), min(per_model, len(pool))))])
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=ITEM_COLUMNS)
+
+
+def rater_order(items: pd.DataFrame, rater: str, seed: int) -> pd.DataFrame:
+    """The items in this rater's own random order (models interleaved), numbered from 1."""
+    order = list(range(len(items)))
+    random.Random(f"{seed}:rater:{rater}").shuffle(order)
+    return items.iloc[order].reset_index(drop=True).assign(item=lambda d: d.index + 1)
+
+
+def rater_queue(con, study: str, rater: str) -> pd.DataFrame:
+    """The rater's ordered items with their latest answer (None where not yet rated)."""
+    _, _, seed, _ = _settings(con, study)
+    items = rater_order(study_items(con, study), rater, seed)
+    answered = latest_answers(con, study)
+    answered = answered[answered.rater == rater][ITEM_COLUMNS + ["answer", "label"]]
+    return items.merge(answered, on=ITEM_COLUMNS, how="left").sort_values("item").reset_index(drop=True)
+
+
+def next_item(con, study: str, rater: str) -> dict | None:
+    """The rater's first unrated item (model, layer, neuron, site, item number), or None."""
+    queue = rater_queue(con, study, rater)
+    todo = queue[queue.answer.isna()]
+    return None if todo.empty else todo.iloc[0][ITEM_COLUMNS + ["item"]].to_dict()
+
+
+def blinded_snippets(con, item: dict, n: int) -> pd.DataFrame:
+    """The item's top examples (tokens, acts, max_pos, rank), strongest first, with acts
+    divided by the neuron's largest, so nothing shows the model's activation scale."""
+    df = con.execute("""
+        SELECT rank, tokens, acts, max_pos, max_act FROM examples
+        WHERE model_id = ? AND layer = ? AND neuron = ? AND site = ? AND kind = 'top'
+        ORDER BY rank LIMIT ?""", [item["model_id"], int(item["layer"]), int(item["neuron"]), item["site"], n]).df()
+    scale = max(float(df.max_act.max()), 1e-12) if not df.empty else 1.0
+    df["acts"] = [[float(a) / scale for a in acts] for acts in df.acts]
+    return df.drop(columns=["max_act"])
+
+
+def record_answer(db: str | Path, study: str, rater: str, item: dict, answer: str, label: str = "",
+                  seconds: float | None = None) -> None:
+    """Append one answer under the write lock (the path labels take)."""
+    rater = rater.strip()
+    if not rater:
+        raise UserError("a rater name is required")
+    if answer not in ANSWERS:
+        raise UserError(f"answer must be one of {', '.join(ANSWERS)}, got {answer!r}")
+    with open_write(db) as con:
+        items = study_items(con, study)
+        key = (item["model_id"], int(item["layer"]), int(item["neuron"]), item["site"])
+        if key not in set(items[ITEM_COLUMNS].itertuples(index=False, name=None)):
+            raise UserError(f"that neuron is not part of study {study!r}")
+        con.execute("""
+            INSERT INTO study_answers (answer_id, study, rater, model_id, layer, neuron, site, answer, label, seconds)
+            SELECT coalesce(max(answer_id), 0) + 1, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM study_answers""",
+                    [study, rater, item["model_id"], int(item["layer"]), int(item["neuron"]), item["site"],
+                     answer, label.strip() or None, seconds])
+
+
+def latest_answers(con, study: str) -> pd.DataFrame:
+    return con.execute("""
+        SELECT * FROM study_answers WHERE study = ?
+        QUALIFY row_number() OVER (PARTITION BY rater, model_id, layer, neuron, site
+                                   ORDER BY created_at DESC, answer_id DESC) = 1""", [study]).df()
+
+
+def summary(con, study: str) -> pd.DataFrame:
+    """Unblinded: per model, answers, yes/no/unsure, fraction interpretable and its 95% CI."""
+    models, _, _, _ = _settings(con, study)
+    answers = latest_answers(con, study)
+    acts = dict(con.execute("SELECT model_id, act_fn FROM models").fetchall())
+    rows = []
+    for model_id in sorted(models):
+        mine = answers[answers.model_id == model_id]
+        counts = mine.answer.value_counts()
+        n, yes = len(mine), int(counts.get("yes", 0))
+        lo, hi = wilson_interval(yes, n)
+        rows.append({"study": study, "model_id": model_id, "act_fn": acts.get(model_id),
+                     "raters": mine.rater.nunique(), "neurons": len(mine[ITEM_COLUMNS].drop_duplicates()),
+                     "answers": n, "yes": yes, "no": int(counts.get("no", 0)), "unsure": int(counts.get("unsure", 0)),
+                     "frac_interpretable": yes / n if n else math.nan, "ci_low": lo, "ci_high": hi})
+    return pd.DataFrame(rows)
