@@ -25,6 +25,7 @@ from solu.model import build_model, resolve_device
 from solu.tokenizer import load_tokenizer, train_tokenizer
 
 STATE = "train_state.pt"
+LOG_EVERY = 10  # steps between rows of the loss curve
 LOSS_CSV, LOSS_PNG = "loss.csv", "loss.png"
 TOKENIZER_CHARS = 8_000_000  # text the tokenizer is fitted on
 
@@ -121,8 +122,10 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, out: Path, *, resume: 
 
     def checkpoint(train_loss: float | None, complete: bool) -> float:
         eval_loss = evaluate(model, eval_set, train_cfg.batch_size)
-        history.append({"step": step, "tokens": step * tokens_per_step, "train_loss": train_loss,
-                        "eval_loss": eval_loss, "lr": opt.param_groups[0]["lr"]})
+        if history and history[-1]["step"] == step:
+            history[-1]["eval_loss"] = eval_loss
+        else:
+            history.append(_row(step, tokens_per_step, train_loss, eval_loss, opt.param_groups[0]["lr"]))
         training_state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
                           "elapsed": elapsed, "stream": stream.state(), "history": history}
         write_atomic(out / STATE, lambda p: torch.save(training_state, p))
@@ -131,11 +134,10 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, out: Path, *, resume: 
         return eval_loss
 
     model.train()
-    interrupted = _catch_sigterm()
     bar = tqdm(total=total_steps, initial=step, desc=f"train {model_cfg.act_fn}", unit="step")
     batches = iter(stream)
     train_loss = history[-1]["train_loss"] if history else None
-    try:
+    with StopRequest() as stop:
         while step < total_steps:
             tokens = next(batches).to(device)
             start = time.perf_counter()
@@ -150,18 +152,19 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, out: Path, *, resume: 
             step += 1
             value = loss.item()
             train_loss = value if train_loss is None else 0.95 * train_loss + 0.05 * value  # smoothed
+            if step % LOG_EVERY == 0:
+                history.append(_row(step, tokens_per_step, train_loss, None, lr))
             elapsed += time.perf_counter() - start
             bar.update(1)
             bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{step * tokens_per_step / max(elapsed, 1e-9):,.0f}",
                             refresh=False)
+            if stop.requested:
+                bar.close()
+                checkpoint(train_loss, complete=False)
+                raise UserError(f"stopped at step {step}/{total_steps}; checkpoint saved, "
+                                "continue with --resume")
             if step % train_cfg.checkpoint_every == 0 and step < total_steps:
                 checkpoint(train_loss, complete=False)
-    except KeyboardInterrupt:
-        bar.close()
-        checkpoint(train_loss, complete=False)
-        raise UserError(f"interrupted at step {step}/{total_steps}; checkpoint saved, continue with --resume") from None
-    finally:
-        signal.signal(signal.SIGTERM, interrupted)
     bar.close()
     eval_loss = checkpoint(train_loss, complete=True)
     if stream.stats.summary():
@@ -169,11 +172,30 @@ def train(model_cfg: ModelConfig, train_cfg: TrainConfig, out: Path, *, resume: 
     return meta(train_loss, eval_loss, True)
 
 
-def _catch_sigterm():
-    """Turn SIGTERM into KeyboardInterrupt so `kill` saves a checkpoint like Ctrl-C does."""
-    def handler(signum, frame):
-        raise KeyboardInterrupt
-    return signal.signal(signal.SIGTERM, handler)
+def _row(step: int, tokens_per_step: int, train_loss, eval_loss, lr: float) -> dict:
+    return {"step": step, "tokens": step * tokens_per_step, "train_loss": train_loss,
+            "eval_loss": eval_loss, "lr": lr}
+
+
+class StopRequest:
+    """Ctrl-C or SIGTERM asks the loop to stop after the current step, so the checkpoint
+    it then saves is consistent; a second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.requested = False
+
+    def _handler(self, signum, frame):
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self):
+        self._old = {sig: signal.signal(sig, self._handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+        return self
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
 
 
 def _resumed_train_cfg(meta: dict, asked: TrainConfig) -> TrainConfig:
@@ -198,7 +220,7 @@ def write_loss_curve(out: Path, history: list[dict], title: str) -> None:
 
     write_atomic(out / LOSS_CSV, write_csv)
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for key, style in (("train_loss", "-"), ("eval_loss", "o-")):
+    for key, style in (("train_loss", "-"), ("eval_loss", "o-")):  # train loss is smoothed
         points = [(h["tokens"], h[key]) for h in history if h[key] is not None]
         if points:
             ax.plot(*zip(*points), style, label=key.replace("_", " "))
