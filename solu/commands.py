@@ -33,8 +33,12 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("compare", help="print checkpoints side by side")
-    p.add_argument("checkpoints", nargs="+", type=Path)
+    p = sub.add_parser("compare", help="print checkpoints side by side; with --db, report on two indexed models")
+    p.add_argument("checkpoints", nargs="+", type=Path, metavar="CHECKPOINT|MODEL",
+                   help="checkpoint directories, or with --db two model ids")
+    p.add_argument("--db", type=Path, help="an index: write the interpretability report for MODEL_A MODEL_B")
+    p.add_argument("--out", type=Path, help="with --db: report folder (default compare-A-vs-B)")
+    p.add_argument("--threshold", type=float, default=0.5, help="with --db: selectivity threshold (default 0.5)")
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("corpus", help="build the offline builtin corpus and print its composition")
@@ -104,6 +108,12 @@ def format_table(rows: list[dict]) -> str:
 
 
 def cmd_compare(args) -> int:
+    if args.db is not None:
+        from index.commands_measure import cmd_compare_report
+
+        return cmd_compare_report(args)
+    if args.out is not None:
+        raise UserError("--out needs --db (the report compares two indexed models)")
     print(format_table(checkpoint_table(args.checkpoints)))
     return 0
 

@@ -1,0 +1,108 @@
+"""Subcommands that measure interpretability: autolabel, study, and compare's report
+(`solu compare --db FILE A B`, dispatched here from solu.commands)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from solu.errors import UserError
+
+
+def register(sub) -> None:
+    from index.autolabel import DEFAULT_THRESHOLD
+
+    p = sub.add_parser("autolabel", help="score every neuron on concept detectors and suggest labels")
+    p.add_argument("--db", type=Path, help="the index to score (required unless --list)")
+    p.add_argument("--models", nargs="+", metavar="MODEL", help="model ids (default: every model)")
+    p.add_argument("--concepts", nargs="+", metavar="CONCEPT",
+                   help="built-in concepts or regex:PATTERN (default: every built-in; see --list)")
+    p.add_argument("--regex", action="append", default=[], metavar="NAME=PATTERN",
+                   help="add a concept of your own: tokens inside matches of PATTERN (repeatable)")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help=f"suggest a neuron's best concept when its score is at least this (default {DEFAULT_THRESHOLD})")
+    p.add_argument("--list", action="store_true", help="list the built-in concepts and exit")
+    p.set_defaults(func=cmd_autolabel)
+
+    p = sub.add_parser("study", help="the blinded interpretability study: create one, or print its results")
+    ssub = p.add_subparsers(dest="study_command", required=True, metavar="ACTION")
+    c = ssub.add_parser("create", help="sample neurons from two or more models for raters (on the app's Study page)")
+    c.add_argument("--db", required=True, type=Path)
+    c.add_argument("name")
+    c.add_argument("--models", nargs="+", required=True, metavar="MODEL")
+    c.add_argument("--per-model", type=int, default=50, help="neurons sampled per model (default 50)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--snippets", type=int, default=20, help="top snippets shown per neuron (default 20)")
+    c.set_defaults(func=cmd_study_create)
+    s = ssub.add_parser("summary", help="unblind: fraction interpretable per model with a 95%% CI")
+    s.add_argument("--db", required=True, type=Path)
+    s.add_argument("name")
+    s.set_defaults(func=cmd_study_summary)
+
+
+def _table(df) -> str:
+    from solu.commands import format_table
+
+    return format_table(df.astype(object).where(df.notna(), "-").to_dict("records")) if len(df) else "(none)"
+
+
+def cmd_autolabel(args) -> int:
+    from index.autolabel import autolabel, resolve_concepts
+    from index.concepts import CONCEPTS
+
+    if args.list:
+        for c in CONCEPTS.values():
+            print(f"{c.name:14s} {c.description}")
+        return 0
+    if args.db is None:
+        raise UserError("--db is required")
+    concepts = resolve_concepts(args.concepts, args.regex)
+    summary = autolabel(args.db, args.models, concepts, args.threshold)
+    for col in ("best_score", "best_auroc", "best_top_share"):
+        summary[col] = summary[col].map(lambda v: f"{v:.3f}" if v == v else "-")
+    summary["neurons_above"] = summary.neurons_above.astype(int)
+    print(_table(summary))
+    print(f"scores in concept_scores; neurons whose best concept scores >= {args.threshold:g} "
+          f"carry an automatic label (source 'auto') to accept or reject in the app")
+    return 0
+
+
+def cmd_study_create(args) -> int:
+    from index.store import open_read
+    from index.study import create_study, study_items
+
+    create_study(args.db, args.name, args.models, args.per_model, args.seed, args.snippets)
+    con = open_read(args.db)
+    try:
+        n = len(study_items(con, args.name))
+    finally:
+        con.close()
+    print(f"study {args.name!r}: {n} neurons from {len(set(args.models))} models; rate them on the app's Study page")
+    return 0
+
+
+def cmd_study_summary(args) -> int:
+    from index.store import open_read
+    from index.study import summary
+
+    con = open_read(args.db)
+    try:
+        df = summary(con, args.name)
+    finally:
+        con.close()
+    for col in ("frac_interpretable", "ci_low", "ci_high"):
+        df[col] = df[col].map(lambda v: f"{v:.3f}" if v == v else "-")
+    print(_table(df))
+    return 0
+
+
+def cmd_compare_report(args) -> int:
+    """`solu compare --db FILE MODEL_A MODEL_B [--out DIR]`: the markdown + PNG report."""
+    from index.compare import write_report
+
+    if len(args.checkpoints) != 2:
+        raise UserError("with --db, compare takes two model ids: solu compare --db FILE MODEL_A MODEL_B")
+    a, b = (str(m) for m in args.checkpoints)
+    out = args.out or Path(f"compare-{a}-vs-{b}")
+    report = write_report(args.db, a, b, out, args.threshold)
+    print(report.read_text(encoding="utf-8"))
+    print(f"report written to {report} (plots beside it)")
+    return 0

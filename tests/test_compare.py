@@ -1,0 +1,87 @@
+"""The compare report and the measuring commands, end to end on a small known index."""
+from __future__ import annotations
+
+import duckdb
+import pytest
+
+from index import study
+from index.autolabel import autolabel
+from index.compare import compare_tables, markdown_table
+from index.store import open_read
+from measure_db import build_measure_db
+from solu.cli import main
+
+
+@pytest.fixture()
+def db(tmp_path):
+    path = build_measure_db(tmp_path / "c.duckdb")
+    return path
+
+
+def test_report_before_autolabel_says_what_to_do(db, tmp_path, capsys):
+    assert main(["compare", "--db", str(db), "gelu-m", "solu-m", "--out", str(tmp_path / "r")]) == 0
+    text = (tmp_path / "r" / "report.md").read_text()
+    assert "run `solu autolabel" in text and "No blinded study" in text
+    assert (tmp_path / "r" / "sparsity.png").stat().st_size > 1000
+    assert not (tmp_path / "r" / "selectivity.png").exists()
+
+
+def test_report_numbers_match_the_database(db, tmp_path, capsys):
+    assert main(["autolabel", "--db", str(db), "--threshold", "0.6"]) == 0
+    assert "people_count" in capsys.readouterr().out
+    study.create_study(db, "pilot", ["gelu-m", "solu-m"], per_model=4, seed=1)
+    for i in range(8):
+        con = open_read(db)
+        item = study.next_item(con, "pilot", "ana")
+        con.close()
+        study.record_answer(db, "pilot", "ana", item, "yes" if item["model_id"] == "solu-m" or i == 0 else "no")
+    out = tmp_path / "report"
+    assert main(["compare", "--db", str(db), "gelu-m", "solu-m", "--out", str(out), "--threshold", "0.6"]) == 0
+    for name in ("report.md", "sparsity.png", "selectivity.png", "frac_above_by_layer.png", "study.png"):
+        assert (out / name).stat().st_size > 200
+    text = (out / "report.md").read_text()
+    con = duckdb.connect(str(db), read_only=True)
+    best = con.execute("""SELECT model_id, layer, count(*) FILTER (WHERE s >= 0.6) / count(*) FROM (
+        SELECT model_id, layer, neuron, max(score) AS s FROM concept_scores GROUP BY ALL) GROUP BY ALL
+        ORDER BY ALL""").fetchall()
+    loss = dict(con.execute("SELECT model_id, eval_loss FROM models").fetchall())
+    con.close()
+    for model_id, layer, frac in best:
+        assert f"| {model_id} | {layer} | 8 | {round(frac * 8)} | {frac:.3f} |" in text
+    assert f"| gelu-m | gelu | {loss['gelu-m']:.3f} | 1.000 |" in text
+    assert "| pilot | solu-m | solu_ln | 1 | 4 | 4 | 4 | 0 | 0 | 1.000 |" in text
+    assert "report written to" in capsys.readouterr().out
+
+
+def test_compare_tables_for_the_app(db):
+    autolabel(db, threshold=0.6)
+    con = open_read(db)
+    try:
+        tables = compare_tables(con, ["solu-m", "gelu-m"], threshold=0.6)
+    finally:
+        con.close()
+    assert list(tables["loss"].model_id) == ["solu-m", "gelu-m"] and tables["loss"].loss_ratio.iloc[0] == 1.0
+    assert set(tables["concepts"].concept) == {"base64", "people_count"}
+    assert tables["labels"].auto_suggested.tolist() == [4, 4]
+    assert tables["study"].empty
+
+
+def test_markdown_table_escapes_pipes():
+    import pandas as pd
+
+    assert "a\\|b" in markdown_table(pd.DataFrame({"x": ["a|b"]}))
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["compare", "--db", "{db}", "gelu-m"], "two model ids"),
+    (["compare", "--db", "{db}", "gelu-m", "gelu-m"], "two different models"),
+    (["compare", "--db", "{db}", "gelu-m", "nope"], "not in the index"),
+    (["compare", "a", "--out", "x"], "--out needs --db"),
+    (["autolabel", "--db", "{db}", "--concepts", "nosuch"], "unknown concept"),
+    (["autolabel"], "--db is required"),
+    (["study", "summary", "--db", "{db}", "nope"], "no study"),
+])
+def test_user_errors_exit_2(db, argv, message, capsys):
+    assert main([a.replace("{db}", str(db)) for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1
