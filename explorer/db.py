@@ -2,15 +2,22 @@
 
 DuckDB refuses, inside one process, a second connection to a file with a different
 configuration (read-only next to read-write, or the SQL page's locked-down settings),
-and across processes a reader blocks a writer. So every access goes through one gate
-with three modes: any number of 'read's together, any number of 'sql's together, one
-'write' alone. Reads share one read-only connection that is closed after IDLE_S
-seconds without use, before any other mode, and when the file is replaced (a re-index),
-so the CLI and the indexer never wait on the app for long.
+and across processes a reader blocks a writer. So every access here goes through one
+gate with three modes: any number of 'read's together, any number of 'sql's together,
+one 'write' alone.
+
+Reads share one read-only connection, which is let go of
+- after IDLE_S seconds without use,
+- before this process writes or runs guarded SQL,
+- as soon as another process (`solu label`, the indexer) waits for the write lock: it
+  holds index.store.write_lock while it retries, and readers see that lock taken,
+- when the file is replaced (a re-index moves a new file into place),
+so other writers wait on the app for one query at most.
 """
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import threading
 import time
@@ -23,27 +30,34 @@ IDLE_S = 1.0
 
 class _Gate:
     def __init__(self):
-        self._cond = threading.Condition()
+        self.cond = threading.Condition()
         self._mode: str | None = None
         self._count = 0
 
     @contextlib.contextmanager
     def hold(self, mode: str):
-        with self._cond:
+        with self.cond:
             while self._count and (self._mode != mode or mode == "write"):
-                self._cond.wait()
+                self.cond.wait()
             if mode != "read":
                 _POOL.close_all()
             self._mode, self._count = mode, self._count + 1
         try:
             yield
         finally:
-            with self._cond:
+            with self.cond:
                 self._count -= 1
-                self._cond.notify_all()
+                self.cond.notify_all()
 
     def idle(self) -> bool:
         return self._count == 0
+
+
+class _Shared:
+    """A pooled connection and how many readers use it now."""
+
+    def __init__(self, con, ident: tuple):
+        self.con, self.ident, self.users, self.used, self.retired = con, ident, 0, time.monotonic(), False
 
 
 class _Pool:
@@ -51,26 +65,45 @@ class _Pool:
 
     def __init__(self):
         self._lock = threading.Lock()
-        self._cons: dict[str, tuple] = {}  # path -> (connection, file identity, last use)
+        self._shared: dict[str, _Shared] = {}
         self._reaper: threading.Thread | None = None
 
-    def cursor(self, db: Path):
+    def acquire(self, db: Path) -> _Shared:
         key, ident = str(db), _identity(db)
         with self._lock:
-            entry = self._cons.get(key)
-            if entry and entry[1] != ident:
-                entry[0].close()
+            entry = self._shared.get(key)
+            if entry and entry.ident != ident:
+                self._retire(key)
                 entry = None
-            con = entry[0] if entry else open_read(db)
-            self._cons[key] = (con, ident, time.monotonic())
+            if entry is None:
+                entry = self._shared[key] = _Shared(open_read(db), ident)
+            entry.users += 1
             self._start_reaper()
-            return con.cursor()
+            return entry
+
+    def release(self, entry: _Shared) -> None:
+        with self._lock:
+            entry.users -= 1
+            entry.used = time.monotonic()
+            if entry.retired and entry.users == 0:
+                entry.con.close()
+
+    def retire(self, db: Path) -> None:
+        """Stop handing out db's connection; it closes when its last reader is done."""
+        with self._lock:
+            self._retire(str(db))
+
+    def _retire(self, key: str) -> None:
+        entry = self._shared.pop(key, None)
+        if entry:
+            entry.retired = True
+            if entry.users == 0:
+                entry.con.close()
 
     def close_all(self) -> None:
         with self._lock:
-            for con, _, _ in self._cons.values():
-                con.close()
-            self._cons.clear()
+            for key in list(self._shared):
+                self._retire(key)
 
     def _start_reaper(self) -> None:
         if self._reaper is None or not self._reaper.is_alive():
@@ -80,16 +113,14 @@ class _Pool:
     def _reap(self) -> None:
         while True:
             time.sleep(IDLE_S / 4)
-            with _GATE._cond:
-                if not _GATE.idle():
-                    continue
-                with self._lock:
-                    now = time.monotonic()
-                    for key in [k for k, (_, _, used) in self._cons.items() if now - used > IDLE_S]:
-                        self._cons.pop(key)[0].close()
-                    if not self._cons:
-                        self._reaper = None
-                        return
+            with self._lock:
+                now = time.monotonic()
+                for key, entry in list(self._shared.items()):
+                    if entry.users == 0 and now - entry.used > IDLE_S:
+                        self._retire(key)
+                if not self._shared:
+                    self._reaper = None
+                    return
 
 
 _GATE, _POOL = _Gate(), _Pool()
@@ -106,20 +137,48 @@ def file_version(db: str | Path) -> tuple:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
+def _yield_to_writers(db: Path) -> None:
+    """If another process holds the write lock, let go of the file and wait until it is done."""
+    try:
+        f = open(str(db) + ".lock", "a")
+    except OSError:  # a read-only directory: nobody can write there either
+        return
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _POOL.retire(db)
+            fcntl.flock(f, fcntl.LOCK_SH)
+        fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def read(db: str | Path, fn, *args, **kwargs):
     """Run fn(connection, *args, **kwargs) on a read-only connection and return its result."""
+    db = Path(db)
     with _GATE.hold("read"):
-        cur = _POOL.cursor(Path(db))
+        _yield_to_writers(db)
+        entry = _POOL.acquire(db)
         try:
-            return fn(cur, *args, **kwargs)
+            cur = entry.con.cursor()
+            try:
+                return fn(cur, *args, **kwargs)
+            finally:
+                cur.close()
         finally:
-            cur.close()
+            _POOL.release(entry)
 
 
 def write_label(db: str | Path, *args, **kwargs) -> None:
     """index.store.append_label, with every read connection of this process closed first."""
     with _GATE.hold("write"):
         append_label(db, *args, **kwargs)
+
+
+def write(db: str | Path, fn, *args, **kwargs):
+    """fn(db, *args, **kwargs) for a writer that opens its own connection (index.store's
+    open_write), with every read connection of this process closed first."""
+    with _GATE.hold("write"):
+        return fn(db, *args, **kwargs)
 
 
 def run_sql(db: str | Path, sql: str, max_rows: int, timeout_s: float):
@@ -131,6 +190,6 @@ def run_sql(db: str | Path, sql: str, max_rows: int, timeout_s: float):
 
 
 def close() -> None:
-    """Close the shared connection now (tests, shutdown)."""
+    """Close the shared connections now (tests, shutdown)."""
     with _GATE.hold("write"):
         pass

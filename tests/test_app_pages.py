@@ -1,0 +1,181 @@
+"""Every page of the explorer, driven by Streamlit's AppTest on a synthetic index."""
+from __future__ import annotations
+
+import html
+import re
+
+import pytest
+
+from explorer_fixtures import GELU, SOLU, app_at, html_text, labels_of, no_exception, probe_db, synth_db  # noqa: F401
+from index.synthetic import HOSTILE_TOKENS
+
+
+def visible_text(body: str) -> str:
+    """What a reader sees of an HTML block: tags dropped, entities decoded."""
+    return html.unescape(re.sub(r"<[^>]+>", "", body))
+
+
+def test_neurons_page_lists_and_filters(synth_db):
+    at = app_at()
+    no_exception(at)
+    assert at.title[0].value == "Neurons"
+    table = at.dataframe[0].value
+    assert len(table) == 100 and table.max_act.is_monotonic_decreasing
+    assert "256 neurons match" in at.caption[0].value
+    at.text_input[0].input("BASE64").run()
+    table = at.dataframe[0].value
+    assert list(table.label) == ["base64 (padding)"] and table.neuron.tolist() == [1]
+    assert table.open.iloc[0] == f"neuron?model={GELU}&layer=0&neuron=1&site=post"
+
+
+def test_neurons_page_sorts_and_shows_suggestions(synth_db):
+    at = app_at()
+    at.selectbox[0].select("neuron").run()
+    at.toggle[0].set_value(False).run()
+    table = at.dataframe[0].value
+    assert table[["model_id", "layer", "neuron"]].iloc[0].tolist() == [GELU, 0, 0]
+    at.segmented_control[0].set_value("suggested").run()
+    table = at.dataframe[0].value
+    assert table.auto_label.tolist() == ["Python keyword 'def'"]
+
+
+def test_neuron_page_shows_everything(synth_db):
+    at = app_at("neuron", model=GELU, layer=0, neuron=1, site="post")
+    no_exception(at)
+    body = html_text(at)
+    assert f"{GELU} · L0 · N1 · post" in body and "base64 (padding)" in body
+    assert {m.label for m in at.metric} == {"Max activation", "Density", "Mean", "Kurtosis"}
+    assert any(s.value.startswith("Top 10") for s in at.subheader)
+    assert "Across the activation range" in [s.value for s in at.subheader]
+    assert body.count('class="snippet"') == 20
+    assert len(at.dataframe) >= 2  # boosted and suppressed logit tokens
+    assert at.text_input[0].value == "base64 (padding)"  # the label editor holds the current label
+
+
+def test_hostile_tokens_are_escaped(synth_db):
+    at = app_at("neuron", model=GELU, layer=0, neuron=0, site="post")
+    no_exception(at)
+    body = html_text(at)
+    assert "<script>" not in body and "<img" not in body
+    assert "&lt;script&gt;alert(&#x27;xss&#x27;)&lt;/script&gt;" in body
+    assert "&lt;img src=x onerror=alert(1)&gt;" in body
+    max_span = re.search(r'<span class="tok" data-act="9.0000"[^>]*>', body).group(0)
+    assert "outline:2px" in max_span  # the max token is marked
+    assert "**bold**" in visible_text(body) and "$x^2$" in visible_text(body)
+
+
+@pytest.mark.parametrize("params, message", [
+    (dict(model="nope", layer=0, neuron=0), "No model 'nope'"),
+    (dict(model=GELU, layer=0, neuron=99999), "No neuron L0 N99999"),
+    (dict(model=GELU, layer="x", neuron=0), "`layer` must be a whole number"),
+    (dict(model=GELU, layer=0, neuron=0, site="pre_ln"), "has no site 'pre_ln'"),
+])
+def test_unknown_neuron_is_a_message(synth_db, params, message):
+    at = app_at("neuron", **params)
+    no_exception(at)
+    assert any(message in w.value for w in at.warning), [w.value for w in at.warning]
+
+
+def test_neuron_page_defaults_to_first_neuron(synth_db):
+    at = app_at("neuron")
+    no_exception(at)
+    assert f"{GELU} · L0 · N0 · post" in html_text(at)
+
+
+def test_next_previous_and_random(synth_db):
+    at = app_at("neuron", model=GELU, layer=0, neuron=63, site="post")
+    next_button = [b for b in at.button if b.label == "Next"][0]
+    next_button.click().run()
+    assert f"{GELU} · L1 · N0 · post" in html_text(at)  # wraps into the next layer
+    [b for b in at.button if b.label == "Prev"][0].click().run()
+    assert f"{GELU} · L0 · N63 · post" in html_text(at)
+    [b for b in at.button if b.label == "Random"][0].click().run()
+    no_exception(at)
+    assert GELU in html_text(at)
+
+
+def test_label_editor_appends(synth_db):
+    at = app_at("neuron", model=SOLU, layer=1, neuron=7, site="pre_ln")
+    at.text_input[0].input("people counts")
+    at.text_area[0].input("fires on 'three people'")
+    at.text_input[1].input("tester")
+    [b for b in at.button if b.label == "Save label"][0].click().run()
+    no_exception(at)
+    assert labels_of(synth_db, SOLU, 1, 7) == [("human", "people counts", "fires on 'three people'", "tester", None)]
+    assert "people counts" in html_text(at)
+    at.text_input[0].input("people counts (plural)")
+    [b for b in at.button if b.label == "Save label"][0].click().run()
+    rows = labels_of(synth_db, SOLU, 1, 7)
+    assert [r[1] for r in rows] == ["people counts", "people counts (plural)"]  # history kept
+    assert any(e.label.startswith("History (2 changes)") for e in at.expander)
+
+
+def test_accept_and_reject_suggestions(synth_db):
+    at = app_at("neuron", model=SOLU, layer=0, neuron=3, site="pre_ln")
+    assert any("Suggested label" in i.value for i in at.info)
+    [b for b in at.button if b.label == "Accept"][0].click().run()
+    assert labels_of(synth_db, SOLU, 0, 3)[-1][:2] == ("human", "Python keyword 'def'")
+    assert not any("Suggested label" in i.value for i in at.info)
+
+    from explorer import db
+    db.write_label(synth_db, SOLU, 0, 4, "Python keyword 'class'", "", source="auto", score=0.7)
+    at = app_at("neuron", model=SOLU, layer=0, neuron=4, site="pre_ln")
+    [b for b in at.button if b.label == "Reject"][0].click().run()
+    assert labels_of(synth_db, SOLU, 0, 4)[-1] == ("auto", "Python keyword 'class'", "", None, "rejected")
+    assert not any("Suggested label" in i.value for i in at.info)
+
+
+def test_models_page(synth_db):
+    at = app_at("models")
+    no_exception(at)
+    assert [s.value for s in at.subheader] == ["Loss curves", "GELU and SoLU side by side"]
+    assert [m.label for m in at.metric] == [f"{GELU} eval loss", f"{SOLU} eval loss"]
+    assert at.metric[1].value == "4.9500"
+    summary = at.dataframe[1].value
+    assert summary.set_index("model_id").labeled.to_dict() == {GELU: 1, SOLU: 1}
+
+
+def test_probe_runs_the_model(probe_db):
+    at = app_at("probe", model="solu-tiny", layer=1, neuron=5, site="pre_ln")
+    no_exception(at)
+    assert at.subheader[0].value == "solu-tiny · L1 · N5 · pre_ln on your text"
+    assert 'class="heatmap"' in html_text(at)
+    top = at.dataframe[0].value
+    assert len(top) == 20 and top.act.is_monotonic_decreasing
+    at.text_area[0].input("three people went home").run()
+    no_exception(at)
+    assert visible_text(html_text(at)) == "three people went home"
+    token_box = [s for s in at.selectbox if s.label == "Token"][0]
+    token_box.select(0).run()
+    first = token_box.options[0].split(": ", 1)[1]
+    assert set(at.dataframe[1].value.token) == {first}
+
+
+def test_probe_without_checkpoint_says_so(synth_db):
+    at = app_at("probe", model=GELU)
+    no_exception(at)
+    assert any("checkpoint of this model is gone" in e.value for e in at.error)
+
+
+def test_sql_page_runs_and_refuses(synth_db):
+    pytest.importorskip("index.sqlguard", reason="the SQL engine (index/sqlguard.py) has not landed yet")
+    at = app_at("sql")
+    no_exception(at)
+    at.text_area[0].input("SELECT model_id, count(*) AS n FROM neurons GROUP BY 1 ORDER BY 1")
+    [b for b in at.button if b.label == "Run query"][0].click().run()
+    no_exception(at)
+    assert at.dataframe[0].value.n.tolist() == [128, 128]
+    assert at.get("download_button")
+    at.text_area[0].input("DELETE FROM labels")
+    [b for b in at.button if b.label == "Run query"][0].click().run()
+    assert at.error and labels_of(synth_db, GELU, 0, 1)
+    at.text_area[0].input("SELECT * FROM read_csv('/etc/passwd')")
+    [b for b in at.button if b.label == "Run query"][0].click().run()
+    assert at.error
+
+
+def test_missing_database_is_a_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("SOLU_DB", str(tmp_path / "gone.duckdb"))
+    at = app_at()
+    no_exception(at)
+    assert "not found" in at.error[0].value
