@@ -73,10 +73,23 @@ def snippet_row(caption: str, tokens, acts, scale: float, max_pos: int | None) -
 
 
 def snippets(rows, scale: float, caption) -> str:
-    """Several snippets (dicts or DataFrame rows with tokens, acts, max_pos) in one block."""
-    body = "".join(snippet_row(caption(r), list(r["tokens"]), list(r["acts"]), scale, _int(r.get("max_pos")))
-                   for r in rows)
+    """Several snippets (dicts with tokens, acts, max_pos, start_pos) in one block;
+    caption(i, row) labels the i-th (from 0)."""
+    body = "".join(snippet_row(caption(i, r), list(r["tokens"]), list(r["acts"]), scale, peak_index(r))
+                   for i, r in enumerate(rows))
     return f'<div class="snippets">{body}</div>'
+
+
+def peak_index(row) -> int | None:
+    """Where in a snippet's window its max is: max_pos and start_pos are document
+    positions; if they do not fit the window, the largest activation."""
+    acts = [float(a) if a is not None else float("-inf") for a in row["acts"]]
+    if not acts:
+        return None
+    max_pos, start = _int(row.get("max_pos")), _int(row.get("start_pos"))
+    if max_pos is not None and start is not None and 0 <= max_pos - start < len(acts):
+        return max_pos - start
+    return max(range(len(acts)), key=acts.__getitem__)
 
 
 def _int(value) -> int | None:

@@ -9,8 +9,7 @@ from __future__ import annotations
 import pandas as pd
 
 # sort keys the neuron table offers, mapped to SQL (never interpolate user text)
-SORTS = {"max_act": "n.max_act", "density": "n.frac_active", "kurtosis": "n.kurtosis",
-         "mean_act": "n.mean_act", "neuron": "n.model_id, n.layer, n.neuron", "labeled_at": "h.created_at"}
+SORTS = {"max_act": "n.max_act", "density": "n.frac_active", "mean_act": "n.mean_act", "neuron": "n.model_id, n.layer, n.neuron", "labeled_at": "h.created_at"}
 POSITIVE_SIGNS = ("pos", "positive", "top", "+", "up", "high")
 LABEL_FILTERS = ("any", "labeled", "unlabeled", "suggested")
 
@@ -20,7 +19,7 @@ _NEURON_KEY = "model_id = ? AND layer = ? AND neuron = ?"
 def models(con) -> pd.DataFrame:
     """One row per indexed model, with its latest index run's settings."""
     return con.execute("""
-        SELECT m.*, r.dataset AS index_dataset, r.tokens AS index_tokens, r.top_k, r.band_kind,
+        SELECT m.*, r.dataset AS index_dataset, r.tokens AS index_tokens, r.top_k, r.band_kind, r.bands,
                r.started_at AS indexed_at
         FROM models m
         LEFT JOIN (SELECT * FROM index_runs
@@ -80,7 +79,7 @@ def neuron_table(con, *, models: list | None = None, layers: list | None = None,
     where, params = _table_filters(models, layers, sites, primary_only, search.strip(), labeled)
     order = ", ".join(f"{c} {'DESC' if descending else 'ASC'} NULLS LAST" for c in SORTS[sort].split(", "))
     return con.execute(f"""
-        SELECT n.model_id, n.layer, n.neuron, n.site, n.max_act, n.frac_active AS density, n.kurtosis,
+        SELECT n.model_id, n.layer, n.neuron, n.site, n.max_act, n.frac_active AS density, n.mean_act,
                n.max_tokens[1] AS top_token, nullif(h.label, '') AS label,
                CASE WHEN coalesce(a.status, '') <> 'rejected' THEN a.label END AS auto_label,
                a.score AS auto_score, count(*) OVER () AS total
@@ -179,7 +178,7 @@ def model_summary(con) -> pd.DataFrame:
 def histogram(con, column: str, bins: int = 40, log: bool = False) -> pd.DataFrame:
     """Per model, a histogram of a primary-site neuron column ('max_act' or 'frac_active')
     over shared bins: (model_id, act_fn, lo, hi, neurons). `log` bins log10 of the value."""
-    if column not in ("max_act", "frac_active", "kurtosis"):
+    if column not in ("max_act", "frac_active", "mean_act"):
         raise ValueError(f"no histogram for column {column!r}")
     value = f"log10(greatest(n.{column}, 1e-6))" if log else f"n.{column}"
     return con.execute(f"""

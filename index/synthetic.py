@@ -18,7 +18,7 @@ from index.schema import migrate
 HOSTILE_TOKENS = ["<script>alert('xss')</script>", " <img src=x onerror=alert(1)>", " **bold**",
                   " $x^2$", " \\(y\\)", "\n", "\tindent", " [link](javascript:alert(2))", " `code`",
                   " # heading", " &amp;", " _under_"]
-HOSTILE_MAX_POS = 1  # the <img> token carries the example's max activation
+HOSTILE_MAX_POS = 1  # the <img> token carries the example's max activation (window and document position)
 
 WORDS = (" the of and to in is that for it as with was on be by at this from or an are not have "
          "which one all but were their has more when can there been if its also about into other "
@@ -70,19 +70,23 @@ def _insert_model(con, model_id: str, act_fn: str, n_layers: int, d_mlp: int, m:
     con.execute("INSERT INTO models VALUES (?, ?, ?, 128, ?, 4, 128, 4096, 1000000, ?, 2000000, ?, ?, ?)",
                 [model_id, act_fn, n_layers, d_mlp, eval_loss, f"/nonexistent/{model_id}",
                  json.dumps(config), json.dumps(curve)])
-    con.execute("INSERT INTO index_runs VALUES ('synthetic', ?, 'synthetic', 1000000, 5000, 10, 12, 4, ?, 4, "
-                "'interval', 2, 2, 0.0, 100, now()::TIMESTAMP, 1.0, 1e6, 'synthetic', 'cpu')",
+    con.execute("INSERT INTO index_runs BY NAME SELECT 'synthetic' AS run_id, ? AS model_id, 'synthetic' AS dataset, "
+                "1000000 AS tokens, 5000 AS documents, 10 AS top_k, 12 AS window_before, 4 AS window_after, "
+                "? AS sites, 4 AS bands, 'interval' AS band_kind, 2 AS samples_per_band, 2 AS random_samples, "
+                "0.2 AS activation_threshold, 100 AS sample_documents, now()::TIMESTAMP AS started_at, "
+                "1.0 AS seconds, 1e6 AS tokens_per_s, 'synthetic' AS code_version, 'cpu' AS device",
                 [model_id, [s for s, _ in _sites(act_fn, True)]])
 
 
 def _insert_neurons(con, model_id, act_fn, site, primary, n_layers, d_mlp, seed) -> None:
     power = 3.0 if act_fn == "solu_ln" else 1.5  # SoLU neurons come out sparser
     con.execute(f"""
-        INSERT INTO neurons
-        SELECT ?, i // {d_mlp}, i % {d_mlp}, ?, ?, mx, -0.17, mx * 0.05, mx * 0.1, 3 + h % 40,
-               dens, dens * 0.5, -0.17, mx,
-               list_transform(range(32), lambda b: CAST(20000 * exp(-b / (2.0 + h % 5)) AS BIGINT)),
-               ['{VOCAB[1]}', '{VOCAB[2]}', '{VOCAB[3]}'], [7, 3, 1]
+        INSERT INTO neurons BY NAME
+        SELECT ? AS model_id, i // {d_mlp} AS layer, i % {d_mlp} AS neuron, ? AS site, ? AS is_primary,
+               mx AS max_act, -0.17 AS min_act, mx * 0.05 AS mean_act, mx * 0.1 AS std_act,
+               dens AS frac_active, dens * 0.5 AS frac_active_rel, -0.17 AS hist_lo, mx AS hist_hi,
+               list_transform(range(32), lambda b: CAST(20000 * exp(-b / (2.0 + h % 5)) AS BIGINT)) AS hist_counts,
+               ['{VOCAB[1]}', '{VOCAB[2]}', '{VOCAB[3]}'] AS max_tokens, [7, 3, 1] AS max_token_counts
         FROM (SELECT i, hash(?, i) AS h, 0.5 + (hash(?, i, 1) % 10000) / 1000.0 AS mx,
                      pow((hash(?, i, 2) % 1000) / 1000.0, {power}) AS dens
               FROM range({n_layers * d_mlp}) t(i))
@@ -97,9 +101,9 @@ def _insert_examples(con, model_id, site, n_neurons, d_mlp, examples, window, se
         INSERT INTO examples
         SELECT ?, n // {d_mlp}, n % {d_mlp}, ?, kind,
                CASE WHEN kind = 'interval' THEN (e - {n_top}) % 4 END,
-               CASE WHEN kind = 'top' THEN e + 1 WHEN kind = 'interval' THEN (e - {n_top}) // 4 + 1
-                    ELSE e - {n_top + n_interval} + 1 END,
-               h % 100000, emax, mpos, h % 900, toks,
+               CASE WHEN kind = 'top' THEN e WHEN kind = 'interval' THEN (e - {n_top}) // 4
+                    ELSE e - {n_top + n_interval} END,
+               h % 100000, emax, h % 900 + mpos, h % 900, toks,
                list_transform(range({window}), lambda j: CAST(CASE WHEN j = mpos THEN emax
                    ELSE emax * pow((hash(h, j) % 100) / 100.0, 4) END AS FLOAT))
         FROM (SELECT n, e, h, CAST(hash(h, 7) % {window} AS INTEGER) AS mpos, kind,
@@ -128,8 +132,8 @@ def _insert_logits(con, model_id, n_neurons, d_mlp, seed) -> None:
 
 def _make_hostile(con, model_id: str, site: str) -> None:
     acts = [0.5 if i != HOSTILE_MAX_POS else 9.0 for i in range(len(HOSTILE_TOKENS))]
-    con.execute("UPDATE examples SET tokens = ?, acts = ?, max_act = 9.0, max_pos = ? "
-                "WHERE model_id = ? AND layer = 0 AND neuron = 0 AND site = ? AND kind = 'top' AND rank = 1",
+    con.execute("UPDATE examples SET tokens = ?, acts = ?, max_act = 9.0, max_pos = ?, start_pos = 0 "
+                "WHERE model_id = ? AND layer = 0 AND neuron = 0 AND site = ? AND kind = 'top' AND rank = 0",
                 [HOSTILE_TOKENS, acts, HOSTILE_MAX_POS, model_id, site])
     con.execute("UPDATE neurons SET max_act = 9.0 WHERE model_id = ? AND layer = 0 AND neuron = 0 AND site = ?",
                 [model_id, site])

@@ -44,7 +44,7 @@ def test_neuron_page_shows_everything(synth_db):
     no_exception(at)
     body = html_text(at)
     assert f"{GELU} · L0 · N1 · post" in body and "base64 (padding)" in body
-    assert {m.label for m in at.metric} == {"Max activation", "Density", "Mean", "Kurtosis"}
+    assert {m.label for m in at.metric} == {"Max activation", "Density", "Mean", "Std"}
     assert any(s.value.startswith("Top 10") for s in at.subheader)
     assert "Across the activation range" in [s.value for s in at.subheader]
     assert body.count('class="snippet"') == 20

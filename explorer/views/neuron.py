@@ -1,4 +1,5 @@
 """One neuron: label, stats, histogram, snippets as token heatmaps, logits, label editor."""
+import html
 import random
 
 import altair as alt
@@ -57,14 +58,14 @@ def histogram_chart(stats: dict) -> alt.Chart | None:
 
 def show_stats(stats: dict) -> None:
     a, b = st.columns(2)
-    a.metric("Max activation", f"{stats['max_act']:.3f}")
+    a.metric("Max activation", f"{stats['max_act']:.4g}")
     b.metric("Density", f"{stats['frac_active']:.2%}", help="fraction of tokens where the neuron is active")
-    a.metric("Mean", f"{stats['mean_act']:.3f}")
-    b.metric("Kurtosis", f"{stats['kurtosis']:.1f}" if pd.notna(stats["kurtosis"]) else "-")
+    a.metric("Mean", f"{stats['mean_act']:.3g}")
+    b.metric("Std", f"{stats['std_act']:.3g}" if pd.notna(stats.get("std_act")) else "-")
     tokens = list(stats["max_tokens"]) if stats["max_tokens"] is not None else []
     counts = list(stats["max_token_counts"]) if stats["max_token_counts"] is not None else [None] * len(tokens)
     if tokens:
-        chips = " ".join(f"<code>{render.html.escape(repr(t))}</code>{f'×{c}' if c else ''}"
+        chips = " ".join(f"<code>{html.escape(repr(t))}</code>{f'×{c}' if c else ''}"
                          for t, c in zip(tokens, counts))
         st.html(f'<div style="font-size:0.8rem">Tokens it peaks on: {chips}</div>')
     chart = histogram_chart(stats)
@@ -121,26 +122,41 @@ def suggestion(addr: Address, auto: pd.Series) -> None:
         st.rerun()
 
 
-def show_examples(addr: Address, stats: dict, examples: pd.DataFrame, band_kind: str | None) -> None:
+def show_examples(stats: dict, examples: pd.DataFrame, run: dict) -> None:
     scale = max(float(stats["max_act"]), float(examples.max_act.max()) if not examples.empty else 0.0, 1e-6)
-    top = examples[examples.kind == "top"]
+    top = examples[examples.kind == "top"].sort_values("rank")
     st.subheader(f"Top {len(top)} activations")
     st.caption("One snippet per document, strongest first. The outlined token is the maximum; "
-               "hover a token for its activation. ↵ marks a newline.")
+               "hover a token for its activation. ↵ marks a newline, ⇥ a tab.")
     if top.empty:
         st.caption("No top examples stored.")
     else:
-        st.html(render.snippets(top.to_dict("records"), scale, lambda r: f"#{r['rank']}  {r['max_act']:.2f}"))
+        st.html(render.snippets(top.to_dict("records"), scale, lambda i, r: f"#{i + 1}  {r['max_act']:.3g}"))
     bands = examples[examples.kind.isin(["interval", "quantile"])]
     if not bands.empty:
-        st.subheader("Across the activation range")
-        st.caption(f"Samples from {BAND_KINDS.get(band_kind or '', 'activation bands')}, highest band first.")
-        ordered = bands.sort_values(["band", "rank"], ascending=[False, True]).to_dict("records")
-        st.html(render.snippets(ordered, scale, lambda r: f"band {r['band']}  {r['max_act']:.2f}"))
-    rand = examples[examples.kind == "random"]
+        show_bands(bands, float(stats["max_act"]), scale, run)
+    rand = examples[examples.kind == "random"].sort_values("rank")
     if not rand.empty:
         st.subheader("Random samples")
-        st.html(render.snippets(rand.to_dict("records"), scale, lambda r: f"random  {r['max_act']:.2f}"))
+        st.caption("Documents drawn at random, whatever the neuron did on them.")
+        st.html(render.snippets(rand.to_dict("records"), scale, lambda i, r: f"max {r['max_act']:.3g}"))
+
+
+def show_bands(bands: pd.DataFrame, max_act: float, scale: float, run: dict) -> None:
+    kind = run.get("band_kind") or bands.kind.iloc[0]
+    n = int(run["bands"]) if pd.notna(run.get("bands")) else int(bands.band.max()) + 1
+    st.subheader("Across the activation range")
+    st.caption(f"Random documents from each of {n} {BAND_KINDS.get(kind, 'activation bands')}, "
+               f"highest band first.")
+    blocks = []
+    for band in sorted(bands.band.dropna().unique(), reverse=True):
+        rows = bands[bands.band == band].sort_values("rank").to_dict("records")
+        span = (f" · {band / n * max_act:.3g} to {(band + 1) / n * max_act:.3g}"
+                if kind == "interval" and max_act > 0 else "")
+        blocks.append(f'<div style="font-size:0.75rem;opacity:0.7;margin-top:0.5rem">band {int(band) + 1} of {n}'
+                      f"{html.escape(span)}</div>")
+        blocks.append(render.snippets(rows, scale, lambda i, r: f"max {r['max_act']:.3g}"))
+    st.html("".join(blocks))
 
 
 def page() -> None:
@@ -162,7 +178,7 @@ def page() -> None:
     label = str(human.label.iloc[0]) if not human.empty and human.label.iloc[0] else None
     models = data.query("models").set_index("model_id")
     act_fn = models.act_fn.get(addr.model_id, "?")
-    band_kind = models.band_kind.get(addr.model_id)
+    run = models.loc[addr.model_id].to_dict() if addr.model_id in models.index else {}
     st.html(render.header(addr.title, label, f"{act_fn} model · layer {addr.layer} · neuron {addr.neuron} · "
                                              f"site {addr.site}"))
     st.page_link("views/probe.py", label="Probe this neuron with your own text", icon=":material/keyboard:",
@@ -176,7 +192,7 @@ def page() -> None:
         show_logits(data.query("logits", addr.model_id, addr.layer, addr.neuron))
     with left:
         examples = data.query("examples", addr.model_id, addr.layer, addr.neuron, addr.site)
-        show_examples(addr, stats, examples, band_kind if isinstance(band_kind, str) else None)
+        show_examples(stats, examples, run)
 
 
 page()

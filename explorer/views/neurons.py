@@ -6,8 +6,7 @@ from explorer.nav import Address
 from index.queries import SORTS
 
 PAGE_SIZE = 100
-SORT_NAMES = {"max_act": "max activation", "density": "density", "kurtosis": "kurtosis",
-              "mean_act": "mean activation", "neuron": "model, layer, neuron", "labeled_at": "label time"}
+SORT_NAMES = {"max_act": "max activation", "density": "density", "mean_act": "mean activation", "neuron": "model, layer, neuron", "labeled_at": "label time"}
 LABEL_NAMES = {"any": "all", "labeled": "labeled", "unlabeled": "unlabeled", "suggested": "with suggestion"}
 
 
@@ -36,7 +35,7 @@ def table(rows):
         "open": st.column_config.LinkColumn("link", display_text="open ↗", width="small"),
         "max_act": st.column_config.NumberColumn("max", format="%.3f"),
         "density": st.column_config.NumberColumn("density", format="%.4f"),
-        "kurtosis": st.column_config.NumberColumn("kurtosis", format="%.1f"),
+        "mean_act": st.column_config.NumberColumn("mean", format="%.3f"),
         "auto_score": st.column_config.NumberColumn("auto score", format="%.2f"),
         "auto_label": st.column_config.TextColumn("automatic label"),
         "top_token": st.column_config.TextColumn("peak token"),
