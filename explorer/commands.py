@@ -41,8 +41,8 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="build the corpus, train a GELU and a SoLU model, index both, start the app")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="working directory (default runs/demo)")
     p.add_argument("--quick", action="store_true", help="tiny models and token counts (a minute; for tests)")
-    p.add_argument("--tokens", type=int, help="training tokens per model (default 2M, --quick 20k)")
-    p.add_argument("--index-tokens", type=int, help="tokens to index per model (default 500k, --quick 20k)")
+    p.add_argument("--tokens", type=int, help="training tokens per model (default 2M, --quick 16k)")
+    p.add_argument("--index-tokens", type=int, help="tokens to index per model (default 200k, --quick 8k)")
     p.add_argument("--no-app", action="store_true", help="stop after indexing")
     p.add_argument("--force", action="store_true", help="rebuild everything even if --out has it")
     _serve_args(p)
@@ -88,8 +88,10 @@ def streamlit_command(db: Path, host: str, port: int) -> tuple[list[str], dict]:
 def serve(db: Path, host: str, port: int) -> None:
     """Replace this process with the Streamlit server (Ctrl-C stops it)."""
     cmd, env = streamlit_command(db, host, port)
-    shown = "localhost" if host in ("127.0.0.1", "::1") else host
-    print(f"SoLU Neuron Explorer on {db}: http://{shown}:{port}  (Ctrl-C to stop)", flush=True)
+    local = host in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::")
+    where = "" if host in ("127.0.0.1", "localhost", "::1") else f", listening on {host}"
+    url = f"http://{'localhost' if local else host}:{port}"
+    print(f"SoLU Neuron Explorer on {db}: {url}{where}  (Ctrl-C to stop)", flush=True)
     os.execve(sys.executable, cmd, env)
 
 

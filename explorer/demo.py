@@ -1,0 +1,100 @@
+"""`solu demo`: corpus, a GELU and a SoLU model, one index, ready for the app.
+
+Both models share the shape, the seed, the data order and the tokenizer (the SoLU run
+reuses the GELU run's), so they differ only in the activation. Each step is skipped when
+its output is already complete in --out, so a second `solu demo` starts the app at once.
+"""
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from solu.errors import UserError
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    shape: dict
+    tokens: int
+    index_tokens: int
+    batch_size: int
+    eval_tokens: int
+    warmup_tokens: int
+
+
+FULL = DemoPlan(shape=dict(n_layers=1, d_model=128, d_mlp=512, n_heads=4, n_ctx=128, d_vocab=4096),
+                tokens=2_000_000, index_tokens=200_000, batch_size=16, eval_tokens=65_536, warmup_tokens=100_000)
+QUICK = DemoPlan(shape=dict(n_layers=1, d_model=32, d_mlp=64, n_heads=2, n_ctx=32, d_vocab=320),
+                 tokens=16_384, index_tokens=8_192, batch_size=16, eval_tokens=2_048, warmup_tokens=2_048)
+MODELS = (("gelu", "gelu-1l"), ("solu_ln", "solu-1l"))
+
+
+def step(number: int, total: int, text: str) -> None:
+    print(f"\n[{number}/{total}] {text}", file=sys.stderr, flush=True)
+
+
+def complete(checkpoint: Path) -> bool:
+    from solu.checkpoint import read_meta
+
+    try:
+        return bool(read_meta(checkpoint).get("complete"))
+    except UserError:
+        return False
+
+
+def train_model(act: str, out: Path, plan: DemoPlan, tokenizer: Path | None, force: bool) -> None:
+    from solu.config import ModelConfig, TrainConfig
+    from solu.train import train
+
+    if complete(out) and not force:
+        print(f"{out} is already trained; skipping (--force retrains)", file=sys.stderr)
+        return
+    cfg = ModelConfig(act_fn=act, **plan.shape)
+    tcfg = TrainConfig(dataset="builtin", tokens=plan.tokens, batch_size=plan.batch_size, seed=0, device="cpu",
+                       eval_tokens=plan.eval_tokens, warmup_tokens=plan.warmup_tokens)
+    meta = train(cfg, tcfg, out, force=True, tokenizer_path=str(tokenizer) if tokenizer else None)
+    print(f"{out.name}: eval loss {meta['eval_loss']:.4f} after {meta['tokens_seen']:,} tokens "
+          f"({meta['tokens_per_s']:,.0f} tokens/s)", file=sys.stderr)
+
+
+def index_models(checkpoints: list[Path], db: Path, plan: DemoPlan, force: bool) -> None:
+    from index.build import build_index
+    from index.config import IndexConfig
+
+    newest = max((c / "config.json").stat().st_mtime for c in checkpoints)
+    if db.exists() and db.stat().st_mtime > newest and not force:
+        print(f"{db} already indexes these checkpoints; skipping (--force re-indexes; labels are kept)",
+              file=sys.stderr)
+        return
+    cfg = IndexConfig(dataset="builtin", tokens=plan.index_tokens, device="cpu", seed=0)
+    for line in build_index(checkpoints, cfg, db, progress=True):
+        print(line, file=sys.stderr)
+
+
+def run_demo(out: Path, *, quick: bool = False, tokens: int | None = None, index_tokens: int | None = None,
+             force: bool = False) -> Path:
+    """Build everything under `out` and return the index's path."""
+    from solu.corpus import builtin_path
+
+    plan = QUICK if quick else FULL
+    plan = DemoPlan(plan.shape, tokens or plan.tokens, index_tokens or plan.index_tokens, plan.batch_size,
+                    plan.eval_tokens, plan.warmup_tokens)
+    if plan.tokens <= 0 or plan.index_tokens <= 0:
+        raise UserError("--tokens and --index-tokens must be positive")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    step(1, 4, "builtin corpus (Python's own sources, docs and certificates; built once, then cached)")
+    print(builtin_path(0), file=sys.stderr)
+    checkpoints = [out / name for _, name in MODELS]
+    for i, ((act, _), ckpt) in enumerate(zip(MODELS, checkpoints)):
+        step(2 + i, 4, f"training {ckpt.name} ({act}, {plan.tokens:,} tokens)")
+        tokenizer = checkpoints[0] / "tokenizer.json" if i else None
+        train_model(act, ckpt, plan, tokenizer, force)
+    db = out / "index.duckdb"
+    step(4, 4, f"indexing both models ({plan.index_tokens:,} tokens each) into {db}")
+    index_models(checkpoints, db, plan, force)
+    print(f"\ndemo ready in {time.perf_counter() - start:,.0f} s", file=sys.stderr)
+    return db
