@@ -3,14 +3,18 @@
 Two measurements per (neuron, concept), both from what the index stored, at the
 neuron's primary site:
 
-* auroc: over every token of the sampled documents (the `tokens` table), the chance
-  that a concept token has a higher activation than a token outside the concept, ties
-  counting half (the Mann-Whitney statistic). The `activations` table is sparse: it
-  holds only the activations above the index run's threshold. A token missing from it
-  is taken to lie below every recorded activation, and all missing tokens tie with one
-  another, which is all the index knows about them. So a neuron that never reaches the
-  threshold scores 0.5 on every concept, and one whose recorded activations fall on
-  concept tokens only, in any order, scores near 1.
+* auroc: over the sampled documents (the `tokens` table), the chance that an
+  occurrence of the concept (a run of consecutive concept tokens: one base64 string,
+  one "twelve tired workers") has a higher activation, taken at its strongest token,
+  than a token outside the concept; ties count half (the Mann-Whitney statistic).
+  Occurrences rather than tokens, because a neuron that reads a multi-token concept
+  usually fires on one part of it (the noun of "twelve tired workers"); for one-token
+  concepts the two are the same. The `activations` table is sparse: it holds only
+  activations above the index run's threshold (a fraction of each neuron's max). A
+  token missing from it is taken to lie below every recorded activation, and all
+  missing tokens tie with one another, which is all the index knows about them. So a
+  neuron that never reaches its threshold on the sample scores 0.5 on every concept,
+  and one whose recorded activations cover every occurrence and nothing else scores 1.
 * top_share: the share of the neuron's top-K examples whose max-activating token is in
   the concept, the concept detected on the example's window of tokens. This is the
   paper's test ("one rule explains 80% or more of the strongest firings"), made
@@ -77,6 +81,45 @@ def auroc_by_group(group: np.ndarray, acts: np.ndarray, positive: np.ndarray, n_
     return auc
 
 
+def occurrence_units(mask: np.ndarray, doc_start: np.ndarray) -> tuple[np.ndarray, int, int]:
+    """(unit of each token, n_positive_units, n_units). Positive units are occurrences:
+    runs of concept tokens, not crossing a document start. The text between them is cut
+    into chunks of the median occurrence length, the negative units, so both sides take
+    the max over about as many tokens and a neuron firing at random scores about 0.5."""
+    mask = np.asarray(mask, dtype=bool)
+    idx = np.arange(len(mask))
+    previous = np.zeros_like(mask)
+    previous[1:] = mask[:-1]
+    boundary = (mask != previous) | doc_start
+    boundary[:1] = True
+    run_start = np.maximum.accumulate(np.where(boundary, idx, 0))
+    starts = mask & boundary
+    n_runs = int(starts.sum())
+    ends = np.append(idx[boundary][1:], len(mask))
+    run_lengths = (ends - idx[boundary])[mask[boundary]]
+    chunk = max(1, int(np.median(run_lengths))) if n_runs else 1
+    chunk_start = ~mask & ((idx - run_start) % chunk == 0)
+    unit = np.where(mask, np.cumsum(starts) - 1, n_runs + np.cumsum(chunk_start) - 1)
+    return unit, n_runs, n_runs + int(chunk_start.sum())
+
+
+def occurrence_auroc(group: np.ndarray, token: np.ndarray, acts: np.ndarray, mask: np.ndarray,
+                     doc_start: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per group (neuron), the AUROC of the concept's occurrences against equally long
+    chunks of the other text, each unit at its strongest recorded token (see
+    occurrence_units). `mask` and `doc_start` run over all sampled tokens; row i of the
+    sparse activations is (group[i], token[i], acts[i])."""
+    unit, n_runs, n_units = occurrence_units(mask, doc_start)
+    key = group.astype(np.int64) * n_units + unit[token]
+    order = np.lexsort((-acts, key))  # strongest first within each (group, unit)
+    first = np.ones(len(order), dtype=bool)
+    first[1:] = key[order][1:] != key[order][:-1]
+    keep = order[first]
+    u = unit[token[keep]]
+    return auroc_by_group(group[keep], acts[keep], (u < n_runs)[:, None], n_groups, n_units,
+                          np.array([n_runs]))[:, 0]
+
+
 def selectivity(auroc: np.ndarray, top_share: np.ndarray) -> np.ndarray:
     """sqrt(top_share * max(0, 2*auroc - 1)); NaN auroc (no concept tokens) scores 0."""
     gini = np.clip(2 * np.nan_to_num(auroc, nan=0.5) - 1, 0, None)
@@ -108,16 +151,20 @@ def primary_neurons(con, model_id: str) -> pd.DataFrame:
                        "ORDER BY layer, neuron", [model_id]).df()
 
 
-def sampled_token_masks(con, model_id: str, concepts: list[Concept]) -> np.ndarray:
-    """(n_tokens, n_concepts) concept masks over the sampled documents, rows in
-    (doc_id, pos) order; each document's tokens are joined and detected as one text."""
+def sampled_token_masks(con, model_id: str, concepts: list[Concept]) -> tuple[np.ndarray, np.ndarray]:
+    """(masks, doc_start): (n_tokens, n_concepts) concept masks over the sampled
+    documents, rows in (doc_id, pos) order, each document's tokens joined and detected
+    as one text; doc_start marks each document's first token."""
     docs = con.execute("SELECT list(token ORDER BY pos) FROM tokens WHERE model_id = ? "
                        "GROUP BY doc_id ORDER BY doc_id", [model_id]).fetchall()
-    parts = []
+    parts, starts = [], []
     for (tokens,) in docs:
         masks = concept_masks(tokens, concepts)
         parts.append(np.stack([masks[c.name] for c in concepts], axis=1))
-    return np.concatenate(parts) if parts else np.zeros((0, len(concepts)), dtype=bool)
+        starts.append(np.arange(len(tokens)) == 0)
+    if not parts:
+        return np.zeros((0, len(concepts)), dtype=bool), np.zeros(0, dtype=bool)
+    return np.concatenate(parts), np.concatenate(starts)
 
 
 def recorded_activations(con, model_id: str) -> pd.DataFrame:
@@ -168,13 +215,14 @@ def score_model(con, model_id: str, concepts: list[Concept]) -> pd.DataFrame:
     neurons = primary_neurons(con, model_id)
     if neurons.empty:
         raise UserError(f"model {model_id!r} has no indexed neurons")
-    masks = sampled_token_masks(con, model_id, concepts)
+    masks, doc_start = sampled_token_masks(con, model_id, concepts)
     acts = recorded_activations(con, model_id)
     examples = top_examples(con, model_id)
     n = len(neurons)
     group = _neuron_index(neurons, acts.layer.to_numpy(), acts.neuron.to_numpy())
-    auroc = auroc_by_group(group, acts.act.to_numpy(np.float64), masks[acts.idx.to_numpy()], n,
-                           len(masks), masks.sum(axis=0))
+    token, values = acts.idx.to_numpy(np.int64), acts.act.to_numpy(np.float64)
+    auroc = np.stack([occurrence_auroc(group, token, values, masks[:, j], doc_start, n)
+                      for j in range(len(concepts))], axis=1).reshape(n, len(concepts))
     share, n_top = top_share_matrix(examples, _neuron_index(neurons, examples.layer.to_numpy(),
                                                             examples.neuron.to_numpy()), concepts, n)
     score = selectivity(auroc, share)

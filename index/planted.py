@@ -30,7 +30,7 @@ THINGS = ("apples", "boxes", "files", "trees", "cars", "books", "chairs", "bottl
           "letters", "rooms", "bags")
 PEOPLE_VERBS = ("arrived at the station", "signed the petition", "were waiting outside",
                 "came to the meeting", "lived in the village", "joined the team", "left the building")
-THING_VERBS = ("were on the table", "were waiting outside", "stood in the yard", "came in the mail",
+THING_VERBS = ("were on the table", "lay outside", "stood in the yard", "came in the mail",
                "were left in the building", "fell from the shelf", "were in the box")
 
 

@@ -117,10 +117,10 @@ def next_item(con, study: str, rater: str) -> dict | None:
 
 
 def blinded_snippets(con, item: dict, n: int) -> pd.DataFrame:
-    """The item's top examples (tokens, acts, max_pos, rank), strongest first, with acts
-    divided by the neuron's largest, so nothing shows the model's activation scale."""
+    """The item's top examples (rank, tokens, acts, max_pos, start_pos), strongest first,
+    acts divided by the neuron's largest, so nothing shows the model's activation scale."""
     df = con.execute("""
-        SELECT rank, tokens, acts, max_pos, max_act FROM examples
+        SELECT rank, tokens, acts, max_pos, start_pos, max_act FROM examples
         WHERE model_id = ? AND layer = ? AND neuron = ? AND site = ? AND kind = 'top'
         ORDER BY rank LIMIT ?""", [item["model_id"], int(item["layer"]), int(item["neuron"]), item["site"], n]).df()
     scale = max(float(df.max_act.max()), 1e-12) if not df.empty else 1.0

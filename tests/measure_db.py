@@ -1,7 +1,7 @@
 """A small index with known answers, for the autolabel, study and compare tests.
 
 Documents mix English, base64 and people counts. In each model, neuron 0 of layer 0
-fires on base64 tokens only and neuron 1 on 80% of people-count tokens only; every other
+fires on base64 tokens only and neuron 1 on half of the people-count tokens only; every other
 neuron fires on random tokens. The activations table keeps what exceeds THRESHOLD,
 as the indexer's sparse sample does, and the top examples are the true top documents.
 """
@@ -49,7 +49,7 @@ def dense_activations(docs, n_neurons: int, rng: np.random.Generator) -> list[np
     for doc in docs:
         acts = rng.normal(0, 0.1, size=(n_neurons, len(doc)))
         acts[0] += detect("base64", doc) * rng.uniform(1, 2, len(doc))
-        acts[1] += detect("people_count", doc) * (rng.random(len(doc)) < 0.8) * rng.uniform(1, 2, len(doc))
+        acts[1] += detect("people_count", doc) * (rng.random(len(doc)) < 0.5) * rng.uniform(1, 2, len(doc))
         acts[2:] += (rng.random((n_neurons - 2, len(doc))) < 0.15) * rng.uniform(0.5, 2, (n_neurons - 2, len(doc)))
         out.append(acts.astype(np.float32))
     return out

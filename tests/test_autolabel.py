@@ -6,7 +6,7 @@ import duckdb
 import numpy as np
 import pytest
 
-from index.autolabel import auroc_by_group, autolabel, resolve_concepts, selectivity
+from index.autolabel import auroc_by_group, autolabel, occurrence_auroc, resolve_concepts, selectivity
 from index.concepts import CONCEPTS, detect
 from index.store import append_label
 from measure_db import THRESHOLD, build_measure_db, dense_for_model
@@ -31,6 +31,67 @@ def test_auroc_by_group_matches_brute_force_with_ties():
         for c in range(3):
             assert got[g, c] == pytest.approx(brute_auroc(censored[g], masks[:, c]), abs=1e-12)
     assert np.isnan(got[:, 3]).all()
+
+
+def brute_units(mask: np.ndarray, doc_start: np.ndarray) -> tuple[list[list[int]], list[list[int]]]:
+    """Occurrences (runs of concept tokens within a document) and the other text cut
+    into chunks of the median occurrence length, by plain loops."""
+    runs: list[tuple[bool, list[int]]] = []
+    for t in range(len(mask)):
+        if runs and runs[-1][0] == mask[t] and not doc_start[t]:
+            runs[-1][1].append(t)
+        else:
+            runs.append((bool(mask[t]), [t]))
+    positive = [r for m, r in runs if m]
+    size = max(1, int(np.median([len(r) for r in positive])))
+    negative = [r[i:i + size] for m, r in runs if not m for i in range(0, len(r), size)]
+    return positive, negative
+
+
+def brute_occurrence_auroc(x: np.ndarray, mask: np.ndarray, doc_start: np.ndarray) -> float:
+    positive, negative = brute_units(mask, doc_start)
+    p = np.array([x[r].max() for r in positive])
+    n = np.array([x[r].max() for r in negative])
+    return float(((p[:, None] > n[None, :]).sum() + 0.5 * (p[:, None] == n[None, :]).sum()) / (len(p) * len(n)))
+
+
+def test_occurrence_auroc_matches_brute_force():
+    rng = np.random.default_rng(1)
+    n_tokens, n_groups = 500, 6
+    dense = rng.normal(size=(n_groups, n_tokens)).round(1)
+    mask = rng.random(n_tokens) < 0.35
+    doc_start = np.zeros(n_tokens, dtype=bool)
+    doc_start[::37] = True
+    mask[36:39] = True  # a run across a document boundary counts as two occurrences
+    group, token = np.nonzero(dense > 0.4)
+    got = occurrence_auroc(group, token, dense[group, token], mask, doc_start, n_groups)
+    censored = np.where(dense > 0.4, dense, -np.inf)
+    for g in range(n_groups):
+        assert got[g] == pytest.approx(brute_occurrence_auroc(censored[g], mask, doc_start), abs=1e-12)
+
+
+def test_occurrence_auroc_rewards_firing_once_per_occurrence():
+    # 3 occurrences of 3 tokens each; the neuron fires on the last token of each only
+    mask = np.array([0, 1, 1, 1, 0, 0, 1, 1, 1, 0, 1, 1, 1, 0], dtype=bool)
+    token = np.array([3, 8, 12])
+    got = occurrence_auroc(np.zeros(3, int), token, np.ones(3), mask, np.arange(14) == 0, 1)
+    assert got[0] == 1.0
+    per_token = auroc_by_group(np.zeros(3, int), np.ones(3), mask[token][:, None], 1, 14, np.array([mask.sum()]))
+    assert per_token[0, 0] < 0.7
+
+
+def test_occurrence_auroc_of_a_random_neuron_is_near_half():
+    # long occurrences would favour any neuron if they were compared with single tokens
+    rng = np.random.default_rng(0)
+    n_tokens, n_groups = 20_000, 40
+    mask = np.zeros(n_tokens, dtype=bool)
+    for start in rng.choice(n_tokens - 12, 300, replace=False):
+        mask[start:start + 10] = True
+    doc_start = np.arange(n_tokens) % 500 == 0
+    dense = rng.random((n_groups, n_tokens))
+    group, token = np.nonzero(dense > 0.85)
+    got = occurrence_auroc(group, token, dense[group, token], mask, doc_start, n_groups)
+    assert abs(got.mean() - 0.5) < 0.05
 
 
 def test_auroc_edges():
@@ -77,6 +138,7 @@ def test_autolabel_finds_planted_neurons_and_stores_exact_scores(measure_db):
     tokens, acts = dense_for_model(measure_db, "solu-m")
     docs = [list(g.token) for _, g in _token_frames(measure_db, "solu-m")]
     mask = np.concatenate([detect("base64", d) for d in docs])
+    doc_start = np.concatenate([np.arange(len(d)) == 0 for d in docs])
     key = {(d, p): i for i, (d, p) in enumerate(zip(tokens.doc_id, tokens.pos))}
     for neuron in (0, 3):
         x = np.full(len(tokens), -np.inf)
@@ -84,7 +146,7 @@ def test_autolabel_finds_planted_neurons_and_stores_exact_scores(measure_db):
         x[[key[(d, p)] for d, p in zip(sel.doc_id, sel.pos)]] = sel.act
         stored = scores[(scores.model_id == "solu-m") & (scores.layer == 1) & (scores.neuron == neuron)
                         & (scores.concept == "base64")].auroc.item()
-        assert stored == pytest.approx(brute_auroc(x, mask), abs=1e-9)
+        assert stored == pytest.approx(brute_occurrence_auroc(x, mask, doc_start), abs=1e-9)
     # labels: the planted neurons, and the summary agrees
     assert {(r.model_id, r.layer, r.neuron, r.label) for r in labels.itertuples()} >= {
         ("solu-m", 0, 0, "base64"), ("solu-m", 1, 1, "people_count"), ("gelu-m", 0, 0, "base64")}
@@ -117,7 +179,7 @@ def test_autolabel_rerun_keeps_rejections_and_withdraws(measure_db):
     append_label(measure_db, "solu-m", 0, 0, "base64", source="auto", author="ana", status="rejected")
     autolabel(measure_db, threshold=0.6)
     assert len(_auto_rows(measure_db)) == len(first) + 1  # a person's rejection stands
-    autolabel(measure_db, threshold=0.99)  # people counters (80% recall) fall below, base64 stays
+    autolabel(measure_db, threshold=0.99)  # people counters (half recall) fall below, base64 stays
     after = _auto_rows(measure_db)
     withdrawn = [r for r in after[len(first) + 1:] if r[4] == "rejected" and r[5] == "autolabel"]
     assert {r[3] for r in withdrawn} == {"people_count"} and len(withdrawn) == 4

@@ -48,7 +48,7 @@ def test_sample_is_fixed_and_orders_differ_per_rater(db):
 def test_snippets_are_blinded(db):
     item = read(db, study.next_item, "pilot", "ana")
     snippets = read(db, study.blinded_snippets, item, 3)
-    assert len(snippets) == 3 and list(snippets.columns) == ["rank", "tokens", "acts", "max_pos"]
+    assert len(snippets) == 3 and list(snippets.columns) == ["rank", "tokens", "acts", "max_pos", "start_pos"]
     assert max(max(a) for a in snippets.acts) == pytest.approx(1.0)
 
 

@@ -51,7 +51,7 @@ def rate(path, name: str, rater: str, item: dict, n_snippets: int, total: int) -
     snippets = db.read(path, study.blinded_snippets, item, n_snippets)
     st.caption(f"Its {len(snippets)} strongest snippets, one per document. The outlined token is the "
                "maximum; colour is activation relative to this neuron's strongest (1.0).")
-    st.html(render.snippets(snippets.to_dict("records"), 1.0, lambda r: f"#{int(r['rank']) + 1}"))
+    st.html(render.snippets(snippets.to_dict("records"), 1.0, lambda i, r: f"#{i + 1}"))
     key = f"{name}|{rater}|{int(item['item'])}"
     shown = st.session_state.setdefault(f"shown|{key}", time.monotonic())
     with st.form(f"answer|{key}", clear_on_submit=True):
