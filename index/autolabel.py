@@ -6,24 +6,27 @@ neuron's primary site:
 * auroc: over the sampled documents (the `tokens` table), the chance that an
   occurrence of the concept (a run of consecutive concept tokens: one base64 string,
   one "twelve tired workers") has a higher activation, taken at its strongest token,
-  than a token outside the concept; ties count half (the Mann-Whitney statistic).
-  Occurrences rather than tokens, because a neuron that reads a multi-token concept
-  usually fires on one part of it (the noun of "twelve tired workers"); for one-token
-  concepts the two are the same. The `activations` table is sparse: it holds only
-  activations above the index run's threshold (a fraction of each neuron's max). A
-  token missing from it is taken to lie below every recorded activation, and all
-  missing tokens tie with one another, which is all the index knows about them. So a
-  neuron that never reaches its threshold on the sample scores 0.5 on every concept,
-  and one whose recorded activations cover every occurrence and nothing else scores 1.
+  than a chunk of the other text as long as a typical occurrence (the median); ties
+  count half (the Mann-Whitney statistic). Occurrences rather than tokens, because a
+  neuron that reads a multi-token concept usually fires on one part of it (the noun
+  of "twelve tired workers"); equally long chunks on the other side, so a neuron that
+  fires at random does not gain from long occurrences (it scores about 0.5). For
+  one-token concepts this is the plain token AUROC. The `activations` table is
+  sparse: it holds only activations above the index run's threshold (a fraction of
+  each neuron's max). A token missing from it is taken to lie below every recorded
+  activation, and all missing tokens tie with one another, which is all the index
+  knows about them. So a neuron that never reaches its threshold on the sample scores
+  0.5 on every concept, and one whose recorded activations cover every occurrence and
+  nothing else scores 1.
 * top_share: the share of the neuron's top-K examples whose max-activating token is in
   the concept, the concept detected on the example's window of tokens. This is the
   paper's test ("one rule explains 80% or more of the strongest firings"), made
   automatic.
 
 score = sqrt(top_share * max(0, 2 * auroc - 1)), the geometric mean of the top share
-and the Gini coefficient: high only when the strongest firings are the concept and the
-concept's tokens as a whole rank above the rest. A neuron whose top examples match a
-concept at its base rate (auroc near 0.5) scores near 0.
+and the Gini coefficient: high only when the strongest firings are the concept and
+the concept's occurrences as a whole rank above the rest of the text. A neuron whose
+top examples match a concept at its base rate (auroc near 0.5) scores near 0.
 
 Every score is stored in `concept_scores`; each neuron's best concept scoring at least
 the threshold becomes an automatic label (source 'auto', status 'suggested', with its
