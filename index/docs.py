@@ -1,0 +1,135 @@
+"""Documents in, token batches out.
+
+Each document is tokenized on its own (no end-of-text joins) and cut into rows of
+n_ctx - 1 tokens; every row starts with an end-of-text token standing in for BOS, whose
+activation is not indexed. Rows of one document are consecutive, positions are document
+positions (0 is the document's first token, whatever row it lands in), and a long
+document may continue from one batch into the next. The last document is cut so the
+run indexes exactly the tokens asked for, unless the dataset runs out first.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Iterator
+
+import torch
+from tokenizers import Tokenizer
+
+from solu.corpus import ReadStats, iter_documents
+
+ENCODE_GROUP = 32  # documents per tokenizer call
+
+
+@dataclass
+class Tally:
+    """What a run read, for the final report."""
+
+    tokens: int = 0
+    documents: int = 0
+    exhausted: bool = False  # the dataset ended before the token budget
+    read: ReadStats = field(default_factory=ReadStats)
+
+
+def document_tokens(spec: str, text_column: str, tok: Tokenizer, budget: int, tally: Tally,
+                    seed: int = 0) -> Iterator[tuple[int, list[int]]]:
+    """(doc_id, token ids) until `budget` tokens, the last document cut to fit."""
+    group: list = []
+    for doc in iter_documents(spec, text_column, tally.read, seed):
+        group.append(doc)
+        if len(group) == ENCODE_GROUP:
+            yield from _emit(group, tok, budget, tally)
+            group = []
+            if tally.tokens >= budget:
+                return
+    yield from _emit(group, tok, budget, tally)
+    tally.exhausted = tally.tokens < budget
+
+
+def _emit(group: list, tok: Tokenizer, budget: int, tally: Tally) -> Iterator[tuple[int, list[int]]]:
+    if not group:
+        return
+    for doc, enc in zip(group, tok.encode_batch([d.text for d in group], add_special_tokens=False)):
+        ids = enc.ids[: budget - tally.tokens]
+        if not ids:
+            if tally.tokens >= budget:
+                return
+            continue
+        tally.tokens += len(ids)
+        tally.documents += 1
+        yield doc.id, ids
+
+
+@dataclass
+class Batch:
+    tokens: torch.Tensor  # [B, T]: BOS, then up to T - 1 document tokens, right-padded
+    row_len: torch.Tensor  # [B] document tokens in each row
+    row_start: torch.Tensor  # [B] document position of each row's first token
+    doc_ids: torch.Tensor  # [D]
+    doc_len: torch.Tensor  # [D] the document's full (indexed) length
+    doc_first: torch.Tensor  # [D] its first position in this batch
+    doc_count: torch.Tensor  # [D] its positions in this batch
+    doc_rows: torch.Tensor  # [D] its rows in this batch
+    continues_prev: bool  # document 0 began in an earlier batch
+    continues_next: bool  # document D-1 goes on in the next batch
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.doc_count.sum())
+
+    def flat_index(self) -> torch.Tensor:
+        """Indices into tokens.view(-1) of the indexed positions, in document order."""
+        cols = torch.arange(self.tokens.shape[1], device=self.tokens.device)
+        mask = (cols[None, :] >= 1) & (cols[None, :] <= self.row_len[:, None])
+        return mask.view(-1).nonzero().squeeze(1)
+
+    def flat_positions(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(doc_id, position) of each indexed position, in order."""
+        doc = torch.repeat_interleave(self.doc_ids, self.doc_count)
+        row = torch.repeat_interleave(torch.arange(len(self.row_len), device=self.row_len.device), self.row_len)
+        row_off = torch.cumsum(self.row_len, 0) - self.row_len
+        pos = self.row_start[row] + torch.arange(len(row), device=row.device) - row_off[row]
+        return doc, pos
+
+    def doc_offset(self) -> torch.Tensor:
+        """[D] index of each document's first position among this batch's positions."""
+        return torch.cumsum(self.doc_count, 0) - self.doc_count
+
+    def to(self, device) -> "Batch":
+        moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.__dict__.items()}
+        return Batch(**moved)
+
+
+def make_batches(docs: Iterable[tuple[int, list[int]]], n_ctx: int, rows: int, bos: int) -> Iterator[Batch]:
+    """Cut documents into BOS-led rows and group `rows` of them per batch."""
+    width = n_ctx - 1
+    pending: list[tuple[int, int, list[int], int]] = []  # (doc_id, start, tokens, doc_len)
+    for doc_id, ids in docs:
+        for start in range(0, len(ids), width):
+            pending.append((doc_id, start, ids[start:start + width], len(ids)))
+            if len(pending) == rows:
+                yield _batch(pending, n_ctx, bos, pending_next=start + width < len(ids))
+                pending = []
+    if pending:
+        yield _batch(pending, n_ctx, bos, pending_next=False)
+
+
+def _batch(rows: list[tuple[int, int, list[int], int]], n_ctx: int, bos: int, pending_next: bool) -> Batch:
+    tokens = torch.full((len(rows), n_ctx), bos, dtype=torch.long)
+    for r, (_, _, ids, _) in enumerate(rows):
+        tokens[r, 1:1 + len(ids)] = torch.tensor(ids, dtype=torch.long)
+    docs: list[list] = []  # [doc_id, doc_len, first, count, n_rows]
+    for doc_id, start, ids, doc_len in rows:
+        if docs and docs[-1][0] == doc_id:
+            docs[-1][3] += len(ids)
+            docs[-1][4] += 1
+        else:
+            docs.append([doc_id, doc_len, start, len(ids), 1])
+    col = list(zip(*docs))
+    return Batch(
+        tokens=tokens,
+        row_len=torch.tensor([len(r[2]) for r in rows]),
+        row_start=torch.tensor([r[1] for r in rows]),
+        doc_ids=torch.tensor(col[0]), doc_len=torch.tensor(col[1]), doc_first=torch.tensor(col[2]),
+        doc_count=torch.tensor(col[3]), doc_rows=torch.tensor(col[4]),
+        continues_prev=rows[0][1] > 0, continues_next=pending_next,
+    )

@@ -1,0 +1,232 @@
+"""Index one checkpoint: stream a dataset through the model, keeping per neuron site the
+stats and the example pools; then a short second pass over the first documents (the
+"sample") for the sparse activations table, whose threshold, a fraction of each
+neuron's max, needs the max; and the direct logit effects, from the weights alone.
+
+Memory does not grow with the dataset: documents are read and tokenized a group at a
+time, the model runs batch by batch under inference_mode with hooks on the neuron
+sites only and stops after the last of them, and per site the index keeps its stats,
+its pools (neurons x (K + samples) windows), and two batches of activations.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from index.accumulate import PoolShape, SiteAccumulator
+from index.capture import Recorder, index_sites, site_key
+from index.config import IndexConfig
+from index.docs import Batch, Tally, document_tokens, make_batches
+from index.windows import build_span, head_positions, next_tail
+from solu.checkpoint import Checkpoint, load_checkpoint
+from solu.errors import UserError
+from solu.model import Site, mlp_out_weights, resolve_device, unembed
+from solu.tokenizer import eot_id, token_strings
+
+
+@dataclass
+class Prepared:
+    """One batch after its forward pass: what its windows and its successor need."""
+
+    batch: Batch
+    flat_index: torch.Tensor
+    flat_tokens: torch.Tensor
+    acts: dict[str, torch.Tensor]
+
+
+class Indexer:
+    """The streaming part: feed it batches, read its accumulators."""
+
+    def __init__(self, ckpt: Checkpoint, cfg: IndexConfig, device: torch.device):
+        self.model, self.cfg, self.device = ckpt.model, cfg, device
+        self.sites = index_sites(ckpt.model_cfg)
+        shape = PoolShape(cfg.top_k, cfg.bands, cfg.per_band, cfg.random, cfg.window_before,
+                          cfg.window_after, cfg.seed)
+        d_mlp = ckpt.model_cfg.d_mlp
+        self.accs = {site_key(s): SiteAccumulator(d_mlp, torch.arange(d_mlp) + s.layer * d_mlp, shape, device)
+                     for s in self.sites}
+        self._tail: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None
+        self.forward_s = self.accumulate_s = 0.0
+
+    def run(self, batches: Iterable[Batch], on_batch: Callable[[int], None] = lambda n: None) -> None:
+        with torch.inference_mode(), Recorder(self.model, self.sites) as rec:
+            prev = None
+            for batch in batches:
+                cur = self._forward(batch.to(self.device), rec)
+                if prev is not None:
+                    self._absorb(prev, cur)
+                prev = cur
+                on_batch(batch.n_tokens)
+            if prev is not None:
+                self._absorb(prev, None)
+
+    def _forward(self, batch: Batch, rec: Recorder) -> Prepared:
+        start = time.perf_counter()
+        acts = rec.run(batch.tokens)
+        self.forward_s += time.perf_counter() - start
+        flat_index = batch.flat_index()
+        return Prepared(batch, flat_index, batch.tokens.view(-1)[flat_index], acts)
+
+    def _absorb(self, cur: Prepared, nxt: Prepared | None) -> None:
+        start = time.perf_counter()
+        batch, cfg = cur.batch, self.cfg
+        head_idx = head_positions(nxt.batch, cfg.window_after) if nxt is not None and batch.continues_next else None
+        tail_acts, tail_tokens = self._tail if (self._tail and batch.continues_prev) else ({}, None)
+        new_tail: dict[str, torch.Tensor] = {}
+        for key, acc in self.accs.items():
+            head = head_tokens = None
+            if head_idx is not None:
+                n = nxt.acts[key].shape[-1]
+                head = nxt.acts[key].reshape(-1, n)[nxt.flat_index[head_idx]]
+                head_tokens = nxt.flat_tokens[head_idx]
+            span = build_span(cur.acts[key], batch, cur.flat_index, cur.flat_tokens,
+                              tail_acts.get(key), tail_tokens, head, head_tokens)
+            acc.update(span, batch)
+            a, b = next_tail(span, batch, cfg.window_before)
+            new_tail[key] = span.acts[a:b].clone()
+        self._tail = (new_tail, span.tokens[a:b].clone()) if batch.continues_next else None
+        self.accumulate_s += time.perf_counter() - start
+
+    def merge(self, other: "Indexer") -> None:
+        """Fold in an indexer that read other documents (another shard of the dataset)."""
+        self.accs = {key: acc.merge(other.accs[key]) for key, acc in self.accs.items()}
+
+
+@dataclass
+class ModelIndex:
+    """Everything indexed for one model, ready to be written."""
+
+    ckpt: Checkpoint
+    cfg: IndexConfig
+    sites: list[Site]
+    accs: dict[str, SiteAccumulator]
+    tally: Tally
+    vocab: list[str]
+    sample_docs: list[tuple[int, list[int]]]
+    activations: dict[str, np.ndarray]
+    logits: dict[str, np.ndarray]
+    started_at: datetime
+    device: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def model_id(self) -> str:
+        return self.ckpt.name
+
+
+def index_checkpoint(path: str | Path, cfg: IndexConfig, progress: bool = True) -> ModelIndex:
+    """Index one checkpoint directory. Raises UserError for bad input."""
+    started_at, t0 = datetime.now(timezone.utc), time.perf_counter()
+    try:
+        device = resolve_device(cfg.device)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    ckpt = load_checkpoint(path, device)
+    _check_window(cfg, ckpt)
+    tally, sample = Tally(), []
+    docs = _keep_sample(document_tokens(cfg.dataset, cfg.text_column, ckpt.tokenizer, cfg.tokens, tally, cfg.seed),
+                        cfg.sample_tokens, sample)
+    bos = eot_id(ckpt.tokenizer)
+    indexer = Indexer(ckpt, cfg, device)
+    bar = _progress(progress, cfg.tokens, ckpt.name)
+    try:
+        indexer.run(make_batches(docs, ckpt.model_cfg.n_ctx, cfg.batch_size, bos), bar.update)
+    finally:
+        bar.close()
+    if tally.tokens == 0:
+        raise UserError(f"dataset {cfg.dataset!r} has no text to index")
+    stream_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    activations = sample_activations(indexer, sample, ckpt.model_cfg.n_ctx, bos)
+    sample_s = time.perf_counter() - t1
+    vocab = token_strings(ckpt.tokenizer, range(ckpt.tokenizer.get_vocab_size()))
+    logits = direct_logits(ckpt, cfg.logit_k, len(vocab))
+    timings = {"stream_s": stream_s, "forward_s": indexer.forward_s, "accumulate_s": indexer.accumulate_s,
+               "sample_pass_s": sample_s, "total_s": time.perf_counter() - t0}
+    return ModelIndex(ckpt, cfg, indexer.sites, indexer.accs, tally, vocab, sample, activations, logits,
+                      started_at, str(device), timings)
+
+
+def _check_window(cfg: IndexConfig, ckpt: Checkpoint) -> None:
+    room = cfg.batch_size * (ckpt.model_cfg.n_ctx - 1)
+    if cfg.window_after > room:
+        raise UserError(f"--window-after {cfg.window_after} is longer than a batch ({room} tokens); "
+                        "raise --batch-size or shorten the window")
+
+
+def _keep_sample(docs: Iterator[tuple[int, list[int]]], budget: int,
+                 store: list) -> Iterator[tuple[int, list[int]]]:
+    """Pass documents through, keeping the first `budget` tokens' documents in `store`."""
+    kept = 0
+    for doc_id, ids in docs:
+        if kept < budget:
+            store.append((doc_id, ids[: budget - kept]))
+            kept += len(store[-1][1])
+        yield doc_id, ids
+
+
+def _progress(enabled: bool, total: int, name: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"index {name}", unit="tok", unit_scale=True, disable=not enabled,
+                dynamic_ncols=True)
+
+
+def sample_activations(indexer: Indexer, sample: list[tuple[int, list[int]]], n_ctx: int,
+                       bos: int) -> dict[str, np.ndarray]:
+    """Every (site, neuron, doc, pos) of the sample documents whose activation is above
+    threshold x the neuron's max (and above 0)."""
+    out: dict[str, list] = {k: [] for k in ("site", "neuron", "doc_id", "pos", "act")}
+    thresholds = {key: torch.where(acc.stats.max > 0, acc.stats.max * indexer.cfg.threshold, torch.inf)
+                  for key, acc in indexer.accs.items()}
+    with torch.inference_mode(), Recorder(indexer.model, indexer.sites) as rec:
+        for batch in make_batches(iter(sample), n_ctx, indexer.cfg.batch_size, bos):
+            batch = batch.to(indexer.device)
+            acts = rec.run(batch.tokens)
+            flat_index = batch.flat_index()
+            doc, pos = batch.flat_positions()
+            for key, thr in thresholds.items():
+                flat = acts[key].reshape(-1, thr.shape[0])[flat_index]
+                p, j = ((flat > thr) & (flat > 0)).nonzero(as_tuple=True)
+                for name, values in (("neuron", j), ("doc_id", doc[p]), ("pos", pos[p]), ("act", flat[p, j])):
+                    out[name].append(values.cpu().numpy())
+                out["site"].append(np.full(len(p), key, dtype=object))
+    return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
+
+
+def direct_logits(ckpt: Checkpoint, k: int, n_vocab: int) -> dict[str, np.ndarray]:
+    """Top and bottom tokens of each neuron's direct effect on the logits.
+
+    The effect of neuron n is W_out[n] through the final LayerNorm into W_U. The
+    LayerNorm is linearised: W_out[n] is centred (LayerNorm subtracts the mean over
+    d_model) and scaled by its weight; its division by the residual's norm is taken as
+    a constant, and its bias (the same for every neuron) dropped. So weights compare
+    within a model, not as logits. Tokens beyond the tokenizer's vocabulary are skipped.
+    """
+    model = ckpt.model
+    w_ln = model.state_dict()["ln_final.weight"]
+    w_u = unembed(model)[:, :n_vocab]
+    rows: dict[str, list] = {k_: [] for k_ in ("layer", "neuron", "sign", "rank", "token_id", "weight")}
+    k = min(k, n_vocab)
+    if k == 0:
+        return {k_: np.zeros(0) for k_ in rows}
+    with torch.inference_mode():
+        for layer in range(ckpt.model_cfg.n_layers):
+            w_out = mlp_out_weights(model, layer)
+            effect = ((w_out - w_out.mean(1, keepdim=True)) * w_ln) @ w_u  # [d_mlp, vocab]
+            for sign, largest in (("pos", True), ("neg", False)):
+                weight, token = torch.topk(effect, k, dim=1, largest=largest)
+                d_mlp = effect.shape[0]
+                rows["layer"].append(np.full(d_mlp * k, layer))
+                rows["neuron"].append(np.repeat(np.arange(d_mlp), k))
+                rows["sign"].append(np.full(d_mlp * k, sign, dtype=object))
+                rows["rank"].append(np.tile(np.arange(k), d_mlp))
+                rows["token_id"].append(token.cpu().numpy().ravel())
+                rows["weight"].append(weight.float().cpu().numpy().ravel())
+    return {k_: np.concatenate(v) for k_, v in rows.items()}

@@ -1,0 +1,183 @@
+"""Per-neuron activation statistics, streamed over tokens and mergeable.
+
+- max, min, mean, std and kurtosis are exact up to float32 rounding: each batch's
+  power sums, taken about the running mean (so they hardly cancel), become its central
+  moments, which are merged with Pebay's formulas in float64. Kurtosis is m4 / m2**2
+  (3 for a Gaussian; higher means rarer, larger activations).
+- The histogram counts every token in fine bins on a power-of-two grid: 2 * FINE bins
+  of width R / FINE over (-R, R], where R, a power of two, is the smallest that holds
+  every activation seen so far. When a larger activation arrives, R doubles and pairs
+  of bins merge, which loses nothing because the grid's edges nest. Bins are closed on
+  the right, so a bin's edge at 0 separates "active" (> 0) tokens exactly. Scaling by
+  a power of two is exact in floating point, so the counts equal numpy's on the same
+  edges. The stored histogram groups these fine bins into at most `bins` equal-width
+  bins covering [min, max] (edges snapped to the grid).
+- frac_active is the exact fraction of tokens > 0; frac_active_rel, the fraction above
+  `rel` x max, is read off the fine histogram (the one bin that straddles the
+  threshold is split linearly), so it is within one fine bin (max / 128) of exact.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+FINE = 256  # fine histogram bins on each side of zero
+MIN_EXP = -40  # the smallest grid, for neurons that are exactly zero everywhere
+
+
+def grid_exponent(max_abs: torch.Tensor) -> torch.Tensor:
+    """The e with 2**e > max_abs (strictly), as int64."""
+    _, exp = torch.frexp(max_abs.float())
+    return torch.where(max_abs > 0, exp.to(torch.int64), MIN_EXP).clamp_min(MIN_EXP)
+
+
+def coarsen(hist: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
+    """The histogram on a grid 2**times [n] coarser: natural bin b, which holds
+    ((b - FINE) w, (b - FINE + 1) w], goes to FINE + floor((b - FINE) / 2**times)."""
+    if not bool((times > 0).any()):
+        return hist
+    k = torch.arange(2 * FINE, device=hist.device) - FINE
+    target = torch.div(k[None, :], torch.pow(2, times.clamp(max=62))[:, None], rounding_mode="floor") + FINE
+    return torch.zeros_like(hist).scatter_add_(1, target, hist)
+
+
+@dataclass
+class Moments:
+    """Count, mean and central moment sums M2, M3, M4 per neuron, float64."""
+
+    count: float
+    mean: torch.Tensor
+    m2: torch.Tensor
+    m3: torch.Tensor
+    m4: torch.Tensor
+
+    @classmethod
+    def of_batch(cls, x: torch.Tensor, shift: torch.Tensor) -> "Moments":
+        n = x.shape[0]
+        d = x - shift.to(x.dtype)
+        d2 = d * d
+        s1, s2 = d.sum(0).double(), d2.sum(0).double()
+        s3, s4 = (d2 * d).sum(0).double(), (d2 * d2).sum(0).double()
+        dm = s1 / n  # batch mean minus shift
+        m2 = s2 - n * dm ** 2
+        m3 = s3 - 3 * dm * s2 + 2 * n * dm ** 3
+        m4 = s4 - 4 * dm * s3 + 6 * dm ** 2 * s2 - 3 * n * dm ** 4
+        return cls(float(n), shift.double() + dm, m2.clamp_min(0), m3, m4.clamp_min(0))
+
+    def merge(self, b: "Moments") -> "Moments":
+        a = self
+        if a.count == 0:
+            return b
+        n = a.count + b.count
+        d = b.mean - a.mean
+        na, nb = a.count, b.count
+        m2 = a.m2 + b.m2 + d ** 2 * na * nb / n
+        m3 = (a.m3 + b.m3 + d ** 3 * na * nb * (na - nb) / n ** 2 + 3 * d * (na * b.m2 - nb * a.m2) / n)
+        m4 = (a.m4 + b.m4 + d ** 4 * na * nb * (na * na - na * nb + nb * nb) / n ** 3
+              + 6 * d ** 2 * (na * na * b.m2 + nb * nb * a.m2) / n ** 2 + 4 * d * (na * b.m3 - nb * a.m3) / n)
+        return Moments(n, a.mean + d * nb / n, m2, m3, m4)
+
+
+@dataclass
+class RunningStats:
+    moments: Moments
+    max: torch.Tensor  # [n] float32
+    min: torch.Tensor  # [n] float32
+    exp: torch.Tensor  # [n] int64: the grid is (-2**exp, 2**exp]
+    hist: torch.Tensor  # [n, 2 * FINE] int64, natural order: bin b holds ((b - FINE) w, (b - FINE + 1) w]
+
+    @classmethod
+    def empty(cls, n: int, device) -> "RunningStats":
+        zeros = lambda: torch.zeros(n, dtype=torch.float64, device=device)  # noqa: E731
+        return cls(Moments(0.0, zeros(), zeros(), zeros(), zeros()),
+                   torch.full((n,), -torch.inf, device=device), torch.full((n,), torch.inf, device=device),
+                   torch.full((n,), MIN_EXP, dtype=torch.int64, device=device),
+                   torch.zeros(n, 2 * FINE, dtype=torch.int64, device=device))
+
+    @property
+    def count(self) -> int:
+        return int(self.moments.count)
+
+    def update(self, x: torch.Tensor) -> None:
+        """Add a batch of activations x [tokens, n]."""
+        if x.shape[0] == 0:
+            return
+        lo, hi = torch.aminmax(x, dim=0)
+        shift = self.moments.mean if self.count else x[0].double()
+        self.moments = self.moments.merge(Moments.of_batch(x, shift))
+        self.max, self.min = torch.maximum(self.max, hi), torch.minimum(self.min, lo)
+        self._regrid(grid_exponent(torch.maximum(hi.abs(), lo.abs())))
+        self.hist += self._bin_counts(x)
+
+    def _bin_counts(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[1]
+        width = torch.pow(2.0, (self.exp - int(np.log2(FINE))).float())
+        # floor(-x / w) is in [-FINE, FINE - 1]; it indexes bins in reversed order
+        z = torch.floor_divide(x, -width)
+        z += torch.arange(n, device=x.device, dtype=torch.float32) * (2 * FINE) + FINE  # exact: integers < 2**24
+        counts = torch.bincount(z.to(torch.int64).view(-1), minlength=n * 2 * FINE)
+        return counts.view(n, 2 * FINE).flip(1)
+
+    def _regrid(self, exp: torch.Tensor) -> None:
+        grow = (exp - self.exp).clamp_min(0)
+        if bool((grow > 0).any()):
+            self.hist = coarsen(self.hist, grow)
+            self.exp = self.exp + grow
+
+    def merge(self, other: "RunningStats") -> "RunningStats":
+        """The stats of both token sets (a new object; neither input changes)."""
+        exp = torch.maximum(self.exp, other.exp)
+        hist = coarsen(self.hist, exp - self.exp) + coarsen(other.hist, exp - other.exp)
+        return RunningStats(self.moments.merge(other.moments) if other.count else self.moments,
+                            torch.maximum(self.max, other.max), torch.minimum(self.min, other.min), exp, hist)
+
+    def summary(self, rel: float, bins: int) -> dict[str, np.ndarray]:
+        """Numpy arrays per neuron: the columns of the neurons table."""
+        hist = self.hist.cpu().numpy()
+        width = np.ldexp(1.0, self.exp.cpu().numpy() - int(np.log2(FINE)))
+        mx, mn = self.max.cpu().double().numpy(), self.min.cpu().double().numpy()
+        count = max(self.count, 1)
+        m2, m4 = self.moments.m2.cpu().numpy(), self.moments.m4.cpu().numpy()
+        with np.errstate(divide="ignore", invalid="ignore"):
+            kurtosis = np.where(m2 > 0, count * m4 / m2 ** 2, np.nan)
+        out = {
+            "max_act": mx, "min_act": mn, "mean_act": self.moments.mean.cpu().numpy(),
+            "std_act": np.sqrt(m2 / count), "kurtosis": kurtosis,
+            "frac_active": hist[:, FINE:].sum(1) / count,
+            "frac_active_rel": fraction_above(hist, width, rel * mx) / count,
+        }
+        out.update(grouped_histogram(hist, width, mn, mx, bins))
+        return out
+
+
+def fraction_above(hist: np.ndarray, width: np.ndarray, threshold: np.ndarray) -> np.ndarray:
+    """Tokens above `threshold` per neuron, read off natural-order fine bins
+    (the straddling bin split linearly). A threshold <= 0 counts nothing."""
+    k = np.ceil(threshold / width) - 1  # the bin that holds the threshold
+    b = np.clip(k + FINE, 0, 2 * FINE - 1).astype(np.int64)
+    above_bins = np.cumsum(hist[:, ::-1], axis=1)[:, ::-1]  # tokens in bins >= b
+    rows = np.arange(len(hist))
+    upper = np.where(b + 1 < 2 * FINE, above_bins[rows, np.minimum(b + 1, 2 * FINE - 1)], 0)
+    part = ((k + 1) * width - threshold) / width
+    count = upper + hist[rows, b] * part
+    return np.where(threshold > 0, count, 0.0)
+
+
+def grouped_histogram(hist: np.ndarray, width: np.ndarray, mn: np.ndarray, mx: np.ndarray,
+                      bins: int) -> dict[str, np.ndarray]:
+    """At most `bins` equal-width bins covering [min, max], each a run of fine bins."""
+    n = len(hist)
+    k_lo = np.clip(np.ceil(np.nan_to_num(mn) / width) - 1, -FINE, FINE - 1).astype(np.int64)
+    k_hi = np.clip(np.ceil(np.nan_to_num(mx) / width) - 1, -FINE, FINE - 1).astype(np.int64)
+    span = np.maximum(k_hi - k_lo + 1, 1)
+    group = -(-span // bins)
+    n_bins = -(-span // group)
+    cum = np.concatenate([np.zeros((n, 1), np.int64), np.cumsum(hist, axis=1)], axis=1)
+    edges = (k_lo + FINE)[:, None] + group[:, None] * np.arange(bins + 1)[None, :]
+    edges = np.minimum(edges, 2 * FINE)
+    counts = np.diff(np.take_along_axis(cum, edges, axis=1), axis=1)
+    lo = k_lo * width
+    return {"hist_lo": lo, "hist_hi": lo + n_bins * group * width,
+            "hist_counts": [counts[i, :n_bins[i]] for i in range(n)]}

@@ -1,0 +1,222 @@
+"""Turn one model's index into Arrow tables, one per database table."""
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+import solu
+from index.accumulate import SiteAccumulator
+from index.capture import site_key
+from index.runner import ModelIndex
+
+MAX_TOKENS_SHOWN = 5  # tokens listed in neurons.max_tokens
+
+
+def model_tables(result: ModelIndex) -> dict[str, pa.Table]:
+    """The model's rows for every index table but index_runs (written last, with the
+    write time: see index_run_table)."""
+    vocab = pa.array(result.vocab, pa.string())
+    neurons, examples = [], []
+    for site in result.sites:
+        acc = result.accs[site_key(site)]
+        neurons.append(neuron_table(result, site, acc, vocab))
+        examples.append(example_table(result, site, acc, vocab))
+    return {
+        "models": models_table(result),
+        "neurons": pa.concat_tables(neurons),
+        "examples": pa.concat_tables(examples),
+        "logits": logits_table(result, vocab),
+        "activations": activations_table(result),
+        "tokens": tokens_table(result, vocab),
+    }
+
+
+def _site_columns(result: ModelIndex, site, n: int) -> dict:
+    return {"model_id": pa.array([result.model_id] * n, pa.string()),
+            "layer": pa.array(np.full(n, site.layer, np.int32)),
+            "neuron": pa.array(np.arange(n, dtype=np.int32)),
+            "site": pa.array([site.name] * n, pa.string())}
+
+
+def neuron_table(result: ModelIndex, site, acc: SiteAccumulator, vocab: pa.Array) -> pa.Table:
+    s = acc.stats.summary(result.cfg.threshold, result.cfg.hist_bins)
+    n = acc.n
+    top_ids, top_counts = most_common_tokens(acc.top.token.cpu().numpy(), acc.top.doc.cpu().numpy() >= 0)
+    cols = _site_columns(result, site, n)
+    cols["is_primary"] = pa.array([site.primary] * n)
+    for name in ("max_act", "min_act"):
+        cols[name] = pa.array(s[name].astype(np.float32))
+    for name in ("mean_act", "std_act", "kurtosis", "frac_active", "frac_active_rel"):
+        cols[name] = pa.array(s[name].astype(np.float64))
+    cols["hist_lo"] = pa.array(s["hist_lo"].astype(np.float32))
+    cols["hist_hi"] = pa.array(s["hist_hi"].astype(np.float32))
+    cols["hist_counts"] = pa.array([c.tolist() for c in s["hist_counts"]], pa.list_(pa.int64()))
+    cols["max_tokens"] = pa.array([vocab.take(pa.array(ids, pa.int64())).to_pylist() for ids in top_ids],
+                                  pa.list_(pa.string()))
+    cols["max_token_counts"] = pa.array(top_counts, pa.list_(pa.int32()))
+    return pa.table(cols)
+
+
+def most_common_tokens(tokens: np.ndarray, valid: np.ndarray) -> tuple[list, list]:
+    """Per neuron, the tokens most often at the max of its top documents (count desc,
+    then token id)."""
+    ids, counts = [], []
+    for row, ok in zip(tokens, valid):
+        values, n = np.unique(row[ok], return_counts=True)
+        order = np.lexsort((values, -n))[:MAX_TOKENS_SHOWN]
+        ids.append(values[order].tolist())
+        counts.append(n[order].tolist())
+    return ids, counts
+
+
+def example_table(result: ModelIndex, site, acc: SiteAccumulator, vocab: pa.Array) -> pa.Table:
+    cfg = result.cfg
+    parts = [_pool_rows(acc.top, "top", None, cfg.window_before),
+             _pool_rows(acc.bands, "interval", cfg.per_band, cfg.window_before),
+             _pool_rows(acc.random, "random", None, cfg.window_before)]
+    rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k not in ("win_acts", "win_tokens")}
+    win_acts = np.concatenate([p["win_acts"] for p in parts])
+    win_tokens = np.concatenate([p["win_tokens"] for p in parts])
+    inside = win_tokens >= 0
+    offsets = np.concatenate([[0], np.cumsum(inside.sum(1))]).astype(np.int32)
+    ids = pa.array(win_tokens[inside].astype(np.int64))
+    m = len(rows["neuron"])
+    cols = _site_columns(result, site, m)
+    cols["neuron"] = pa.array(rows["neuron"].astype(np.int32))
+    cols.update({
+        "kind": pa.array(rows["kind"], pa.string()),
+        "band": pa.array(rows["band"], pa.int32(), mask=rows["band"] < 0),
+        "rank": pa.array(rows["rank"].astype(np.int32) + 1),
+        "doc_id": pa.array(rows["doc"].astype(np.int64)),
+        "max_act": pa.array(rows["value"].astype(np.float32)),
+        "max_pos": pa.array((cfg.window_before - inside.argmax(1)).astype(np.int32)),
+        "start_pos": pa.array((rows["pos"] - cfg.window_before + inside.argmax(1)).astype(np.int32)),
+        "tokens": pa.ListArray.from_arrays(pa.array(offsets), vocab.take(ids)),
+        "acts": pa.ListArray.from_arrays(pa.array(offsets), pa.array(win_acts[inside].astype(np.float32))),
+    })
+    return pa.table(cols)
+
+
+def _pool_rows(pool, kind: str, per_band: int | None, before: int) -> dict[str, np.ndarray]:
+    """The windowed, filled slots of a pool as flat arrays."""
+    w = pool.windowed
+    doc = pool.doc[:, :w].cpu().numpy()
+    neuron, slot = np.nonzero(doc >= 0)
+    band = slot // per_band if per_band else np.full(len(slot), -1)
+    rank = slot % per_band if per_band else slot
+    pick = lambda t: t[:, :w].cpu().numpy()[neuron, slot]  # noqa: E731
+    return {"neuron": neuron, "kind": np.full(len(slot), kind, dtype=object), "band": band, "rank": rank,
+            "doc": pick(pool.doc), "value": pick(pool.value), "pos": pick(pool.pos),
+            "win_acts": pool.win_acts.cpu().numpy()[neuron, slot],
+            "win_tokens": pool.win_tokens.cpu().numpy()[neuron, slot]}
+
+
+def logits_table(result: ModelIndex, vocab: pa.Array) -> pa.Table:
+    lg = result.logits
+    n = len(lg["neuron"])
+    ids = pa.array(np.asarray(lg["token_id"], np.int64))
+    return pa.table({
+        "model_id": pa.array([result.model_id] * n, pa.string()),
+        "layer": pa.array(np.asarray(lg["layer"], np.int32)),
+        "neuron": pa.array(np.asarray(lg["neuron"], np.int32)),
+        "sign": pa.array(list(lg["sign"]), pa.string()),
+        "rank": pa.array(np.asarray(lg["rank"], np.int32) + 1),
+        "token": vocab.take(ids),
+        "token_id": pa.array(np.asarray(lg["token_id"], np.int32)),
+        "weight": pa.array(np.asarray(lg["weight"], np.float32)),
+    })
+
+
+def activations_table(result: ModelIndex) -> pa.Table:
+    a = result.activations
+    n = len(a["act"])
+    keys = {site_key(s): s for s in result.sites}
+    sites = [keys[k] for k in a["site"]] if n else []
+    return pa.table({
+        "model_id": pa.array([result.model_id] * n, pa.string()),
+        "layer": pa.array(np.array([s.layer for s in sites], np.int32)),
+        "neuron": pa.array(np.asarray(a["neuron"], np.int32)),
+        "site": pa.array([s.name for s in sites], pa.string()),
+        "doc_id": pa.array(np.asarray(a["doc_id"], np.int64)),
+        "pos": pa.array(np.asarray(a["pos"], np.int32)),
+        "act": pa.array(np.asarray(a["act"], np.float32)),
+    })
+
+
+def tokens_table(result: ModelIndex, vocab: pa.Array) -> pa.Table:
+    docs = result.sample_docs
+    ids = np.concatenate([np.asarray(t, np.int64) for _, t in docs]) if docs else np.zeros(0, np.int64)
+    n = len(ids)
+    return pa.table({
+        "model_id": pa.array([result.model_id] * n, pa.string()),
+        "doc_id": pa.array(np.concatenate([np.full(len(t), d, np.int64) for d, t in docs]) if docs
+                           else np.zeros(0, np.int64)),
+        "pos": pa.array(np.concatenate([np.arange(len(t), dtype=np.int32) for _, t in docs]) if docs
+                        else np.zeros(0, np.int32)),
+        "token": vocab.take(pa.array(ids)),
+        "token_id": pa.array(ids.astype(np.int32)),
+    })
+
+
+def models_table(result: ModelIndex) -> pa.Table:
+    ckpt, m = result.ckpt, result.ckpt.model_cfg
+    meta = ckpt.meta
+    row = {
+        "model_id": result.model_id, "act_fn": m.act_fn, "n_layers": m.n_layers, "d_model": m.d_model,
+        "d_mlp": m.d_mlp, "n_heads": m.n_heads, "n_ctx": m.n_ctx, "d_vocab": m.d_vocab,
+        "n_params": meta.get("n_params"), "eval_loss": meta.get("eval_loss"),
+        "tokens_trained": meta.get("tokens_seen"), "source": str(Path(ckpt.path).resolve()),
+        "config": json.dumps(meta), "loss_curve": json.dumps(read_loss_curve(Path(ckpt.path))),
+    }
+    return pa.Table.from_pylist([row])
+
+
+def read_loss_curve(path: Path) -> list[dict]:
+    try:
+        with open(path / "loss.csv", newline="") as f:
+            return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
+    except OSError:
+        return []
+
+
+def _number(text: str):
+    if text in ("", "None"):
+        return None
+    try:
+        return int(text)
+    except ValueError:
+        return float(text)
+
+
+def index_run_table(result: ModelIndex, write_s: float) -> pa.Table:
+    cfg, tally = result.cfg, result.tally
+    row = {
+        "run_id": uuid.uuid4().hex, "model_id": result.model_id, "dataset": cfg.dataset,
+        "tokens": tally.tokens, "documents": tally.documents, "top_k": cfg.top_k,
+        "window_before": cfg.window_before, "window_after": cfg.window_after,
+        "sites": [s.name for s in result.sites if s.layer == 0],
+        "bands": cfg.bands, "band_kind": "interval", "samples_per_band": cfg.per_band,
+        "random_samples": cfg.random, "activation_threshold": cfg.threshold,
+        "sample_documents": len(result.sample_docs),
+        "started_at": result.started_at.replace(tzinfo=None), "seconds": result.timings["total_s"] + write_s,
+        "tokens_per_s": tally.tokens / max(result.timings["stream_s"], 1e-9),
+        "code_version": code_version(), "device": result.device,
+    }
+    return pa.Table.from_pylist([row])
+
+
+def code_version() -> str:
+    """The package version, plus the git commit when run from a checkout."""
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=Path(__file__).parent,
+                             capture_output=True, text=True, timeout=5)
+        commit = out.stdout.strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError):
+        commit = ""
+    return f"{solu.__version__}+{commit}" if commit else solu.__version__

@@ -1,0 +1,113 @@
+"""Which documents each neuron keeps: pure selection functions over tensors.
+
+Every function takes candidates laid out [n, C] (one row per neuron, C candidate
+documents: the list kept so far followed by a batch's documents) and returns, per
+neuron, the indices of the candidates to keep, EMPTY (-1) for an unfilled slot. The
+caller gathers what travels with a candidate (position, window) with those indices, so
+selection never copies activations.
+
+Order is total, so results do not depend on the order documents arrive in:
+
+- top_k ranks by value, highest first; equal values go to the lower doc_id. Selecting
+  from the union of two kept lists therefore equals selecting from the union of the
+  two document sets: top_k(top_k(A) + top_k(B)) == top_k(A + B), which is what makes
+  batches, and shards of a dataset, merge exactly.
+- sample_groups keeps, within each group (an activation band, or one group for a plain
+  random sample), the documents of lowest priority, a hash of (doc_id, neuron, seed):
+  a uniform random sample without replacement that any merge order reproduces.
+
+Keys are packed into int64 so one torch.topk or torch.sort does the work; doc_ids must
+fit in 32 bits (4 billion documents).
+"""
+from __future__ import annotations
+
+import torch
+
+EMPTY = -1
+_LOW32 = 0xFFFFFFFF
+_MIN64 = torch.iinfo(torch.int64).min
+_MAX64 = torch.iinfo(torch.int64).max
+
+
+def _sortable_bits(values: torch.Tensor) -> torch.Tensor:
+    """float32 -> int64 with the same order (IEEE bits, negatives flipped)."""
+    bits = (values.float() + 0.0).contiguous().view(torch.int32).to(torch.int64)  # + 0.0 turns -0.0 into 0.0
+    return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
+
+
+def top_key(values: torch.Tensor, docs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """One int64 per candidate: larger means better (higher value, then lower doc_id)."""
+    key = (_sortable_bits(values) << 32) | (_LOW32 - (docs & _LOW32))
+    return torch.where(valid, key, _MIN64)
+
+
+def top_k(values: torch.Tensor, docs: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
+    """[n, C] candidates -> [n, k] indices of the k best, best first."""
+    key = top_key(values, docs, valid)
+    take = min(k, key.shape[1])
+    best, idx = torch.topk(key, take, dim=1, largest=True, sorted=True)
+    idx = torch.where(best == _MIN64, EMPTY, idx)
+    if take < k:
+        idx = torch.cat([idx, idx.new_full((idx.shape[0], k - take), EMPTY)], dim=1)
+    return idx
+
+
+def sample_groups(groups: torch.Tensor, priority: torch.Tensor, docs: torch.Tensor, valid: torch.Tensor,
+                  n_groups: int, per_group: int) -> torch.Tensor:
+    """Keep the `per_group` lowest-priority candidates of each group.
+
+    groups: [n, C] group of each candidate in [0, n_groups); priority: [n, C] 32-bit
+    hashes. Returns [n, n_groups * per_group]: slot g * per_group + r holds the
+    candidate of rank r in group g."""
+    if n_groups >= 127:
+        raise ValueError("at most 126 groups")
+    key = (groups.to(torch.int64) << 56) | ((priority & _LOW32) << 24) | (docs & 0xFFFFFF)
+    key = torch.where(valid, key, _MAX64)
+    key, order = torch.sort(key, dim=1)
+    group = torch.where(key == _MAX64, n_groups, key >> 56)
+    col = torch.arange(key.shape[1], device=key.device).expand_as(key)
+    starts = torch.ones_like(group, dtype=torch.bool)
+    starts[:, 1:] = group[:, 1:] != group[:, :-1]
+    rank = col - torch.cummax(torch.where(starts, col, 0), dim=1).values
+    keep = (rank < per_group) & (group < n_groups)
+    out = order.new_full((key.shape[0], n_groups * per_group + 1), EMPTY)
+    slot = torch.where(keep, group * per_group + rank, n_groups * per_group)  # the spare last column
+    out.scatter_(1, slot, torch.where(keep, order, EMPTY))
+    return out[:, :-1]
+
+
+def value_bands(values: torch.Tensor, max_act: torch.Tensor, n_bands: int) -> torch.Tensor:
+    """Equal-width band of each value: band b holds (b * max / n, (b + 1) * max / n].
+    max_act: [n]. Values <= 0 get band -1 (in no band)."""
+    scaled = values.double() / max_act.double().clamp_min(1e-30)[:, None] * n_bands
+    band = (torch.ceil(scaled) - 1).clamp(0, n_bands - 1).to(torch.int64)
+    return torch.where(values > 0, band, -1)
+
+
+def _mix32(h: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (lowbias32), computed in int64 without overflow."""
+    h = h & _LOW32
+    h = h ^ (h >> 16)
+    h = (h * 0x7FEB352D) & _LOW32
+    h = h ^ (h >> 15)
+    h = (h * 0x846CA68B) & _LOW32
+    return h ^ (h >> 16)
+
+
+def doc_priority(docs: torch.Tensor, neuron_keys: torch.Tensor, seed: int) -> torch.Tensor:
+    """32-bit priorities of documents `docs` [n, C] for neurons `neuron_keys` [n]."""
+    doc_hash = _mix32(_mix32(docs & _LOW32) ^ (docs >> 32) ^ _mix32(torch.tensor(seed)))
+    neuron_hash = _mix32(neuron_keys.to(torch.int64) + 0x9E3779B9)
+    return _mix32(doc_hash ^ neuron_hash[:, None])
+
+
+def drop_duplicate_docs(values: torch.Tensor, docs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """valid, with every candidate but the best of each (neuron, doc) turned off."""
+    docs = torch.where(valid, docs, -1)
+    order = torch.argsort(top_key(values, docs, valid), dim=1, descending=True, stable=True)
+    order = order.gather(1, torch.argsort(docs.gather(1, order), dim=1, stable=True))
+    docs_sorted = docs.gather(1, order)
+    repeat = torch.zeros_like(valid)
+    repeat[:, 1:] = (docs_sorted[:, 1:] == docs_sorted[:, :-1]) & (docs_sorted[:, 1:] >= 0)
+    unique = torch.zeros_like(valid).scatter_(1, order, ~repeat)
+    return valid & unique

@@ -1,0 +1,473 @@
+"""The indexer: exactness against a full activation dump, shard merges, stats against
+numpy, the database it writes, and every kind of bad input."""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pytest
+import torch
+
+from index.capture import Recorder, index_sites, site_key
+from index.config import IndexConfig
+from index.docs import Tally, document_tokens, make_batches
+from index.runner import Indexer, index_checkpoint
+from index.stats import FINE, RunningStats
+from index.topk import doc_priority
+from solu.checkpoint import load_checkpoint
+from solu.cli import main
+from solu.tokenizer import eot_id
+
+TOKENS = 3000
+CFG = dict(top_k=6, window_before=32, window_after=8, bands=4, per_band=2, random=3, seed=0)
+
+
+# ------------------------------------------------------------------ helpers
+
+def batches_of(ckpt, corpus, tokens=TOKENS, rows=3, docs=None):
+    if docs is None:
+        docs = list(document_tokens(str(corpus), "text", ckpt.tokenizer, tokens, Tally()))
+    return list(make_batches(iter(docs), ckpt.model_cfg.n_ctx, rows, eot_id(ckpt.tokenizer)))
+
+
+def dump(ckpt, batches) -> dict[str, dict[int, np.ndarray]]:
+    """site -> doc_id -> [doc_len, n] activations, from the same forward passes."""
+    sites = index_sites(ckpt.model_cfg)
+    out = {site_key(s): {} for s in sites}
+    with torch.inference_mode(), Recorder(ckpt.model, sites) as rec:
+        for batch in batches:
+            acts = rec.run(batch.tokens)
+            flat_index = batch.flat_index()
+            doc, pos = batch.flat_positions()
+            for key, a in acts.items():
+                flat = a.reshape(-1, a.shape[-1])[flat_index].numpy()
+                for d in np.unique(doc.numpy()):
+                    rows = doc.numpy() == d
+                    out[key].setdefault(int(d), []).append((pos.numpy()[rows], flat[rows]))
+    for key in out:
+        for d, parts in out[key].items():
+            pos = np.concatenate([p for p, _ in parts])
+            assert np.array_equal(pos, np.arange(len(pos)))
+            out[key][d] = np.concatenate([a for _, a in parts])
+    return out
+
+
+def doc_tokens_of(ckpt, batches) -> dict[int, np.ndarray]:
+    toks: dict[int, list] = {}
+    for batch in batches:
+        doc, _ = batch.flat_positions()
+        flat = batch.tokens.view(-1)[batch.flat_index()]
+        for d in np.unique(doc.numpy()):
+            toks.setdefault(int(d), []).append(flat.numpy()[doc.numpy() == d])
+    return {d: np.concatenate(v) for d, v in toks.items()}
+
+
+def run_indexer(ckpt, batches, **overrides) -> Indexer:
+    cfg = IndexConfig(**{**CFG, **overrides})
+    indexer = Indexer(ckpt, cfg, torch.device("cpu"))
+    indexer.run(batches)
+    return indexer
+
+
+@pytest.fixture(scope="module")
+def solu(tiny_checkpoints):
+    return load_checkpoint(tiny_checkpoints["solu_ln"])
+
+
+@pytest.fixture(scope="module")
+def indexed(solu, tiny_corpus):
+    batches = batches_of(solu, tiny_corpus)
+    return solu, batches, run_indexer(solu, batches), dump(solu, batches), doc_tokens_of(solu, batches)
+
+
+# ------------------------------------------------------------------ exactness
+
+def test_batches_split_documents_across_batches(indexed):
+    _, batches, _, _, _ = indexed
+    assert sum(b.n_tokens for b in batches) == TOKENS
+    assert any(b.continues_next for b in batches) and any(b.continues_prev for b in batches)
+
+
+def test_recorder_matches_a_full_forward_and_solu_is_x_softmax_x(solu, indexed):
+    """The Recorder stops early and keeps references; a full forward that clones every
+    site (and hook_pre) must see the same activations."""
+    _, batches, _, _, _ = indexed
+    tokens = batches[0].tokens
+    sites = index_sites(solu.model_cfg)
+    saved = {}
+
+    def save(name):
+        def hook(x, hook):
+            saved[name] = x.clone()
+        return hook
+
+    with torch.inference_mode():
+        with Recorder(solu.model, sites) as rec:
+            got = rec.run(tokens)
+        names = [s.hook for s in sites] + ["blocks.0.mlp.hook_pre"]
+        logits = solu.model.run_with_hooks(tokens, fwd_hooks=[(n, save(n)) for n in names])
+    assert logits.shape[-1] == solu.model_cfg.d_vocab  # that one ran to the end
+    for s in sites:
+        torch.testing.assert_close(got[site_key(s)], saved[s.hook], rtol=0, atol=0)
+    pre = saved["blocks.0.mlp.hook_pre"]
+    torch.testing.assert_close(got["0.pre_ln"], pre * torch.softmax(pre, dim=-1))
+
+
+def test_top_k_equals_brute_force(indexed):
+    ckpt, _, indexer, acts, toks = indexed
+    k, before, after = CFG["top_k"], CFG["window_before"], CFG["window_after"]
+    for key, acc in indexer.accs.items():
+        docs = sorted(acts[key])
+        doc_max = np.stack([acts[key][d].max(0) for d in docs])  # [docs, n]
+        doc_arg = np.stack([acts[key][d].argmax(0) for d in docs])
+        for j in range(acc.n):
+            order = sorted(range(len(docs)), key=lambda i: (-doc_max[i, j], docs[i]))[:k]
+            assert acc.top.doc[j, :k].tolist() == [docs[i] for i in order], (key, j)
+            assert acc.top.value[j, :k].tolist() == [float(doc_max[i, j]) for i in order]
+            for slot, i in enumerate(order):
+                d, p = docs[i], int(doc_arg[i, j])
+                assert int(acc.top.pos[j, slot]) == p
+                lo, hi = max(0, p - before), min(len(acts[key][d]), p + after + 1)
+                got_acts = acc.top.win_acts[j, slot].numpy()
+                got_toks = acc.top.win_tokens[j, slot].numpy()
+                inside = got_toks >= 0
+                assert np.array_equal(got_acts[inside], acts[key][d][lo:hi, j])
+                assert np.array_equal(got_toks[inside], toks[d][lo:hi])
+                assert int(np.argmax(inside)) == lo - (p - before)
+
+
+def test_ties_are_broken_by_doc_id(indexed):
+    """Documents that start with the same token tie at position 0; the brute-force test
+    above covers them only if such ties reach a top list, which this checks."""
+    _, _, indexer, _, _ = indexed
+    top = indexer.accs["0.pre_ln"].top
+    v, d = top.value[:, :CFG["top_k"]], top.doc[:, :CFG["top_k"]]
+    ties = (v[:, 1:] == v[:, :-1]) & (d[:, 1:] >= 0)
+    assert bool(ties.any())
+    assert bool((d[:, 1:][ties] > d[:, :-1][ties]).all())
+
+
+def test_samples_lie_in_their_bands_and_random_is_exact(indexed):
+    _, _, indexer, acts, _ = indexed
+    nb, per = CFG["bands"], CFG["per_band"]
+    for key, acc in indexer.accs.items():
+        docs = sorted(acts[key])
+        doc_max = {d: acts[key][d].max(0) for d in docs}
+        mx = acc.stats.max.numpy().astype(np.float64)
+        for j in range(acc.n):
+            seen = set()
+            for slot in range(nb * per):
+                d = int(acc.bands.doc[j, slot])
+                if d < 0:
+                    continue
+                b, v = slot // per, float(acc.bands.value[j, slot])
+                assert v == float(doc_max[d][j])  # the document's true max
+                assert b * mx[j] / nb < v <= (b + 1) * mx[j] / nb * (1 + 1e-6)
+                assert d not in seen
+                seen.add(d)
+            prio = doc_priority(torch.tensor([docs]), torch.tensor([acc.keys[j]]), CFG["seed"] + 1)[0]
+            want = [docs[i] for i in sorted(range(len(docs)), key=lambda i: (int(prio[i]), docs[i]))[:CFG["random"]]]
+            assert acc.random.doc[j].tolist() == want
+
+
+def test_every_nonempty_band_gets_samples(indexed):
+    _, _, indexer, acts, _ = indexed
+    acc, key = indexer.accs["1.post_ln"], "1.post_ln"
+    mx = acc.stats.max.numpy()
+    docs = sorted(acts[key])
+    for j in range(acc.n):
+        bands = {min(int(np.ceil(acts[key][d][:, j].max() / mx[j] * CFG["bands"])) - 1, CFG["bands"] - 1)
+                 for d in docs if acts[key][d][:, j].max() > 0}
+        filled = {slot // CFG["per_band"] for slot in range(CFG["bands"] * CFG["per_band"]) if acc.bands.doc[j, slot] >= 0}
+        assert filled <= bands
+        assert len(filled) >= len(bands) - 1  # the running-max approximation can miss a sparse band
+
+
+def test_stats_equal_numpy(indexed):
+    _, _, indexer, acts, _ = indexed
+    for key, acc in indexer.accs.items():
+        x = np.concatenate([acts[key][d] for d in sorted(acts[key])]).astype(np.float64)
+        s = acc.stats.summary(0.2, 16)
+        np.testing.assert_array_equal(s["max_act"], x.max(0))
+        np.testing.assert_array_equal(s["min_act"], x.min(0))
+        np.testing.assert_allclose(s["mean_act"], x.mean(0), rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(s["std_act"], x.std(0), rtol=1e-4, atol=1e-9)
+        centred = x - x.mean(0)
+        kurt = (centred ** 4).mean(0) / (centred ** 2).mean(0) ** 2
+        np.testing.assert_allclose(s["kurtosis"], kurt, rtol=1e-3)
+        np.testing.assert_array_equal(s["frac_active"], (x > 0).mean(0))
+        for j in range(acc.n):
+            counts = s["hist_counts"][j]
+            edges = np.linspace(s["hist_lo"][j], s["hist_hi"][j], len(counts) + 1)
+            want = np.bincount(np.searchsorted(edges, x[:, j], side="left") - 1, minlength=len(counts))
+            assert len(counts) <= 16 and counts.sum() == len(x)
+            np.testing.assert_array_equal(counts, want[:len(counts)])
+            width = 2.0 ** int(acc.stats.exp[j]) / FINE
+            exact = (x[:, j] > 0.2 * x[:, j].max()).sum() if x[:, j].max() > 0 else 0
+            straddling = ((x[:, j] > 0.2 * x[:, j].max() - width) & (x[:, j] <= 0.2 * x[:, j].max() + width)).sum()
+            assert abs(s["frac_active_rel"][j] * len(x) - exact) <= straddling + 1e-6
+
+
+def test_histogram_regrids_without_losing_counts():
+    stats = RunningStats.empty(2, "cpu")
+    rng = np.random.default_rng(0)
+    parts = [rng.normal(0, scale, size=(500, 2)).astype(np.float32) for scale in (0.01, 1.0, 40.0)]
+    for p in parts:
+        stats.update(torch.tensor(p))
+    x = np.concatenate(parts)
+    width = 2.0 ** stats.exp.numpy() / FINE
+    for j in range(2):
+        k = np.ceil(x[:, j] / width[j]) - 1
+        want = np.bincount((k + FINE).astype(int), minlength=2 * FINE)
+        np.testing.assert_array_equal(stats.hist[j].numpy(), want)
+
+
+def test_sample_activations_equal_brute_force(solu, tiny_corpus):
+    cfg = IndexConfig(dataset=str(tiny_corpus), tokens=600, sample_tokens=400, batch_size=4, top_k=3,
+                      threshold=0.3, device="cpu")
+    result = index_checkpoint(solu.path, cfg, progress=False)
+    assert sum(len(t) for _, t in result.sample_docs) == 400
+    batches = batches_of(solu, tiny_corpus, docs=result.sample_docs, rows=4)
+    acts = dump(solu, batches)
+    a = result.activations
+    for key, per_doc in acts.items():
+        mx = result.accs[key].stats.max.numpy()
+        want = {(j, d, p) for d, x in per_doc.items() for p, j in zip(*np.nonzero((x > 0.3 * mx) & (x > 0) & (mx > 0)))}
+        rows = a["site"] == key
+        got = set(zip(a["neuron"][rows].tolist(), a["doc_id"][rows].tolist(), a["pos"][rows].tolist()))
+        assert got == {(int(j), int(d), int(p)) for j, d, p in want}
+
+
+def test_two_shards_merge_to_the_single_pass(solu, tiny_corpus):
+    docs = list(document_tokens(str(tiny_corpus), "text", solu.tokenizer, 900, Tally()))
+    half = len(docs) // 2
+    whole = run_indexer(solu, batches_of(solu, tiny_corpus, docs=docs, rows=1))
+    first = run_indexer(solu, batches_of(solu, tiny_corpus, docs=docs[:half], rows=1))
+    second = run_indexer(solu, batches_of(solu, tiny_corpus, docs=docs[half:], rows=1))
+    first.merge(second)
+    for key, acc in whole.accs.items():
+        merged = first.accs[key]
+        for name in ("value", "doc", "pos", "token", "win_tokens"):
+            assert torch.equal(getattr(merged.top, name), getattr(acc.top, name)), (key, name)
+        assert torch.equal(merged.top.win_acts.nan_to_num(-9), acc.top.win_acts.nan_to_num(-9))
+        assert torch.equal(merged.random.doc, acc.random.doc)
+        assert torch.equal(merged.stats.hist, acc.stats.hist)
+        assert torch.equal(merged.stats.max, acc.stats.max)
+        torch.testing.assert_close(merged.stats.moments.mean, acc.stats.moments.mean, rtol=1e-5, atol=1e-9)
+
+
+# ------------------------------------------------------------------ the database
+
+@pytest.fixture(scope="module")
+def built_db(tmp_path_factory, tiny_checkpoints, tiny_corpus):
+    db = tmp_path_factory.mktemp("db") / "index.duckdb"
+    args = ["index", str(tiny_checkpoints["gelu"]), str(tiny_checkpoints["solu_ln"]), "--db", str(db),
+            "--dataset", str(tiny_corpus), "--tokens", "2000", "--top-k", "5", "--batch-size", "4",
+            "--sample-tokens", "500", "--no-progress"]
+    assert main(args) == 0
+    return db
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def query(db: Path, sql: str, params=()):
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql, list(params)).fetchall()
+    finally:
+        con.close()
+
+
+def test_database_holds_every_table(built_db):
+    models = dict(query(built_db, "SELECT model_id, act_fn FROM models"))
+    assert models == {"gelu-tiny": "gelu", "solu_ln-tiny": "solu_ln"}
+    sites = dict(query(built_db, "SELECT model_id, list(DISTINCT site ORDER BY site) FROM neurons GROUP BY 1"))
+    assert sites == {"gelu-tiny": ["post"], "solu_ln-tiny": ["post_ln", "pre_ln"]}
+    assert query(built_db, "SELECT count(*) FROM neurons")[0][0] == 2 * 64 + 4 * 64
+    assert query(built_db, "SELECT count(*) FROM neurons WHERE is_primary")[0][0] == 2 * 64 + 2 * 64
+    # every top example: rank 1..5, tokens and acts aligned, the max at max_pos
+    bad = query(built_db, """SELECT count(*) FROM examples
+        WHERE len(tokens) != len(acts) OR acts[max_pos + 1] != max_act OR list_max(acts) != max_act
+           OR rank < 1 OR (kind = 'top' AND rank > 5)""")
+    assert bad[0][0] == 0
+    assert query(built_db, "SELECT count(*) FROM examples WHERE kind = 'top'")[0][0] == 5 * (2 * 64 + 4 * 64)
+    runs = query(built_db, "SELECT model_id, tokens, top_k, sites, band_kind FROM index_runs ORDER BY 1")
+    assert runs == [("gelu-tiny", 2000, 5, ["post"], "interval"), ("solu_ln-tiny", 2000, 5, ["pre_ln", "post_ln"], "interval")]
+    assert query(built_db, "SELECT count(*) FROM logits WHERE model_id = 'gelu-tiny'")[0][0] == 2 * 64 * 2 * 10
+    curve = json.loads(query(built_db, "SELECT loss_curve FROM models WHERE model_id = 'gelu-tiny'")[0][0])
+    assert curve and "eval_loss" in curve[0]
+    # the activations sample joins its tokens
+    orphans = query(built_db, """SELECT count(*) FROM activations a ANTI JOIN tokens t
+        ON a.model_id = t.model_id AND a.doc_id = t.doc_id AND a.pos = t.pos""")
+    assert orphans[0][0] == 0 and query(built_db, "SELECT count(*) FROM tokens")[0][0] == 2 * 500
+    # the view: one row per (example, token), positions consecutive from start_pos
+    view = query(built_db, """SELECT count(*) FROM example_tokens e JOIN tokens t
+        ON e.model_id = t.model_id AND e.doc_id = t.doc_id AND e.pos = t.pos WHERE e.token != t.token""")
+    assert view[0][0] == 0
+
+
+def test_reindexing_replaces_rows_and_keeps_labels(built_db, tiny_checkpoints, tiny_corpus, tmp_path):
+    from index.store import append_label
+
+    db = tmp_path / "copy.duckdb"
+    shutil.copy(built_db, db)
+    append_label(db, "gelu-tiny", 0, 3, "base64", "a note")
+    before = query(db, "SELECT count(*) FROM examples WHERE model_id = 'solu_ln-tiny'")[0][0]
+    assert main(["index", str(tiny_checkpoints["gelu"]), "--db", str(db), "--dataset", str(tiny_corpus),
+                 "--tokens", "1000", "--top-k", "3", "--batch-size", "4", "--sample-tokens", "100", "--no-progress"]) == 0
+    assert query(db, "SELECT label, note FROM labels") == [("base64", "a note")]
+    assert query(db, "SELECT max(rank) FROM examples WHERE model_id = 'gelu-tiny' AND kind = 'top'")[0][0] == 3
+    assert query(db, "SELECT count(*) FROM examples WHERE model_id = 'solu_ln-tiny'")[0][0] == before
+    assert query(db, "SELECT tokens FROM index_runs WHERE model_id = 'gelu-tiny'") == [(1000,)]
+    assert not list(tmp_path.glob(".copy.duckdb.*"))
+
+
+# ------------------------------------------------------------------ bad input
+
+def run_cli(args, capsys) -> tuple[int, list[str]]:
+    code = main(args)
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    return code, err
+
+
+def bad_run(db, model, corpus, **flags):
+    args = ["index", str(model), "--db", str(db), "--dataset", str(corpus), "--tokens", "500", "--no-progress"]
+    for k, v in flags.items():
+        args += [f"--{k.replace('_', '-')}", str(v)]
+    return args
+
+
+@pytest.fixture
+def previous(built_db, tmp_path):
+    db = tmp_path / "prev.duckdb"
+    shutil.copy(built_db, db)
+    return db
+
+
+@pytest.mark.parametrize("flags, message", [
+    ({"top_k": 0}, "--top-k must be a positive integer"),
+    ({"top_k": -3}, "--top-k must be a positive integer"),
+    ({"tokens": 0}, "--tokens must be a positive integer"),
+    ({"tokens": -1}, "--tokens must be a positive integer"),
+])
+def test_bad_numbers(previous, tiny_checkpoints, tiny_corpus, capsys, flags, message):
+    before = digest(previous)
+    code, err = run_cli(bad_run(previous, tiny_checkpoints["gelu"], tiny_corpus, **flags), capsys)
+    assert code == 2 and len(err) == 1 and message in err[0]
+    assert digest(previous) == before
+
+
+def test_missing_and_garbage_checkpoints(previous, tiny_corpus, tmp_path, capsys):
+    before = digest(previous)
+    code, err = run_cli(bad_run(previous, tmp_path / "nope", tiny_corpus), capsys)
+    assert code == 2 and len(err) == 1 and "not found" in err[0]
+    garbage = tmp_path / "garbage"
+    garbage.mkdir()
+    (garbage / "config.json").write_text("{not json")
+    code, err = run_cli(bad_run(previous, garbage, tiny_corpus), capsys)
+    assert code == 2 and len(err) == 1 and "not valid JSON" in err[0]
+    (garbage / "config.json").write_text(json.dumps({"format": "solu-checkpoint", "model": {"act_fn": "gelu"}}))
+    code, err = run_cli(bad_run(previous, garbage, tiny_corpus), capsys)
+    assert code == 2 and len(err) == 1
+    assert digest(previous) == before
+
+
+def test_db_that_is_not_duckdb_or_newer(previous, tiny_checkpoints, tiny_corpus, tmp_path, capsys):
+    text = tmp_path / "notes.duckdb"
+    text.write_text("just some text, not a database\n" * 50)
+    code, err = run_cli(bad_run(text, tiny_checkpoints["gelu"], tiny_corpus), capsys)
+    assert code == 2 and len(err) == 1 and "not a DuckDB database" in err[0]
+    assert text.read_text().startswith("just some text")
+    con = duckdb.connect(str(previous))
+    con.execute("UPDATE meta SET value = '99' WHERE key = 'schema_version'")
+    con.close()
+    before = digest(previous)
+    code, err = run_cli(bad_run(previous, tiny_checkpoints["gelu"], tiny_corpus), capsys)
+    assert code == 2 and len(err) == 1 and "newer" in err[0]
+    assert digest(previous) == before
+
+
+def test_empty_dataset(previous, tiny_checkpoints, tmp_path, capsys):
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    before = digest(previous)
+    code, err = run_cli(bad_run(previous, tiny_checkpoints["gelu"], empty), capsys)
+    assert code == 2 and len(err) == 1 and "no text" in err[0]
+    assert digest(previous) == before
+
+
+def test_dataset_shorter_than_asked(tiny_checkpoints, tmp_path, capsys):
+    short = tmp_path / "short.jsonl"
+    short.write_text("".join(json.dumps({"text": f"def f{i}(x):\n    return x + {i}\n"}) + "\n" for i in range(20)))
+    db = tmp_path / "short.duckdb"
+    code, err = run_cli(bad_run(db, tiny_checkpoints["gelu"], short, tokens=100_000), capsys)
+    assert code == 0 and len(err) == 1 and "holds only" in err[0] and "indexed all of them" in err[0]
+    n = query(db, "SELECT tokens FROM index_runs")[0][0]
+    assert 0 < n < 100_000 and str(f"{n:,}") in err[0]
+
+
+def test_ctrl_c_leaves_the_database_and_no_temp_file(previous, tiny_checkpoints, tiny_corpus, capsys, monkeypatch):
+    calls = []
+
+    def interrupt(self, cur, nxt):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(Indexer, "_absorb", interrupt)
+    before = digest(previous)
+    code, err = run_cli(bad_run(previous, tiny_checkpoints["gelu"], tiny_corpus, batch_size=1), capsys)
+    assert code == 2 and len(err) == 1 and "interrupted" in err[0] and str(previous) in err[0]
+    assert digest(previous) == before
+    assert [p.name for p in previous.parent.iterdir() if p.name.startswith(".")] == []
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
+def test_kill_mid_run_leaves_the_previous_database(previous, tiny_checkpoints, tmp_path, sig):
+    from conftest import make_corpus
+
+    corpus = make_corpus(tmp_path / "big.jsonl", n_docs=3000, seed=1)
+    before = digest(previous)
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "solu.cli", *bad_run(previous, tiny_checkpoints["solu_ln"], corpus,
+                                                                       tokens=10_000_000, batch_size=1)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".prev.duckdb.*.indexing")):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.poll() is not None else "slow"
+        time.sleep(0.1)
+    time.sleep(1.0)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode != 0
+    assert digest(previous) == before
+    assert query(previous, "SELECT count(*) FROM models")[0][0] == 2
+    temps = list(tmp_path.glob(".prev.duckdb.*.indexing"))
+    if sig == signal.SIGTERM:
+        lines = [line for line in err.splitlines() if line.strip()]
+        assert len(lines) == 1 and "interrupted" in lines[0], err
+        assert temps == []
+    else:
+        from index.writer import remove_stale_temps
+
+        assert len(temps) == 1  # a SIGKILL cannot clean up; the next run does
+        remove_stale_temps(previous)
+        assert list(tmp_path.glob(".prev.duckdb.*.indexing")) == []
+
+
+def test_config_round_trip():
+    cfg = IndexConfig(dataset="x.jsonl", tokens=5, top_k=3, threshold=0.5)
+    assert IndexConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
+    with pytest.raises(ValueError, match="threshold"):
+        IndexConfig(threshold=1.5)
