@@ -19,7 +19,7 @@ def register(sub) -> None:
     p.add_argument("--vocab", type=int)
     p.add_argument("--dataset", default="builtin", help="builtin, a .txt/.jsonl/.parquet file or folder, or hf:NAME[:split]")
     p.add_argument("--text-column", default="text")
-    p.add_argument("--tokens", type=int, default=2_000_000, help="training tokens (default 2M)")
+    p.add_argument("--tokens", type=int, help="training tokens (default 2M; with --resume, raises the budget)")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=3e-3)
     p.add_argument("--warmup-tokens", type=int, default=100_000)
@@ -66,16 +66,19 @@ def cmd_train(args) -> int:
 
     if args.resume and any(getattr(args, k) is not None for k in MODEL_DEFAULTS):
         raise UserError("--resume continues the saved run; drop the model flags (only --tokens may be raised)")
-    model_cfg = None if args.resume else _model_config(args)
-    try:
-        train_cfg = TrainConfig(dataset=args.dataset, text_column=args.text_column, tokens=args.tokens,
-                                batch_size=args.batch_size, lr=args.lr, warmup_tokens=args.warmup_tokens,
-                                eval_tokens=args.eval_tokens, seed=args.seed, device=args.device,
-                                checkpoint_every=args.checkpoint_every)
-    except ValueError as e:
-        raise UserError(str(e)) from None
-    meta = train(model_cfg, train_cfg, args.out, resume=args.resume, force=args.force,
-                 tokenizer_path=args.tokenizer)
+    if args.resume:
+        meta = train(None, None, args.out, resume=True, force=args.force, tokens=args.tokens)
+    else:
+        model_cfg = _model_config(args)
+        try:
+            train_cfg = TrainConfig(dataset=args.dataset, text_column=args.text_column,
+                                    tokens=2_000_000 if args.tokens is None else args.tokens,
+                                    batch_size=args.batch_size, lr=args.lr, warmup_tokens=args.warmup_tokens,
+                                    eval_tokens=args.eval_tokens, seed=args.seed, device=args.device,
+                                    checkpoint_every=args.checkpoint_every)
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        meta = train(model_cfg, train_cfg, args.out, force=args.force, tokenizer_path=args.tokenizer)
     print(f"{args.out}: {meta['act_fn']} eval loss {meta['eval_loss']:.4f} after {meta['tokens_seen']:,} tokens "
           f"({meta['tokens_per_s']:,.0f} tokens/s)")
     return 0

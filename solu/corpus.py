@@ -67,14 +67,20 @@ def iter_documents(spec: str, text_column: str = "text", stats: ReadStats | None
     return _iter_local(spec, text_column, stats)
 
 
-def check_dataset(spec: str, text_column: str = "text", seed: int = 0) -> None:
-    """Fail early, with one clear line, if a dataset has no readable text at all."""
+def check_dataset(spec: str, text_column: str = "text", seed: int = 0) -> int:
+    """Read a local dataset through once, before any output is written, so a bad line or an
+    empty dataset fails early with one clear line. Returns the number of documents with
+    text. A Hugging Face dataset is only checked as far as its first row."""
     stats = ReadStats()
+    documents = 0
     for doc in iter_documents(spec, text_column, stats, seed):
-        if doc.text.strip():
-            return
-    detail = f" ({stats.summary()})" if stats.summary() else ""
-    raise UserError(f"dataset {spec!r} contains no text{detail}")
+        documents += bool(doc.text.strip())
+        if documents and spec.startswith("hf:"):
+            break
+    if not documents:
+        detail = f" ({stats.summary()})" if stats.summary() else ""
+        raise UserError(f"dataset {spec!r} contains no text{detail}")
+    return documents
 
 
 # ---------------------------------------------------------------- local files

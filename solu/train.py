@@ -66,13 +66,15 @@ def prepare_out(out: Path, resume: bool, force: bool) -> None:
         raise UserError(f"{out} already exists; pass --resume to continue it or --force to replace it")
 
 
-def train(model_cfg: ModelConfig, train_cfg: TrainConfig, out: Path, *, resume: bool = False,
-          force: bool = False, tokenizer_path: str | None = None) -> dict:
+def train(model_cfg: ModelConfig | None, train_cfg: TrainConfig | None, out: Path, *, resume: bool = False,
+          force: bool = False, tokenizer_path: str | None = None, tokens: int | None = None) -> dict:
+    """Train into `out`. With resume=True the configs come from `out` (pass None), and
+    `tokens`, if given, raises the token budget."""
     out = Path(out)
     prepare_out(out, resume, force)
     if resume:
         meta = read_meta(out)
-        model_cfg, train_cfg = ModelConfig.from_dict(meta["model"]), _resumed_train_cfg(meta, train_cfg)
+        model_cfg, train_cfg = ModelConfig.from_dict(meta["model"]), _resumed_train_cfg(meta, tokens)
     device = resolve_device(train_cfg.device)
     check_dataset(train_cfg.dataset, train_cfg.text_column, train_cfg.seed)
 
@@ -198,12 +200,14 @@ class StopRequest:
             signal.signal(sig, old)
 
 
-def _resumed_train_cfg(meta: dict, asked: TrainConfig) -> TrainConfig:
+def _resumed_train_cfg(meta: dict, tokens: int | None) -> TrainConfig:
     """A resumed run keeps its saved config; only the token budget may be raised."""
     saved = TrainConfig.from_dict(meta["train"])
-    if asked.tokens > saved.tokens:
-        return TrainConfig.from_dict({**saved.to_dict(), "tokens": asked.tokens})
-    return saved
+    if tokens is None or tokens == saved.tokens:
+        return saved
+    if tokens < saved.tokens:
+        raise UserError(f"--tokens {tokens} is below the run's budget of {saved.tokens}; it can only be raised")
+    return TrainConfig.from_dict({**saved.to_dict(), "tokens": tokens})
 
 
 def write_loss_curve(out: Path, history: list[dict], title: str) -> None:
