@@ -1,0 +1,165 @@
+"""`solu sql` and index.sqlguard.run_query: read-only, no file or network access, one
+query at a time, a time limit, a row cap; and the README's example queries."""
+from __future__ import annotations
+
+import json
+
+import duckdb
+import pytest
+
+from index.sqlguard import _connect, run_query
+from solu.cli import main
+from solu.errors import UserError
+
+README_QUERIES = {
+    "base64": r"""
+        SELECT model_id, layer, neuron, site,
+               avg(CASE WHEN regexp_full_match(
+                       replace(array_to_string(tokens[greatest(max_pos - 3, 1):max_pos + 5], ''), chr(10), ''),
+                       '[A-Za-z0-9+/=]{12,}') THEN 1 ELSE 0 END) AS base64_share
+        FROM examples WHERE kind = 'top'
+        GROUP BY ALL HAVING base64_share >= 0.5
+        ORDER BY base64_share DESC, model_id, layer, neuron LIMIT 20""",
+    "fires_on_token": """
+        SELECT a.model_id, a.layer, a.neuron, count(*) AS hits, round(avg(a.act), 3) AS mean_act
+        FROM activations a JOIN tokens t USING (model_id, doc_id, pos)
+        WHERE a.site IN ('post', 'pre_ln') AND t.token = ' return'
+        GROUP BY ALL ORDER BY hits DESC, a.model_id, a.layer, a.neuron LIMIT 10""",
+    "co_firing": """
+        SELECT a.model_id, a.layer, a.neuron, b.layer AS layer_b, b.neuron AS neuron_b, count(*) AS together
+        FROM activations a JOIN activations b USING (model_id, site, doc_id, pos)
+        WHERE a.site IN ('post', 'pre_ln') AND a.layer * 100000 + a.neuron < b.layer * 100000 + b.neuron
+        GROUP BY ALL ORDER BY together DESC, 1, 2, 3, 4, 5 LIMIT 10""",
+    "sparsity_by_model": """
+        SELECT m.model_id, m.act_fn, round(m.eval_loss, 3) AS eval_loss,
+               round(median(n.frac_active), 4) AS median_density, round(median(n.kurtosis), 1) AS median_kurtosis
+        FROM neurons n JOIN models m USING (model_id) WHERE n.is_primary
+        GROUP BY ALL ORDER BY m.model_id""",
+    "tokens_at_the_max": """
+        SELECT model_id, token, count(*) AS top_examples, count(DISTINCT (layer, neuron)) AS neurons
+        FROM example_tokens WHERE kind = 'top' AND act = example_max
+        GROUP BY ALL ORDER BY top_examples DESC, model_id, token LIMIT 10""",
+    "one_heatmap": """
+        SELECT window_pos, pos, token, round(act, 3) AS act FROM example_tokens
+        WHERE model_id = 'gelu-tiny' AND layer = 0 AND neuron = 5 AND site = 'post' AND kind = 'top' AND rank = 1
+        ORDER BY window_pos""",
+    "logit_effect": """
+        SELECT model_id, layer, neuron, token, round(weight, 3) AS weight FROM logits
+        WHERE sign = 'pos' AND rank = 1 ORDER BY weight DESC LIMIT 10""",
+}
+
+
+@pytest.fixture(scope="module")
+def db(tmp_path_factory, tiny_checkpoints, tiny_corpus):
+    path = tmp_path_factory.mktemp("sql") / "index.duckdb"
+    assert main(["index", str(tiny_checkpoints["gelu"]), str(tiny_checkpoints["solu_ln"]), "--db", str(path),
+                 "--dataset", str(tiny_corpus), "--tokens", "1200", "--top-k", "5", "--batch-size", "8",
+                 "--sample-tokens", "600", "--no-progress"]) == 0
+    return path
+
+
+def test_query_returns_rows_and_a_truncated_flag(db):
+    df, truncated = run_query(db, "SELECT model_id, count(*) AS n FROM neurons GROUP BY 1 ORDER BY 1")
+    assert df.to_dict("records") == [{"model_id": "gelu-tiny", "n": 128}, {"model_id": "solu_ln-tiny", "n": 256}]
+    assert truncated is False
+    df, truncated = run_query(db, "SELECT * FROM examples", max_rows=7)
+    assert len(df) == 7 and truncated is True
+    df, truncated = run_query(db, "SELECT * FROM range(7)", max_rows=7)
+    assert len(df) == 7 and truncated is False
+
+
+@pytest.mark.parametrize("sql", [
+    "INSERT INTO labels (label_id, model_id, layer, neuron, label) VALUES (1, 'm', 0, 0, 'x')",
+    "UPDATE neurons SET max_act = 0", "DELETE FROM examples", "DROP TABLE neurons",
+    "CREATE TABLE t AS SELECT 1", "COPY neurons TO '/tmp/solu-sql-test.csv'", "ATTACH '/tmp/other.duckdb'",
+    "INSTALL httpfs", "LOAD httpfs", "SET enable_external_access = true", "PRAGMA version",
+    "CALL pragma_version()", "SELECT 1; SELECT 2", "EXPLAIN ANALYZE DELETE FROM examples", "",
+])
+def test_refused_statements(db, sql):
+    with pytest.raises(UserError):
+        run_query(db, sql)
+
+
+@pytest.mark.parametrize("sql", [
+    "SELECT * FROM read_csv('{path}')", "SELECT * FROM '{path}'", "SELECT * FROM read_text('{path}')",
+    "SELECT * FROM read_blob('{path}')", "SELECT * FROM glob('{dir}/*')", "SELECT * FROM read_json('{path}')",
+    "SELECT * FROM read_parquet('{path}')", "SELECT * FROM query('SELECT * FROM read_text(''{path}'')')",
+    "SELECT * FROM 'https://example.com/data.csv'",
+])
+def test_no_file_or_network_access(db, tmp_path, sql):
+    secret = tmp_path / "secret.csv"
+    secret.write_text("a,b\n1,2\n")
+    with pytest.raises(UserError, match="(?i)permission|disabled|access"):
+        run_query(db, sql.format(path=secret, dir=tmp_path))
+
+
+def test_a_write_on_the_connection_itself_fails(db):
+    """Below the allow-list the index is attached read-only."""
+    con = _connect(db)
+    try:
+        with pytest.raises(duckdb.Error, match="read-only"):
+            con.execute("INSERT INTO labels (label_id, model_id, layer, neuron, label) VALUES (1, 'm', 0, 0, 'x')")
+        with pytest.raises(duckdb.Error):
+            con.execute("SET enable_external_access = true")
+    finally:
+        con.close()
+
+
+def test_explain_describe_show_are_queries(db):
+    for sql in ("EXPLAIN SELECT * FROM neurons", "DESCRIBE neurons", "SHOW TABLES", "SUMMARIZE logits"):
+        df, _ = run_query(db, sql)
+        assert len(df) > 0
+
+
+def test_a_slow_query_times_out(db):
+    with pytest.raises(UserError, match="longer than 0.5s"):
+        run_query(db, "SELECT count(*) FROM range(100000000000) a, range(10) b", timeout_s=0.5)
+
+
+def test_bad_sql_and_bad_files_are_one_line_errors(db, tmp_path):
+    with pytest.raises(UserError) as e:
+        run_query(db, "SELEC nonsense")
+    assert "\n" not in str(e.value)
+    with pytest.raises(UserError, match="not found"):
+        run_query(tmp_path / "missing.duckdb", "SELECT 1")
+    junk = tmp_path / "junk.duckdb"
+    junk.write_text("not a database")
+    with pytest.raises(UserError, match="not a DuckDB database"):
+        run_query(junk, "SELECT 1")
+
+
+def test_works_beside_an_open_read_connection(db):
+    """The explorer keeps ordinary read-only connections open in the same process."""
+    from index.store import open_read
+
+    con = open_read(db)
+    try:
+        df, _ = run_query(db, "SELECT count(*) AS n FROM models")
+        assert df.n[0] == 2
+    finally:
+        con.close()
+
+
+def test_cli_formats_and_errors(db, capsys):
+    sql = "SELECT model_id, act_fn, n_layers FROM models ORDER BY model_id"
+    assert main(["sql", "--db", str(db), sql]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split() == ["model_id", "act_fn", "n_layers"] and "(2 rows)" in out
+    assert main(["sql", "--db", str(db), "--format", "csv", sql]) == 0
+    assert capsys.readouterr().out.splitlines() == ["model_id,act_fn,n_layers", "gelu-tiny,gelu,2", "solu_ln-tiny,solu_ln,2"]
+    assert main(["sql", "--db", str(db), "--format", "json", sql]) == 0
+    assert json.loads(capsys.readouterr().out)[1] == {"model_id": "solu_ln-tiny", "act_fn": "solu_ln", "n_layers": 2}
+    assert main(["sql", "--db", str(db), "--max-rows", "3", "SELECT * FROM neurons"]) == 0
+    captured = capsys.readouterr()
+    assert "(3 rows)" in captured.out and "truncated" in captured.err
+    assert main(["sql", "--db", str(db), "DELETE FROM neurons"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("solu sql: error: only queries")
+
+
+@pytest.mark.parametrize("name", sorted(README_QUERIES))
+def test_readme_queries_run(db, name):
+    df, truncated = run_query(db, README_QUERIES[name])
+    assert not truncated
+    if name in ("sparsity_by_model", "one_heatmap", "logit_effect", "tokens_at_the_max"):
+        assert len(df) > 0
