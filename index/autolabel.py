@@ -28,9 +28,10 @@ and the Gini coefficient: high only when the strongest firings are the concept a
 the concept's occurrences as a whole rank above the rest of the text. A neuron whose
 top examples match a concept at its base rate (auroc near 0.5) scores near 0.
 
-Every score is stored in `concept_scores`; each neuron's best concept scoring at least
-the threshold becomes an automatic label (source 'auto', status 'suggested', with its
-score), which the app offers as a suggestion to accept or reject.
+Every score is stored in `concept_scores` with the index run it was computed from (a
+re-index makes it stale, and `current_concept_scores` hides stale rows). Each neuron's
+best concept scoring at least the threshold becomes an automatic label (source 'auto',
+status 'suggested', with its score), which the app offers to accept or reject.
 """
 from __future__ import annotations
 
@@ -235,7 +236,13 @@ def score_model(con, model_id: str, concepts: list[Concept]) -> pd.DataFrame:
               for j, c in enumerate(concepts)]
     columns = ["model_id", "layer", "neuron", "site", "concept", "auroc", "top_share", "score",
                "n_recorded", "n_top"]
-    return pd.concat(frames, ignore_index=True)[columns]
+    return pd.concat(frames, ignore_index=True)[columns].assign(run_id=latest_run(con, model_id))
+
+
+def latest_run(con, model_id: str) -> str | None:
+    rows = con.execute("SELECT run_id FROM index_runs WHERE model_id = ? ORDER BY started_at DESC LIMIT 1",
+                       [model_id]).fetchall()
+    return rows[0][0] if rows else None
 
 
 # ---------------------------------------------------------------- writing scores and labels
@@ -308,7 +315,7 @@ def label_changes(con, models: list[str], threshold: float) -> pd.DataFrame:
         SELECT s.model_id, s.layer, s.neuron, s.concept, s.score, s.auroc, s.top_share, s.n_top,
                c.label AS current, c.status AS current_status, c.author AS current_author,
                c.score AS current_score
-        FROM concept_scores s
+        FROM current_concept_scores s
         JOIN neurons n USING (model_id, layer, neuron, site)
         LEFT JOIN (SELECT * FROM current_labels WHERE source = 'auto') c USING (model_id, layer, neuron)
         WHERE n.is_primary AND s.model_id IN ({', '.join('?' * len(models))})

@@ -64,10 +64,11 @@ def neuron_stats(con, models: list[str]) -> pd.DataFrame:
 
 
 def best_concepts(con, models: list[str]) -> pd.DataFrame:
-    """Each primary-site neuron's best concept and score (empty until `solu autolabel`)."""
+    """Each primary-site neuron's best concept and score from the latest index run
+    (empty until `solu autolabel` has scored it)."""
     return con.execute(f"""
         SELECT s.model_id, s.layer, s.neuron, s.concept, s.score, s.auroc, s.top_share
-        FROM concept_scores s JOIN neurons n USING (model_id, layer, neuron, site)
+        FROM current_concept_scores s JOIN neurons n USING (model_id, layer, neuron, site)
         WHERE n.is_primary AND s.model_id IN {_in(models)}
         QUALIFY row_number() OVER (PARTITION BY s.model_id, s.layer, s.neuron
                                    ORDER BY s.score DESC, s.concept) = 1""", models).df()

@@ -72,11 +72,22 @@ MIGRATIONS: list[str] = [
         neuron INTEGER, site VARCHAR, answer VARCHAR, label VARCHAR, seconds DOUBLE,
         created_at TIMESTAMP DEFAULT current_timestamp);
     """,
+    # 3: concept scores remember the index run they were computed from; a re-index
+    # makes them stale, and current_concept_scores shows only those of the latest run
+    """
+    ALTER TABLE concept_scores ADD COLUMN run_id VARCHAR;
+    CREATE VIEW current_concept_scores AS
+        SELECT s.* FROM concept_scores s
+        LEFT JOIN (SELECT model_id, run_id FROM index_runs
+                   QUALIFY row_number() OVER (PARTITION BY model_id ORDER BY started_at DESC) = 1) r
+               USING (model_id)
+        WHERE s.run_id IS NOT DISTINCT FROM r.run_id;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
 INDEX_TABLES = ("models", "index_runs", "neurons", "examples", "logits", "activations", "tokens")
-HUMAN_TABLES = ("labels",)
+HUMAN_TABLES = ("labels", "studies", "study_answers")
 
 
 def schema_version(con: duckdb.DuckDBPyConnection) -> int:

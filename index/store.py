@@ -16,7 +16,7 @@ from pathlib import Path
 
 import duckdb
 
-from index.schema import check_version, migrate
+from index.schema import HUMAN_TABLES, check_version, migrate
 from solu.errors import UserError
 
 LOCK_WAIT_S = 10.0
@@ -97,17 +97,22 @@ def append_label(db: str | Path, model_id: str, layer: int, neuron: int, label: 
 
 
 def replace_database(new: Path, db: Path) -> None:
-    """Move a freshly built index `new` into place at `db`, first copying in the labels
-    that `db` holds now. Readers with the old file open keep reading the old file."""
+    """Move a freshly built index `new` into place at `db`, first copying in the human
+    data (HUMAN_TABLES: labels, studies, study answers) that `db` holds now. Readers with
+    the old file open keep reading the old file."""
     db, new = Path(db), Path(new)
     with write_lock(db):
         if db.exists():
             con = _connect(new, read_only=False)
             try:
                 con.execute(f"ATTACH '{_sql_path(db)}' AS old (READ_ONLY)")
+                old_tables = {r[0] for r in con.execute(
+                    "SELECT table_name FROM information_schema.tables WHERE table_catalog = 'old'").fetchall()}
                 con.execute("BEGIN")
-                con.execute("DELETE FROM labels")
-                con.execute("INSERT INTO labels BY NAME SELECT * FROM old.labels")
+                for table in HUMAN_TABLES:
+                    if table in old_tables:
+                        con.execute(f"DELETE FROM {table}")
+                        con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM old.{table}")
                 con.execute("COMMIT")
                 con.execute("DETACH old")
             finally:

@@ -213,3 +213,17 @@ def test_measure_db_threshold_is_sparse(measure_db):
     n_tokens = con.execute("SELECT count(*) FROM tokens").fetchall()[0][0]
     con.close()
     assert low == 0 and total < 2 * 8 * n_tokens / 2
+
+
+def test_scores_of_an_earlier_index_run_are_stale(measure_db):
+    autolabel(measure_db, threshold=0.6)
+    con = duckdb.connect(str(measure_db))
+    con.execute("INSERT INTO index_runs (run_id, model_id, started_at) VALUES ('r2', 'gelu-m', now())")
+    current = con.execute("SELECT DISTINCT model_id FROM current_concept_scores").fetchall()
+    con.close()
+    assert current == [("solu-m",)]  # gelu-m was re-indexed after it was scored
+    autolabel(measure_db, models=["gelu-m"], threshold=0.6)
+    con = duckdb.connect(str(measure_db), read_only=True)
+    runs = con.execute("SELECT DISTINCT model_id, run_id FROM current_concept_scores ORDER BY 1").fetchall()
+    con.close()
+    assert runs == [("gelu-m", "r2"), ("solu-m", None)]

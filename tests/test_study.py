@@ -89,3 +89,14 @@ def test_errors(db):
         study.create_study(db, "other", ["gelu-m", "nope"])
     with pytest.raises(UserError, match="no study"):
         read(db, study.summary, "nope")
+
+
+def test_reindex_keeps_studies_and_answers(db, tmp_path):
+    from index.store import replace_database
+
+    item = read(db, study.next_item, "pilot", "ana")
+    study.record_answer(db, "pilot", "ana", item, "yes")
+    fresh = build_measure_db(tmp_path / "fresh.duckdb")  # a new index: no studies, no answers
+    replace_database(fresh, db)
+    assert read(db, study.studies).study.tolist() == ["pilot"]
+    assert len(read(db, study.latest_answers, "pilot")) == 1
