@@ -11,6 +11,7 @@ from pathlib import Path
 import streamlit as st
 
 from explorer import db
+from explorer.render import md_escape
 from index import queries
 from solu.errors import UserError
 
@@ -31,7 +32,7 @@ def require_db() -> Path:
     try:
         query("sites")
     except UserError as e:
-        st.error(str(e))
+        st.error(md_escape(str(e)))
         st.stop()
     return path
 

@@ -37,6 +37,58 @@ def probe_db(tmp_path, monkeypatch, tiny_checkpoints) -> Path:
     return db
 
 
+HOSTILE_DOC = ("x = {i}\n<script>alert('xss')</script> <img src=x onerror=alert({i})>\n"
+               "**bold** _it_ $x^2$ \\(y\\) [a](javascript:alert(2)) `code` # head &amp; {i}\n")
+
+
+@pytest.fixture(scope="session")
+def real_index(tmp_path_factory, tiny_corpus, tiny_checkpoints) -> Path:
+    """A real `solu index` output: the two tiny checkpoints indexed on the tiny corpus plus
+    documents full of HTML, Markdown and LaTeX, so some neurons' snippets hold them."""
+    import json
+
+    from index.build import build_index
+    from index.config import IndexConfig
+
+    root = tmp_path_factory.mktemp("real-index")
+    corpus = root / "corpus.jsonl"
+    lines = tiny_corpus.read_text().splitlines()
+    hostile = [json.dumps({"text": HOSTILE_DOC.format(i=i)}) for i in range(40)]
+    mixed = [line for pair in zip(lines, hostile + [None] * len(lines)) for line in pair if line]
+    corpus.write_text("\n".join(mixed) + "\n")
+    cfg = IndexConfig(dataset=str(corpus), tokens=3_000, top_k=10, bands=3, per_band=2, random=2,
+                      sample_tokens=1_024, device="cpu")
+    db = root / "index.duckdb"
+    build_index([tiny_checkpoints["gelu"], tiny_checkpoints["solu_ln"]], cfg, db, progress=False)
+    return db
+
+
+def copy_db(db: Path, to: Path) -> Path:
+    """A private copy of a session-wide index, for a test that writes labels."""
+    import shutil
+
+    to.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(db, to)
+    return to
+
+
+HOSTILE_PATTERNS = ("<script>", "<img src=x onerror", "**bold**", "$x^2$")
+
+
+def hostile_snippet(db: Path) -> dict:
+    """The top snippet holding the most of HOSTILE_PATTERNS (the strongest among equals)."""
+    score = " + ".join("contains(text, ?)::INT" for _ in HOSTILE_PATTERNS)
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        row = con.execute(f"""
+            SELECT model_id, layer, neuron, site, rank, tokens, acts, {score} AS hits
+            FROM (SELECT *, array_to_string(tokens, '') AS text FROM examples WHERE kind = 'top')
+            ORDER BY hits DESC, max_act DESC LIMIT 1""", list(HOSTILE_PATTERNS)).fetchone()
+    finally:
+        con.close()
+    return dict(zip(("model_id", "layer", "neuron", "site", "rank", "tokens", "acts", "hits"), row))
+
+
 def app_at(page: str | None = None, **params):
     """An AppTest of the explorer, run once, then switched to views/<page>.py with the given
     query parameters and run again."""

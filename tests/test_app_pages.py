@@ -6,13 +6,19 @@ import re
 
 import pytest
 
-from explorer_fixtures import GELU, SOLU, app_at, html_text, labels_of, no_exception, probe_db, synth_db  # noqa: F401
+from explorer_fixtures import (GELU, SOLU, app_at, hostile_snippet, html_text, labels_of, no_exception,  # noqa: F401
+                               probe_db, real_index, synth_db)
 from index.synthetic import HOSTILE_TOKENS
 
 
 def visible_text(body: str) -> str:
     """What a reader sees of an HTML block: tags dropped, entities decoded."""
     return html.unescape(re.sub(r"<[^>]+>", "", body))
+
+
+def unescape_md(text: str) -> str:
+    """Markdown text as displayed: backslash escapes removed."""
+    return re.sub(r"\\(.)", r"\1", text)
 
 
 def test_neurons_page_lists_and_filters(synth_db):
@@ -73,7 +79,7 @@ def test_hostile_tokens_are_escaped(synth_db):
 def test_unknown_neuron_is_a_message(synth_db, params, message):
     at = app_at("neuron", **params)
     no_exception(at)
-    assert any(message in w.value for w in at.warning), [w.value for w in at.warning]
+    assert any(message in unescape_md(w.value) for w in at.warning), [w.value for w in at.warning]
 
 
 def test_neuron_page_defaults_to_first_neuron(synth_db):
@@ -129,7 +135,7 @@ def test_models_page(synth_db):
     at = app_at("models")
     no_exception(at)
     assert [s.value for s in at.subheader] == ["Loss curves", "GELU and SoLU side by side"]
-    assert [m.label for m in at.metric] == [f"{GELU} eval loss", f"{SOLU} eval loss"]
+    assert [unescape_md(m.label) for m in at.metric] == [f"{GELU} eval loss", f"{SOLU} eval loss"]
     assert at.metric[1].value == "4.9500"
     summary = at.dataframe[1].value
     assert summary.set_index("model_id").labeled.to_dict() == {GELU: 1, SOLU: 1}
@@ -138,7 +144,7 @@ def test_models_page(synth_db):
 def test_probe_runs_the_model(probe_db):
     at = app_at("probe", model="solu-tiny", layer=1, neuron=5, site="pre_ln")
     no_exception(at)
-    assert at.subheader[0].value == "solu-tiny · L1 · N5 · pre_ln on your text"
+    assert unescape_md(at.subheader[0].value) == "solu-tiny · L1 · N5 · pre_ln on your text"
     assert 'class="heatmap"' in html_text(at)
     top = at.dataframe[0].value
     assert len(top) == 20 and top.act.is_monotonic_decreasing
@@ -154,11 +160,10 @@ def test_probe_runs_the_model(probe_db):
 def test_probe_without_checkpoint_says_so(synth_db):
     at = app_at("probe", model=GELU)
     no_exception(at)
-    assert any("checkpoint of this model is gone" in e.value for e in at.error)
+    assert any("checkpoint of this model is gone" in unescape_md(e.value) for e in at.error)
 
 
 def test_sql_page_runs_and_refuses(synth_db):
-    pytest.importorskip("index.sqlguard", reason="the SQL engine (index/sqlguard.py) has not landed yet")
     at = app_at("sql")
     no_exception(at)
     at.text_area[0].input("SELECT model_id, count(*) AS n FROM neurons GROUP BY 1 ORDER BY 1")
@@ -166,16 +171,44 @@ def test_sql_page_runs_and_refuses(synth_db):
     no_exception(at)
     assert at.dataframe[0].value.n.tolist() == [128, 128]
     assert at.get("download_button")
+    at.text_area[0].input("SELECT * FROM neurons")
+    [b for b in at.number_input if b.label == "Rows at most"][0].set_value(10)
+    [b for b in at.button if b.label == "Run query"][0].click().run()
+    assert len(at.dataframe[0].value) == 10 and "truncated" in at.caption[-1].value + at.warning[0].value
     at.text_area[0].input("DELETE FROM labels")
     [b for b in at.button if b.label == "Run query"][0].click().run()
     assert at.error and labels_of(synth_db, GELU, 0, 1)
     at.text_area[0].input("SELECT * FROM read_csv('/etc/passwd')")
     [b for b in at.button if b.label == "Run query"][0].click().run()
-    assert at.error
+    assert at.error and "passwd" not in str(at.dataframe)
+    at.text_area[0].input("SELECT count(*) FROM range(100000000000) a")
+    [b for b in at.number_input if b.label == "Seconds at most"][0].set_value(0.2)
+    [b for b in at.button if b.label == "Run query"][0].click().run()
+    assert "longer than 0.2s" in unescape_md(at.error[0].value)
+    at.text_area[0].input("SELEC nonsense")
+    [b for b in at.button if b.label == "Run query"][0].click().run()
+    assert "syntax error" in unescape_md(at.error[0].value).lower() and len(at.error[0].value.splitlines()) == 1
 
 
 def test_missing_database_is_a_message(tmp_path, monkeypatch):
     monkeypatch.setenv("SOLU_DB", str(tmp_path / "gone.duckdb"))
     at = app_at()
     no_exception(at)
-    assert "not found" in at.error[0].value
+    assert "not found" in unescape_md(at.error[0].value)
+
+
+def test_every_page_on_a_real_index(real_index, monkeypatch):
+    """The pages on `solu index` output (tiny checkpoints), not the synthetic index."""
+    monkeypatch.setenv("SOLU_DB", str(real_index))
+    snippet = hostile_snippet(real_index)
+    at = app_at("neuron", model=snippet["model_id"], layer=snippet["layer"], neuron=snippet["neuron"],
+                site=snippet["site"])
+    no_exception(at)
+    top_block = next(h.value for h in at.html if 'class="snippets"' in h.value)
+    rows = re.findall(r'<div class="heatmap"[^>]*>(.*?)</div>', top_block, re.S)
+    shown = visible_text(rows[snippet["rank"]]).replace("↵", "").replace("⇥", "")
+    assert shown == "".join(snippet["tokens"])
+    for page in ("neurons", "models", "probe", "sql"):
+        at = app_at(page)
+        no_exception(at)
+        assert not at.error, [e.value for e in at.error]

@@ -1,6 +1,5 @@
-"""The explorer in a real browser: `solu app` driven by Playwright and Debian's Chromium.
-
-Screenshots of every page go to screenshots/ at the repository root.
+"""The explorer in a real browser: `solu app` on a real `solu index` output, driven by
+Playwright and Debian's Chromium. Screenshots of every page go to screenshots/.
 """
 from __future__ import annotations
 
@@ -8,11 +7,10 @@ import re
 import time
 from pathlib import Path
 
-import duckdb
 import pytest
 
 from browser_app import browser, chromium_path, running_app
-from index.synthetic import HOSTILE_MAX_POS, HOSTILE_TOKENS, build_synthetic_index
+from explorer_fixtures import HOSTILE_PATTERNS, copy_db, hostile_snippet, real_index  # noqa: F401
 
 pytestmark = [
     pytest.mark.browser,
@@ -20,21 +18,17 @@ pytestmark = [
 ]
 
 SHOTS = Path(__file__).resolve().parents[1] / "screenshots"
-GELU, SOLU = "gelu-tiny", "solu-tiny"
 HOSTILE_LABEL = "**not bold** $x^2$ <b>tag</b> <img src=x onerror=alert(3)>"
 
 
 @pytest.fixture(scope="module")
-def app_url(tmp_path_factory, tiny_checkpoints):
-    """`solu app` on a synthetic index whose models point at the tiny trained checkpoints."""
-    root = tmp_path_factory.mktemp("browser")
-    models = ((GELU, "gelu"), (SOLU, "solu_ln"))
-    db = build_synthetic_index(root / "index.duckdb", models=models, post_ln=True)
-    con = duckdb.connect(str(db))
-    for model_id, act in models:
-        con.execute("UPDATE models SET source = ? WHERE model_id = ?", [str(tiny_checkpoints[act]), model_id])
-    con.close()
-    with running_app(db, root / "app.log") as url:
+def db(real_index, tmp_path_factory) -> Path:
+    return copy_db(real_index, tmp_path_factory.mktemp("browser") / "index.duckdb")
+
+
+@pytest.fixture(scope="module")
+def app_url(db):
+    with running_app(db, db.with_name("app.log")) as url:
         yield url
 
 
@@ -45,16 +39,16 @@ def page(app_url):
         pg = b.new_page(viewport={"width": 1440, "height": 1300})
         dialogs: list[str] = []
         pg.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
-        pg.dialogs = dialogs
         yield pg
     assert not dialogs, f"a script ran in the page: {dialogs}"
 
 
-def open_neuron(page, app_url, model=GELU, layer=0, neuron=0, site="post") -> float:
-    start = time.perf_counter()
-    page.goto(f"{app_url}/neuron?model={model}&layer={layer}&neuron={neuron}&site={site}")
-    page.get_by_text("Top 10 activations").wait_for(timeout=30_000)
-    return time.perf_counter() - start
+def neuron_url(app_url, model_id, layer, neuron, site) -> str:
+    return f"{app_url}/neuron?model={model_id}&layer={layer}&neuron={neuron}&site={site}"
+
+
+def wait_neuron_page(page) -> None:
+    page.get_by_text(re.compile(r"^Top \d+ activations$")).wait_for(timeout=30_000)
 
 
 def visible(token: str) -> str:
@@ -68,34 +62,43 @@ def test_neurons_table_click_opens_the_neuron(page, app_url):
     grid = page.locator('[data-testid="stDataFrame"]').first.bounding_box()
     page.mouse.click(grid["x"] + 15, grid["y"] + 35 + 17)  # the first row's selector
     page.wait_for_function("location.pathname.endsWith('/neuron')", timeout=15_000)
-    page.get_by_text("Top 10 activations").wait_for(timeout=30_000)
+    wait_neuron_page(page)
     assert re.search(r"model=[\w-]+&layer=\d+&neuron=\d+&site=\w+", page.url)
 
 
-def test_heatmap_shows_the_tokens_as_inert_text(page, app_url):
-    seconds = open_neuron(page, app_url)
-    assert seconds < 10, f"the neuron page took {seconds:.1f} s"
-    first = page.locator(".snippet .heatmap").first
-    assert first.inner_text() == "".join(visible(t) for t in HOSTILE_TOKENS)
-    tokens = first.locator(".tok")
-    assert tokens.count() == len(HOSTILE_TOKENS)
-    peak = tokens.nth(HOSTILE_MAX_POS)
-    assert "outline" in peak.get_attribute("style")
-    assert peak.get_attribute("title").endswith("+9.000")
-    peak.hover()
+def test_heatmap_shows_the_snippet_tokens_as_inert_text(page, app_url, db):
+    snippet = hostile_snippet(db)
+    assert snippet["hits"] >= 2, "the hostile documents did not reach any neuron's top snippets"
+    start = time.perf_counter()
+    page.goto(neuron_url(app_url, *(snippet[k] for k in ("model_id", "layer", "neuron", "site"))))
+    wait_neuron_page(page)
+    seconds = time.perf_counter() - start
+    heatmap = page.locator(".snippets").first.locator(".snippet").nth(snippet["rank"]).locator(".heatmap")
+    assert heatmap.inner_text() == "".join(visible(t) for t in snippet["tokens"])
+    text = heatmap.inner_text()
+    assert sum(p in text for p in HOSTILE_PATTERNS) == snippet["hits"]
+    tokens = heatmap.locator(".tok")
+    assert tokens.count() == len(snippet["tokens"])
+    marked = [i for i in range(tokens.count()) if "outline" in (tokens.nth(i).get_attribute("style") or "")]
+    peak = max(range(len(snippet["acts"])), key=lambda i: snippet["acts"][i])
+    assert marked == [peak]
+    assert tokens.nth(peak).get_attribute("title").endswith(f"{snippet['acts'][peak]:+.3f}")
+    tokens.nth(peak).hover()
     for selector in ("script", "img", "strong", "em", "a", "code", "h1", ".katex"):
         assert page.locator(f".heatmap {selector}").count() == 0, selector
     page.screenshot(path=SHOTS / "neuron-hostile-text.png")
+    assert seconds < 10, f"the neuron page took {seconds:.1f} s"
 
 
 def test_label_saves_and_survives_a_reload(page, app_url):
-    open_neuron(page, app_url, GELU, 1, 3)
+    page.goto(neuron_url(app_url, "gelu-tiny", 1, 3, "post"))
+    wait_neuron_page(page)
     page.get_by_label("Label", exact=True).fill(HOSTILE_LABEL)
     page.get_by_label("Author (optional)").fill("browser")
     page.get_by_role("button", name="Save label").click()
     page.get_by_text("Label saved").wait_for(timeout=15_000)
     page.reload()
-    page.get_by_text("Top 10 activations").wait_for(timeout=30_000)
+    wait_neuron_page(page)
     header = page.locator(".neuron-header")
     header.get_by_text(HOSTILE_LABEL).wait_for(timeout=15_000)
     assert header.locator("b, img, strong, .katex").count() == 0
@@ -104,13 +107,12 @@ def test_label_saves_and_survives_a_reload(page, app_url):
 
 
 def test_unknown_neuron_is_a_message(page, app_url):
-    page.goto(f"{app_url}/neuron?model={GELU}&layer=7&neuron=0")
+    page.goto(f"{app_url}/neuron?model=gelu-tiny&layer=7&neuron=0")
     page.get_by_text("No neuron L7 N0").wait_for(timeout=30_000)
     assert page.get_by_text("Traceback").count() == 0
 
 
 def test_sql_query_runs_and_writes_are_refused(page, app_url):
-    pytest.importorskip("index.sqlguard", reason="the SQL engine (index/sqlguard.py) has not landed yet")
     page.goto(f"{app_url}/sql")
     query = page.get_by_label("Query")
     query.wait_for(timeout=30_000)
@@ -121,12 +123,12 @@ def test_sql_query_runs_and_writes_are_refused(page, app_url):
     page.screenshot(path=SHOTS / "sql.png")
     query.fill("DROP TABLE labels")
     page.get_by_role("button", name="Run query").click()
-    page.locator('[data-testid="stAlert"]').first.wait_for(timeout=30_000)
+    page.get_by_text("only queries are allowed").wait_for(timeout=30_000)
     assert page.get_by_text("Traceback").count() == 0
 
 
 def test_probe_and_models_pages(page, app_url):
-    page.goto(f"{app_url}/probe?model={SOLU}&layer=1&neuron=5&site=pre_ln")
+    page.goto(f"{app_url}/probe?model=solu_ln-tiny&layer=1&neuron=5&site=pre_ln")
     page.get_by_text("Neurons that fire most on this text").wait_for(timeout=60_000)
     page.screenshot(path=SHOTS / "probe.png")
     page.goto(f"{app_url}/models")

@@ -6,6 +6,7 @@ import pandas as pd
 import streamlit as st
 
 from explorer import data
+from explorer.render import md_escape
 
 PALETTES = {"gelu": ["#1f77b4", "#6baed6", "#08519c", "#9ecae1"], "solu_ln": ["#ff6a00", "#fdae6b", "#a63603", "#fd8d3c"]}
 CONFIG_COLUMNS = ["model_id", "act_fn", "n_layers", "d_model", "d_mlp", "n_heads", "n_ctx", "d_vocab", "n_params",
@@ -69,7 +70,7 @@ def loss_metrics(summary: pd.DataFrame) -> None:
     for col, m in zip(st.columns(len(summary)), summary.itertuples()):
         delta = (f"{m.eval_loss - baseline:+.4f} vs GELU" if baseline is not None and m.act_fn != "gelu"
                  and pd.notna(m.eval_loss) else None)
-        col.metric(f"{m.model_id} eval loss", f"{m.eval_loss:.4f}" if pd.notna(m.eval_loss) else "-",
+        col.metric(f"{md_escape(m.model_id)} eval loss", f"{m.eval_loss:.4f}" if pd.notna(m.eval_loss) else "-",
                    delta=delta, delta_color="inverse", border=True)
 
 
@@ -112,7 +113,7 @@ def page() -> None:
     side_by_side(data.query("model_summary"), colours)
     with st.expander("Full configs"):
         for m in models.itertuples():
-            st.caption(m.model_id)
+            st.caption(md_escape(m.model_id))
             st.json(json.loads(m.config) if isinstance(m.config, str) else m.config, expanded=False)
 
 

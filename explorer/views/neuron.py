@@ -86,6 +86,8 @@ def show_logits(logits: pd.DataFrame) -> None:
 
 
 def label_editor(addr: Address) -> None:
+    if flash := st.session_state.pop("flash", None):
+        st.toast(flash, icon=":material/check:")
     current = data.fresh("current_labels", addr.model_id, addr.layer, addr.neuron)
     human = current[current.source == "human"]
     auto = current[(current.source == "auto") & (current.status.fillna("") != "rejected")]
@@ -100,9 +102,13 @@ def label_editor(addr: Address) -> None:
             st.session_state["author"] = author
             data.save_label(addr.model_id, addr.layer, addr.neuron, label.strip(), note.strip(),
                             author=author.strip() or None)
-            st.toast("Label saved")
+            st.session_state["flash"] = "Label saved"
             st.rerun()
     history = data.fresh("label_history", addr.model_id, addr.layer, addr.neuron)
+    latest = history[history.source == "human"].head(1)
+    if not latest.empty:
+        who = latest.author.iloc[0] or "someone"
+        st.caption(f"Saved by {render.md_escape(who)} at {pd.Timestamp(latest.created_at.iloc[0]):%Y-%m-%d %H:%M:%S}")
     if not history.empty:
         with st.expander(f"History ({len(history)} change{'s' * (len(history) != 1)})"):
             st.dataframe(history, hide_index=True)
@@ -115,10 +121,12 @@ def suggestion(addr: Address, auto: pd.Series) -> None:
     if a.button("Accept", key=f"accept|{addr.key}", width="stretch"):
         data.save_label(addr.model_id, addr.layer, addr.neuron, auto.label, "accepted automatic label",
                         author=data.author() or None)
+        st.session_state["flash"] = "Suggestion accepted"
         st.rerun()
     if r.button("Reject", key=f"reject|{addr.key}", width="stretch"):
         data.save_label(addr.model_id, addr.layer, addr.neuron, auto.label, auto.note or "", source="auto",
                         author=data.author() or None, score=auto.score, status="rejected")
+        st.session_state["flash"] = "Suggestion rejected"
         st.rerun()
 
 
@@ -165,12 +173,12 @@ def page() -> None:
     addr, problem = nav.parse(st.query_params, sites)
     navigator(sites, addr)
     if problem:
-        st.warning(problem)
+        st.warning(render.md_escape(problem))
         st.page_link("views/neurons.py", label="Browse all neurons", icon=":material/table_rows:")
         return
     stats_df = data.query("neuron", addr.model_id, addr.layer, addr.neuron, addr.site)
     if stats_df.empty:
-        st.warning(f"Neuron {addr.title} is not in this index.")
+        st.warning(f"Neuron {render.md_escape(addr.title)} is not in this index.")
         return
     stats = stats_df.iloc[0].to_dict()
     labels = data.fresh("current_labels", addr.model_id, addr.layer, addr.neuron)

@@ -75,8 +75,8 @@ def show(addr: Address, result: live.Probe) -> None:
     indexed_max = float(stats.max_act.iloc[0]) if not stats.empty else 0.0
     scale = max(indexed_max, float(acts.max(initial=0.0)), 1e-6)
     best = int(acts.argmax())
-    st.subheader(f"{addr.title} on your text")
-    st.caption(f"max {acts[best]:.3f} at token {best} ({result.tokens[best]!r}); the neuron's indexed max is "
+    st.subheader(f"{render.md_escape(addr.title)} on your text")
+    st.caption(f"max {acts[best]:.3f} at token {best} ({render.md_escape(repr(result.tokens[best]))}); the neuron's indexed max is "
                f"{indexed_max:.3f}. Colours are relative to the larger of the two.")
     st.html(render.heatmap(result.tokens, acts.tolist(), scale, best))
     st.page_link("views/neuron.py", label="Open this neuron", icon=":material/neurology:", query_params=addr.params())
@@ -101,7 +101,7 @@ def page() -> None:
     try:
         result = run_probe(source, source_version(source), text)
     except UserError as e:
-        st.error(str(e))
+        st.error(render.md_escape(str(e)))
         return
     if not result.tokens:
         st.info("Type some text to probe.")

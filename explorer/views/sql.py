@@ -2,10 +2,12 @@
 import streamlit as st
 
 from explorer import data, db
+from explorer.render import md_escape
 from solu.errors import UserError
 
 MAX_ROWS = 5000
 TIMEOUT_S = 10.0
+MAX_TIMEOUT_S = 60.0
 EXAMPLES = {
     "Most active neurons per model": """SELECT model_id, layer, neuron, site, max_act, frac_active
 FROM neurons WHERE is_primary
@@ -27,37 +29,50 @@ GROUP BY token ORDER BY snippets DESC LIMIT 25""",
 }
 
 
-def run(sql: str) -> None:
+def execute(sql: str, max_rows: int, timeout_s: float) -> dict:
+    """The query's outcome: rows or one error message, kept for later reruns of the page."""
     try:
         with st.spinner("Running…"):
-            df, truncated = db.run_sql(data.db_path(), sql, MAX_ROWS, TIMEOUT_S)
+            df, truncated = db.run_sql(data.db_path(), sql, max_rows, timeout_s)
     except UserError as e:
-        st.error(str(e))
-        return
+        return {"error": str(e)}
     except ImportError:
-        st.error("The SQL engine (index.sqlguard) is not installed in this version.")
+        return {"error": "The SQL engine (index.sqlguard) is not installed in this version."}
+    return {"df": df, "truncated": truncated, "max_rows": max_rows}
+
+
+def show(result: dict) -> None:
+    if "error" in result:
+        st.error(md_escape(result["error"]))
         return
-    note = f" (truncated to the first {MAX_ROWS:,})" if truncated else ""
-    st.caption(f"{len(df):,} rows{note}")
+    df, truncated = result["df"], result["truncated"]
+    st.caption(f"{len(df):,} row{'s' * (len(df) != 1)}{' (truncated)' if truncated else ''}")
     if truncated:
-        st.warning(f"Only the first {MAX_ROWS:,} rows are shown and downloadable; add a LIMIT or an aggregate.")
+        st.warning(f"Only the first {result['max_rows']:,} rows are shown and downloadable; "
+                   f"add a LIMIT or an aggregate.")
     st.dataframe(df, hide_index=True)
-    st.download_button("Download CSV", df.to_csv(index=False).encode(), file_name="query.csv", mime="text/csv")
+    st.download_button("Download CSV", df.to_csv(index=False).encode(), file_name="query.csv", mime="text/csv",
+                       on_click="ignore")
 
 
 def page() -> None:
     data.require_db()
     st.title("SQL")
-    st.caption(f"Read-only DuckDB SQL over the index: SELECT, WITH, DESCRIBE, SHOW. No writes, no files, "
-               f"{TIMEOUT_S:.0f} s and {MAX_ROWS:,} rows at most. Tables: models, neurons, examples, logits, "
-               f"activations, tokens, labels, current_labels, example_tokens.")
+    st.caption("Read-only DuckDB SQL over the index, the engine of `solu sql`: one SELECT (or WITH, DESCRIBE, "
+               "SHOW, EXPLAIN) at a time; no writes, no files, no network. Tables: models, neurons, examples, "
+               "logits, activations, tokens, labels, current_labels, example_tokens.")
     example = st.selectbox("Examples", ["(your own query)", *EXAMPLES])
     initial = EXAMPLES.get(example, st.query_params.get("q", ""))
     sql = st.text_area("Query", value=initial, height=180, key=f"sql|{example}",
                        placeholder="SELECT * FROM neurons LIMIT 10")
-    if st.button("Run query", type="primary") and sql.strip():
+    left, rows_col, time_col, _ = st.columns([1.2, 1.2, 1.2, 3], vertical_alignment="bottom")
+    max_rows = int(rows_col.number_input("Rows at most", 1, 100_000, MAX_ROWS, step=1000))
+    timeout_s = float(time_col.number_input("Seconds at most", 0.1, MAX_TIMEOUT_S, TIMEOUT_S, step=1.0))
+    if left.button("Run query", type="primary") and sql.strip():
         st.query_params["q"] = sql
-        run(sql)
+        st.session_state["sql_result"] = execute(sql, max_rows, timeout_s)
+    if "sql_result" in st.session_state:
+        show(st.session_state["sql_result"])
 
 
 page()
