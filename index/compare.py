@@ -65,31 +65,40 @@ def neuron_stats(con, models: list[str]) -> pd.DataFrame:
 
 def best_concepts(con, models: list[str]) -> pd.DataFrame:
     """Each primary-site neuron's best concept and score from the latest index run
-    (empty until `solu autolabel` has scored it)."""
+    (empty until `solu autolabel` has scored it), and rule_share: its largest top-K
+    share over all concepts, for the paper's rule (one concept explains >= 80% of the
+    strongest firings)."""
     return con.execute(f"""
-        SELECT s.model_id, s.layer, s.neuron, s.concept, s.score, s.auroc, s.top_share
+        SELECT s.model_id, s.layer, s.neuron, s.concept, s.score, s.auroc, s.top_share,
+               max(s.top_share) OVER (PARTITION BY s.model_id, s.layer, s.neuron) AS rule_share
         FROM current_concept_scores s JOIN neurons n USING (model_id, layer, neuron, site)
         WHERE n.is_primary AND s.model_id IN {_in(models)}
         QUALIFY row_number() OVER (PARTITION BY s.model_id, s.layer, s.neuron
                                    ORDER BY s.score DESC, s.concept) = 1""", models).df()
 
 
+RULE_SHARE = 0.8
+
+
 def selectivity_table(best: pd.DataFrame, models: list[str], threshold: float) -> pd.DataFrame:
     rows = []
     for m in models:
         scores = best[best.model_id == m].score
+        rule = best[best.model_id == m].rule_share >= RULE_SHARE
         rows.append({"model_id": m, "scored": len(scores), "mean_best_score": scores.mean(),
                      "median_best_score": scores.median(), "above": int((scores >= threshold).sum()),
-                     "frac_above": (scores >= threshold).mean() if len(scores) else math.nan})
+                     "frac_above": (scores >= threshold).mean() if len(scores) else math.nan,
+                     "frac_rule80": rule.mean() if len(scores) else math.nan})
     return pd.DataFrame(rows)
 
 
 def frac_above_by_layer(best: pd.DataFrame, threshold: float) -> pd.DataFrame:
     if best.empty:
-        return pd.DataFrame(columns=["model_id", "layer", "neurons", "above", "frac_above"])
-    df = best.assign(hit=best.score >= threshold).groupby(["model_id", "layer"]).agg(
-        neurons=("hit", "size"), above=("hit", "sum")).reset_index()
-    return df.assign(frac_above=df.above / df.neurons)
+        return pd.DataFrame(columns=["model_id", "layer", "neurons", "above", "frac_above", "frac_rule80"])
+    df = best.assign(hit=best.score >= threshold, rule=best.rule_share >= RULE_SHARE).groupby(
+        ["model_id", "layer"]).agg(neurons=("hit", "size"), above=("hit", "sum"), rule=("rule", "mean")).reset_index()
+    return df.assign(frac_above=df.above / df.neurons).rename(columns={"rule": "frac_rule80"})[
+        ["model_id", "layer", "neurons", "above", "frac_above", "frac_rule80"]]
 
 
 def concept_counts(best: pd.DataFrame, threshold: float) -> pd.DataFrame:
@@ -239,6 +248,7 @@ def headline(tables: dict[str, pd.DataFrame], models: list[str]) -> pd.DataFrame
                "median_density": mine.frac_active.median(), "median_kurtosis": mine["kurtosis"].median(),
                "mean_best_score": sel.mean_best_score.get(r.model_id, math.nan),
                "frac_selective": sel.frac_above.get(r.model_id, math.nan),
+               "frac_rule80": sel.frac_rule80.get(r.model_id, math.nan),
                "frac_human_labeled": labels.frac_human_labeled.get(r.model_id, math.nan)}
         mine_study = study[study.model_id == r.model_id] if not study.empty else study
         if not mine_study.empty:
@@ -257,7 +267,9 @@ def render_markdown(tables: dict[str, pd.DataFrame], models: list[str], threshol
              "blinded human rating) at little cost in loss. Measured here on one index.\n",
              "## Summary\n", markdown_table(headline(tables, models)),
              f"frac_selective: share of primary-site neurons whose best concept score is >= {threshold:g} "
-             "(score = sqrt(top-K share x (2 AUROC - 1)), see `solu autolabel`).\n",
+             "(score = sqrt(top-K share x (2 AUROC - 1)), see `solu autolabel`). frac_rule80: share whose "
+             "top-K examples peak on one concept 80% of the time or more (the paper's rule, automated with "
+             "the concept detectors; it ignores the rest of the activations).\n",
              "## Loss\n", markdown_table(tables["loss"], 4),
              "## Activation sparsity (primary site, per layer)\n", markdown_table(tables["sparsity"], 4)]
     parts.append(f"![sparsity]({images['sparsity']})\n" if "sparsity" in images else "")

@@ -64,6 +64,11 @@ def test_compare_tables_for_the_app(db):
     assert set(tables["concepts"].concept) == {"base64", "people_count"}
     assert tables["labels"].auto_suggested.tolist() == [4, 4]
     assert tables["study"].empty
+    con = duckdb.connect(str(db), read_only=True)
+    rule = dict(con.execute("SELECT model_id, avg((s >= 0.8)::INT) FROM (SELECT model_id, layer, neuron, "
+                            "max(top_share) AS s FROM concept_scores GROUP BY ALL) GROUP BY model_id").fetchall())
+    con.close()
+    assert tables["selectivity"].set_index("model_id").frac_rule80.to_dict() == pytest.approx(rule)
 
 
 def test_markdown_table_escapes_pipes():
