@@ -47,10 +47,12 @@ def loss_table(con, models: list[str]) -> pd.DataFrame:
 
 def sparsity_table(con, models: list[str]) -> pd.DataFrame:
     """Per model and layer (primary site): density is the fraction of tokens on which a
-    neuron is active; kurtosis of its activations (3 for a Gaussian, higher = sparser)."""
+    neuron is active (above 0), density_rel the fraction above the index threshold (a
+    fraction of its max); kurtosis of its activations (3 for a Gaussian, higher = sparser)."""
     return con.execute(f"""
         SELECT model_id, layer, count(*) AS neurons,
                avg(frac_active) AS mean_density, median(frac_active) AS median_density,
+               median(frac_active_rel) AS median_density_rel,
                median(kurtosis) AS median_kurtosis, avg(kurtosis) AS mean_kurtosis,
                avg(CASE WHEN coalesce(max_act, 0) <= 0 OR frac_active = 0 THEN 1 ELSE 0 END) AS frac_dead
         FROM neurons WHERE is_primary AND model_id IN {_in(models)}
@@ -59,7 +61,7 @@ def sparsity_table(con, models: list[str]) -> pd.DataFrame:
 
 def neuron_stats(con, models: list[str]) -> pd.DataFrame:
     return con.execute(f"""
-        SELECT model_id, layer, neuron, frac_active, kurtosis FROM neurons
+        SELECT model_id, layer, neuron, frac_active, frac_active_rel, kurtosis FROM neurons
         WHERE is_primary AND model_id IN {_in(models)}""", models).df()
 
 
@@ -210,14 +212,15 @@ def plot_frac_above(by_layer: pd.DataFrame, models: list[str], threshold: float,
 
 def plot_sparsity(stats: pd.DataFrame, models: list[str], path: Path) -> None:
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
     for m in models:
         rows = stats[stats.model_id == m]
-        density = np.log10(rows.frac_active.clip(lower=1e-7).dropna())
-        axes[0].hist(density, bins=30, alpha=0.55, label=m)
-        axes[1].hist(np.log10(rows["kurtosis"].clip(lower=1e-3).dropna()), bins=30, alpha=0.55, label=m)
-    axes[0].set(xlabel="log10(density)", ylabel="neurons", title="Density (fraction of tokens active)")
-    axes[1].set(xlabel="log10(kurtosis)", title="Kurtosis (3 = Gaussian)")
+        axes[0].hist(np.log10(rows.frac_active.clip(lower=1e-7).dropna()), bins=30, alpha=0.55, label=m)
+        axes[1].hist(np.log10(rows.frac_active_rel.clip(lower=1e-7).dropna()), bins=30, alpha=0.55, label=m)
+        axes[2].hist(np.log10(rows["kurtosis"].clip(lower=1e-3).dropna()), bins=30, alpha=0.55, label=m)
+    axes[0].set(xlabel="log10(density)", ylabel="neurons", title="Density (tokens above 0)")
+    axes[1].set(xlabel="log10(density_rel)", title="Tokens above the index threshold")
+    axes[2].set(xlabel="log10(kurtosis)", title="Kurtosis (3 = Gaussian)")
     axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -245,7 +248,8 @@ def headline(tables: dict[str, pd.DataFrame], models: list[str]) -> pd.DataFrame
     for r in tables["loss"].itertuples():
         mine = stats[stats.model_id == r.model_id]
         row = {"model": r.model_id, "act_fn": r.act_fn, "eval_loss": r.eval_loss, "loss_ratio": r.loss_ratio,
-               "median_density": mine.frac_active.median(), "median_kurtosis": mine["kurtosis"].median(),
+               "median_density": mine.frac_active.median(), "median_density_rel": mine.frac_active_rel.median(),
+               "median_kurtosis": mine["kurtosis"].median(),
                "mean_best_score": sel.mean_best_score.get(r.model_id, math.nan),
                "frac_selective": sel.frac_above.get(r.model_id, math.nan),
                "frac_rule80": sel.frac_rule80.get(r.model_id, math.nan),
