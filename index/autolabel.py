@@ -231,11 +231,12 @@ def score_model(con, model_id: str, concepts: list[Concept]) -> pd.DataFrame:
                                                             examples.neuron.to_numpy()), concepts, n)
     score = selectivity(auroc, share)
     recorded = np.bincount(group, minlength=n)
+    occurrences = [occurrence_units(masks[:, j], doc_start)[1] for j in range(len(concepts))]
     frames = [neurons.assign(model_id=model_id, concept=c.name, auroc=auroc[:, j], top_share=share[:, j],
-                             score=score[:, j], n_recorded=recorded, n_top=n_top)
+                             score=score[:, j], n_recorded=recorded, n_top=n_top, occurrences=occurrences[j])
               for j, c in enumerate(concepts)]
     columns = ["model_id", "layer", "neuron", "site", "concept", "auroc", "top_share", "score",
-               "n_recorded", "n_top"]
+               "n_recorded", "n_top", "occurrences"]
     return pd.concat(frames, ignore_index=True)[columns].assign(run_id=latest_run(con, model_id))
 
 
@@ -250,8 +251,9 @@ def latest_run(con, model_id: str) -> str | None:
 def autolabel(db: str | Path, models: list[str] | None = None, concepts: list[Concept] | None = None,
               threshold: float = DEFAULT_THRESHOLD) -> pd.DataFrame:
     """Score every primary-site neuron of `models` (all by default) on `concepts`, store
-    the scores, and suggest labels. Returns one row per model and concept: neurons at or
-    above the threshold and the best neuron."""
+    the scores, and suggest labels. Returns one row per model and concept: occurrences
+    in the activation sample (none: no AUROC, so every score is 0), neurons at or above
+    the threshold and the best neuron."""
     if not 0 <= threshold <= 1:
         raise UserError(f"--threshold must be between 0 and 1, got {threshold}")
     concepts = concepts or list(CONCEPTS.values())
@@ -275,8 +277,9 @@ def summarise(scores: pd.DataFrame, threshold: float) -> pd.DataFrame:
              .rename("neurons_above").reset_index())
     out = best.merge(above, on=["model_id", "concept"], how="left").fillna({"neurons_above": 0})
     out["best_neuron"] = "L" + out.layer.astype(str) + "/N" + out.neuron.astype(str)
-    out = out.rename(columns={"score": "best_score", "auroc": "best_auroc", "top_share": "best_top_share"})
-    return out[["model_id", "concept", "neurons_above", "best_neuron", "best_score", "best_auroc",
+    out = out.rename(columns={"score": "best_score", "auroc": "best_auroc", "top_share": "best_top_share",
+                              "occurrences": "in_sample"})
+    return out[["model_id", "concept", "in_sample", "neurons_above", "best_neuron", "best_score", "best_auroc",
                 "best_top_share"]].sort_values(["model_id", "concept"]).reset_index(drop=True)
 
 
@@ -286,7 +289,7 @@ def write_scores(db: str | Path, scores: pd.DataFrame, concepts: list[Concept], 
     defs = pd.DataFrame({"name": [c.name for c in concepts], "description": [c.description for c in concepts],
                          "pattern": [c.pattern for c in concepts]})
     with open_write(db) as con:
-        con.register("new_scores", scores)
+        con.register("new_scores", scores.drop(columns=["occurrences"]))
         con.register("new_concepts", defs)
         con.execute("BEGIN")
         con.execute("DELETE FROM concepts WHERE name IN (SELECT name FROM new_concepts)")

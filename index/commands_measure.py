@@ -2,6 +2,7 @@
 (`solu compare --db FILE A B`, dispatched here from solu.commands)."""
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 from solu.errors import UserError
@@ -60,6 +61,11 @@ def cmd_autolabel(args) -> int:
         summary[col] = summary[col].map(lambda v: f"{v:.3f}" if v == v else "-")
     summary["neurons_above"] = summary.neurons_above.astype(int)
     print(_table(summary))
+    missing = summary[summary.in_sample == 0]
+    if len(missing):
+        pairs = ", ".join(f"{r.model_id}:{r.concept}" for r in missing.itertuples())
+        print(f"no occurrence in the index's activation sample, so no score: {pairs} "
+              f"(re-index with a larger --sample-tokens)", file=sys.stderr)
     print(f"scores in concept_scores; neurons whose best concept scores >= {args.threshold:g} "
           f"carry an automatic label (source 'auto') to accept or reject in the app")
     return 0
