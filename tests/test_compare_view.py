@@ -1,0 +1,33 @@
+"""The comparison section the Models page embeds, on a small scored index."""
+from __future__ import annotations
+
+import pytest
+
+from index.autolabel import autolabel
+from measure_db import build_measure_db
+
+
+def section():
+    from explorer import compare_view
+
+    compare_view.show()
+
+
+@pytest.fixture
+def scored_db(tmp_path, monkeypatch):
+    db = build_measure_db(tmp_path / "view.duckdb")
+    autolabel(db, threshold=0.6)
+    monkeypatch.setenv("SOLU_DB", str(db))
+    return db
+
+
+def test_compare_section_shows_the_report_tables(scored_db):
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_function(section, default_timeout=60).run()
+    assert not at.exception, [e.value for e in at.exception]
+    assert [s.value for s in at.selectbox] == ["gelu-m", "solu-m"]
+    headline = at.dataframe[0].value
+    assert headline.model.tolist() == ["gelu-m", "solu-m"] and (headline.frac_selective == 0.25).all()
+    at.selectbox[1].select("gelu-m").run()
+    assert any("two different models" in c.value for c in at.caption)
