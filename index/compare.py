@@ -196,15 +196,17 @@ def plot_selectivity(best: pd.DataFrame, models: list[str], threshold: float, pa
 
 def plot_frac_above(by_layer: pd.DataFrame, models: list[str], threshold: float, path: Path) -> None:
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
     width = 0.8 / len(models)
-    for i, m in enumerate(models):
-        rows = by_layer[by_layer.model_id == m]
-        ax.bar(rows.layer + (i - (len(models) - 1) / 2) * width, rows.frac_above, width, label=m)
-    ax.set(xlabel="layer", ylabel=f"fraction with score >= {threshold:g}", ylim=(0, 1),
-           title="Selective neurons per layer")
-    ax.set_xticks(sorted(by_layer.layer.unique()) if not by_layer.empty else [])
-    ax.legend()
+    titles = {"frac_above": f"best concept score >= {threshold:g}", "frac_rule80": "one concept >= 80% of top examples"}
+    for ax, (column, title) in zip(axes, titles.items()):
+        for i, m in enumerate(models):
+            rows = by_layer[by_layer.model_id == m]
+            ax.bar(rows.layer + (i - (len(models) - 1) / 2) * width, rows[column], width, label=m)
+        ax.set(xlabel="layer", ylim=(0, 1), title=title)
+        ax.set_xticks(sorted(by_layer.layer.unique()) if not by_layer.empty else [])
+    axes[0].set_ylabel("fraction of neurons")
+    axes[0].legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
