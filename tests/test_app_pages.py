@@ -6,8 +6,8 @@ import re
 
 import pytest
 
-from explorer_fixtures import (GELU, SOLU, app_at, hostile_snippet, html_text, labels_of, no_exception,  # noqa: F401
-                               probe_db, real_index, synth_db)
+from explorer_fixtures import (GELU, HTML_PATTERNS, SOLU, app_at, hostile_snippet, html_text,  # noqa: F401
+                               labels_of, no_exception, probe_db, real_index, synth_db)
 from index.synthetic import HOSTILE_TOKENS
 
 
@@ -134,7 +134,8 @@ def test_accept_and_reject_suggestions(synth_db):
 def test_models_page(synth_db):
     at = app_at("models")
     no_exception(at)
-    assert [s.value for s in at.subheader] == ["Loss curves", "GELU and SoLU side by side"]
+    assert [s.value for s in at.subheader][:3] == ["Loss curves", "GELU and SoLU side by side",
+                                                   "Interpretability: the paper's claim, measured"]
     assert [unescape_md(m.label) for m in at.metric] == [f"{GELU} eval loss", f"{SOLU} eval loss"]
     assert at.metric[1].value == "4.9500"
     summary = at.dataframe[1].value
@@ -200,7 +201,7 @@ def test_missing_database_is_a_message(tmp_path, monkeypatch):
 def test_every_page_on_a_real_index(real_index, monkeypatch):
     """The pages on `solu index` output (tiny checkpoints), not the synthetic index."""
     monkeypatch.setenv("SOLU_DB", str(real_index))
-    snippet = hostile_snippet(real_index)
+    snippet = hostile_snippet(real_index, HTML_PATTERNS)
     at = app_at("neuron", model=snippet["model_id"], layer=snippet["layer"], neuron=snippet["neuron"],
                 site=snippet["site"])
     no_exception(at)

@@ -1,4 +1,7 @@
 """Text probe: run a model live on your text and read its neurons."""
+from pathlib import Path
+
+import altair as alt
 import pandas as pd
 import streamlit as st
 
@@ -20,8 +23,6 @@ def run_probe(source: str, version: float, text: str) -> live.Probe:
 
 
 def source_version(source: str) -> float:
-    from pathlib import Path
-
     try:
         return (Path(source) / "config.json").stat().st_mtime
     except OSError:
@@ -39,10 +40,20 @@ def neuron_table(model_id: str, site: str, rows: list[dict]):
     df["token"] = df.token.map(repr)
     df["open"] = [render.neuron_url(model_id, r.layer, r.neuron, site) for r in df.itertuples()]
     st.dataframe(df[["layer", "neuron", "act", "of_max", "token", "label", "auto_label", "open"]], hide_index=True,
-                 column_config={"act": st.column_config.NumberColumn(format="%.3f"),
+                 column_config={"act": st.column_config.NumberColumn(format="%.4g"),
+                                "auto_label": st.column_config.TextColumn("automatic label"),
                                 "of_max": st.column_config.ProgressColumn("of indexed max", min_value=0, max_value=1,
                                                                           format="percent"),
                                 "open": st.column_config.LinkColumn("link", display_text="open ↗")})
+
+
+def token_chart(tokens: list[str], acts) -> alt.Chart:
+    """Each token's activation as a bar, in text order."""
+    df = pd.DataFrame({"position": range(len(tokens)), "token": [repr(t) for t in tokens], "activation": acts})
+    return alt.Chart(df).mark_bar(color="#ff6a00").encode(
+        x=alt.X("position:O", title="token", axis=alt.Axis(labelExpr="datum.value % 5 ? '' : datum.value")),
+        y=alt.Y("activation:Q"), tooltip=["position", "token", alt.Tooltip("activation:Q", format=".4g")],
+    ).properties(height=140)
 
 
 def controls(sites, models) -> tuple[Address, str]:
@@ -73,12 +84,15 @@ def show(addr: Address, result: live.Probe) -> None:
     acts = result.acts[(addr.layer, addr.site)][:, addr.neuron]
     stats = data.query("neuron", addr.model_id, addr.layer, addr.neuron, addr.site)
     indexed_max = float(stats.max_act.iloc[0]) if not stats.empty else 0.0
-    scale = max(indexed_max, float(acts.max(initial=0.0)), 1e-6)
     best = int(acts.argmax())
     st.subheader(f"{render.md_escape(addr.title)} on your text")
-    st.caption(f"max {acts[best]:.3f} at token {best} ({render.md_escape(repr(result.tokens[best]))}); the neuron's indexed max is "
-               f"{indexed_max:.3f}. Colours are relative to the larger of the two.")
+    relative = st.segmented_control("Colours relative to", ["indexed max", "this text"], default="indexed max")
+    text_max = float(abs(acts).max(initial=0.0))
+    scale = max(text_max if relative == "this text" else max(indexed_max, text_max), 1e-9)
+    st.caption(f"max {acts[best]:.4g} at token {best} ({render.md_escape(repr(result.tokens[best]))}); "
+               f"the neuron's max over the indexed text is {indexed_max:.4g}.")
     st.html(render.heatmap(result.tokens, acts.tolist(), scale, best))
+    st.altair_chart(token_chart(result.tokens, acts), width="stretch")
     st.page_link("views/neuron.py", label="Open this neuron", icon=":material/neurology:", query_params=addr.params())
     st.subheader("Neurons that fire most on this text")
     neuron_table(addr.model_id, addr.site, live.top_neurons(result, addr.site))
