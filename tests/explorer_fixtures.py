@@ -37,8 +37,8 @@ def probe_db(tmp_path, monkeypatch, tiny_checkpoints) -> Path:
     return db
 
 
-HOSTILE_DOC = ("x = {i}\n<script>alert('xss')</script> <img src=x onerror=alert({i})>\n"
-               "**bold** _it_ $x^2$ \\(y\\) [a](javascript:alert(2)) `code` # head &amp; {i}\n")
+HOSTILE_DOCS = ("<script>alert('xss')</script><img src=x onerror=alert({i})>\n",
+                "**bold** $x^2$ _it_ \\(y\\) [a](javascript:alert({i})) `c` # h &amp;\n")
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +53,7 @@ def real_index(tmp_path_factory, tiny_corpus, tiny_checkpoints) -> Path:
     root = tmp_path_factory.mktemp("real-index")
     corpus = root / "corpus.jsonl"
     lines = tiny_corpus.read_text().splitlines()
-    hostile = [json.dumps({"text": HOSTILE_DOC.format(i=i)}) for i in range(40)]
+    hostile = [json.dumps({"text": HOSTILE_DOCS[i % 2].format(i=i)}) for i in range(40)]
     mixed = [line for pair in zip(lines, hostile + [None] * len(lines)) for line in pair if line]
     corpus.write_text("\n".join(mixed) + "\n")
     cfg = IndexConfig(dataset=str(corpus), tokens=3_000, top_k=10, bands=3, per_band=2, random=2,
@@ -72,18 +72,19 @@ def copy_db(db: Path, to: Path) -> Path:
     return to
 
 
-HOSTILE_PATTERNS = ("<script>", "<img src=x onerror", "**bold**", "$x^2$")
+HTML_PATTERNS = ("<script>", "<img src=x onerror")
+MARKDOWN_PATTERNS = ("**bold**", "$x^2$")
 
 
-def hostile_snippet(db: Path) -> dict:
-    """The top snippet holding the most of HOSTILE_PATTERNS (the strongest among equals)."""
-    score = " + ".join("contains(text, ?)::INT" for _ in HOSTILE_PATTERNS)
+def hostile_snippet(db: Path, patterns: tuple[str, ...]) -> dict:
+    """The top snippet holding the most of `patterns` (the strongest among equals)."""
+    score = " + ".join("contains(text, ?)::INT" for _ in patterns)
     con = duckdb.connect(str(db), read_only=True)
     try:
         row = con.execute(f"""
             SELECT model_id, layer, neuron, site, rank, tokens, acts, {score} AS hits
             FROM (SELECT *, array_to_string(tokens, '') AS text FROM examples WHERE kind = 'top')
-            ORDER BY hits DESC, max_act DESC LIMIT 1""", list(HOSTILE_PATTERNS)).fetchone()
+            ORDER BY hits DESC, max_act DESC LIMIT 1""", list(patterns)).fetchone()
     finally:
         con.close()
     return dict(zip(("model_id", "layer", "neuron", "site", "rank", "tokens", "acts", "hits"), row))

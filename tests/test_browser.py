@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from browser_app import browser, chromium_path, running_app
-from explorer_fixtures import HOSTILE_PATTERNS, copy_db, hostile_snippet, real_index  # noqa: F401
+from explorer_fixtures import HTML_PATTERNS, MARKDOWN_PATTERNS, copy_db, hostile_snippet, real_index  # noqa: F401
 
 pytestmark = [
     pytest.mark.browser,
@@ -58,6 +58,9 @@ def visible(token: str) -> str:
 def test_neurons_table_click_opens_the_neuron(page, app_url):
     page.goto(app_url)
     page.get_by_text("neurons match").wait_for(timeout=30_000)
+    page.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=30_000)
+    page.get_by_text("Search labels").wait_for(timeout=30_000)
+    page.wait_for_timeout(1000)  # let the table draw
     page.screenshot(path=SHOTS / "neurons.png")
     grid = page.locator('[data-testid="stDataFrame"]').first.bounding_box()
     page.mouse.click(grid["x"] + 15, grid["y"] + 35 + 17)  # the first row's selector
@@ -66,17 +69,18 @@ def test_neurons_table_click_opens_the_neuron(page, app_url):
     assert re.search(r"model=[\w-]+&layer=\d+&neuron=\d+&site=\w+", page.url)
 
 
-def test_heatmap_shows_the_snippet_tokens_as_inert_text(page, app_url, db):
-    snippet = hostile_snippet(db)
-    assert snippet["hits"] >= 2, "the hostile documents did not reach any neuron's top snippets"
+@pytest.mark.parametrize("patterns", [HTML_PATTERNS, MARKDOWN_PATTERNS], ids=["html", "markdown-latex"])
+def test_heatmap_shows_the_snippet_tokens_as_inert_text(page, app_url, db, patterns):
+    snippet = hostile_snippet(db, patterns)
+    assert snippet["hits"] == len(patterns), f"no neuron's top snippet holds all of {patterns}"
     start = time.perf_counter()
     page.goto(neuron_url(app_url, *(snippet[k] for k in ("model_id", "layer", "neuron", "site"))))
     wait_neuron_page(page)
     seconds = time.perf_counter() - start
     heatmap = page.locator(".snippets").first.locator(".snippet").nth(snippet["rank"]).locator(".heatmap")
-    assert heatmap.inner_text() == "".join(visible(t) for t in snippet["tokens"])
     text = heatmap.inner_text()
-    assert sum(p in text for p in HOSTILE_PATTERNS) == snippet["hits"]
+    assert text == "".join(visible(t) for t in snippet["tokens"])
+    assert all(p in text for p in patterns)
     tokens = heatmap.locator(".tok")
     assert tokens.count() == len(snippet["tokens"])
     marked = [i for i in range(tokens.count()) if "outline" in (tokens.nth(i).get_attribute("style") or "")]
@@ -84,9 +88,9 @@ def test_heatmap_shows_the_snippet_tokens_as_inert_text(page, app_url, db):
     assert marked == [peak]
     assert tokens.nth(peak).get_attribute("title").endswith(f"{snippet['acts'][peak]:+.3f}")
     tokens.nth(peak).hover()
-    for selector in ("script", "img", "strong", "em", "a", "code", "h1", ".katex"):
+    for selector in ("script", "img", "strong", "em", "a", "code", "h1", ".katex", "math"):
         assert page.locator(f".heatmap {selector}").count() == 0, selector
-    page.screenshot(path=SHOTS / "neuron-hostile-text.png")
+    page.screenshot(path=SHOTS / f"neuron-hostile-{'html' if patterns == HTML_PATTERNS else 'markdown'}.png")
     assert seconds < 10, f"the neuron page took {seconds:.1f} s"
 
 
