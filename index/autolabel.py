@@ -56,12 +56,12 @@ def auroc_by_group(group: np.ndarray, acts: np.ndarray, positive: np.ndarray, n_
     every group also has n_total - (its recorded count) unrecorded tokens, tied below
     all recorded ones, of which n_positive[c] - (its recorded positives) are positive.
     Returns an (n_groups, n_concepts) array, NaN where a concept has no positive or no
-    negative token."""
+    negative token. Integer `acts` are taken as dense ranks of the activations."""
     n_positive = np.asarray(n_positive, dtype=np.float64)
     positive = positive.reshape(len(acts), len(n_positive)).astype(np.float64)
-    group, acts = np.asarray(group, dtype=np.int64), np.asarray(acts, dtype=np.float64)
-    order = np.lexsort((acts, group))
-    g, a, pos = group[order], acts[order], positive[order]
+    group, levels = np.asarray(group, dtype=np.int64), dense_rank(acts)
+    order = np.argsort(group * (int(levels.max(initial=0)) + 1) + levels, kind="stable")
+    g, a, pos = group[order], levels[order], positive[order]
     recorded = np.bincount(g, minlength=n_groups)
     if (recorded > n_total).any():
         raise ValueError("a neuron has more recorded activations than there are tokens")
@@ -107,20 +107,30 @@ def occurrence_units(mask: np.ndarray, doc_start: np.ndarray) -> tuple[np.ndarra
     return unit, n_runs, n_runs + int(chunk_start.sum())
 
 
+def dense_rank(acts: np.ndarray) -> np.ndarray:
+    """0, 1, 2, ... by activation, equal activations sharing a rank (integers pass as is)."""
+    acts = np.asarray(acts)
+    if np.issubdtype(acts.dtype, np.integer):
+        return acts.astype(np.int64)
+    return np.unique(acts.astype(np.float64), return_inverse=True)[1].reshape(-1).astype(np.int64)
+
+
 def occurrence_auroc(group: np.ndarray, token: np.ndarray, acts: np.ndarray, mask: np.ndarray,
                      doc_start: np.ndarray, n_groups: int) -> np.ndarray:
     """Per group (neuron), the AUROC of the concept's occurrences against equally long
     chunks of the other text, each unit at its strongest recorded token (see
     occurrence_units). `mask` and `doc_start` run over all sampled tokens; row i of the
-    sparse activations is (group[i], token[i], acts[i])."""
+    sparse activations is (group[i], token[i], acts[i]). Rows already sorted by (group,
+    token), with acts as dense ranks, skip a sort (score_model passes them so)."""
+    group, token, level = np.asarray(group, dtype=np.int64), np.asarray(token, dtype=np.int64), dense_rank(acts)
+    if len(group) and ((np.diff(group) < 0) | ((np.diff(group) == 0) & (np.diff(token) < 0))).any():
+        order = np.lexsort((token, group))
+        group, token, level = group[order], token[order], level[order]
     unit, n_runs, n_units = occurrence_units(mask, doc_start)
-    key = group.astype(np.int64) * n_units + unit[token]
-    order = np.lexsort((-acts, key))  # strongest first within each (group, unit)
-    first = np.ones(len(order), dtype=bool)
-    first[1:] = key[order][1:] != key[order][:-1]
-    keep = order[first]
-    u = unit[token[keep]]
-    return auroc_by_group(group[keep], acts[keep], (u < n_runs)[:, None], n_groups, n_units,
+    key = group * n_units + unit[token]  # non-decreasing: units grow with the token index
+    starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1]))) if len(key) else np.zeros(0, np.int64)
+    strongest = np.maximum.reduceat(level, starts) if len(starts) else level
+    return auroc_by_group(group[starts], strongest, (unit[token[starts]] < n_runs)[:, None], n_groups, n_units,
                           np.array([n_runs]))[:, 0]
 
 
@@ -224,8 +234,10 @@ def score_model(con, model_id: str, concepts: list[Concept]) -> pd.DataFrame:
     examples = top_examples(con, model_id)
     n = len(neurons)
     group = _neuron_index(neurons, acts.layer.to_numpy(), acts.neuron.to_numpy())
-    token, values = acts.idx.to_numpy(np.int64), acts.act.to_numpy(np.float64)
-    auroc = np.stack([occurrence_auroc(group, token, values, masks[:, j], doc_start, n)
+    token, level = acts.idx.to_numpy(np.int64), dense_rank(acts.act.to_numpy(np.float64))
+    order = np.lexsort((token, group))  # once, for every concept
+    group, token, level = group[order], token[order], level[order]
+    auroc = np.stack([occurrence_auroc(group, token, level, masks[:, j], doc_start, n)
                       for j in range(len(concepts))], axis=1).reshape(n, len(concepts))
     share, n_top = top_share_matrix(examples, _neuron_index(neurons, examples.layer.to_numpy(),
                                                             examples.neuron.to_numpy()), concepts, n)
