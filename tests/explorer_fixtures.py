@@ -37,8 +37,8 @@ def probe_db(tmp_path, monkeypatch, tiny_checkpoints) -> Path:
     return db
 
 
-HOSTILE_DOCS = ("<script>alert('xss')</script><img src=x onerror=alert({i})>\n",
-                "**bold** $x^2$ _it_ \\(y\\) [a](javascript:alert({i})) `c` # h &amp;\n")
+HOSTILE_DOCS = ("x = {i}\n<script>alert({i})</script>\n", "y = {i}\n<img src=x onerror=alert({i})>\n",
+                "z = {i}\n**bold** $x^2$ _it_ \\(y\\) [a](javascript:alert({i})) `c` &amp;\n")
 
 
 @pytest.fixture(scope="session")
@@ -53,7 +53,7 @@ def real_index(tmp_path_factory, tiny_corpus, tiny_checkpoints) -> Path:
     root = tmp_path_factory.mktemp("real-index")
     corpus = root / "corpus.jsonl"
     lines = tiny_corpus.read_text().splitlines()
-    hostile = [json.dumps({"text": HOSTILE_DOCS[i % 2].format(i=i)}) for i in range(40)]
+    hostile = [json.dumps({"text": HOSTILE_DOCS[i % 3].format(i=i)}) for i in range(60)]
     mixed = [line for pair in zip(lines, hostile + [None] * len(lines)) for line in pair if line]
     corpus.write_text("\n".join(mixed) + "\n")
     cfg = IndexConfig(dataset=str(corpus), tokens=3_000, top_k=10, bands=3, per_band=2, random=2,
@@ -72,22 +72,26 @@ def copy_db(db: Path, to: Path) -> Path:
     return to
 
 
-HTML_PATTERNS = ("<script>", "<img src=x onerror")
+SCRIPT_PATTERNS = ("<script>alert(",)
+IMG_PATTERNS = ("<img src=x onerror=alert(",)
 MARKDOWN_PATTERNS = ("**bold**", "$x^2$")
 
 
 def hostile_snippet(db: Path, patterns: tuple[str, ...]) -> dict:
-    """The top snippet holding the most of `patterns` (the strongest among equals)."""
+    """The top snippet holding the most of `patterns` (the strongest among equals), with its
+    position among its neuron's top snippets in rank order."""
     score = " + ".join("contains(text, ?)::INT" for _ in patterns)
     con = duckdb.connect(str(db), read_only=True)
     try:
         row = con.execute(f"""
-            SELECT model_id, layer, neuron, site, rank, tokens, acts, {score} AS hits
-            FROM (SELECT *, array_to_string(tokens, '') AS text FROM examples WHERE kind = 'top')
+            SELECT model_id, layer, neuron, site, position, tokens, acts, {score} AS hits
+            FROM (SELECT *, array_to_string(tokens, '') AS text,
+                         row_number() OVER (PARTITION BY model_id, layer, neuron, site ORDER BY rank) - 1 AS position
+                  FROM examples WHERE kind = 'top')
             ORDER BY hits DESC, max_act DESC LIMIT 1""", list(patterns)).fetchone()
     finally:
         con.close()
-    return dict(zip(("model_id", "layer", "neuron", "site", "rank", "tokens", "acts", "hits"), row))
+    return dict(zip(("model_id", "layer", "neuron", "site", "position", "tokens", "acts", "hits"), row))
 
 
 def app_at(page: str | None = None, **params):

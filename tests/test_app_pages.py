@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from explorer_fixtures import (GELU, HTML_PATTERNS, SOLU, app_at, hostile_snippet, html_text,  # noqa: F401
+from explorer_fixtures import (GELU, IMG_PATTERNS, SOLU, app_at, hostile_snippet, html_text,  # noqa: F401
                                labels_of, no_exception, probe_db, real_index, synth_db)
 from index.synthetic import HOSTILE_TOKENS
 
@@ -201,13 +201,13 @@ def test_missing_database_is_a_message(tmp_path, monkeypatch):
 def test_every_page_on_a_real_index(real_index, monkeypatch):
     """The pages on `solu index` output (tiny checkpoints), not the synthetic index."""
     monkeypatch.setenv("SOLU_DB", str(real_index))
-    snippet = hostile_snippet(real_index, HTML_PATTERNS)
+    snippet = hostile_snippet(real_index, IMG_PATTERNS)
     at = app_at("neuron", model=snippet["model_id"], layer=snippet["layer"], neuron=snippet["neuron"],
                 site=snippet["site"])
     no_exception(at)
     top_block = next(h.value for h in at.html if 'class="snippets"' in h.value)
     rows = re.findall(r'<div class="heatmap"[^>]*>(.*?)</div>', top_block, re.S)
-    shown = visible_text(rows[snippet["rank"]]).replace("↵", "").replace("⇥", "")
+    shown = visible_text(rows[snippet["position"]]).replace("↵", "").replace("⇥", "")
     assert shown == "".join(snippet["tokens"])
     for page in ("neurons", "models", "probe", "sql"):
         at = app_at(page)

@@ -8,9 +8,11 @@ import time
 from pathlib import Path
 
 import pytest
+from playwright.sync_api import expect
 
 from browser_app import browser, chromium_path, running_app
-from explorer_fixtures import HTML_PATTERNS, MARKDOWN_PATTERNS, copy_db, hostile_snippet, real_index  # noqa: F401
+from explorer_fixtures import (IMG_PATTERNS, MARKDOWN_PATTERNS, SCRIPT_PATTERNS, copy_db,  # noqa: F401
+                               hostile_snippet, real_index)
 
 pytestmark = [
     pytest.mark.browser,
@@ -69,15 +71,19 @@ def test_neurons_table_click_opens_the_neuron(page, app_url):
     assert re.search(r"model=[\w-]+&layer=\d+&neuron=\d+&site=\w+", page.url)
 
 
-@pytest.mark.parametrize("patterns", [HTML_PATTERNS, MARKDOWN_PATTERNS], ids=["html", "markdown-latex"])
-def test_heatmap_shows_the_snippet_tokens_as_inert_text(page, app_url, db, patterns):
+HOSTILE = {"script": SCRIPT_PATTERNS, "img": IMG_PATTERNS, "markdown-latex": MARKDOWN_PATTERNS}
+
+
+@pytest.mark.parametrize("kind", list(HOSTILE))
+def test_heatmap_shows_the_snippet_tokens_as_inert_text(page, app_url, db, kind):
+    patterns = HOSTILE[kind]
     snippet = hostile_snippet(db, patterns)
     assert snippet["hits"] == len(patterns), f"no neuron's top snippet holds all of {patterns}"
     start = time.perf_counter()
     page.goto(neuron_url(app_url, *(snippet[k] for k in ("model_id", "layer", "neuron", "site"))))
     wait_neuron_page(page)
     seconds = time.perf_counter() - start
-    heatmap = page.locator(".snippets").first.locator(".snippet").nth(snippet["rank"]).locator(".heatmap")
+    heatmap = page.locator(".snippets").first.locator(".snippet").nth(snippet["position"]).locator(".heatmap")
     text = heatmap.inner_text()
     assert text == "".join(visible(t) for t in snippet["tokens"])
     assert all(p in text for p in patterns)
@@ -90,7 +96,7 @@ def test_heatmap_shows_the_snippet_tokens_as_inert_text(page, app_url, db, patte
     tokens.nth(peak).hover()
     for selector in ("script", "img", "strong", "em", "a", "code", "h1", ".katex", "math"):
         assert page.locator(f".heatmap {selector}").count() == 0, selector
-    page.screenshot(path=SHOTS / f"neuron-hostile-{'html' if patterns == HTML_PATTERNS else 'markdown'}.png")
+    page.screenshot(path=SHOTS / f"neuron-hostile-{kind}.png")
     assert seconds < 10, f"the neuron page took {seconds:.1f} s"
 
 
@@ -106,7 +112,7 @@ def test_label_saves_and_survives_a_reload(page, app_url):
     header = page.locator(".neuron-header")
     header.get_by_text(HOSTILE_LABEL).wait_for(timeout=15_000)
     assert header.locator("b, img, strong, .katex").count() == 0
-    assert page.get_by_label("Label", exact=True).input_value() == HOSTILE_LABEL
+    expect(page.get_by_label("Label", exact=True)).to_have_value(HOSTILE_LABEL, timeout=15_000)
     page.screenshot(path=SHOTS / "neuron-labeled.png", full_page=True)
 
 
