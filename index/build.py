@@ -6,7 +6,7 @@ from pathlib import Path
 
 from index.config import IndexConfig
 from index.runner import ModelIndex, index_checkpoint
-from index.tables import index_run_table, model_tables
+from index.tables import model_tables, run_tables
 from index.writer import IndexBuild
 from solu.errors import UserError
 
@@ -22,7 +22,7 @@ def build_index(models: list[Path], cfg: IndexConfig, db: Path, progress: bool =
         for path in models:
             result = index_checkpoint(path, cfg, progress=progress)
             write_s = build.write(result.model_id, model_tables(result))
-            build.write(result.model_id, {"index_runs": index_run_table(result, write_s)})
+            build.write(result.model_id, run_tables(result, write_s))
             if result.tally.exhausted:
                 print(f"solu index: {cfg.dataset} holds only {result.tally.tokens:,} tokens "
                       f"({cfg.tokens:,} asked); indexed all of them", file=sys.stderr)

@@ -20,13 +20,14 @@ class IndexConfig:
     threshold: float = 0.2  # fraction of a neuron's max: frac_active_rel and the activations table
     sample_tokens: int = 16_384  # tokens of the first documents stored densely in `activations`
     hist_bins: int = 32
+    stats_every: int = 16  # token-level stats over one row in this many (max is always over every token)
     logit_k: int = 10  # top and bottom tokens of each neuron's direct logit effect
     batch_size: int = 32  # rows of n_ctx tokens per forward pass
     device: str = "auto"
     seed: int = 0
 
     def __post_init__(self):
-        for name in ("tokens", "top_k", "batch_size", "hist_bins"):
+        for name in ("tokens", "top_k", "batch_size", "hist_bins", "stats_every"):
             _check_int(self, name, minimum=1)
         for name in ("window_before", "window_after", "bands", "per_band", "random", "sample_tokens", "logit_k", "seed"):
             _check_int(self, name, minimum=0)

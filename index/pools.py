@@ -1,25 +1,30 @@
-"""A pool: the documents one list keeps for every neuron of a site, with their windows.
+"""A pool: the documents one list keeps for every neuron, with their windows.
 
-Three pools per site: the top documents by max activation, samples from activation
-bands, and random documents. A pool absorbs a batch's candidate documents (or another
-pool, when shards merge) through a selection function from index.topk; the first
-`windowed` slots also keep a window of tokens and activations.
+Three pools: the top documents by max activation, samples from activation bands, and
+random documents. A pool absorbs a batch's candidate documents (or another pool, when
+shards merge) through a selection function from index.topk.
+
+Windows live in an arena, [neurons, slots, width], and an entry points at its arena
+slot; when entries move (a new document ranks above them) only the small per-entry
+arrays are permuted, and the arena is written only for documents that enter. A batch
+touches only the neurons where some candidate could enter (a gate says which), which
+after the first batches is a minority.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Callable
 
 import torch
 
 from index.topk import EMPTY
 
-Select = Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+Select = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 @dataclass
 class Candidates:
-    """A batch's documents as candidates for one site: [n, D] each."""
+    """Documents offered to every neuron: [n, D] each."""
 
     value: torch.Tensor
     doc: torch.Tensor
@@ -29,6 +34,11 @@ class Candidates:
     # (neuron, candidate, position) -> (window acts [E, W], window tokens [E, W])
     capture: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
+    def rows(self, rows: torch.Tensor) -> "Candidates":
+        """The candidates of some neurons; locate and capture take global neuron indices."""
+        return Candidates(self.value[rows], self.doc[rows], self.valid[rows],
+                          lambda n, c: self.locate(rows[n], c), lambda n, c, p: self.capture(rows[n], c, p))
+
 
 @dataclass
 class Pool:
@@ -36,77 +46,93 @@ class Pool:
     doc: torch.Tensor  # [n, S] doc_id, EMPTY where the slot is free
     pos: torch.Tensor  # [n, S] position of the max
     token: torch.Tensor  # [n, S] token id at the max
-    win_acts: torch.Tensor  # [n, windowed, W]
-    win_tokens: torch.Tensor  # [n, windowed, W] int32, -1 outside the document
+    slot: torch.Tensor  # [n, S] the entry's window in the arena
+    win_acts: torch.Tensor  # [n, S, W] arena of windows
+    win_tokens: torch.Tensor  # [n, S, W] int32, -1 outside the document
+
+    ENTRY = ("value", "doc", "pos", "token", "slot")
 
     @classmethod
-    def empty(cls, n: int, slots: int, windowed: int, width: int, device) -> "Pool":
+    def empty(cls, n: int, slots: int, width: int, device) -> "Pool":
         long = dict(dtype=torch.long, device=device)
         return cls(torch.zeros(n, slots, device=device), torch.full((n, slots), EMPTY, **long),
                    torch.zeros(n, slots, **long), torch.zeros(n, slots, **long),
-                   torch.full((n, windowed, width), torch.nan, device=device),
-                   torch.full((n, windowed, width), -1, dtype=torch.int32, device=device))
+                   torch.arange(slots, device=device).repeat(n, 1),
+                   torch.full((n, slots, width), torch.nan, device=device),
+                   torch.full((n, slots, width), -1, dtype=torch.int32, device=device))
+
+    @property
+    def size(self) -> int:
+        return self.value.shape[1]
 
     @property
     def valid(self) -> torch.Tensor:
         return self.doc != EMPTY
 
-    @property
-    def windowed(self) -> int:
-        return self.win_acts.shape[1]
+    def rows(self, rows) -> "Pool":
+        """The pool of some neurons only."""
+        return Pool(*(getattr(self, f.name)[rows] for f in fields(self)))
 
-    def absorb(self, cand: Candidates, select: Select, replaced_doc: int | None = None) -> "Pool":
-        """Keep the best of this pool and a batch's candidates. replaced_doc: the document
-        of candidate column 0 when it ran on from the previous batch; where that candidate
-        is valid (its max went up) it supersedes the document's kept entry."""
-        old_valid = self.valid
+    def entries(self, rows: torch.Tensor) -> "Pool":
+        """The entries of some neurons, without their windows (the arena stays put)."""
+        return Pool(*(getattr(self, name)[rows] for name in self.ENTRY), self.win_acts[:0], self.win_tokens[:0])
+
+    def windows(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Each entry's window, in entry order: [n, S, W] acts and tokens."""
+        idx = self.slot[:, :, None].expand(-1, -1, self.win_acts.shape[2])
+        return self.win_acts.gather(1, idx), self.win_tokens.gather(1, idx)
+
+    def absorb(self, cand: Candidates, select: Select, rows: torch.Tensor, replaced_doc: int | None = None) -> None:
+        """Keep, for neurons `rows`, the best of this pool and the candidates.
+        replaced_doc: the document of candidate column 0 when it ran on from the previous
+        batch; where that candidate is valid (its max went up) it supersedes the
+        document's kept entry."""
+        if len(rows) == 0:
+            return
+        sub, cand = self.entries(rows), cand.rows(rows)
+        old_valid = sub.valid
         if replaced_doc is not None:
-            old_valid = old_valid & ~((self.doc == replaced_doc) & cand.valid[:, :1])
-        idx = select(torch.cat([self.value, cand.value], 1), torch.cat([self.doc, cand.doc], 1),
-                     torch.cat([old_valid, cand.valid], 1))
-        return self._assemble(idx, cand)
+            old_valid = old_valid & ~((sub.doc == replaced_doc) & cand.valid[:, :1])
+        idx = select(torch.cat([sub.value, cand.value], 1), torch.cat([sub.doc, cand.doc], 1),
+                     torch.cat([old_valid, cand.valid], 1), rows)
+        self._assemble(rows, sub, idx, cand)
 
     def merge(self, other: "Pool", select: Select) -> "Pool":
         """Keep the best of two pools over disjoint documents (shards of a dataset)."""
-        def locate(neuron, c):
-            return other.pos[neuron, c], other.token[neuron, c]
+        out = Pool(*(getattr(self, f.name).clone() for f in fields(self)))
+        other_acts, other_tokens = other.windows()
+        cand = Candidates(other.value, other.doc, other.valid,
+                          lambda n, c: (other.pos[n, c], other.token[n, c]),
+                          lambda n, c, p: (other_acts[n, c], other_tokens[n, c]))
+        rows = torch.arange(self.value.shape[0], device=self.value.device)
+        out.absorb(cand, select, rows)
+        return out
 
-        def capture(neuron, c, pos):
-            if bool((c >= other.windowed).any()):
-                raise AssertionError("an entry without a window moved into a windowed slot")
-            return other.win_acts[neuron, c], other.win_tokens[neuron, c]
+    def _assemble(self, rows: torch.Tensor, sub: "Pool", idx: torch.Tensor, cand: Candidates) -> None:
+        size = sub.size
+        empty, fresh = idx == EMPTY, idx >= size
+        old = idx.clamp(0, size - 1)
+        new = (idx - size).clamp(0, cand.value.shape[1] - 1)
+        keep = lambda t: t.gather(1, old)  # noqa: E731
+        value = torch.where(fresh, cand.value.gather(1, new), keep(sub.value))
+        doc = torch.where(fresh, cand.doc.gather(1, new), keep(sub.doc))
+        pos, token, slot = keep(sub.pos), keep(sub.token), keep(sub.slot)
+        slot = torch.where(fresh | empty, _free_slots(slot, ~(fresh | empty)), slot)
+        r, c = fresh.nonzero(as_tuple=True)
+        if len(r):
+            pos[r, c], token[r, c] = cand.locate(r, new[r, c])
+            self.win_acts[rows[r], slot[r, c]], self.win_tokens[rows[r], slot[r, c]] = \
+                cand.capture(r, new[r, c], pos[r, c])
+        for name, t in zip(self.ENTRY, (torch.where(empty, 0.0, value), torch.where(empty, EMPTY, doc),
+                                        torch.where(empty, 0, pos), torch.where(empty, 0, token), slot)):
+            getattr(self, name)[rows] = t
 
-        cand = Candidates(other.value, other.doc, other.valid, locate, capture)
-        idx = select(torch.cat([self.value, other.value], 1), torch.cat([self.doc, other.doc], 1),
-                     torch.cat([self.valid, other.valid], 1))
-        return self._assemble(idx, cand)
 
-    def _assemble(self, idx: torch.Tensor, cand: Candidates) -> "Pool":
-        slots = self.value.shape[1]
-        empty = idx == EMPTY
-        fresh = idx >= slots
-        old = idx.clamp(0, slots - 1)
-        new = (idx - slots).clamp(0, cand.value.shape[1] - 1)
-        pick = lambda mine, theirs: torch.where(fresh, theirs.gather(1, new), mine.gather(1, old))  # noqa: E731
-        value = torch.where(empty, 0.0, pick(self.value, cand.value))
-        doc = torch.where(empty, EMPTY, pick(self.doc, cand.doc))
-        pos = torch.where(empty, 0, self.pos.gather(1, old))
-        token = torch.where(empty, 0, self.token.gather(1, old))
-        rows, cols = fresh.nonzero(as_tuple=True)
-        if len(rows):
-            pos[rows, cols], token[rows, cols] = cand.locate(rows, new[rows, cols])
-        win_acts, win_tokens = self._carry_windows(idx[:, :self.windowed])
-        rows, cols = fresh[:, :self.windowed].nonzero(as_tuple=True)
-        if len(rows):
-            win_acts[rows, cols], win_tokens[rows, cols] = cand.capture(rows, new[rows, cols], pos[rows, cols])
-        return Pool(value, doc, pos, token, win_acts, win_tokens)
-
-    def _carry_windows(self, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Windows of the entries that stay, moved to their new slots."""
-        kept = (idx >= 0) & (idx < self.value.shape[1])
-        if bool((kept & (idx >= self.windowed)).any()):
-            raise AssertionError("an entry without a window moved into a windowed slot")
-        src = idx.clamp(0, self.windowed - 1)[:, :, None].expand(-1, -1, self.win_acts.shape[2])
-        acts = torch.where(kept[:, :, None], self.win_acts.gather(1, src), torch.nan)
-        tokens = torch.where(kept[:, :, None], self.win_tokens.gather(1, src), -1)
-        return acts, tokens
+def _free_slots(slot: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
+    """For every entry not kept, an arena slot no kept entry uses, each used once per row."""
+    n, size = slot.shape
+    used = torch.zeros(n, size + 1, dtype=torch.bool, device=slot.device)
+    used.scatter_(1, torch.where(kept, slot, size), True)
+    free = torch.sort(used[:, :size].to(torch.int8), dim=1, stable=True).indices  # free slots first, ascending
+    rank = torch.cumsum(~kept, dim=1) - 1
+    return free.gather(1, rank.clamp(0, size - 1))

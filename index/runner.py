@@ -19,11 +19,11 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from index.accumulate import PoolShape, SiteAccumulator
+from index.accumulate import Accumulator, PoolShape, SiteResult
 from index.capture import Recorder, index_sites, site_key
 from index.config import IndexConfig
 from index.docs import Batch, Tally, document_tokens, make_batches
-from index.windows import build_span, head_positions, next_tail
+from index.windows import build_span, head_of, next_tail, positions_of
 from solu.checkpoint import Checkpoint, load_checkpoint
 from solu.errors import UserError
 from solu.model import Site, mlp_out_weights, resolve_device, unembed
@@ -32,27 +32,32 @@ from solu.tokenizer import eot_id, token_strings
 
 @dataclass
 class Prepared:
-    """One batch after its forward pass: what its windows and its successor need."""
+    """One batch after its forward pass."""
 
     batch: Batch
-    flat_index: torch.Tensor
-    flat_tokens: torch.Tensor
-    acts: dict[str, torch.Tensor]
+    acts: list[torch.Tensor]  # per site, in Indexer.keys order: [B, T, d_mlp]
 
 
 class Indexer:
-    """The streaming part: feed it batches, read its accumulators."""
+    """The streaming part: feed it batches, read its accumulator."""
 
     def __init__(self, ckpt: Checkpoint, cfg: IndexConfig, device: torch.device):
         self.model, self.cfg, self.device = ckpt.model, cfg, device
         self.sites = index_sites(ckpt.model_cfg)
+        self.keys = [site_key(s) for s in self.sites]
         shape = PoolShape(cfg.top_k, cfg.bands, cfg.per_band, cfg.random, cfg.window_before,
-                          cfg.window_after, cfg.seed)
+                          cfg.window_after, cfg.seed, cfg.stats_every)
         d_mlp = ckpt.model_cfg.d_mlp
-        self.accs = {site_key(s): SiteAccumulator(d_mlp, torch.arange(d_mlp) + s.layer * d_mlp, shape, device)
-                     for s in self.sites}
-        self._tail: tuple[dict[str, torch.Tensor], torch.Tensor] | None = None
+        # a neuron's samples depend on its layer and unit, not its site: both SoLU sites draw the same random documents
+        neuron_keys = torch.cat([torch.arange(d_mlp) + s.layer * d_mlp for s in self.sites])
+        self.acc = Accumulator(len(self.sites), d_mlp, neuron_keys, shape, device)
+        self._tail: tuple[torch.Tensor, torch.Tensor] | None = None
         self.forward_s = self.accumulate_s = 0.0
+
+    @property
+    def accs(self) -> dict[str, SiteResult]:
+        """Each site's results, by site key."""
+        return {key: self.acc.site(i) for i, key in enumerate(self.keys)}
 
     def run(self, batches: Iterable[Batch], on_batch: Callable[[int], None] = lambda n: None) -> None:
         with torch.inference_mode(), Recorder(self.model, self.sites) as rec:
@@ -70,32 +75,21 @@ class Indexer:
         start = time.perf_counter()
         acts = rec.run(batch.tokens)
         self.forward_s += time.perf_counter() - start
-        flat_index = batch.flat_index()
-        return Prepared(batch, flat_index, batch.tokens.view(-1)[flat_index], acts)
+        return Prepared(batch, [acts[k] for k in self.keys])
 
     def _absorb(self, cur: Prepared, nxt: Prepared | None) -> None:
         start = time.perf_counter()
-        batch, cfg = cur.batch, self.cfg
-        head_idx = head_positions(nxt.batch, cfg.window_after) if nxt is not None and batch.continues_next else None
-        tail_acts, tail_tokens = self._tail if (self._tail and batch.continues_prev) else ({}, None)
-        new_tail: dict[str, torch.Tensor] = {}
-        for key, acc in self.accs.items():
-            head = head_tokens = None
-            if head_idx is not None:
-                n = nxt.acts[key].shape[-1]
-                head = nxt.acts[key].reshape(-1, n)[nxt.flat_index[head_idx]]
-                head_tokens = nxt.flat_tokens[head_idx]
-            span = build_span(cur.acts[key], batch, cur.flat_index, cur.flat_tokens,
-                              tail_acts.get(key), tail_tokens, head, head_tokens)
-            acc.update(span, batch)
-            a, b = next_tail(span, batch, cfg.window_before)
-            new_tail[key] = span.acts[a:b].clone()
-        self._tail = (new_tail, span.tokens[a:b].clone()) if batch.continues_next else None
+        head = head_of(build_span(nxt.acts, nxt.batch), self.cfg.window_after) \
+            if nxt is not None and cur.batch.continues_next else None
+        tail = self._tail if cur.batch.continues_prev else None
+        span = build_span(cur.acts, cur.batch, *(tail or (None, None)), *(head or (None, None)))
+        self.acc.update(span, cur.batch)
+        self._tail = next_tail(span, self.cfg.window_before)
         self.accumulate_s += time.perf_counter() - start
 
     def merge(self, other: "Indexer") -> None:
         """Fold in an indexer that read other documents (another shard of the dataset)."""
-        self.accs = {key: acc.merge(other.accs[key]) for key, acc in self.accs.items()}
+        self.acc = self.acc.merge(other.acc)
 
 
 @dataclass
@@ -105,7 +99,7 @@ class ModelIndex:
     ckpt: Checkpoint
     cfg: IndexConfig
     sites: list[Site]
-    accs: dict[str, SiteAccumulator]
+    accs: dict[str, SiteResult]
     tally: Tally
     vocab: list[str]
     sample_docs: list[tuple[int, list[int]]]
@@ -118,6 +112,11 @@ class ModelIndex:
     @property
     def model_id(self) -> str:
         return self.ckpt.name
+
+    @property
+    def stats_tokens(self) -> int:
+        """Tokens the token-level stats were taken over."""
+        return next(iter(self.accs.values())).stats.count
 
 
 def index_checkpoint(path: str | Path, cfg: IndexConfig, progress: bool = True) -> ModelIndex:
@@ -183,20 +182,21 @@ def sample_activations(indexer: Indexer, sample: list[tuple[int, list[int]]], n_
     """Every (site, neuron, doc, pos) of the sample documents whose activation is above
     threshold x the neuron's max (and above 0)."""
     out: dict[str, list] = {k: [] for k in ("site", "neuron", "doc_id", "pos", "act")}
-    thresholds = {key: torch.where(acc.stats.max > 0, acc.stats.max * indexer.cfg.threshold, torch.inf)
-                  for key, acc in indexer.accs.items()}
+    acc = indexer.acc
+    mx = acc.max.view(acc.n_sites, 1, acc.d_mlp)
+    threshold = torch.where(mx > 0, mx * indexer.cfg.threshold, torch.inf)
     with torch.inference_mode(), Recorder(indexer.model, indexer.sites) as rec:
         for batch in make_batches(iter(sample), n_ctx, indexer.cfg.batch_size, bos):
             batch = batch.to(indexer.device)
             acts = rec.run(batch.tokens)
-            flat_index = batch.flat_index()
+            span = build_span([acts[k] for k in indexer.keys], batch)
+            index = positions_of(span, torch.arange(len(batch.row_len), device=batch.tokens.device))
+            flat = torch.stack([a.reshape(-1, acc.d_mlp)[index] for a in span.acts])
             doc, pos = batch.flat_positions()
-            for key, thr in thresholds.items():
-                flat = acts[key].reshape(-1, thr.shape[0])[flat_index]
-                p, j = ((flat > thr) & (flat > 0)).nonzero(as_tuple=True)
-                for name, values in (("neuron", j), ("doc_id", doc[p]), ("pos", pos[p]), ("act", flat[p, j])):
-                    out[name].append(values.cpu().numpy())
-                out["site"].append(np.full(len(p), key, dtype=object))
+            s, p, j = ((flat > threshold) & (flat > 0)).nonzero(as_tuple=True)
+            for name, values in (("neuron", j), ("doc_id", doc[p]), ("pos", pos[p]), ("act", flat[s, p, j])):
+                out[name].append(values.cpu().numpy())
+            out["site"].append(np.asarray(indexer.keys, dtype=object)[s.cpu().numpy()])
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
 
 

@@ -83,10 +83,16 @@ MIGRATIONS: list[str] = [
                USING (model_id)
         WHERE s.run_id IS NOT DISTINCT FROM r.run_id;
     """,
+    # 4: what each index run was asked for (all of `solu index`'s settings) and where its time went
+    """
+    CREATE TABLE index_details(
+        run_id VARCHAR, model_id VARCHAR, tokens_requested BIGINT, stats_every INTEGER,
+        stats_tokens BIGINT, config JSON, timings JSON);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
-INDEX_TABLES = ("models", "index_runs", "neurons", "examples", "logits", "activations", "tokens")
+INDEX_TABLES = ("models", "index_runs", "index_details", "neurons", "examples", "logits", "activations", "tokens")
 HUMAN_TABLES = ("labels", "studies", "study_answers")
 
 

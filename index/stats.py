@@ -55,11 +55,12 @@ class Moments:
 
     @classmethod
     def of_batch(cls, x: torch.Tensor, shift: torch.Tensor) -> "Moments":
-        n = x.shape[0]
-        d = x - shift.to(x.dtype)
+        """x: [sites, tokens, n]; shift: [sites * n]. Moments come out flat, [sites * n]."""
+        n = x.shape[1]
+        d = x - shift.to(x.dtype).view(x.shape[0], 1, x.shape[2])
         d2 = d * d
-        s1, s2 = d.sum(0).double(), d2.sum(0).double()
-        s3, s4 = (d2 * d).sum(0).double(), (d2 * d2).sum(0).double()
+        total = lambda t: t.sum(1).reshape(-1).double()  # noqa: E731
+        s1, s2, s3, s4 = total(d), total(d2), total(d2 * d), total(d2 * d2)
         dm = s1 / n  # batch mean minus shift
         m2 = s2 - n * dm ** 2
         m3 = s3 - 3 * dm * s2 + 2 * n * dm ** 3
@@ -101,30 +102,45 @@ class RunningStats:
         return int(self.moments.count)
 
     def update(self, x: torch.Tensor) -> None:
-        """Add a batch of activations x [tokens, n]."""
-        if x.shape[0] == 0:
+        """Add a batch of activations x: [tokens, n], or [sites, tokens, n] for
+        sites * n neurons, site-major."""
+        if x.dim() == 2:
+            x = x.unsqueeze(0)
+        if x.shape[1] == 0:
             return
-        lo, hi = torch.aminmax(x, dim=0)
-        shift = self.moments.mean if self.count else x[0].double()
+        lo, hi = (t.reshape(-1) for t in torch.aminmax(x, dim=1))
+        shift = self.moments.mean if self.count else x[:, 0].reshape(-1).double()
         self.moments = self.moments.merge(Moments.of_batch(x, shift))
         self.max, self.min = torch.maximum(self.max, hi), torch.minimum(self.min, lo)
         self._regrid(grid_exponent(torch.maximum(hi.abs(), lo.abs())))
-        self.hist += self._bin_counts(x)
+        self._add_to_histogram(x)
 
-    def _bin_counts(self, x: torch.Tensor) -> torch.Tensor:
-        n = x.shape[1]
-        width = torch.pow(2.0, (self.exp - int(np.log2(FINE))).float())
-        # floor(-x / w) is in [-FINE, FINE - 1]; it indexes bins in reversed order
-        z = torch.floor_divide(x, -width)
-        z += torch.arange(n, device=x.device, dtype=torch.float32) * (2 * FINE) + FINE  # exact: integers < 2**24
-        counts = torch.bincount(z.to(torch.int64).view(-1), minlength=n * 2 * FINE)
-        return counts.view(n, 2 * FINE).flip(1)
+    def _add_to_histogram(self, x: torch.Tensor) -> None:
+        shape = (x.shape[0], 1, x.shape[2])
+        n = x.shape[0] * x.shape[2]
+        width = torch.pow(2.0, (self.exp - int(np.log2(FINE))).float()).view(shape)
+        # natural bin = FINE - 1 + ceil(x / w) = FINE - 1 - floor(-x / w), in [0, 2 FINE - 1]
+        q = torch.floor_divide(x, -width)
+        base = torch.arange(n, device=x.device).view(shape) * (2 * FINE) + (FINE - 1)
+        if n * 2 * FINE < 2 ** 24:  # exact in float32: one pass fewer
+            index = (base.float() - q).to(torch.int64)
+        else:
+            index = base - q.to(torch.int64)
+        ones = torch.ones(1, dtype=torch.int64, device=x.device).expand(index.numel())
+        self.hist.view(-1).index_put_((index.view(-1),), ones, accumulate=True)
 
     def _regrid(self, exp: torch.Tensor) -> None:
         grow = (exp - self.exp).clamp_min(0)
-        if bool((grow > 0).any()):
-            self.hist = coarsen(self.hist, grow)
+        rows = (grow > 0).nonzero().squeeze(1)
+        if len(rows):
+            self.hist[rows] = coarsen(self.hist[rows], grow[rows])
             self.exp = self.exp + grow
+
+    def rows(self, rows: slice) -> "RunningStats":
+        """The stats of some neurons only."""
+        m = self.moments
+        return RunningStats(Moments(m.count, m.mean[rows], m.m2[rows], m.m3[rows], m.m4[rows]),
+                            self.max[rows], self.min[rows], self.exp[rows], self.hist[rows])
 
     def merge(self, other: "RunningStats") -> "RunningStats":
         """The stats of both token sets (a new object; neither input changes)."""

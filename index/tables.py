@@ -11,7 +11,7 @@ import numpy as np
 import pyarrow as pa
 
 import solu
-from index.accumulate import SiteAccumulator
+from index.accumulate import SiteResult
 from index.capture import site_key
 from index.runner import ModelIndex
 
@@ -19,8 +19,8 @@ MAX_TOKENS_SHOWN = 5  # tokens listed in neurons.max_tokens
 
 
 def model_tables(result: ModelIndex) -> dict[str, pa.Table]:
-    """The model's rows for every index table but index_runs (written last, with the
-    write time: see index_run_table)."""
+    """The model's rows for every index table but index_runs and index_details (written
+    last, with the write time: see run_tables)."""
     vocab = pa.array(result.vocab, pa.string())
     neurons, examples = [], []
     for site in result.sites:
@@ -44,7 +44,7 @@ def _site_columns(result: ModelIndex, site, n: int) -> dict:
             "site": pa.array([site.name] * n, pa.string())}
 
 
-def neuron_table(result: ModelIndex, site, acc: SiteAccumulator, vocab: pa.Array) -> pa.Table:
+def neuron_table(result: ModelIndex, site, acc: SiteResult, vocab: pa.Array) -> pa.Table:
     s = acc.stats.summary(result.cfg.threshold, result.cfg.hist_bins)
     n = acc.n
     top_ids, top_counts = most_common_tokens(acc.top.token.cpu().numpy(), acc.top.doc.cpu().numpy() >= 0)
@@ -75,7 +75,7 @@ def most_common_tokens(tokens: np.ndarray, valid: np.ndarray) -> tuple[list, lis
     return ids, counts
 
 
-def example_table(result: ModelIndex, site, acc: SiteAccumulator, vocab: pa.Array) -> pa.Table:
+def example_table(result: ModelIndex, site, acc: SiteResult, vocab: pa.Array) -> pa.Table:
     cfg = result.cfg
     parts = [_pool_rows(acc.top, "top", None, cfg.window_before),
              _pool_rows(acc.bands, "interval", cfg.per_band, cfg.window_before),
@@ -104,17 +104,16 @@ def example_table(result: ModelIndex, site, acc: SiteAccumulator, vocab: pa.Arra
 
 
 def _pool_rows(pool, kind: str, per_band: int | None, before: int) -> dict[str, np.ndarray]:
-    """The windowed, filled slots of a pool as flat arrays."""
-    w = pool.windowed
-    doc = pool.doc[:, :w].cpu().numpy()
+    """The filled slots of a pool as flat arrays."""
+    doc = pool.doc.cpu().numpy()
     neuron, slot = np.nonzero(doc >= 0)
     band = slot // per_band if per_band else np.full(len(slot), -1)
     rank = slot % per_band if per_band else slot
-    pick = lambda t: t[:, :w].cpu().numpy()[neuron, slot]  # noqa: E731
+    pick = lambda t: t.cpu().numpy()[neuron, slot]  # noqa: E731
+    win_acts, win_tokens = pool.windows()
     return {"neuron": neuron, "kind": np.full(len(slot), kind, dtype=object), "band": band, "rank": rank,
             "doc": pick(pool.doc), "value": pick(pool.value), "pos": pick(pool.pos),
-            "win_acts": pool.win_acts.cpu().numpy()[neuron, slot],
-            "win_tokens": pool.win_tokens.cpu().numpy()[neuron, slot]}
+            "win_acts": pick(win_acts), "win_tokens": pick(win_tokens)}
 
 
 def logits_table(result: ModelIndex, vocab: pa.Array) -> pa.Table:
@@ -194,10 +193,12 @@ def _number(text: str):
         return float(text)
 
 
-def index_run_table(result: ModelIndex, write_s: float) -> pa.Table:
+def run_tables(result: ModelIndex, write_s: float) -> dict[str, pa.Table]:
+    """The index_runs and index_details rows of this run (written last: they record the write time)."""
     cfg, tally = result.cfg, result.tally
-    row = {
-        "run_id": uuid.uuid4().hex, "model_id": result.model_id, "dataset": cfg.dataset,
+    run_id = uuid.uuid4().hex
+    run = {
+        "run_id": run_id, "model_id": result.model_id, "dataset": cfg.dataset,
         "tokens": tally.tokens, "documents": tally.documents, "top_k": cfg.top_k,
         "window_before": cfg.window_before, "window_after": cfg.window_after,
         "sites": [s.name for s in result.sites if s.layer == 0],
@@ -208,7 +209,11 @@ def index_run_table(result: ModelIndex, write_s: float) -> pa.Table:
         "tokens_per_s": tally.tokens / max(result.timings["stream_s"], 1e-9),
         "code_version": code_version(), "device": result.device,
     }
-    return pa.Table.from_pylist([row])
+    timings = {**{k: round(v, 3) for k, v in result.timings.items()}, "write_s": round(write_s, 3)}
+    details = {"run_id": run_id, "model_id": result.model_id, "tokens_requested": cfg.tokens,
+               "stats_every": cfg.stats_every, "stats_tokens": result.stats_tokens,
+               "config": json.dumps(cfg.to_dict()), "timings": json.dumps(timings)}
+    return {"index_runs": pa.Table.from_pylist([run]), "index_details": pa.Table.from_pylist([details])}
 
 
 def code_version() -> str:

@@ -61,8 +61,7 @@ def sample_groups(groups: torch.Tensor, priority: torch.Tensor, docs: torch.Tens
     candidate of rank r in group g."""
     if n_groups >= 127:
         raise ValueError("at most 126 groups")
-    key = (groups.to(torch.int64) << 56) | ((priority & _LOW32) << 24) | (docs & 0xFFFFFF)
-    key = torch.where(valid, key, _MAX64)
+    key = torch.where(valid, sample_key(groups, priority, docs), _MAX64)
     key, order = torch.sort(key, dim=1)
     group = torch.where(key == _MAX64, n_groups, key >> 56)
     col = torch.arange(key.shape[1], device=key.device).expand_as(key)
@@ -76,6 +75,12 @@ def sample_groups(groups: torch.Tensor, priority: torch.Tensor, docs: torch.Tens
     return out[:, :-1]
 
 
+def sample_key(groups, priority: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
+    """The order sample_groups keeps: group, then priority, then doc_id (its low 24 bits)."""
+    groups = torch.as_tensor(groups, dtype=torch.int64, device=docs.device)
+    return (groups << 56) | ((priority & _LOW32) << 24) | (docs & 0xFFFFFF)
+
+
 def value_bands(values: torch.Tensor, max_act: torch.Tensor, n_bands: int) -> torch.Tensor:
     """Equal-width band of each value: band b holds (b * max / n, (b + 1) * max / n].
     max_act: [n]. Values <= 0 get band -1 (in no band)."""
@@ -84,7 +89,7 @@ def value_bands(values: torch.Tensor, max_act: torch.Tensor, n_bands: int) -> to
     return torch.where(values > 0, band, -1)
 
 
-def _mix32(h: torch.Tensor) -> torch.Tensor:
+def mix32(h: torch.Tensor) -> torch.Tensor:
     """A 32-bit integer hash (lowbias32), computed in int64 without overflow."""
     h = h & _LOW32
     h = h ^ (h >> 16)
@@ -96,9 +101,11 @@ def _mix32(h: torch.Tensor) -> torch.Tensor:
 
 def doc_priority(docs: torch.Tensor, neuron_keys: torch.Tensor, seed: int) -> torch.Tensor:
     """32-bit priorities of documents `docs` [n, C] for neurons `neuron_keys` [n]."""
-    doc_hash = _mix32(_mix32(docs & _LOW32) ^ (docs >> 32) ^ _mix32(torch.tensor(seed)))
-    neuron_hash = _mix32(neuron_keys.to(torch.int64) + 0x9E3779B9)
-    return _mix32(doc_hash ^ neuron_hash[:, None])
+    if docs.dim() == 2 and docs.shape[0] > 1 and docs.stride(0) == 0:  # one row of documents for every neuron
+        docs = docs[:1]
+    doc_hash = mix32(mix32(docs & _LOW32) ^ (docs >> 32) ^ mix32(torch.tensor(seed)))
+    neuron_hash = mix32(neuron_keys.to(torch.int64) + 0x9E3779B9)
+    return mix32(doc_hash ^ neuron_hash[:, None])
 
 
 def drop_duplicate_docs(values: torch.Tensor, docs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:

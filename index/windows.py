@@ -1,20 +1,22 @@
 """Token windows around a document's max, cut from activations still in memory.
 
 A document enters a neuron's lists only while its batch is in memory, so its window
-(the tokens around its max and the neuron's activation on each) is cut right then.
-Nothing else of the batch is kept. Documents can run from one batch into the next, so
-a batch's positions are laid out as a Span for each site:
+(the tokens around its max and the neuron's activation on each) is cut right then,
+straight from the hook outputs; nothing else of the batch is kept. Documents can run
+from one batch into the next, so a window may need positions on either side of it:
 
     tail | this batch's positions | head
 
-tail: the last `before` positions of the document that ran in from the previous
-batch (kept from it, `before` x neurons floats per site); head: the first `after`
-positions of the document that runs on into the next batch (the indexer holds a
-batch's activations until the next batch's forward pass is done, then cuts them).
-Every window is then one gather, and memory stays two batches of activations plus the
-kept windows, however long the documents or the dataset. The alternative, re-running
-the documents that entered a list in a second pass, would cost a forward pass over up
-to neurons x K documents.
+tail: the last `before` positions of the document that ran in from the previous batch
+(kept from it: `before` x neurons floats); head: the first `after` positions of the
+document that runs on into the next batch (the indexer holds a batch's activations
+until the next batch's forward pass is done, then cuts them). Memory stays two batches
+of activations plus the kept windows, however long the documents or the dataset. The
+alternative, re-running the documents that entered a list in a second pass, would cost
+a forward pass over up to neurons x K documents.
+
+Neurons of all sites are numbered site-major: neuron i is unit i % d_mlp of site
+i // d_mlp.
 """
 from __future__ import annotations
 
@@ -26,82 +28,119 @@ from index.docs import Batch
 
 
 @dataclass
-class Edge:
-    """Positions of one document kept across a batch boundary: acts per site, tokens shared."""
-
-    acts: dict[str, torch.Tensor]  # site key -> [L, n]
-    tokens: torch.Tensor  # [L]
-
-
-@dataclass
 class Span:
-    acts: torch.Tensor  # [tail + batch + head, n]
-    tokens: torch.Tensor  # [tail + batch + head]
-    doc_base: torch.Tensor  # [D] span index of each document's position 0
-    doc_len: torch.Tensor  # [D]
-    n_tail: int
-    n_batch: int
-
-    @property
-    def flat(self) -> torch.Tensor:
-        """This batch's positions, [tokens, n]."""
-        return self.acts[self.n_tail:self.n_tail + self.n_batch]
+    acts: list[torch.Tensor]  # per site, the hook output [B, T, d_mlp]
+    batch: Batch
+    tail: torch.Tensor  # [sites, Lt, d_mlp]: the positions just before document 0's first here
+    tail_tokens: torch.Tensor  # [Lt]
+    head: torch.Tensor  # [sites, Lh, d_mlp]: the positions just after the last document's last here
+    head_tokens: torch.Tensor  # [Lh]
 
 
-def build_span(acts: torch.Tensor, batch: Batch, flat_index: torch.Tensor, flat_tokens: torch.Tensor,
-               tail: torch.Tensor | None, tail_tokens: torch.Tensor | None,
-               head: torch.Tensor | None, head_tokens: torch.Tensor | None) -> Span:
-    """acts: [B, T, n] from the hook. tail/head: [L, n] or None."""
-    n = acts.shape[-1]
-    n_tail = 0 if tail is None else len(tail)
-    n_head = 0 if head is None else len(head)
-    n_batch = len(flat_index)
-    out = torch.empty(n_tail + n_batch + n_head, n, dtype=acts.dtype, device=acts.device)
-    torch.index_select(acts.reshape(-1, n), 0, flat_index, out=out[n_tail:n_tail + n_batch])
-    parts = [flat_tokens]
-    if n_tail:
-        out[:n_tail] = tail
-        parts.insert(0, tail_tokens)
-    if n_head:
-        out[n_tail + n_batch:] = head
-        parts.append(head_tokens)
-    base = n_tail + batch.doc_offset() - batch.doc_first
-    return Span(out, torch.cat(parts), base, batch.doc_len, n_tail, n_batch)
+def build_span(acts: list[torch.Tensor], batch: Batch, tail=None, tail_tokens=None, head=None, head_tokens=None) -> Span:
+    empty = acts[0].new_zeros(len(acts), 0, acts[0].shape[-1])
+    no_tokens = batch.tokens.new_zeros(0)
+    return Span(acts, batch, empty if tail is None else tail, no_tokens if tail_tokens is None else tail_tokens,
+                empty if head is None else head, no_tokens if head_tokens is None else head_tokens)
+
+
+def positions_of(span: Span, rows: torch.Tensor) -> torch.Tensor:
+    """Indices into a hook output viewed as [B * T, d_mlp] of the document positions of `rows`."""
+    t = span.acts[0].shape[1]
+    cols = torch.arange(1, t, device=rows.device)
+    mask = cols[None, :] <= span.batch.row_len[rows, None]
+    return (rows[:, None] * t + cols[None, :])[mask]
+
+
+def _locate(span: Span, doc: torch.Tensor, q: torch.Tensor):
+    """Where document position q of document doc lives: (where, a, b) with where 0 for
+    the tail (index a), 1 for the batch (row a, column b), 2 for the head (index a)."""
+    b = span.batch
+    width = span.acts[0].shape[1] - 1
+    row0 = (torch.cumsum(b.doc_rows, 0) - b.doc_rows)[doc]
+    local = q - b.doc_first[doc]
+    end = b.doc_count[doc]
+    where = torch.where(local < 0, 0, torch.where(local >= end, 2, 1))
+    row = row0 + local.clamp(0, None) // width
+    col = 1 + local.clamp(0, None) % width
+    tail_idx = span.tail.shape[1] + local
+    head_idx = local - end
+    return where, row, col, tail_idx, head_idx
 
 
 def capture(span: Span, neuron: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor,
             before: int, after: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Windows for entries (neuron, doc, pos) [E]: acts [E, W] (NaN outside the
-    document) and token ids [E, W] (-1 outside), W = before + 1 + after, slot `before`
-    holding the max."""
-    offsets = torch.arange(-before, after + 1, device=pos.device)
-    q = pos[:, None] + offsets[None, :]
-    inside = (q >= 0) & (q < span.doc_len[doc][:, None])
-    idx = span.doc_base[doc][:, None] + q
-    if bool(((idx < 0) | (idx >= len(span.tokens)))[inside].any()):
-        raise AssertionError("window reaches outside the kept positions")
-    idx = idx.clamp(0, len(span.tokens) - 1)
-    acts = span.acts[idx, neuron[:, None]]
+    """Windows for entries (neuron, doc, pos) [E], neurons in ascending order: acts
+    [E, W] (NaN outside the document) and token ids [E, W] (-1 outside),
+    W = before + 1 + after, slot `before` holding the max."""
+    b = span.batch
+    t = span.acts[0].shape[1]
+    d_mlp = span.acts[0].shape[-1]
+    first, count = b.doc_first[doc][:, None], b.doc_count[doc][:, None]
+    row0 = (torch.cumsum(b.doc_rows, 0) - b.doc_rows)[doc][:, None]
+    q = (pos[:, None] - first) + torch.arange(-before, after + 1, device=pos.device)  # position - first here
+    inside = (q + first >= 0) & (q + first < b.doc_len[doc][:, None])
+    local = torch.minimum(q.clamp_min(0), count - 1)
+    flat = row0 * t + local + local // (t - 1) + 1  # index into [B * T]; rows start with BOS
+    site, unit = neuron // d_mlp, (neuron % d_mlp)[:, None]
+    acts = torch.empty(q.shape, dtype=span.acts[0].dtype, device=q.device)
+    for s, part in by_site(site, len(span.acts)):
+        acts[part] = span.acts[s].reshape(-1, d_mlp)[flat[part], unit[part]]
+    tokens = b.tokens.reshape(-1)[flat]
+    edges = ((span.tail, span.tail_tokens, q < 0, q + span.tail.shape[1]),
+             (span.head, span.head_tokens, q >= count, q - count))
+    for edge, edge_tokens, outside, idx in edges:
+        rows = (outside & inside).any(1).nonzero().squeeze(1)
+        if len(rows):
+            i = idx[rows].clamp(0, edge.shape[1] - 1)
+            o = outside[rows]
+            acts[rows] = torch.where(o, edge[site[rows, None], i, unit[rows]], acts[rows])
+            tokens[rows] = torch.where(o, edge_tokens[i], tokens[rows])
     acts = torch.where(inside, acts, torch.nan)
-    tokens = torch.where(inside, span.tokens[idx], -1).to(torch.int32)
+    return acts, torch.where(inside, tokens, -1).to(torch.int32)
+
+
+def by_site(site: torch.Tensor, n_sites: int):
+    """(site, slice) of each site's run of entries; entries must be sorted by site."""
+    bounds = torch.searchsorted(site, torch.arange(n_sites + 1, device=site.device)).tolist()
+    for s in range(n_sites):
+        if bounds[s + 1] > bounds[s]:
+            yield s, slice(bounds[s], bounds[s + 1])
+
+
+def edge_positions(span: Span, doc: int, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """All units' activations [sites, len(q), d_mlp] and token ids at positions q of
+    document `doc` (a batch index), from the tail, the batch or the head."""
+    d = torch.full_like(q, doc)
+    where, row, col, tail_idx, _ = _locate(span, d, q)
+    acts = torch.stack([a[row.clamp(0, len(span.batch.row_len) - 1), col] for a in span.acts])
+    tokens = span.batch.tokens[row.clamp(0, len(span.batch.row_len) - 1), col]
+    from_tail = where == 0
+    if bool(from_tail.any()):
+        i = tail_idx[from_tail]
+        acts[:, from_tail] = span.tail[:, i]
+        tokens[from_tail] = span.tail_tokens[i]
     return acts, tokens
 
 
-def next_tail(span: Span, batch: Batch, before: int) -> tuple[int, int]:
-    """(start, stop) in the span of the positions to keep for the next batch: the last
-    `before` positions of the document that goes on, or an empty range."""
-    if not batch.continues_next or before == 0:
-        return 0, 0
-    last = len(batch.doc_ids) - 1
-    stop = span.n_tail + span.n_batch
-    first_kept = int(batch.doc_first[last]) - (span.n_tail if last == 0 else 0)
-    kept = int(batch.doc_first[last] + batch.doc_count[last]) - first_kept
-    return stop - min(before, kept), stop
+def next_tail(span: Span, before: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The last `before` positions of the document that goes on into the next batch
+    (acts [sites, L, d_mlp], token ids [L]), or None."""
+    b = span.batch
+    if not b.continues_next:
+        return None
+    last = len(b.doc_ids) - 1
+    end = int(b.doc_first[last] + b.doc_count[last])
+    start = max(end - before, int(b.doc_first[last]) - span.tail.shape[1] if last == 0 else int(b.doc_first[last]))
+    return edge_positions(span, last, torch.arange(start, end, device=b.tokens.device))
 
 
-def head_positions(batch: Batch, after: int) -> torch.Tensor:
-    """Indices into a batch's flat positions of its first document's first `after`
-    positions: the head of the previous batch's last document."""
-    if not batch.continues_prev:
-        return torch.zeros(0, dtype=torch.long, device=batch.tokens.device)
-    return torch.arange(min(after, int(batch.doc_count[0])), device=batch.tokens.device)
+def head_of(span: Span, after: int) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The first `after` positions of this batch's first document, when it ran on from
+    the previous batch: the previous batch's head."""
+    b = span.batch
+    if not b.continues_prev:
+        return None
+    first = int(b.doc_first[0])
+    q = torch.arange(first, first + min(after, int(b.doc_count[0])), device=b.tokens.device)
+    return edge_positions(span, 0, q)

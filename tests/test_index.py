@@ -28,7 +28,7 @@ from solu.cli import main
 from solu.tokenizer import eot_id
 
 TOKENS = 3000
-CFG = dict(top_k=6, window_before=32, window_after=8, bands=4, per_band=2, random=3, seed=0)
+CFG = dict(top_k=6, window_before=32, window_after=8, bands=4, per_band=2, random=3, seed=0, stats_every=1)
 
 
 # ------------------------------------------------------------------ helpers
@@ -129,6 +129,7 @@ def test_top_k_equals_brute_force(indexed):
         docs = sorted(acts[key])
         doc_max = np.stack([acts[key][d].max(0) for d in docs])  # [docs, n]
         doc_arg = np.stack([acts[key][d].argmax(0) for d in docs])
+        win_acts, win_tokens = acc.top.windows()
         for j in range(acc.n):
             order = sorted(range(len(docs)), key=lambda i: (-doc_max[i, j], docs[i]))[:k]
             assert acc.top.doc[j, :k].tolist() == [docs[i] for i in order], (key, j)
@@ -137,8 +138,8 @@ def test_top_k_equals_brute_force(indexed):
                 d, p = docs[i], int(doc_arg[i, j])
                 assert int(acc.top.pos[j, slot]) == p
                 lo, hi = max(0, p - before), min(len(acts[key][d]), p + after + 1)
-                got_acts = acc.top.win_acts[j, slot].numpy()
-                got_toks = acc.top.win_tokens[j, slot].numpy()
+                got_acts = win_acts[j, slot].numpy()
+                got_toks = win_tokens[j, slot].numpy()
                 inside = got_toks >= 0
                 assert np.array_equal(got_acts[inside], acts[key][d][lo:hi, j])
                 assert np.array_equal(got_toks[inside], toks[d][lo:hi])
@@ -217,6 +218,31 @@ def test_stats_equal_numpy(indexed):
             assert abs(s["frac_active_rel"][j] * len(x) - exact) <= straddling + 1e-6
 
 
+def test_stats_on_a_row_sample_equal_numpy_on_those_rows(solu, indexed):
+    from index.accumulate import stats_rows
+
+    _, batches, _, acts, _ = indexed
+    indexer = run_indexer(solu, batches, stats_every=3)
+    sampled = {key: [] for key in acts}
+    for batch in batches:
+        keep = stats_rows(batch, 3, CFG["seed"])
+        doc, pos = batch.flat_positions()
+        row = torch.repeat_interleave(torch.arange(len(batch.row_len)), batch.row_len)
+        for d, p in zip(doc[keep[row]].tolist(), pos[keep[row]].tolist()):
+            for key in acts:
+                sampled[key].append(acts[key][d][p])
+    for key, acc in indexer.accs.items():
+        x = np.stack(sampled[key]).astype(np.float64)
+        assert 0 < len(x) < TOKENS / 2 and acc.stats.count == len(x)
+        s = acc.stats.summary(0.2, 16)
+        np.testing.assert_allclose(s["mean_act"], x.mean(0), rtol=1e-5, atol=1e-9)
+        np.testing.assert_allclose(s["std_act"], x.std(0), rtol=1e-4, atol=1e-9)
+        np.testing.assert_array_equal(s["frac_active"], (x > 0).mean(0))
+        np.testing.assert_array_equal(s["min_act"], x.min(0))
+        everything = np.concatenate([acts[key][d] for d in acts[key]])
+        np.testing.assert_array_equal(s["max_act"], everything.max(0))  # max is over every token
+
+
 def test_histogram_regrids_without_losing_counts():
     stats = RunningStats.empty(2, "cpu")
     rng = np.random.default_rng(0)
@@ -256,9 +282,11 @@ def test_two_shards_merge_to_the_single_pass(solu, tiny_corpus):
     first.merge(second)
     for key, acc in whole.accs.items():
         merged = first.accs[key]
-        for name in ("value", "doc", "pos", "token", "win_tokens"):
+        for name in ("value", "doc", "pos", "token"):
             assert torch.equal(getattr(merged.top, name), getattr(acc.top, name)), (key, name)
-        assert torch.equal(merged.top.win_acts.nan_to_num(-9), acc.top.win_acts.nan_to_num(-9))
+        (merged_acts, merged_tokens), (acts, tokens) = merged.top.windows(), acc.top.windows()
+        assert torch.equal(merged_tokens, tokens)
+        assert torch.equal(merged_acts.nan_to_num(-9), acts.nan_to_num(-9))
         assert torch.equal(merged.random.doc, acc.random.doc)
         assert torch.equal(merged.stats.hist, acc.stats.hist)
         assert torch.equal(merged.stats.max, acc.stats.max)
@@ -302,6 +330,9 @@ def test_database_holds_every_table(built_db):
            OR rank < 1 OR (kind = 'top' AND rank > 5)""")
     assert bad[0][0] == 0
     assert query(built_db, "SELECT count(*) FROM examples WHERE kind = 'top'")[0][0] == 5 * (2 * 64 + 4 * 64)
+    details = query(built_db, "SELECT d.tokens_requested, d.stats_every, json_extract(d.config, '$.top_k') "
+                              "FROM index_details d JOIN index_runs r USING (run_id)")
+    assert details == [(2000, 16, "5")] * 2
     runs = query(built_db, "SELECT model_id, tokens, top_k, sites, band_kind FROM index_runs ORDER BY 1")
     assert runs == [("gelu-tiny", 2000, 5, ["post"], "interval"), ("solu_ln-tiny", 2000, 5, ["pre_ln", "post_ln"], "interval")]
     assert query(built_db, "SELECT count(*) FROM logits WHERE model_id = 'gelu-tiny'")[0][0] == 2 * 64 * 2 * 10
