@@ -115,7 +115,8 @@ def main() -> int:
         build_synthetic_index(args.db, models=MODELS, **SHAPE)
         print(f"built {args.db} ({args.db.stat().st_size / 1e6:.0f} MB) in {time.perf_counter() - start:.1f} s")
     con = open_read(args.db)
-    n_neurons, n_examples = con.execute("SELECT (SELECT count(*) FROM neurons), (SELECT count(*) FROM examples)").fetchone()
+    n_neurons, n_examples = con.execute(
+        "SELECT (SELECT count(*) FROM neurons), (SELECT count(*) FROM examples)").fetchone()
     con.close()
     print(f"index: {n_neurons:,} neurons, {n_examples:,} examples\n")
 

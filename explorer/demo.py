@@ -25,7 +25,7 @@ class DemoPlan:
 
 
 FULL = DemoPlan(shape=dict(n_layers=1, d_model=128, d_mlp=512, n_heads=4, n_ctx=128, d_vocab=4096),
-                tokens=2_000_000, index_tokens=200_000, batch_size=16, eval_tokens=65_536, warmup_tokens=100_000)
+                tokens=2_000_000, index_tokens=1_000_000, batch_size=16, eval_tokens=65_536, warmup_tokens=100_000)
 QUICK = DemoPlan(shape=dict(n_layers=1, d_model=32, d_mlp=64, n_heads=2, n_ctx=32, d_vocab=320),
                  tokens=16_384, index_tokens=8_192, batch_size=16, eval_tokens=2_048, warmup_tokens=2_048)
 MODELS = (("gelu", "gelu-1l"), ("solu_ln", "solu-1l"))

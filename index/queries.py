@@ -9,7 +9,8 @@ from __future__ import annotations
 import pandas as pd
 
 # sort keys the neuron table offers, mapped to SQL (never interpolate user text)
-SORTS = {"max_act": "n.max_act", "density": "n.frac_active", "mean_act": "n.mean_act", "neuron": "n.model_id, n.layer, n.neuron", "labeled_at": "h.created_at"}
+SORTS = {"max_act": "n.max_act", "density": "n.frac_active", "mean_act": "n.mean_act",
+         "neuron": "n.model_id, n.layer, n.neuron", "labeled_at": "h.created_at"}
 POSITIVE_SIGNS = ("pos", "positive", "top", "+", "up", "high")
 LABEL_FILTERS = ("any", "labeled", "unlabeled", "suggested")
 

@@ -110,7 +110,8 @@ def _insert_examples(con, model_id, site, n_neurons, d_mlp, examples, window, se
                      CAST(CASE WHEN kind = 'top' THEN mx * (1 - e * 0.03)
                                WHEN kind = 'interval' THEN mx * (((e - {n_top}) % 4) + 0.5) / 4
                                ELSE mx * 0.01 * (h % 10) END AS FLOAT) AS emax,
-                     list_transform(range({window}), lambda j: ?[CAST(1 + hash(h, j, 3) % {len(VOCAB)} AS BIGINT)]) AS toks
+                     list_transform(range({window}),
+                                    lambda j: ?[CAST(1 + hash(h, j, 3) % {len(VOCAB)} AS BIGINT)]) AS toks
               FROM (SELECT i // {examples} AS n, i % {examples} AS e, hash(?, i) AS h,
                            0.5 + (hash(?, i // {examples}, 1) % 10000) / 1000.0 AS mx,
                            CASE WHEN i % {examples} < {n_top} THEN 'top'

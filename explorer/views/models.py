@@ -8,7 +8,8 @@ import streamlit as st
 from explorer import compare_view, data
 from explorer.render import md_escape
 
-PALETTES = {"gelu": ["#1f77b4", "#6baed6", "#08519c", "#9ecae1"], "solu_ln": ["#ff6a00", "#fdae6b", "#a63603", "#fd8d3c"]}
+PALETTES = {"gelu": ["#1f77b4", "#6baed6", "#08519c", "#9ecae1"],
+            "solu_ln": ["#ff6a00", "#fdae6b", "#a63603", "#fd8d3c"]}
 CONFIG_COLUMNS = ["model_id", "act_fn", "n_layers", "d_model", "d_mlp", "n_heads", "n_ctx", "d_vocab", "n_params",
                   "tokens_trained", "eval_loss", "index_dataset", "index_tokens", "top_k", "source"]
 
@@ -23,7 +24,8 @@ def loss_curves(models: pd.DataFrame) -> pd.DataFrame:
         for point in curve if isinstance(curve, list) else []:
             for key in ("train_loss", "eval_loss"):
                 if isinstance(point, dict) and point.get(key) is not None:
-                    rows.append({"model": m.model_id, "act_fn": m.act_fn, "tokens": point.get("tokens", point.get("step")),
+                    rows.append({"model": m.model_id, "act_fn": m.act_fn,
+                                 "tokens": point.get("tokens", point.get("step")),
                                  "loss": point[key], "kind": key.replace("_", " ")})
     return pd.DataFrame(rows)
 
@@ -41,7 +43,8 @@ def model_colours(models: pd.DataFrame) -> alt.Scale:
 
 def curve_chart(curves: pd.DataFrame, colours: alt.Scale) -> alt.Chart:
     return alt.Chart(curves).mark_line(point=alt.OverlayMarkDef(size=12)).encode(
-        x=alt.X("tokens:Q", title="training tokens"), y=alt.Y("loss:Q", title="loss (nats)", scale=alt.Scale(zero=False)),
+        x=alt.X("tokens:Q", title="training tokens"),
+        y=alt.Y("loss:Q", title="loss (nats)", scale=alt.Scale(zero=False)),
         color=alt.Color("model:N", scale=colours), strokeDash=alt.StrokeDash("kind:N"),
         tooltip=["model", "kind", "tokens", alt.Tooltip("loss:Q", format=".4f")]).properties(height=280)
 

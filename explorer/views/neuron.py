@@ -30,7 +30,8 @@ def navigator(sites: pd.DataFrame, addr: Address | None) -> None:
         nav.go(target)
     if cols[4].button("Prev", icon=":material/chevron_left:", width="stretch", disabled=addr is None):
         step_to(current, -1)
-    if cols[5].button("Next", icon=":material/chevron_right:", icon_position="right", width="stretch", disabled=addr is None):
+    if cols[5].button("Next", icon=":material/chevron_right:", icon_position="right", width="stretch",
+                      disabled=addr is None):
         step_to(current, +1)
     if cols[6].button("Random", icon=":material/casino:", width="stretch"):
         row = data.query("random_neuron", current.model_id, current.site, random.randrange(1 << 30))

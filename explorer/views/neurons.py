@@ -6,7 +6,8 @@ from explorer.nav import Address
 from index.queries import SORTS
 
 PAGE_SIZE = 100
-SORT_NAMES = {"max_act": "max activation", "density": "density", "mean_act": "mean activation", "neuron": "model, layer, neuron", "labeled_at": "label time"}
+SORT_NAMES = {"max_act": "max activation", "density": "density", "mean_act": "mean activation",
+              "neuron": "model, layer, neuron", "labeled_at": "label time"}
 LABEL_NAMES = {"any": "all", "labeled": "labeled", "unlabeled": "unlabeled", "suggested": "with suggestion"}
 
 
