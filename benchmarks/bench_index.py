@@ -4,14 +4,15 @@ For each model, on the same batches of the same dataset, in one run:
   forward   the model's bare forward pass (full logits), under inference_mode
   index     the indexer's streaming pass (hooks on the neuron sites, early stop,
             stats, top-k, band and random samples, windows)
-  naive     run_with_cache on the MLP sites, torch.topk over every position, and a
-            Python merge of each neuron's list (with windows) per batch
+  naive     run_with_cache caching the MLP hooks, torch.topk over every position of
+            every neuron, and a Python merge into each neuron's top-k documents (with
+            windows) per batch; it computes no stats and no samples
 then, in fresh processes, the peak RSS of a whole `index_checkpoint` (reading and
 tokenizing the dataset included) at 1x and 4x the tokens, and the DuckDB write time of
 the finished index. Targets: index >= 0.85x forward, >= 5x naive, RSS(4x) within 10%
 of RSS(1x).
 
-  python benchmarks/bench_index.py                      # random-init models, builtin corpus
+  python benchmarks/bench_index.py                      # random-init models, builtin corpus, ~4 min
   python benchmarks/bench_index.py --checkpoints runs/gelu-1l runs/solu-2l --tokens 65536
 
 Without --checkpoints it builds two SoLU checkpoints with random weights (1L d_mlp 512,
@@ -81,12 +82,11 @@ def index_pass(ckpt, batches, cfg) -> float:
 def naive_pass(ckpt, batches, k: int, before: int, after: int) -> float:
     """run_with_cache + topk over every position + a Python merge per neuron."""
     sites = index_sites(ckpt.model_cfg)
-    hooks = [s.hook for s in sites]
     lists: dict[tuple[int, int], list] = {}
     start = time.perf_counter()
     with torch.inference_mode():
         for b in batches:
-            _, cache = ckpt.model.run_with_cache(b.tokens, names_filter=hooks)
+            _, cache = ckpt.model.run_with_cache(b.tokens, names_filter=lambda name: ".mlp." in name)
             flat_index = b.flat_index()
             doc, pos = b.flat_positions()
             doc, pos = doc.tolist(), pos.tolist()
@@ -144,13 +144,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--checkpoints", nargs="*", type=Path)
     p.add_argument("--dataset", default="builtin")
-    p.add_argument("--tokens", type=int, default=24_576, help="tokens per throughput measurement")
-    p.add_argument("--rss-tokens", type=int, default=16_384, help="the 1x of the peak-RSS comparison")
+    p.add_argument("--tokens", type=int, default=131_072, help="tokens per throughput measurement")
+    p.add_argument("--rss-tokens", type=int, default=32_768, help="the 1x of the peak-RSS comparison")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--threads", type=int, help="torch threads (default: torch's choice); 1 on a busy machine")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (default 1, so other processes on a shared machine skew all three "
+                        "passes alike; 0: torch's choice)")
     p.add_argument("--rss-child", help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.threads:
+    if args.threads > 0:
         torch.set_num_threads(args.threads)
     if args.rss_child:
         return rss_child(args.rss_child, args.dataset, args.tokens, args.batch_size)

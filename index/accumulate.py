@@ -31,7 +31,7 @@ from index.docs import Batch
 from index.pools import Candidates, Pool
 from index.stats import RunningStats
 from index.topk import _MAX64, _MIN64, doc_priority, mix32, sample_groups, sample_key, top_k, top_key, value_bands
-from index.windows import Span, by_site, capture, positions_of
+from index.windows import Span, by_site, capture, positions_of, token_at
 
 SEED_BANDS, SEED_RANDOM, SEED_STATS = 0, 1, 2  # added to the run's seed
 
@@ -133,7 +133,8 @@ class Accumulator:
             replaced = int(batch.doc_ids[0])
         self.open_max = value[:, -1].clone() if batch.continues_next else None
         doc = batch.doc_ids[None, :].expand_as(value)
-        cand = Candidates(value, doc, valid, lambda n, c: self._locate(span, batch, value, n, c),
+        found = torch.full_like(doc, -1)
+        cand = Candidates(value, doc, valid, lambda n, c: self._locate(span, batch, value, found, n, c),
                           lambda n, c, p: capture(span, n, c, p, self.shape.before, self.shape.after))
         stale = (self._holds(replaced) & valid[:, 0]) if replaced is not None else torch.zeros_like(max_grew)
         gates = {"top": self.gate_top(cand), "bands": self.gate_bands(cand, max_grew) if self.bands.size else None,
@@ -172,16 +173,23 @@ class Accumulator:
             torch.index_select(a.reshape(-1, d), 0, index, out=sample[s])
         self.stats.update(sample)
 
-    def _locate(self, span: Span, batch: Batch, value: torch.Tensor, neuron: torch.Tensor, c: torch.Tensor):
-        """Position and token of the first max of document c for each neuron."""
-        target = value[neuron, c]
-        site, unit = neuron // self.d_mlp, neuron % self.d_mlp
-        row0 = torch.cumsum(batch.doc_rows, 0) - batch.doc_rows
-        r = row0[c] + _first_row(self._row_max, site, row0[c], batch.doc_rows[c], unit, target)
-        t = torch.zeros_like(r)
-        for s, part in by_site(site, self.n_sites):
-            t[part] = _first_col(span.acts[s], r[part], batch.row_len[r[part]], unit[part], target[part])
-        return batch.row_start[r] + t, batch.tokens[r, 1 + t]
+    def _locate(self, span: Span, batch: Batch, value: torch.Tensor, found: torch.Tensor,
+                neuron: torch.Tensor, c: torch.Tensor):
+        """Position and token of the first max of document c for each neuron (neurons
+        ascending). found [n, D] caches positions across the pools (-1: not yet)."""
+        todo = found[neuron, c] < 0
+        if bool(todo.any()):
+            n, d = neuron[todo], c[todo]
+            target = value[n, d]
+            site, unit = n // self.d_mlp, n % self.d_mlp
+            row0 = torch.cumsum(batch.doc_rows, 0) - batch.doc_rows
+            r = row0[d] + _first_row(self._row_max, site, row0[d], batch.doc_rows[d], unit, target)
+            t = torch.zeros_like(r)
+            for s, part in by_site(site, self.n_sites):
+                t[part] = _first_col(span.acts[s], r[part], batch.row_len[r[part]], unit[part], target[part])
+            found[n, d] = batch.row_start[r] + t
+        pos = found[neuron, c]
+        return pos, token_at(span, c, pos)
 
     def merge(self, other: "Accumulator") -> "Accumulator":
         """The accumulator of both token sets; documents must be disjoint (shards)."""

@@ -32,6 +32,9 @@ def register(sub) -> None:
     p.add_argument("--logit-k", type=int, default=10, help="top and bottom tokens of each neuron's logit effect")
     p.add_argument("--batch-size", type=int, default=32, help="rows of n_ctx tokens per forward pass")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--stats-every", type=int, default=16,
+                   help="token-level stats over one row in this many (1: every token; max is always exact)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random samples (and the builtin corpus)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_index)
@@ -49,7 +52,8 @@ def _index_config(args):
     from index.config import IndexConfig
 
     names = ("dataset", "text_column", "tokens", "top_k", "window_before", "window_after", "bands", "per_band",
-             "random", "threshold", "sample_tokens", "hist_bins", "logit_k", "batch_size", "device", "seed")
+             "random", "threshold", "sample_tokens", "hist_bins", "stats_every", "logit_k", "batch_size", "device",
+             "seed")
     try:
         return IndexConfig(**{n: getattr(args, n) for n in names})
     except ValueError as e:
@@ -63,6 +67,12 @@ def cmd_index(args) -> int:
     from solu.corpus import check_dataset
     from index.writer import check_target
 
+    if args.threads is not None:
+        if args.threads < 1:
+            raise UserError("--threads must be a positive integer")
+        import torch
+
+        torch.set_num_threads(args.threads)
     check_target(args.db)
     for model in args.models:
         read_meta(model)

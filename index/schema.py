@@ -83,11 +83,17 @@ MIGRATIONS: list[str] = [
                USING (model_id)
         WHERE s.run_id IS NOT DISTINCT FROM r.run_id;
     """,
-    # 4: what each index run was asked for (all of `solu index`'s settings) and where its time went
+    # 4: what each index run was asked for (all of `solu index`'s settings) and where its time
+    # went; example_tokens also says which token holds the example's max
     """
     CREATE TABLE index_details(
         run_id VARCHAR, model_id VARCHAR, tokens_requested BIGINT, stats_every INTEGER,
         stats_tokens BIGINT, config JSON, timings JSON);
+    CREATE OR REPLACE VIEW example_tokens AS
+        SELECT model_id, layer, neuron, site, kind, band, rank, doc_id, max_act AS example_max,
+               start_pos + i - 1 AS pos, i - 1 AS window_pos, tokens[i] AS token, acts[i] AS act,
+               max_pos, i - 1 = max_pos AS is_max
+        FROM examples, range(1, len(tokens) + 1) AS r(i);
     """,
 ]
 

@@ -4,7 +4,7 @@
   power sums, taken about the running mean (so they hardly cancel), become its central
   moments, which are merged with Pebay's formulas in float64. Kurtosis is m4 / m2**2
   (3 for a Gaussian; higher means rarer, larger activations).
-- The histogram counts every token in fine bins on a power-of-two grid: 2 * FINE bins
+- The histogram counts every token it is given in fine bins on a power-of-two grid: 2 * FINE bins
   of width R / FINE over (-R, R], where R, a power of two, is the smallest that holds
   every activation seen so far. When a larger activation arrives, R doubles and pairs
   of bins merge, which loses nothing because the grid's edges nest. Bins are closed on
@@ -14,7 +14,7 @@
   bins covering [min, max] (edges snapped to the grid).
 - frac_active is the exact fraction of tokens > 0; frac_active_rel, the fraction above
   `rel` x max, is read off the fine histogram (the one bin that straddles the
-  threshold is split linearly), so it is within one fine bin (max / 128) of exact.
+  threshold is split linearly), so it is within one fine bin (max / 64) of exact.
 """
 from __future__ import annotations
 
@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-FINE = 256  # fine histogram bins on each side of zero
+FINE = 128  # fine histogram bins on each side of zero
 MIN_EXP = -40  # the smallest grid, for neurons that are exactly zero everywhere
 
 
@@ -87,7 +87,7 @@ class RunningStats:
     max: torch.Tensor  # [n] float32
     min: torch.Tensor  # [n] float32
     exp: torch.Tensor  # [n] int64: the grid is (-2**exp, 2**exp]
-    hist: torch.Tensor  # [n, 2 * FINE] int64, natural order: bin b holds ((b - FINE) w, (b - FINE + 1) w]
+    hist: torch.Tensor  # [n, 2 * FINE] int32, natural order: bin b holds ((b - FINE) w, (b - FINE + 1) w]
 
     @classmethod
     def empty(cls, n: int, device) -> "RunningStats":
@@ -95,7 +95,7 @@ class RunningStats:
         return cls(Moments(0.0, zeros(), zeros(), zeros(), zeros()),
                    torch.full((n,), -torch.inf, device=device), torch.full((n,), torch.inf, device=device),
                    torch.full((n,), MIN_EXP, dtype=torch.int64, device=device),
-                   torch.zeros(n, 2 * FINE, dtype=torch.int64, device=device))
+                   torch.zeros(n, 2 * FINE, dtype=torch.int32, device=device))
 
     @property
     def count(self) -> int:
@@ -126,8 +126,8 @@ class RunningStats:
             index = (base.float() - q).to(torch.int64)
         else:
             index = base - q.to(torch.int64)
-        ones = torch.ones(1, dtype=torch.int64, device=x.device).expand(index.numel())
-        self.hist.view(-1).index_put_((index.view(-1),), ones, accumulate=True)
+        ones = torch.ones(1, dtype=self.hist.dtype, device=x.device).expand(index.numel())
+        self.hist.view(-1).index_add_(0, index.view(-1), ones)
 
     def _regrid(self, exp: torch.Tensor) -> None:
         grow = (exp - self.exp).clamp_min(0)
@@ -151,7 +151,7 @@ class RunningStats:
 
     def summary(self, rel: float, bins: int) -> dict[str, np.ndarray]:
         """Numpy arrays per neuron: the columns of the neurons table."""
-        hist = self.hist.cpu().numpy()
+        hist = self.hist.cpu().numpy().astype(np.int64)
         width = np.ldexp(1.0, self.exp.cpu().numpy() - int(np.log2(FINE)))
         mx, mn = self.max.cpu().double().numpy(), self.min.cpu().double().numpy()
         count = max(self.count, 1)

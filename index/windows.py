@@ -68,6 +68,12 @@ def _locate(span: Span, doc: torch.Tensor, q: torch.Tensor):
     return where, row, col, tail_idx, head_idx
 
 
+def token_at(span: Span, doc: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Token ids at positions `pos` (inside this batch) of documents `doc`."""
+    _, row, col, _, _ = _locate(span, doc, pos)
+    return span.batch.tokens[row, col]
+
+
 def capture(span: Span, neuron: torch.Tensor, doc: torch.Tensor, pos: torch.Tensor,
             before: int, after: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Windows for entries (neuron, doc, pos) [E], neurons in ascending order: acts

@@ -11,8 +11,9 @@ from index.sqlguard import _connect, run_query
 from solu.cli import main
 from solu.errors import UserError
 
-README_QUERIES = {
+README_QUERIES = {  # the README's example queries, verbatim
     "base64": r"""
+        -- neurons whose top examples are mostly base64: the 8 tokens around the max are base64 characters
         SELECT model_id, layer, neuron, site,
                avg(CASE WHEN regexp_full_match(
                        replace(array_to_string(tokens[greatest(max_pos - 3, 1):max_pos + 5], ''), chr(10), ''),
@@ -21,31 +22,42 @@ README_QUERIES = {
         GROUP BY ALL HAVING base64_share >= 0.5
         ORDER BY base64_share DESC, model_id, layer, neuron LIMIT 20""",
     "fires_on_token": """
-        SELECT a.model_id, a.layer, a.neuron, count(*) AS hits, round(avg(a.act), 3) AS mean_act
-        FROM activations a JOIN tokens t USING (model_id, doc_id, pos)
-        WHERE a.site IN ('post', 'pre_ln') AND t.token = ' return'
-        GROUP BY ALL ORDER BY hits DESC, a.model_id, a.layer, a.neuron LIMIT 10""",
+        -- which neurons fire on ' return' (in the activations sample), and how hard, as a share of their max
+        SELECT a.model_id, a.layer, a.neuron, a.site, count(*) AS hits,
+               round(avg(a.act / n.max_act), 3) AS mean_share_of_max
+        FROM activations a
+        JOIN tokens t USING (model_id, doc_id, pos)
+        JOIN neurons n USING (model_id, layer, neuron, site)
+        WHERE n.is_primary AND t.token = ' return'
+        GROUP BY ALL ORDER BY hits DESC, mean_share_of_max DESC LIMIT 10""",
     "co_firing": """
+        -- pairs of neurons that fire on the same tokens most often
         SELECT a.model_id, a.layer, a.neuron, b.layer AS layer_b, b.neuron AS neuron_b, count(*) AS together
         FROM activations a JOIN activations b USING (model_id, site, doc_id, pos)
         WHERE a.site IN ('post', 'pre_ln') AND a.layer * 100000 + a.neuron < b.layer * 100000 + b.neuron
         GROUP BY ALL ORDER BY together DESC, 1, 2, 3, 4, 5 LIMIT 10""",
     "sparsity_by_model": """
+        -- GELU vs SoLU: loss, and how sparse their neurons are (primary sites)
         SELECT m.model_id, m.act_fn, round(m.eval_loss, 3) AS eval_loss,
                round(median(n.frac_active), 4) AS median_density, round(median(n.kurtosis), 1) AS median_kurtosis
         FROM neurons n JOIN models m USING (model_id) WHERE n.is_primary
         GROUP BY ALL ORDER BY m.model_id""",
     "tokens_at_the_max": """
+        -- the tokens that most often carry a top example's max (one row per token of a window: example_tokens)
         SELECT model_id, token, count(*) AS top_examples, count(DISTINCT (layer, neuron)) AS neurons
-        FROM example_tokens WHERE kind = 'top' AND act = example_max
+        FROM example_tokens WHERE kind = 'top' AND window_pos = max_pos
         GROUP BY ALL ORDER BY top_examples DESC, model_id, token LIMIT 10""",
     "one_heatmap": """
-        SELECT window_pos, pos, token, round(act, 3) AS act FROM example_tokens
-        WHERE model_id = 'gelu-tiny' AND layer = 0 AND neuron = 5 AND site = 'post' AND kind = 'top' AND rank = 1
-        ORDER BY window_pos""",
+        -- the heatmap of one example, token by token: the best example of the GELU neuron with the largest max
+        WITH best AS (SELECT model_id, layer, neuron, site FROM neurons WHERE site = 'post'
+                      ORDER BY max_act DESC, model_id, layer, neuron LIMIT 1)
+        SELECT e.window_pos, e.pos, e.token, round(e.act, 3) AS act
+        FROM example_tokens e JOIN best USING (model_id, layer, neuron, site)
+        WHERE e.kind = 'top' AND e.rank = 1 ORDER BY e.window_pos""",
     "logit_effect": """
+        -- neurons whose direct effect on the logits most promotes one token
         SELECT model_id, layer, neuron, token, round(weight, 3) AS weight FROM logits
-        WHERE sign = 'pos' AND rank = 1 ORDER BY weight DESC LIMIT 10""",
+        WHERE sign = 'pos' AND rank = 1 ORDER BY weight DESC, model_id, layer, neuron LIMIT 10""",
 }
 
 
