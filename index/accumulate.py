@@ -30,7 +30,7 @@ import torch
 from index.docs import Batch
 from index.pools import Candidates, Pool
 from index.stats import RunningStats
-from index.topk import _MAX64, _MIN64, doc_priority, mix32, sample_groups, sample_key, top_k, top_key, value_bands
+from index.topk import NO_SAMPLE, doc_priority, mix32, sample_groups, sample_key, top_k, top_key, value_bands
 from index.windows import Span, by_site, capture, positions_of, token_at
 
 SEED_BANDS, SEED_RANDOM, SEED_STATS = 0, 1, 2  # added to the run's seed
@@ -103,13 +103,13 @@ class Accumulator:
     def gate_random(self, cand: Candidates) -> torch.Tensor:
         pool = self.random
         last = torch.where(pool.valid[:, -1:], sample_key(0, self._prio(pool.doc[:, -1:], SEED_RANDOM), pool.doc[:, -1:]),
-                           _MAX64)
+                           NO_SAMPLE)
         return (cand.valid & (sample_key(0, self._prio(cand.doc, SEED_RANDOM), cand.doc) < last)).any(1)
 
     def gate_bands(self, cand: Candidates, max_grew: torch.Tensor) -> torch.Tensor:
         pool, nb, per = self.bands, self.shape.bands, self.shape.per_band
         last = pool.doc.view(-1, nb, per)[:, :, -1]
-        last_key = torch.where(last >= 0, sample_key(0, self._prio(last, SEED_BANDS), last), _MAX64)
+        last_key = torch.where(last >= 0, sample_key(0, self._prio(last, SEED_BANDS), last), NO_SAMPLE)
         band = value_bands(cand.value, self.max, nb)
         key = sample_key(0, self._prio(cand.doc, SEED_BANDS), cand.doc)
         enters = cand.valid & (band >= 0) & (key < last_key.gather(1, band.clamp_min(0)))
@@ -159,7 +159,10 @@ class Accumulator:
             for s, a in enumerate(span.acts):
                 row_max[s, short] = a[short, 1:].masked_fill(pad, -torch.inf).amax(dim=1)
         self._row_max = row_max
-        doc_max = torch.segment_reduce(row_max, "max", lengths=batch.doc_rows.expand(self.n_sites, -1), axis=1)
+        n_docs = len(batch.doc_ids)
+        row_doc = torch.repeat_interleave(torch.arange(n_docs, device=row_max.device), batch.doc_rows)
+        doc_max = row_max.new_full((self.n_sites, n_docs, self.d_mlp), -torch.inf)
+        doc_max.scatter_reduce_(1, row_doc.view(1, -1, 1).expand_as(row_max), row_max, "amax")
         return doc_max.transpose(1, 2).reshape(self.n_sites * self.d_mlp, -1)
 
     def _take_stats(self, span: Span, batch: Batch) -> None:

@@ -100,7 +100,7 @@ def cmd_sql(args) -> int:
     if args.format == "csv":
         sys.stdout.write(df.to_csv(index=False))
     elif args.format == "json":
-        sys.stdout.write(df.to_json(orient="records", lines=False, force_ascii=False) + "\n")
+        sys.stdout.write(df.to_json(orient="records", force_ascii=False, date_format="iso") + "\n")
     else:
         print(format_frame(df))
     if truncated:

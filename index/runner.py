@@ -5,8 +5,9 @@ neuron's max, needs the max; and the direct logit effects, from the weights alon
 
 Memory does not grow with the dataset: documents are read and tokenized a group at a
 time, the model runs batch by batch under inference_mode with hooks on the neuron
-sites only and stops after the last of them, and per site the index keeps its stats,
-its pools (neurons x (K + samples) windows), and two batches of activations.
+sites only and stops after the last of them, and the index keeps, for every neuron of
+every site, its stats and its pools (neurons x (K + samples) windows), plus two batches
+of activations.
 """
 from __future__ import annotations
 

@@ -27,6 +27,7 @@ EMPTY = -1
 _LOW32 = 0xFFFFFFFF
 _MIN64 = torch.iinfo(torch.int64).min
 _MAX64 = torch.iinfo(torch.int64).max
+NO_SAMPLE = _MAX64  # the sample_key of an empty slot: above every real key
 
 
 def _sortable_bits(values: torch.Tensor) -> torch.Tensor:
