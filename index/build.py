@@ -37,5 +37,5 @@ def build_index(models: list[Path], cfg: IndexConfig, db: Path, progress: bool =
 def report_line(result: ModelIndex, write_s: float) -> str:
     t = result.timings
     return (f"{result.model_id}: {result.tally.tokens:,} tokens of {result.tally.documents:,} documents, "
-            f"{len(result.sites)} sites x {result.ckpt.model_cfg.d_mlp} neurons, "
+            f"{len(result.sites)} site{'s' if len(result.sites) > 1 else ''} x {result.ckpt.model_cfg.d_mlp} neurons, "
             f"{result.tally.tokens / max(t['stream_s'], 1e-9):,.0f} tokens/s, write {write_s:.1f}s")
