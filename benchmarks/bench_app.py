@@ -5,8 +5,9 @@ measures
   1. the neuron page's queries, one batch per random neuron, on the app's shared
      connection (warm) and on a fresh read-only connection per batch (cold);
   2. the neurons table page's query (sorted, filtered, counted);
-  3. the neuron page's load in headless Chromium: from navigation until the top
-     examples' heatmap is on screen.
+  3. the neuron page's load in headless Chromium: from navigation to its URL (a full
+     page load) until the top examples' heatmap is on screen, and from a click on 'Next'
+     until the next neuron's heatmap is.
 Targets: neuron page queries p95 < 50 ms; neuron page load < 2 s.
 
     python benchmarks/bench_app.py [--db runs/bench/bench.duckdb] [--samples 200] [--pages 10]
@@ -80,13 +81,14 @@ def bench_queries(db: Path, n: int) -> dict[str, list[float]]:
     return times
 
 
-def bench_browser(db: Path, n: int, log: Path) -> list[float]:
+def bench_browser(db: Path, n: int, log: Path) -> tuple[list[float], list[float]]:
+    """Seconds to a neuron page's heatmaps: opened from its URL, and reached with 'Next'."""
     from browser_app import browser, chromium_path, running_app
 
     if chromium_path() is None:
         print("chromium not found: skipping the browser measurement (apt-get install chromium)")
-        return []
-    times = []
+        return [], []
+    times, steps = [], []
     with running_app(db, log) as url, browser() as b:
         page = b.new_page(viewport={"width": 1440, "height": 1000})
         page.goto(url + "/neuron")  # first visit: loads the app's static files into the browser cache
@@ -97,7 +99,15 @@ def bench_browser(db: Path, n: int, log: Path) -> list[float]:
             page.get_by_text("Top 10 activations").wait_for(timeout=60_000)
             page.locator(".snippet .heatmap").first.wait_for(timeout=60_000)
             times.append(time.perf_counter() - start)
-    return times
+        for _ in range(n):
+            title = page.locator(".neuron-header div").first.inner_text()
+            start = time.perf_counter()
+            page.get_by_role("button", name="Next").click()
+            page.wait_for_function("t => document.querySelector('.neuron-header div')?.innerText !== t", arg=title,
+                                   timeout=60_000)
+            page.locator(".snippet .heatmap").first.wait_for(timeout=60_000)
+            steps.append(time.perf_counter() - start)
+    return times, steps
 
 
 def main() -> int:
@@ -125,9 +135,10 @@ def main() -> int:
     print(f"neuron page queries, new connection     ({args.samples} neurons): {percentiles(times['cold'])}")
     print(f"neurons table page query                ({len(times['table'])} pages):   {percentiles(times['table'])}")
     if not args.no_browser:
-        pages = bench_browser(args.db, args.pages, args.db.with_suffix(".app.log"))
+        pages, steps = bench_browser(args.db, args.pages, args.db.with_suffix(".app.log"))
         if pages:
-            print(f"neuron page load in Chromium            ({len(pages)} pages):   {percentiles(pages)}")
+            print(f"neuron page load in Chromium, from URL  ({len(pages)} pages):   {percentiles(pages)}")
+            print(f"next neuron in Chromium (in-app)        ({len(steps)} pages):   {percentiles(steps)}")
     return 0
 
 
