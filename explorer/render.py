@@ -81,14 +81,14 @@ def snippets(rows, scale: float, caption) -> str:
 
 
 def peak_index(row) -> int | None:
-    """Where in a snippet's window its max is: max_pos and start_pos are document
-    positions; if they do not fit the window, the largest activation."""
+    """Where in a snippet's window its max is: max_pos is the 0-based index of the max
+    within the window (the indexer's convention); without one, the largest activation."""
     acts = [float(a) if a is not None else float("-inf") for a in row["acts"]]
     if not acts:
         return None
-    max_pos, start = _int(row.get("max_pos")), _int(row.get("start_pos"))
-    if max_pos is not None and start is not None and 0 <= max_pos - start < len(acts):
-        return max_pos - start
+    max_pos = _int(row.get("max_pos"))
+    if max_pos is not None and 0 <= max_pos < len(acts):
+        return max_pos
     return max(range(len(acts)), key=acts.__getitem__)
 
 

@@ -27,8 +27,9 @@ def test_md_escape_leaves_no_markup():
     assert text.endswith("  \nline")
 
 
-def test_peak_index_uses_document_positions_or_the_largest_activation():
-    assert render.peak_index({"acts": [0, 3, 1], "max_pos": 11, "start_pos": 10}) == 1
+def test_peak_index_uses_the_window_index_or_the_largest_activation():
+    assert render.peak_index({"acts": [0, 3, 1], "max_pos": 1, "start_pos": 10}) == 1
+    assert render.peak_index({"acts": [4, 3, 1], "max_pos": 1, "start_pos": 10}) == 1  # ties or rounding: trust max_pos
     assert render.peak_index({"acts": [0, 3, 1], "max_pos": 99, "start_pos": 10}) == 1
     assert render.peak_index({"acts": [5, 3, 1], "max_pos": None, "start_pos": None}) == 0
 

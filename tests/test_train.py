@@ -84,7 +84,7 @@ def test_existing_out_needs_resume_or_force(tmp_path, capsys, corpus):
 
 def _train_cmd(corpus, out, *extra):
     return [sys.executable, "-m", "solu.cli", "train", *TINY, "--act", "solu_ln", "--dataset", corpus,
-            "--tokens", str(300 * 8 * 32), "--checkpoint-every", "5", "--out", str(out), *extra]
+            "--tokens", str(120 * 8 * 32), "--checkpoint-every", "5", "--out", str(out), *extra]
 
 
 def test_interrupted_run_resumes_to_the_same_weights(tmp_path, capsys, corpus):
@@ -99,7 +99,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, capsys, corpus):
     assert proc.returncode == 2, err
     assert "checkpoint saved, continue with --resume" in err.strip().splitlines()[-1]
     stopped = json.loads((interrupted / "config.json").read_text())
-    assert not stopped["complete"] and 0 < stopped["steps"] < 300
+    assert not stopped["complete"] and 0 < stopped["steps"] < 120
 
     assert main(["train", "--resume", "--out", str(interrupted)]) == 0
     straight = tmp_path / "straight"
@@ -110,7 +110,7 @@ def test_interrupted_run_resumes_to_the_same_weights(tmp_path, capsys, corpus):
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
     done = json.loads((interrupted / "config.json").read_text())
-    assert done["complete"] and done["steps"] == 300 and done["tokens_seen"] == 300 * 8 * 32
+    assert done["complete"] and done["steps"] == 120 and done["tokens_seen"] == 120 * 8 * 32
 
 
 def test_outputs_of_a_finished_run(tiny_checkpoints):
