@@ -11,7 +11,7 @@ import torch
 
 from solu.checkpoint import Checkpoint, load_checkpoint
 from solu.model import neuron_sites
-from solu.tokenizer import token_strings
+from solu.tokenizer import eot_id, token_strings
 
 
 @dataclass
@@ -28,15 +28,19 @@ def load(source: str) -> Checkpoint:
 
 @torch.inference_mode()
 def probe(ckpt: Checkpoint, text: str) -> Probe:
-    """Every neuron's activation at every token of `text` (cut to the model's context)."""
-    ids = ckpt.tokenizer.encode(text).ids
-    truncated = len(ids) > ckpt.model_cfg.n_ctx
-    ids = ids[:ckpt.model_cfg.n_ctx]
+    """Every neuron's activation at every token of `text` (cut to the model's context).
+    Like the indexer and training, the row starts with the end-of-text token, whose
+    activations are dropped, so values compare with the indexed ones."""
+    ids = ckpt.tokenizer.encode(text, add_special_tokens=False).ids
+    room = ckpt.model_cfg.n_ctx - 1
+    truncated = len(ids) > room
+    ids = ids[:room]
     sites = neuron_sites(ckpt.model_cfg)
     if not ids:
         return Probe([], {(s.layer, s.name): np.zeros((0, ckpt.model_cfg.d_mlp), np.float32) for s in sites}, False)
-    _, cache = ckpt.model.run_with_cache(torch.tensor([ids]), names_filter=[s.hook for s in sites])
-    acts = {(s.layer, s.name): cache[s.hook][0].float().cpu().numpy() for s in sites}
+    row = torch.tensor([[eot_id(ckpt.tokenizer)] + ids])
+    _, cache = ckpt.model.run_with_cache(row, names_filter=[s.hook for s in sites])
+    acts = {(s.layer, s.name): cache[s.hook][0, 1:].float().cpu().numpy() for s in sites}
     return Probe(token_strings(ckpt.tokenizer, ids), acts, truncated)
 
 

@@ -29,6 +29,7 @@ ALLOWED = {duckdb.StatementType.SELECT}
 _EXPLAIN = re.compile(r"^\s*EXPLAIN(\s+ANALYZE)?\b", re.IGNORECASE)
 SETTINGS = ("SET enable_external_access = false", "SET allow_community_extensions = false",
             "SET autoinstall_known_extensions = false", "SET autoload_known_extensions = false",
+            "SET memory_limit = '1GB'", "SET threads = 2", "SET max_temp_directory_size = '0KB'",
             "SET lock_configuration = true")
 
 

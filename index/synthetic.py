@@ -101,9 +101,9 @@ def _insert_examples(con, model_id, site, n_neurons, d_mlp, examples, window, se
         INSERT INTO examples
         SELECT ?, n // {d_mlp}, n % {d_mlp}, ?, kind,
                CASE WHEN kind = 'interval' THEN (e - {n_top}) % 4 END,
-               CASE WHEN kind = 'top' THEN e WHEN kind = 'interval' THEN (e - {n_top}) // 4
-                    ELSE e - {n_top + n_interval} END,
-               h % 100000, emax, h % 900 + mpos, h % 900, toks,
+               1 + CASE WHEN kind = 'top' THEN e WHEN kind = 'interval' THEN (e - {n_top}) // 4
+                        ELSE e - {n_top + n_interval} END,
+               h % 100000, emax, mpos, h % 900, toks,
                list_transform(range({window}), lambda j: CAST(CASE WHEN j = mpos THEN emax
                    ELSE emax * pow((hash(h, j) % 100) / 100.0, 4) END AS FLOAT))
         FROM (SELECT n, e, h, CAST(hash(h, 7) % {window} AS INTEGER) AS mpos, kind,
@@ -133,8 +133,8 @@ def _insert_logits(con, model_id, n_neurons, d_mlp, seed) -> None:
 
 def _make_hostile(con, model_id: str, site: str) -> None:
     acts = [0.5 if i != HOSTILE_MAX_POS else 9.0 for i in range(len(HOSTILE_TOKENS))]
-    con.execute("UPDATE examples SET tokens = ?, acts = ?, max_act = 9.0, max_pos = ?, start_pos = 0 "
-                "WHERE model_id = ? AND layer = 0 AND neuron = 0 AND site = ? AND kind = 'top' AND rank = 0",
+    con.execute("UPDATE examples SET tokens = ?, acts = ?, max_act = 9.0, max_pos = ?, start_pos = 37 "
+                "WHERE model_id = ? AND layer = 0 AND neuron = 0 AND site = ? AND kind = 'top' AND rank = 1",
                 [HOSTILE_TOKENS, acts, HOSTILE_MAX_POS, model_id, site])
     con.execute("UPDATE neurons SET max_act = 9.0 WHERE model_id = ? AND layer = 0 AND neuron = 0 AND site = ?",
                 [model_id, site])

@@ -27,7 +27,7 @@ def new_study_form(path, models: list[str], existing: int) -> None:
             try:
                 db.write(path, study.create_study, name, chosen, int(per_model), int(seed), int(snippets))
             except UserError as e:
-                st.error(str(e))
+                st.error(render.md_escape(str(e)))
                 return
             st.session_state["study"] = name.strip()
             st.rerun()
