@@ -145,8 +145,9 @@ def random_neuron(con, model_id: str, site: str, seed: int) -> pd.DataFrame:
         ORDER BY (max_act > 0) DESC, hash(?, layer, neuron) LIMIT 1""", [model_id, site, seed]).df()
 
 
-def neuron_labels(con, keys: list[tuple[int, int]], model_id: str) -> pd.DataFrame:
-    """Current human/auto labels and indexed max of several neurons of one model (primary site)."""
+def neuron_labels(con, keys: list[tuple[int, int]], model_id: str, site: str | None = None) -> pd.DataFrame:
+    """Current human/auto labels and indexed max of several neurons of one model, at
+    `site` (default: the primary site)."""
     if not keys:
         return pd.DataFrame(columns=["layer", "neuron", "max_act", "label", "auto_label"])
     values = ", ".join("(?, ?)" for _ in keys)
@@ -155,12 +156,13 @@ def neuron_labels(con, keys: list[tuple[int, int]], model_id: str) -> pd.DataFra
         SELECT k.layer, k.neuron, n.max_act, nullif(h.label, '') AS label,
                CASE WHEN coalesce(a.status, '') <> 'rejected' THEN a.label END AS auto_label
         FROM (VALUES {values}) k(layer, neuron)
-        LEFT JOIN neurons n ON n.model_id = ? AND n.layer = k.layer AND n.neuron = k.neuron AND n.is_primary
+        LEFT JOIN neurons n ON n.model_id = ? AND n.layer = k.layer AND n.neuron = k.neuron
+                           AND (n.site = ? OR (? IS NULL AND n.is_primary))
         LEFT JOIN (SELECT * FROM current_labels WHERE source = 'human' AND model_id = ?) h
                ON h.layer = k.layer AND h.neuron = k.neuron
         LEFT JOIN (SELECT * FROM current_labels WHERE source = 'auto' AND model_id = ?) a
                ON a.layer = k.layer AND a.neuron = k.neuron""",
-                       params + [model_id, model_id, model_id]).df()
+                       params + [model_id, site, site, model_id, model_id]).df()
 
 
 def model_summary(con) -> pd.DataFrame:

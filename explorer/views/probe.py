@@ -34,7 +34,7 @@ def neuron_table(model_id: str, site: str, rows: list[dict]):
     if not rows:
         return
     df = pd.DataFrame(rows)
-    known = data.fresh("neuron_labels", [(r["layer"], r["neuron"]) for r in rows], model_id)
+    known = data.fresh("neuron_labels", [(r["layer"], r["neuron"]) for r in rows], model_id, site)
     df = df.merge(known, on=["layer", "neuron"], how="left")
     df["of_max"] = df.act / df.max_act.where(df.max_act > 0)
     df["token"] = df.token.map(repr)
