@@ -23,6 +23,7 @@ import duckdb
 import pandas as pd
 
 from index.schema import check_version
+from index.store import sql_path
 from solu.errors import UserError
 
 ALLOWED = {duckdb.StatementType.SELECT}
@@ -85,7 +86,7 @@ def _connect(db: Path) -> duckdb.DuckDBPyConnection:
                                              "autoload_known_extensions": False})
     try:
         try:
-            con.execute(f"ATTACH '{_quote(db)}' AS idx (READ_ONLY)")
+            con.execute(f"ATTACH '{sql_path(db)}' AS idx (READ_ONLY)")
         except duckdb.Error as e:
             text = str(e).lower()
             if "lock" in text:
@@ -100,10 +101,6 @@ def _connect(db: Path) -> duckdb.DuckDBPyConnection:
         con.close()
         raise
     return con
-
-
-def _quote(path: Path) -> str:
-    return str(path.resolve()).replace("'", "''")
 
 
 def _unique(columns: list[str]) -> list[str]:

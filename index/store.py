@@ -105,7 +105,7 @@ def replace_database(new: Path, db: Path) -> None:
         if db.exists():
             con = _connect(new, read_only=False)
             try:
-                con.execute(f"ATTACH '{_sql_path(db)}' AS old (READ_ONLY)")
+                con.execute(f"ATTACH '{sql_path(db)}' AS old (READ_ONLY)")
                 old_tables = {r[0] for r in con.execute(
                     "SELECT table_name FROM information_schema.tables WHERE table_catalog = 'old'").fetchall()}
                 con.execute("BEGIN")
@@ -120,5 +120,6 @@ def replace_database(new: Path, db: Path) -> None:
         os.replace(new, db)
 
 
-def _sql_path(path: Path) -> str:
+def sql_path(path: Path) -> str:
+    """A file path as a single-quoted SQL string's contents."""
     return str(path.resolve()).replace("'", "''")
