@@ -11,7 +11,6 @@ import pandas as pd
 # sort keys the neuron table offers, mapped to SQL (never interpolate user text)
 SORTS = {"max_act": "n.max_act", "density": "n.frac_active", "mean_act": "n.mean_act",
          "neuron": "n.model_id, n.layer, n.neuron", "labeled_at": "h.created_at"}
-POSITIVE_SIGNS = ("pos", "positive", "top", "+", "up", "high")
 LABEL_FILTERS = ("any", "labeled", "unlabeled", "suggested")
 
 _NEURON_KEY = "model_id = ? AND layer = ? AND neuron = ?"
@@ -107,7 +106,7 @@ def examples(con, model_id: str, layer: int, neuron_: int, site: str) -> pd.Data
 def logits(con, model_id: str, layer: int, neuron_: int) -> pd.DataFrame:
     """Top and bottom logit tokens; `positive` says which list a row belongs to."""
     return con.execute(f"""
-        SELECT lower(sign) IN {POSITIVE_SIGNS} AS positive, rank, token, weight
+        SELECT sign = 'pos' AS positive, rank, token, weight
         FROM logits WHERE {_NEURON_KEY} ORDER BY positive DESC, rank""",
                        [model_id, layer, neuron_]).df()
 

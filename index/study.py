@@ -111,7 +111,11 @@ def rater_queue(con, study: str, rater: str) -> pd.DataFrame:
 
 def next_item(con, study: str, rater: str) -> dict | None:
     """The rater's first unrated item (model, layer, neuron, site, item number), or None."""
-    queue = rater_queue(con, study, rater)
+    return first_unrated(rater_queue(con, study, rater))
+
+
+def first_unrated(queue: pd.DataFrame) -> dict | None:
+    """The first item of a rater_queue that has no answer yet, or None."""
     todo = queue[queue.answer.isna()]
     return None if todo.empty else todo.iloc[0][ITEM_COLUMNS + ["item"]].to_dict()
 

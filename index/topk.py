@@ -107,15 +107,3 @@ def doc_priority(docs: torch.Tensor, neuron_keys: torch.Tensor, seed: int) -> to
     doc_hash = mix32(mix32(docs & _LOW32) ^ (docs >> 32) ^ mix32(torch.tensor(seed)))
     neuron_hash = mix32(neuron_keys.to(torch.int64) + 0x9E3779B9)
     return mix32(doc_hash ^ neuron_hash[:, None])
-
-
-def drop_duplicate_docs(values: torch.Tensor, docs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """valid, with every candidate but the best of each (neuron, doc) turned off."""
-    docs = torch.where(valid, docs, -1)
-    order = torch.argsort(top_key(values, docs, valid), dim=1, descending=True, stable=True)
-    order = order.gather(1, torch.argsort(docs.gather(1, order), dim=1, stable=True))
-    docs_sorted = docs.gather(1, order)
-    repeat = torch.zeros_like(valid)
-    repeat[:, 1:] = (docs_sorted[:, 1:] == docs_sorted[:, :-1]) & (docs_sorted[:, 1:] >= 0)
-    unique = torch.zeros_like(valid).scatter_(1, order, ~repeat)
-    return valid & unique

@@ -37,7 +37,7 @@ def running_app(db: Path, log: Path, timeout_s: float = 60.0):
                                 stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     try:
-        _wait_healthy(url, proc, log, timeout_s)
+        wait_healthy(url, proc, log, timeout_s)
         yield url
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -48,7 +48,7 @@ def running_app(db: Path, log: Path, timeout_s: float = 60.0):
             proc.wait()
 
 
-def _wait_healthy(url: str, proc, log: Path, timeout_s: float) -> None:
+def wait_healthy(url: str, proc, log: Path, timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         if proc.poll() is not None:

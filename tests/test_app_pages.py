@@ -54,7 +54,9 @@ def test_neuron_page_shows_everything(synth_db):
     assert any(s.value.startswith("Top 10") for s in at.subheader)
     assert "Across the activation range" in [s.value for s in at.subheader]
     assert body.count('class="snippet"') == 20
-    assert len(at.dataframe) >= 2  # boosted and suppressed logit tokens
+    logit_tables = [d.value for d in at.dataframe if list(d.value.columns) == ["token", "weight"]]
+    assert len(logit_tables) == 2  # boosted, then suppressed logit tokens
+    assert (logit_tables[0].weight > 0).all() and (logit_tables[1].weight < 0).all()
     assert at.text_input[0].value == "base64 (padding)"  # the label editor holds the current label
 
 

@@ -9,12 +9,12 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from pathlib import Path
 
 import duckdb
 import pytest
 
+from browser_app import free_port, wait_healthy
 from explorer.commands import DEFAULT_HOST, DEFAULT_PORT, streamlit_command
 from solu.cli import build_parser, main
 
@@ -113,7 +113,7 @@ def wait_for_url(proc, deadline: float) -> str:
 
 def test_demo_quick_builds_everything_and_serves_it(tmp_path):
     """The whole demo with tiny token counts: corpus, two models, index, app."""
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen([sys.executable, "-m", "solu.cli", "demo", "--quick", "--tokens", "4096",
                              "--index-tokens", "4096", "--out", str(tmp_path / "demo"), "--port", str(port)],
@@ -121,7 +121,7 @@ def test_demo_quick_builds_everything_and_serves_it(tmp_path):
     try:
         url = wait_for_url(proc, time.monotonic() + 300)
         assert url == f"http://localhost:{port}"
-        _wait_healthy(f"http://127.0.0.1:{port}", time.monotonic() + 60)
+        wait_healthy(f"http://127.0.0.1:{port}", proc, tmp_path / "demo.err", 60)
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
@@ -134,19 +134,3 @@ def test_demo_quick_builds_everything_and_serves_it(tmp_path):
     tok = [(tmp_path / "demo" / m / "tokenizer.json").read_text() for m in ("gelu-1l", "solu-1l")]
     assert tok[0] == tok[1]  # both models read the same tokens
 
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_healthy(url: str, deadline: float) -> None:
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(url + "/_stcore/health", timeout=2) as r:
-                if r.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise AssertionError(f"{url} did not answer")

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from index.topk import (EMPTY, doc_priority, drop_duplicate_docs, sample_groups, top_k, value_bands)
+from index.topk import (EMPTY, doc_priority, sample_groups, top_k, value_bands)
 
 
 def brute_top(values: np.ndarray, docs: np.ndarray, valid: np.ndarray, k: int) -> list[list[int]]:
@@ -95,10 +95,3 @@ def test_doc_priority_is_a_deterministic_32_bit_hash():
     # roughly uniform: each quarter of the range holds about a quarter of the docs
     counts = np.bincount((p[0].numpy() >> 30), minlength=4)
     assert counts.min() > 200
-
-
-def test_drop_duplicate_docs_keeps_the_best_entry():
-    values = torch.tensor([[1.0, 3.0, 2.0, 3.0, 0.5]])
-    docs = torch.tensor([[7, 7, 8, 8, 9]])
-    valid = torch.tensor([[True, True, True, True, False]])
-    assert drop_duplicate_docs(values, docs, valid).tolist() == [[False, True, False, True, False]]

@@ -100,11 +100,10 @@ def page() -> None:
         settings = db.read(path, study.studies).set_index("study").loc[name]
         done = int(queue.answer.notna().sum())
         st.progress(done / max(len(queue), 1), text=f"{done} of {len(queue)} rated")
-        todo = queue[queue.answer.isna()]
-        if todo.empty:
+        item = study.first_unrated(queue)
+        if item is None:
             st.success("You have rated every neuron in this study. Thank you!")
         else:
-            item = todo.iloc[0][study.ITEM_COLUMNS + ["item"]].to_dict()
             rate(path, name, rater.strip(), item, int(settings.snippets), len(queue))
     st.divider()
     with st.expander("Results (unblinds the models)"):
