@@ -25,9 +25,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 
 from explorer import db as app_db  # noqa: E402
-from index import queries  # noqa: E402
-from index.store import open_read  # noqa: E402
-from index.synthetic import build_synthetic_index  # noqa: E402
+from index.store import queries  # noqa: E402
+from index.store.connection import open_read  # noqa: E402
+from synthetic_index import build_synthetic_index  # noqa: E402
 
 SHAPE = dict(n_layers=4, d_mlp=12_500, examples=20, window=32)  # 2 models x 4 x 12,500 = 100k neurons
 MODELS = (("gelu-bench", "gelu"), ("solu-bench", "solu_ln"))

@@ -37,10 +37,10 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
 
-from index.capture import index_sites  # noqa: E402
-from index.config import IndexConfig  # noqa: E402
-from index.docs import Tally, document_tokens, make_batches  # noqa: E402
-from index.runner import Indexer, index_checkpoint  # noqa: E402
+from index.engine.hooks import index_sites  # noqa: E402
+from index.engine.config import IndexConfig  # noqa: E402
+from index.engine.batching import Tally, document_tokens, make_batches  # noqa: E402
+from index.engine.index_model import Indexer, index_checkpoint  # noqa: E402
 from solu.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
 from solu.config import ModelConfig  # noqa: E402
 from solu.model import build_model  # noqa: E402
@@ -111,7 +111,7 @@ def naive_pass(ckpt, batches, k: int, before: int, after: int) -> float:
 def rss_child(checkpoint: str, dataset: str, tokens: int, batch_size: int) -> None:
     cfg = IndexConfig(dataset=dataset, tokens=tokens, batch_size=batch_size, device="cpu")
     result = index_checkpoint(checkpoint, cfg, progress=False)
-    from index.tables import model_tables
+    from index.engine.arrow_tables import model_tables
 
     model_tables(result)
     print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -127,8 +127,8 @@ def peak_rss(checkpoint: Path, dataset: str, tokens: int, batch_size: int) -> fl
 
 
 def write_time(checkpoint: Path, dataset: str, tokens: int, batch_size: int, root: Path) -> tuple[float, float]:
-    from index.tables import model_tables
-    from index.writer import IndexBuild
+    from index.engine.arrow_tables import model_tables
+    from index.store.writer import IndexBuild
 
     cfg = IndexConfig(dataset=dataset, tokens=tokens, batch_size=batch_size, device="cpu")
     result = index_checkpoint(checkpoint, cfg, progress=False)

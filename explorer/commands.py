@@ -57,7 +57,7 @@ def _serve_args(p) -> None:
 
 def check_index(db: Path) -> None:
     """Raise UserError unless `db` is a readable solu index."""
-    from index.store import open_read
+    from index.store.connection import open_read
 
     open_read(db).close()
 
@@ -103,8 +103,8 @@ def cmd_app(args) -> int:
 
 
 def cmd_label(args) -> int:
-    from index import queries
-    from index.store import append_label, open_read
+    from index.store import queries
+    from index.store.connection import append_label, open_read
 
     con = open_read(args.db)
     try:
@@ -122,8 +122,8 @@ def cmd_label(args) -> int:
 
 
 def cmd_labels_export(args) -> int:
-    from index import queries
-    from index.store import open_read
+    from index.store import queries
+    from index.store.connection import open_read
 
     con = open_read(args.db)
     try:

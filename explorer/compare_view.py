@@ -7,7 +7,7 @@ import pandas as pd
 import streamlit as st
 
 from explorer import data, db
-from index import compare
+from index.measure import compare
 
 PERCENT = st.column_config.NumberColumn(format="percent")
 

@@ -12,7 +12,7 @@ import streamlit as st
 
 from explorer import db
 from explorer.render import md_escape
-from index import queries
+from index.store import queries
 from solu.errors import UserError
 
 DB_ENV = "SOLU_DB"

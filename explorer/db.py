@@ -10,7 +10,7 @@ Reads share one read-only connection, which is let go of
 - after IDLE_S seconds without use,
 - before this process writes or runs guarded SQL,
 - as soon as another process (`solu label`, the indexer) waits for the write lock: it
-  holds index.store.write_lock while it retries, and readers see that lock taken,
+  holds index.store.connection.write_lock while it retries, and readers see that lock taken,
 - when the file is replaced (a re-index moves a new file into place),
 so other writers wait on the app for one query at most.
 """
@@ -23,7 +23,7 @@ import threading
 import time
 from pathlib import Path
 
-from index.store import append_label, open_read
+from index.store.connection import append_label, open_read
 
 IDLE_S = 1.0
 
@@ -169,21 +169,21 @@ def read(db: str | Path, fn, *args, **kwargs):
 
 
 def write_label(db: str | Path, *args, **kwargs) -> None:
-    """index.store.append_label, with every read connection of this process closed first."""
+    """index.store.connection.append_label, with every read connection of this process closed first."""
     with _GATE.hold("write"):
         append_label(db, *args, **kwargs)
 
 
 def write(db: str | Path, fn, *args, **kwargs):
-    """fn(db, *args, **kwargs) for a writer that opens its own connection (index.store's
+    """fn(db, *args, **kwargs) for a writer that opens its own connection (index.store.connection's
     open_write), with every read connection of this process closed first."""
     with _GATE.hold("write"):
         return fn(db, *args, **kwargs)
 
 
 def run_sql(db: str | Path, sql: str, max_rows: int, timeout_s: float):
-    """The guarded engine of `solu sql` (index.sqlguard.run_query): (DataFrame, truncated)."""
-    from index.sqlguard import run_query
+    """The guarded engine of `solu sql` (index.store.readonly_sql.run_query): (DataFrame, truncated)."""
+    from index.store.readonly_sql import run_query
 
     with _GATE.hold("sql"):
         return run_query(db, sql, max_rows, timeout_s)

@@ -60,8 +60,8 @@ def train_model(act: str, out: Path, plan: DemoPlan, tokenizer: Path | None, for
 
 
 def index_models(checkpoints: list[Path], db: Path, plan: DemoPlan, force: bool) -> None:
-    from index.build import build_index
-    from index.config import IndexConfig
+    from index.engine.index_run import build_index
+    from index.engine.config import IndexConfig
 
     newest = max((c / "config.json").stat().st_mtime for c in checkpoints)
     if db.exists() and db.stat().st_mtime > newest and not force:

@@ -49,7 +49,7 @@ def register(sub) -> None:
 
 
 def _index_config(args):
-    from index.config import IndexConfig
+    from index.engine.config import IndexConfig
 
     names = ("dataset", "text_column", "tokens", "top_k", "window_before", "window_after", "bands", "per_band",
              "random", "threshold", "sample_tokens", "hist_bins", "stats_every", "logit_k", "batch_size", "device",
@@ -62,10 +62,10 @@ def _index_config(args):
 
 def cmd_index(args) -> int:
     cfg = _index_config(args)
-    from index.build import build_index
+    from index.engine.index_run import build_index
     from solu.checkpoint import read_meta
     from solu.corpus import check_dataset
-    from index.writer import check_target
+    from index.store.writer import check_target
 
     if args.threads is not None:
         if args.threads < 1:
@@ -94,7 +94,7 @@ def _sigterm(signum, frame):
 
 
 def cmd_sql(args) -> int:
-    from index.sqlguard import run_query
+    from index.store.readonly_sql import run_query
 
     df, truncated = run_query(args.db, args.query, max_rows=args.max_rows, timeout_s=args.timeout)
     if args.format == "csv":

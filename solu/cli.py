@@ -9,7 +9,7 @@ import sys
 from solu.errors import UserError
 
 # modules with a register(subparsers) function, in help order
-COMMAND_MODULES = ["solu.commands", "index.commands", "explorer.commands", "index.commands_measure"]
+COMMAND_MODULES = ["solu.commands", "index.commands", "explorer.commands", "index.measure.commands"]
 
 
 def build_parser() -> argparse.ArgumentParser:

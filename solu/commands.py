@@ -112,7 +112,7 @@ def format_table(rows: list[dict]) -> str:
 
 def cmd_compare(args) -> int:
     if args.db is not None:
-        from index.commands_measure import cmd_compare_report
+        from index.measure.commands import cmd_compare_report
 
         return cmd_compare_report(args)
     if args.out is not None:

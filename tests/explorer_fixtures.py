@@ -9,7 +9,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from index.synthetic import build_synthetic_index
+from synthetic_index import build_synthetic_index
 
 APP = Path(__file__).resolve().parents[1] / "explorer" / "app.py"
 GELU, SOLU = "gelu-synth", "solu-synth"
@@ -47,8 +47,8 @@ def real_index(tmp_path_factory, tiny_corpus, tiny_checkpoints) -> Path:
     documents full of HTML, Markdown and LaTeX, so some neurons' snippets hold them."""
     import json
 
-    from index.build import build_index
-    from index.config import IndexConfig
+    from index.engine.index_run import build_index
+    from index.engine.config import IndexConfig
 
     root = tmp_path_factory.mktemp("real-index")
     corpus = root / "corpus.jsonl"

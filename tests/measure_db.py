@@ -15,8 +15,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
-from index.concepts import detect
-from index.schema import migrate
+from index.measure.concepts import detect
+from index.store.schema import migrate
 
 THRESHOLD = 0.25
 WORDS = [" the", " cat", " sat", " on", " a", " mat", ".", ",", " and", " then", " it", " left"]

@@ -8,7 +8,7 @@ import pytest
 
 from explorer_fixtures import (GELU, IMG_PATTERNS, SOLU, app_at, hostile_snippet, html_text,  # noqa: F401
                                labels_of, no_exception, probe_db, real_index, synth_db)
-from index.synthetic import HOSTILE_TOKENS
+from synthetic_index import HOSTILE_TOKENS
 
 
 def visible_text(body: str) -> str:

@@ -6,9 +6,9 @@ import duckdb
 import numpy as np
 import pytest
 
-from index.autolabel import auroc_by_group, autolabel, occurrence_auroc, resolve_concepts, selectivity
-from index.concepts import CONCEPTS, detect
-from index.store import append_label
+from index.measure.autolabel import auroc_by_group, autolabel, occurrence_auroc, resolve_concepts, selectivity
+from index.measure.concepts import CONCEPTS, detect
+from index.store.connection import append_label
 from measure_db import THRESHOLD, build_measure_db, dense_for_model
 from solu.errors import UserError
 

@@ -8,7 +8,7 @@ import random
 import duckdb
 import pytest
 
-from index.planted import write_planted_corpus
+from planted_corpus import write_planted_corpus
 from solu.cli import main
 
 PLANTED = ("base64", "people_count")
@@ -16,8 +16,8 @@ PLANTED = ("base64", "people_count")
 
 @pytest.fixture(scope="module")
 def planted_index(tmp_path_factory):
-    from index.build import build_index
-    from index.config import IndexConfig
+    from index.engine.index_run import build_index
+    from index.engine.config import IndexConfig
     from solu.config import ModelConfig, TrainConfig
     from solu.train import train
 

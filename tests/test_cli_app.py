@@ -49,7 +49,7 @@ def test_app_refuses_a_bad_database_in_one_line(tmp_path, content, message):
 
 
 def test_app_refuses_a_busy_port(tmp_path, capsys):
-    from index.synthetic import build_synthetic_index
+    from synthetic_index import build_synthetic_index
 
     db = build_synthetic_index(tmp_path / "index.duckdb")
     with socket.socket() as s:

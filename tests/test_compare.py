@@ -4,10 +4,10 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from index import study
-from index.autolabel import autolabel
-from index.compare import compare_tables, markdown_table
-from index.store import open_read
+from index.measure import study
+from index.measure.autolabel import autolabel
+from index.measure.compare import compare_tables, markdown_table
+from index.store.connection import open_read
 from measure_db import build_measure_db
 from solu.cli import main
 

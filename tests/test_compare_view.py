@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from index.autolabel import autolabel
+from index.measure.autolabel import autolabel
 from measure_db import build_measure_db
 
 

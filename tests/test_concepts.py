@@ -8,8 +8,8 @@ import random
 import numpy as np
 import pytest
 
-from index import concepts as c
-from index.planted import planted_documents
+from index.measure import concepts as c
+from planted_corpus import planted_documents
 from solu.errors import UserError
 
 

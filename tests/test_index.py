@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 import torch
 
-from index.capture import Recorder, index_sites, site_key
-from index.config import IndexConfig
-from index.docs import Tally, document_tokens, make_batches
-from index.runner import Indexer, index_checkpoint
-from index.stats import FINE, RunningStats
-from index.topk import doc_priority
+from index.engine.hooks import Recorder, index_sites, site_key
+from index.engine.config import IndexConfig
+from index.engine.batching import Tally, document_tokens, make_batches
+from index.engine.index_model import Indexer, index_checkpoint
+from index.engine.stats import FINE, RunningStats
+from index.engine.topk import doc_priority
 from solu.checkpoint import load_checkpoint
 from solu.cli import main
 from solu.tokenizer import eot_id
@@ -219,7 +219,7 @@ def test_stats_equal_numpy(indexed):
 
 
 def test_stats_on_a_row_sample_equal_numpy_on_those_rows(solu, indexed):
-    from index.accumulate import stats_rows
+    from index.engine.accumulator import stats_rows
 
     _, batches, _, acts, _ = indexed
     indexer = run_indexer(solu, batches, stats_every=3)
@@ -349,7 +349,7 @@ def test_database_holds_every_table(built_db):
 
 
 def test_reindexing_replaces_rows_and_keeps_labels(built_db, tiny_checkpoints, tiny_corpus, tmp_path):
-    from index.store import append_label
+    from index.store.connection import append_label
 
     db = tmp_path / "copy.duckdb"
     shutil.copy(built_db, db)
@@ -490,7 +490,7 @@ def test_kill_mid_run_leaves_the_previous_database(previous, tiny_checkpoints, t
         assert len(lines) == 1 and "interrupted" in lines[0], err
         assert temps == []
     else:
-        from index.writer import remove_stale_temps
+        from index.store.writer import remove_stale_temps
 
         assert len(temps) == 1  # a SIGKILL cannot clean up; the next run does
         remove_stale_temps(previous)

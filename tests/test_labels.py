@@ -10,9 +10,9 @@ import duckdb
 
 from explorer import db
 from explorer_fixtures import GELU, SOLU, app_at, html_text, labels_of, synth_db  # noqa: F401
-from index import queries
-from index.store import replace_database
-from index.synthetic import build_synthetic_index
+from index.store import queries
+from index.store.connection import replace_database
+from synthetic_index import build_synthetic_index
 from solu.cli import main
 
 

@@ -1,9 +1,9 @@
 """Query functions the explorer reads through, on a synthetic index with both SoLU sites."""
 import duckdb
 
-from index import queries
-from index.store import open_read
-from index.synthetic import build_synthetic_index
+from index.store import queries
+from index.store.connection import open_read
+from synthetic_index import build_synthetic_index
 
 
 def test_neuron_labels_reads_the_max_of_the_chosen_site(tmp_path):

@@ -1,4 +1,4 @@
-"""`solu sql` and index.sqlguard.run_query: read-only, no file or network access, one
+"""`solu sql` and index.store.readonly_sql.run_query: read-only, no file or network access, one
 query at a time, a time limit, a row cap; and the README's example queries."""
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import json
 import duckdb
 import pytest
 
-from index.sqlguard import _connect, run_query
+from index.store.readonly_sql import _connect, run_query
 from solu.cli import main
 from solu.errors import UserError
 
@@ -142,7 +142,7 @@ def test_bad_sql_and_bad_files_are_one_line_errors(db, tmp_path):
 
 def test_works_beside_an_open_read_connection(db):
     """The explorer keeps ordinary read-only connections open in the same process."""
-    from index.store import open_read
+    from index.store.connection import open_read
 
     con = open_read(db)
     try:

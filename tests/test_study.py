@@ -5,7 +5,7 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from index import study
+from index.measure import study
 from measure_db import build_measure_db
 from solu.errors import UserError
 
@@ -92,7 +92,7 @@ def test_errors(db):
 
 
 def test_reindex_keeps_studies_and_answers(db, tmp_path):
-    from index.store import replace_database
+    from index.store.connection import replace_database
 
     item = read(db, study.next_item, "pilot", "ana")
     study.record_answer(db, "pilot", "ana", item, "yes")

@@ -1,11 +1,11 @@
-"""The selection functions of index.topk against brute force, ties included."""
+"""The selection functions of index.engine.topk against brute force, ties included."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
 
-from index.topk import (EMPTY, doc_priority, sample_groups, top_k, value_bands)
+from index.engine.topk import (EMPTY, doc_priority, sample_groups, top_k, value_bands)
 
 
 def brute_top(values: np.ndarray, docs: np.ndarray, valid: np.ndarray, k: int) -> list[list[int]]:

@@ -3,7 +3,7 @@ import streamlit as st
 
 from explorer import data, nav, render
 from explorer.nav import Address
-from index.queries import SORTS
+from index.store.queries import SORTS
 
 PAGE_SIZE = 100
 SORT_NAMES = {"max_act": "max activation", "density": "density", "mean_act": "mean activation",

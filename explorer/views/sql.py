@@ -37,7 +37,7 @@ def execute(sql: str, max_rows: int, timeout_s: float) -> dict:
     except UserError as e:
         return {"error": str(e)}
     except ImportError:
-        return {"error": "The SQL engine (index.sqlguard) is not installed in this version."}
+        return {"error": "The SQL engine (index.store.readonly_sql) is not installed in this version."}
     return {"df": df, "truncated": truncated, "max_rows": max_rows}
 
 

@@ -11,7 +11,7 @@ import pandas as pd
 import streamlit as st
 
 from explorer import data, db, render
-from index import study
+from index.measure import study
 from solu.errors import UserError
 
 

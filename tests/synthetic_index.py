@@ -13,7 +13,7 @@ from pathlib import Path
 
 import duckdb
 
-from index.schema import migrate
+from index.store.schema import migrate
 
 HOSTILE_TOKENS = ["<script>alert('xss')</script>", " <img src=x onerror=alert(1)>", " **bold**",
                   " $x^2$", " \\(y\\)", "\n", "\tindent", " [link](javascript:alert(2))", " `code`",

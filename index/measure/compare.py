@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from index import study as study_mod
-from index.store import open_read
+from index.measure import study as study_mod
+from index.store.connection import open_read
 from solu.errors import UserError
 
 DEFAULT_THRESHOLD = 0.5

@@ -27,11 +27,11 @@ from dataclasses import dataclass
 
 import torch
 
-from index.docs import Batch
-from index.pools import Candidates, Pool
-from index.stats import RunningStats
-from index.topk import NO_SAMPLE, doc_priority, mix32, sample_groups, sample_key, top_k, top_key, value_bands
-from index.windows import Span, by_site, capture, positions_of, token_at
+from index.engine.batching import Batch
+from index.engine.pools import Candidates, Pool
+from index.engine.stats import RunningStats
+from index.engine.topk import NO_SAMPLE, doc_priority, mix32, sample_groups, sample_key, top_k, top_key, value_bands
+from index.engine.windows import Span, by_site, capture, positions_of, token_at
 
 SEED_BANDS, SEED_RANDOM, SEED_STATS = 0, 1, 2  # added to the run's seed
 

@@ -17,8 +17,8 @@ from pathlib import Path
 import duckdb
 import pyarrow as pa
 
-from index.schema import INDEX_TABLES, migrate
-from index.store import open_read, replace_database, write_lock
+from index.store.schema import INDEX_TABLES, migrate
+from index.store.connection import open_read, replace_database, write_lock
 from solu.errors import UserError
 
 TEMP_SUFFIX = ".indexing"

@@ -40,8 +40,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from index.concepts import CONCEPTS, Concept, concept, concept_masks
-from index.store import open_read, open_write
+from index.measure.concepts import CONCEPTS, Concept, concept, concept_masks
+from index.store.connection import open_read, open_write
 from solu.errors import UserError
 
 AUTHOR = "autolabel"

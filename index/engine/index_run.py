@@ -4,10 +4,10 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from index.config import IndexConfig
-from index.runner import ModelIndex, index_checkpoint
-from index.tables import model_tables, run_tables
-from index.writer import IndexBuild
+from index.engine.config import IndexConfig
+from index.engine.index_model import ModelIndex, index_checkpoint
+from index.engine.arrow_tables import model_tables, run_tables
+from index.store.writer import IndexBuild
 from solu.errors import UserError
 
 

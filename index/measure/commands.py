@@ -9,7 +9,7 @@ from solu.errors import UserError
 
 
 def register(sub) -> None:
-    from index.autolabel import DEFAULT_THRESHOLD
+    from index.measure.autolabel import DEFAULT_THRESHOLD
 
     p = sub.add_parser("autolabel", help="score every neuron on concept detectors and suggest labels")
     p.add_argument("--db", type=Path, help="the index to score (required unless --list)")
@@ -46,8 +46,8 @@ def _table(df) -> str:
 
 
 def cmd_autolabel(args) -> int:
-    from index.autolabel import autolabel, resolve_concepts
-    from index.concepts import CONCEPTS
+    from index.measure.autolabel import autolabel, resolve_concepts
+    from index.measure.concepts import CONCEPTS
 
     if args.list:
         for c in CONCEPTS.values():
@@ -72,8 +72,8 @@ def cmd_autolabel(args) -> int:
 
 
 def cmd_study_create(args) -> int:
-    from index.store import open_read
-    from index.study import create_study, study_items
+    from index.store.connection import open_read
+    from index.measure.study import create_study, study_items
 
     create_study(args.db, args.name, args.models, args.per_model, args.seed, args.snippets)
     con = open_read(args.db)
@@ -86,8 +86,8 @@ def cmd_study_create(args) -> int:
 
 
 def cmd_study_summary(args) -> int:
-    from index.store import open_read
-    from index.study import summary
+    from index.store.connection import open_read
+    from index.measure.study import summary
 
     con = open_read(args.db)
     try:
@@ -102,7 +102,7 @@ def cmd_study_summary(args) -> int:
 
 def cmd_compare_report(args) -> int:
     """`solu compare --db FILE MODEL_A MODEL_B [--out DIR]`: the markdown + PNG report."""
-    from index.compare import write_report
+    from index.measure.compare import write_report
 
     if len(args.checkpoints) != 2:
         raise UserError("with --db, compare takes two model ids: solu compare --db FILE MODEL_A MODEL_B")

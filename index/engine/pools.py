@@ -17,7 +17,7 @@ from typing import Callable
 
 import torch
 
-from index.topk import EMPTY
+from index.engine.topk import EMPTY
 
 Select = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 

@@ -20,11 +20,11 @@ from typing import Callable, Iterable, Iterator
 import numpy as np
 import torch
 
-from index.accumulate import Accumulator, PoolShape, SiteResult
-from index.capture import Recorder, index_sites, site_key
-from index.config import IndexConfig
-from index.docs import Batch, Tally, document_tokens, make_batches
-from index.windows import build_span, head_of, next_tail, positions_of
+from index.engine.accumulator import Accumulator, PoolShape, SiteResult
+from index.engine.hooks import Recorder, index_sites, site_key
+from index.engine.config import IndexConfig
+from index.engine.batching import Batch, Tally, document_tokens, make_batches
+from index.engine.windows import build_span, head_of, next_tail, positions_of
 from solu.checkpoint import Checkpoint, load_checkpoint
 from solu.errors import UserError
 from solu.model import Site, mlp_out_weights, resolve_device, unembed

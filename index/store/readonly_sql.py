@@ -22,8 +22,8 @@ from pathlib import Path
 import duckdb
 import pandas as pd
 
-from index.schema import check_version
-from index.store import sql_path
+from index.store.schema import check_version
+from index.store.connection import sql_path
 from solu.errors import UserError
 
 ALLOWED = {duckdb.StatementType.SELECT}

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import duckdb
 
-from index.schema import HUMAN_TABLES, check_version, migrate
+from index.store.schema import HUMAN_TABLES, check_version, migrate
 from solu.errors import UserError
 
 LOCK_WAIT_S = 10.0

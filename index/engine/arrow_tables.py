@@ -11,9 +11,9 @@ import numpy as np
 import pyarrow as pa
 
 import solu
-from index.accumulate import SiteResult
-from index.capture import site_key
-from index.runner import ModelIndex
+from index.engine.accumulator import SiteResult
+from index.engine.hooks import site_key
+from index.engine.index_model import ModelIndex
 
 MAX_TOKENS_SHOWN = 5  # tokens listed in neurons.max_tokens
 

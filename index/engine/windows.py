@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 import torch
 
-from index.docs import Batch
+from index.engine.batching import Batch
 
 
 @dataclass

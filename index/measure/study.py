@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from index.store import open_write
+from index.store.connection import open_write
 from solu.errors import UserError
 
 ANSWERS = ("yes", "no", "unsure")

@@ -8,7 +8,7 @@ sentences count things that are not people ("twelve old boxes ...") with the sam
 numbers and verbs, so a neuron that only reads numbers does not pass as a people
 counter. The output is a function of (n_docs, seed) and the Python version.
 
-    python -m index.planted corpus.jsonl [--docs N] [--seed S]
+    python -m planted_corpus corpus.jsonl [--docs N] [--seed S]
 """
 from __future__ import annotations
 
@@ -99,7 +99,7 @@ def write_planted_corpus(path: str | Path, n_docs: int = 2000, seed: int = 0) ->
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m index.planted", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m planted_corpus", description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
     parser.add_argument("--docs", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=0)
