@@ -11,31 +11,14 @@ SQL_FORMATS = ("table", "csv", "json")
 
 
 def register(sub) -> None:
+    from index.engine.config import IndexConfig
+    from solu.flags import add_config_flags
+
     p = sub.add_parser("index", help="index every MLP neuron of one or more checkpoints into a DuckDB file")
     p.add_argument("models", nargs="+", type=Path, metavar="MODEL", help="checkpoint directories from 'solu train'")
     p.add_argument("--db", required=True, type=Path, help="the DuckDB file to create or update")
-    p.add_argument("--dataset", default="builtin", help="builtin, a .txt/.jsonl/.parquet file or folder, or hf:NAME[:split]")
-    p.add_argument("--text-column", default="text")
-    p.add_argument("--tokens", type=int, default=1_000_000, help="tokens to index per model (default 1M)")
-    p.add_argument("--top-k", type=int, default=20, help="top documents kept per neuron (default 20)")
-    p.add_argument("--window-before", type=int, default=32, help="tokens kept before an example's max (default 32)")
-    p.add_argument("--window-after", type=int, default=8, help="tokens kept after it (default 8)")
-    p.add_argument("--bands", type=int, default=5, help="equal-width activation bands in (0, max] (default 5)")
-    p.add_argument("--per-band", type=int, default=3, help="random documents per band (default 3)")
-    p.add_argument("--random", type=int, default=5, help="random documents regardless of activation (default 5)")
-    p.add_argument("--threshold", type=float, default=0.2,
-                   help="fraction of a neuron's max above which a token counts in frac_active_rel "
-                        "and in the activations table (default 0.2)")
-    p.add_argument("--sample-tokens", type=int, default=16_384,
-                   help="tokens of the first documents whose activations go into the activations table (default 16384)")
-    p.add_argument("--hist-bins", type=int, default=32)
-    p.add_argument("--logit-k", type=int, default=10, help="top and bottom tokens of each neuron's logit effect")
-    p.add_argument("--batch-size", type=int, default=32, help="rows of n_ctx tokens per forward pass")
-    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    add_config_flags(p, IndexConfig)
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
-    p.add_argument("--stats-every", type=int, default=16,
-                   help="token-level stats over one row in this many (1: every token; max is always exact)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the random samples (and the builtin corpus)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_index)
 
@@ -48,25 +31,15 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_sql)
 
 
-def _index_config(args):
-    from index.engine.config import IndexConfig
-
-    names = ("dataset", "text_column", "tokens", "top_k", "window_before", "window_after", "bands", "per_band",
-             "random", "threshold", "sample_tokens", "hist_bins", "stats_every", "logit_k", "batch_size", "device",
-             "seed")
-    try:
-        return IndexConfig(**{n: getattr(args, n) for n in names})
-    except ValueError as e:
-        raise UserError(str(e)) from None
-
-
 def cmd_index(args) -> int:
-    cfg = _index_config(args)
+    from index.engine.config import IndexConfig
     from index.engine.index_run import build_index
+    from index.store.writer import check_target
     from solu.checkpoint import read_meta
     from solu.corpus import check_dataset
-    from index.store.writer import check_target
+    from solu.flags import config_from_args
 
+    cfg = config_from_args(IndexConfig, args)
     if args.threads is not None:
         if args.threads < 1:
             raise UserError("--threads must be a positive integer")
@@ -110,7 +83,7 @@ def cmd_sql(args) -> int:
 
 def format_frame(df, width: int = 60) -> str:
     """A DataFrame as an aligned text table; long cells cut to `width` characters."""
-    from solu.commands import format_table
+    from solu.text_table import format_table
 
     if df.columns.empty:
         return "(no columns)"

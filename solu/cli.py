@@ -1,23 +1,27 @@
-"""The `solu` command. Each package registers its own subcommands; handlers import
-their heavy dependencies lazily so `solu --help` stays fast."""
+"""The `solu` command. Each package declares its subcommands in the `solu.commands`
+entry-point group (pyproject.toml), so this module imports nothing above `solu/`;
+handlers import their heavy dependencies lazily so `solu --help` stays fast."""
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
+from importlib.metadata import entry_points
 
 from solu.errors import UserError
 
-# modules with a register(subparsers) function, in help order
-COMMAND_MODULES = ["solu.commands", "index.commands", "explorer.commands", "index.measure.commands"]
+COMMAND_GROUP = "solu.commands"
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="solu", description="Train GELU and SoLU transformers, index their MLP neurons, explore them.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        importlib.import_module(name).register(sub)
+    registrations = sorted(entry_points(group=COMMAND_GROUP), key=lambda ep: ep.name)
+    if not registrations:
+        raise SystemExit(f"solu: no subcommands found in the {COMMAND_GROUP!r} entry points; reinstall the package "
+                         "(pip install -e .)")
+    for ep in registrations:
+        ep.load()(sub)
     return parser
 
 

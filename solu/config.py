@@ -1,10 +1,11 @@
 """Model and training configuration: frozen, validated, saved as JSON with a checkpoint."""
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 
 ACT_FNS = ("gelu", "solu_ln")
 DEVICES = ("auto", "cpu", "cuda")
+DATASET_HELP = "builtin, a .txt/.jsonl/.parquet file or folder, or hf:NAME[:split]"
 
 
 def _positive(obj, *names: str) -> None:
@@ -12,6 +13,11 @@ def _positive(obj, *names: str) -> None:
         value = getattr(obj, name)
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
+
+
+def option(default=MISSING, help: str = ""):
+    """A config field with the help text of its command-line flag (see solu.flags)."""
+    return field(default=default, metadata={"help": help})
 
 
 def _from_dict(cls, data: dict):
@@ -23,13 +29,13 @@ def _from_dict(cls, data: dict):
 class ModelConfig:
     """The shape of a model. GELU and SoLU models differ only in act_fn."""
 
-    act_fn: str
-    n_layers: int
-    d_model: int
-    d_mlp: int
-    n_heads: int
-    n_ctx: int
-    d_vocab: int
+    act_fn: str = option(help=f"activation: {' or '.join(ACT_FNS)} (required unless --resume)")
+    n_layers: int = option(1, "transformer blocks")
+    d_model: int = option(128, "residual stream width")
+    d_mlp: int = option(512, "MLP neurons per layer")
+    n_heads: int = option(4, "attention heads (must divide d_model)")
+    n_ctx: int = option(128, "context length in tokens")
+    d_vocab: int = option(4096, "vocabulary size of the trained byte-level BPE tokenizer")
 
     def __post_init__(self):
         if self.act_fn not in ACT_FNS:
@@ -56,19 +62,19 @@ class ModelConfig:
 class TrainConfig:
     """How a model is trained. Tokens are counted in training tokens (batch x ctx per step)."""
 
-    dataset: str = "builtin"
-    text_column: str = "text"
-    tokens: int = 2_000_000
-    batch_size: int = 16
-    lr: float = 3e-3
-    min_lr_ratio: float = 0.1
-    warmup_tokens: int = 100_000
-    weight_decay: float = 0.05
-    grad_clip: float = 1.0
-    eval_tokens: int = 65_536
-    seed: int = 0
-    device: str = "auto"
-    checkpoint_every: int = 100
+    dataset: str = option("builtin", DATASET_HELP)
+    text_column: str = option("text", "text column of .jsonl/.parquet/hf: datasets")
+    tokens: int = option(2_000_000, "training tokens (with --resume, raises the budget)")
+    batch_size: int = option(16, "sequences per step")
+    lr: float = option(3e-3, "peak learning rate")
+    min_lr_ratio: float = option(0.1, "final learning rate as a fraction of the peak")
+    warmup_tokens: int = option(100_000, "tokens of linear warmup")
+    weight_decay: float = option(0.05, "AdamW weight decay")
+    grad_clip: float = option(1.0, "gradient norm clip")
+    eval_tokens: int = option(65_536, "held-out tokens for the eval loss")
+    seed: int = option(0, "seed of initialisation and data order")
+    device: str = option("auto", f"{', '.join(DEVICES)}")
+    checkpoint_every: int = option(100, "steps between checkpoints")
 
     def __post_init__(self):
         _positive(self, "tokens", "batch_size", "eval_tokens", "checkpoint_every")

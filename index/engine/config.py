@@ -3,28 +3,29 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from solu.config import DEVICES
+from solu.config import DATASET_HELP, DEVICES, option
 
 
 @dataclass(frozen=True)
 class IndexConfig:
-    dataset: str = "builtin"
-    text_column: str = "text"
-    tokens: int = 1_000_000  # tokens to index (fewer if the dataset is shorter)
-    top_k: int = 20  # top documents kept per neuron and site
-    window_before: int = 32  # tokens kept before a document's max
-    window_after: int = 8  # and after it
-    bands: int = 5  # equal-width activation bands in (0, max]
-    per_band: int = 3  # random documents per band
-    random: int = 5  # random documents regardless of activation
-    threshold: float = 0.2  # fraction of a neuron's max: frac_active_rel and the activations table
-    sample_tokens: int = 16_384  # tokens of the first documents stored densely in `activations`
-    hist_bins: int = 32
-    stats_every: int = 16  # token-level stats over one row in this many (max is always over every token)
-    logit_k: int = 10  # top and bottom tokens of each neuron's direct logit effect
-    batch_size: int = 32  # rows of n_ctx tokens per forward pass
-    device: str = "auto"
-    seed: int = 0
+    dataset: str = option("builtin", DATASET_HELP)
+    text_column: str = option("text", "text column of .jsonl/.parquet/hf: datasets")
+    tokens: int = option(1_000_000, "tokens to index per model (fewer if the dataset is shorter)")
+    top_k: int = option(20, "top documents kept per neuron and site")
+    window_before: int = option(32, "tokens kept before an example's max")
+    window_after: int = option(8, "tokens kept after it")
+    bands: int = option(5, "equal-width activation bands in (0, max]")
+    per_band: int = option(3, "random documents per band")
+    random: int = option(5, "random documents regardless of activation")
+    threshold: float = option(0.2, "fraction of a neuron's max above which a token counts in frac_active_rel "
+                                   "and in the activations table")
+    sample_tokens: int = option(16_384, "tokens of the first documents whose activations go into the activations table")
+    hist_bins: int = option(32, "histogram bins per neuron")
+    stats_every: int = option(16, "token-level stats over one row in this many (1: every token; max is always exact)")
+    logit_k: int = option(10, "top and bottom tokens of each neuron's direct logit effect")
+    batch_size: int = option(32, "rows of n_ctx tokens per forward pass")
+    device: str = option("auto", ", ".join(DEVICES))
+    seed: int = option(0, "seed of the random samples (and the builtin corpus)")
 
     def __post_init__(self):
         for name in ("tokens", "top_k", "batch_size", "hist_bins", "stats_every"):

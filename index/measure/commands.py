@@ -1,5 +1,5 @@
-"""Subcommands that measure interpretability: autolabel, study, and compare's report
-(`solu compare --db FILE A B`, dispatched here from solu.commands)."""
+"""Subcommands that measure interpretability: autolabel, study, and compare (checkpoints side
+by side, or with --db the interpretability report on two indexed models)."""
 from __future__ import annotations
 
 import sys
@@ -38,9 +38,18 @@ def register(sub) -> None:
     s.add_argument("name")
     s.set_defaults(func=cmd_study_summary)
 
+    p = sub.add_parser("compare", help="print checkpoints side by side; with --db, report on two indexed models")
+    p.add_argument("checkpoints", nargs="+", type=Path, metavar="CHECKPOINT|MODEL",
+                   help="checkpoint directories, or with --db two model ids")
+    p.add_argument("--db", type=Path, help="an index: write the interpretability report for MODEL_A MODEL_B")
+    p.add_argument("--out", type=Path, help="with --db: report folder (default compare-A-vs-B)")
+    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
+                   help=f"with --db: selectivity threshold (default {DEFAULT_THRESHOLD})")
+    p.set_defaults(func=cmd_compare)
+
 
 def _table(df) -> str:
-    from solu.commands import format_table
+    from solu.text_table import format_table
 
     return format_table(df.astype(object).where(df.notna(), "-").to_dict("records")) if len(df) else "(none)"
 
@@ -97,6 +106,35 @@ def cmd_study_summary(args) -> int:
     for col in ("frac_interpretable", "ci_low", "ci_high"):
         df[col] = df[col].map(lambda v: f"{v:.3f}" if v == v else "-")
     print(_table(df))
+    return 0
+
+
+def checkpoint_table(paths: list[Path]) -> list[dict]:
+    from solu.checkpoint import read_meta
+
+    rows = []
+    for path in paths:
+        meta = read_meta(path)
+        m = meta["model"]
+        rows.append({
+            "checkpoint": str(path), "act_fn": m["act_fn"],
+            "shape": f"{m['n_layers']}L d{m['d_model']} mlp{m['d_mlp']} h{m['n_heads']} ctx{m['n_ctx']} v{m['d_vocab']}",
+            "params": f"{meta.get('n_params', 0):,}", "tokens": f"{meta.get('tokens_seen', 0):,}",
+            "eval_loss": f"{meta['eval_loss']:.4f}" if meta.get("eval_loss") is not None else "-",
+            "tokens/s": f"{meta['tokens_per_s']:,.0f}" if meta.get("tokens_per_s") else "-",
+            "train_s": f"{meta.get('train_seconds', 0):,.0f}",
+        })
+    return rows
+
+
+def cmd_compare(args) -> int:
+    from solu.text_table import format_table
+
+    if args.db is not None:
+        return cmd_compare_report(args)
+    if args.out is not None:
+        raise UserError("--out needs --db (the report compares two indexed models)")
+    print(format_table(checkpoint_table(args.checkpoints)))
     return 0
 
 

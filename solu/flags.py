@@ -1,0 +1,56 @@
+"""Command-line flags derived from config dataclasses, so each default is written once.
+
+A field becomes `--field-name` (or the name in `rename`), typed by its annotation, with
+its metadata's "help" text and its default. A command that must know whether the user
+gave a flag (train's model shape under --resume) asks for `unset=True`: the flag's
+parsed default is then None and the dataclass default applies when the config is built.
+"""
+from __future__ import annotations
+
+import argparse
+import typing
+from dataclasses import MISSING, fields
+
+from solu.errors import UserError
+
+PARSERS = {int: int, float: float, str: str}
+
+
+def flag_name(field_name: str, rename: dict[str, str] | None = None) -> str:
+    return "--" + (rename or {}).get(field_name, field_name).replace("_", "-")
+
+
+def add_config_flags(parser: argparse.ArgumentParser, cls, *, rename: dict[str, str] | None = None,
+                     skip: tuple[str, ...] = (), unset: bool | tuple[str, ...] = False) -> None:
+    """Add one flag per field of `cls` (except `skip`) to `parser`."""
+    hints = typing.get_type_hints(cls)
+    for f in fields(cls):
+        if f.name in skip:
+            continue
+        default = None if f.default is MISSING else f.default
+        leave_unset = unset is True or (unset and f.name in unset)
+        help_text = f.metadata.get("help", "")
+        if default is not None:
+            help_text += f" (default {default:,})" if isinstance(default, int) else f" (default {default})"
+        parser.add_argument(flag_name(f.name, rename), dest=f.name, type=PARSERS[hints[f.name]],
+                            default=None if leave_unset else default, help=help_text.strip())
+
+
+def config_from_args(cls, args: argparse.Namespace, *, rename: dict[str, str] | None = None,
+                     skip: tuple[str, ...] = (), **overrides):
+    """Build `cls` from parsed flags (flags left unset take the field default); a bad value is a UserError."""
+    values = {f.name: getattr(args, f.name) for f in fields(cls)
+              if f.name not in skip and getattr(args, f.name, None) is not None}
+    values.update(overrides)
+    for f in fields(cls):
+        if f.default is MISSING and f.default_factory is MISSING and f.name not in values:
+            raise UserError(f"{flag_name(f.name, rename)} is required")
+    try:
+        return cls(**values)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def given(cls, args: argparse.Namespace, *, skip: tuple[str, ...] = ()) -> list[str]:
+    """The flags of `cls` the user gave (needs `unset=True` when the flags were added)."""
+    return [f.name for f in fields(cls) if f.name not in skip and getattr(args, f.name, None) is not None]
