@@ -3,13 +3,15 @@ from pathlib import Path
 
 import streamlit as st
 
+from explorer.nav import NEURON_PAGE, NEURON_PATH
+
 HERE = Path(__file__).parent
 
 st.set_page_config(page_title="SoLU Neuron Explorer", page_icon=":material/neurology:", layout="wide")
 
 pages = [
     st.Page("views/neurons.py", title="Neurons", icon=":material/table_rows:", url_path="neurons", default=True),
-    st.Page("views/neuron.py", title="Neuron", icon=":material/neurology:", url_path="neuron"),
+    st.Page(NEURON_PAGE, title="Neuron", icon=":material/neurology:", url_path=NEURON_PATH),
     st.Page("views/probe.py", title="Text probe", icon=":material/keyboard:", url_path="probe"),
     st.Page("views/sql.py", title="SQL", icon=":material/database:", url_path="sql"),
     st.Page("views/models.py", title="Models", icon=":material/monitoring:", url_path="models"),

@@ -7,11 +7,12 @@ are wrong give a message for the page, never an exception.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlencode
 
 import pandas as pd
 import streamlit as st
 
-NEURON_PAGE = "views/neuron.py"
+NEURON_PAGE, NEURON_PATH = "views/neuron.py", "neuron"  # the page file and its URL path
 
 
 @dataclass(frozen=True)
@@ -23,6 +24,11 @@ class Address:
 
     def params(self) -> dict:
         return {"model": self.model_id, "layer": str(self.layer), "neuron": str(self.neuron), "site": self.site}
+
+    @property
+    def url(self) -> str:
+        """The shareable address of this neuron's page, relative to the app's root."""
+        return f"{NEURON_PATH}?{urlencode(self.params())}"
 
     @property
     def title(self) -> str:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import html
 import math
 import re
-from urllib.parse import urlencode
 
 POS_RGB, NEG_RGB = (255, 106, 0), (31, 119, 180)
 MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|~<>$&:])")
@@ -108,7 +107,3 @@ def header(title: str, label: str | None, sub: str = "") -> str:
             f"<div>{label_html}</div>"
             f'<div style="font-size:0.8rem;opacity:0.65">{html.escape(sub)}</div></div>')
 
-
-def neuron_url(model_id: str, layer: int, neuron: int, site: str) -> str:
-    """The shareable address of a neuron page, relative to the app's root."""
-    return "neuron?" + urlencode({"model": model_id, "layer": int(layer), "neuron": int(neuron), "site": site})

@@ -5,6 +5,7 @@ import html
 import re
 
 from explorer import render
+from explorer.nav import Address
 
 HOSTILE = ["<script>alert(1)</script>", ' <img src=x onerror="alert(2)">', " **b**", " $x$", "\n", "\t", "\x07"]
 
@@ -35,4 +36,4 @@ def test_peak_index_uses_the_window_index_or_the_largest_activation():
 
 
 def test_neuron_url_is_shareable():
-    assert render.neuron_url("a b&c", 1, 2, "post") == "neuron?model=a+b%26c&layer=1&neuron=2&site=post"
+    assert Address("a b&c", 1, 2, "post").url == "neuron?model=a+b%26c&layer=1&neuron=2&site=post"

@@ -10,8 +10,6 @@ import streamlit as st
 from explorer import data, nav, render
 from explorer.nav import Address
 
-BAND_KINDS = {"interval": "equal-width activation intervals (not quantiles)",
-              "quantile": "activation quantiles"}
 
 
 def navigator(sites: pd.DataFrame, addr: Address | None) -> None:
@@ -141,7 +139,7 @@ def show_examples(stats: dict, examples: pd.DataFrame, run: dict) -> None:
         st.caption("No top examples stored.")
     else:
         st.html(render.snippets(top.to_dict("records"), scale, lambda i, r: f"#{i + 1}  {r['max_act']:.3g}"))
-    bands = examples[examples.kind.isin(["interval", "quantile"])]
+    bands = examples[examples.kind == "interval"]
     if not bands.empty:
         show_bands(bands, float(stats["max_act"]), scale, run)
     rand = examples[examples.kind == "random"].sort_values("rank")
@@ -152,16 +150,14 @@ def show_examples(stats: dict, examples: pd.DataFrame, run: dict) -> None:
 
 
 def show_bands(bands: pd.DataFrame, max_act: float, scale: float, run: dict) -> None:
-    kind = run.get("band_kind") or bands.kind.iloc[0]
     n = int(run["bands"]) if pd.notna(run.get("bands")) else int(bands.band.max()) + 1
     st.subheader("Across the activation range")
-    st.caption(f"Random documents from each of {n} {BAND_KINDS.get(kind, 'activation bands')}, "
+    st.caption(f"Random documents from each of {n} equal-width activation intervals (not quantiles), "
                f"highest band first.")
     blocks = []
     for band in sorted(bands.band.dropna().unique(), reverse=True):
         rows = bands[bands.band == band].sort_values("rank").to_dict("records")
-        span = (f" · {band / n * max_act:.3g} to {(band + 1) / n * max_act:.3g}"
-                if kind == "interval" and max_act > 0 else "")
+        span = f" · {band / n * max_act:.3g} to {(band + 1) / n * max_act:.3g}" if max_act > 0 else ""
         blocks.append(f'<div style="font-size:0.75rem;opacity:0.7;margin-top:0.5rem">band {int(band) + 1} of {n}'
                       f"{html.escape(span)}</div>")
         blocks.append(render.snippets(rows, scale, lambda i, r: f"max {r['max_act']:.3g}"))

@@ -30,7 +30,7 @@ def filters(sites) -> dict:
 
 def table(rows):
     view = rows.drop(columns=["total"]).assign(
-        open=[render.neuron_url(r.model_id, r.layer, r.neuron, r.site) for r in rows.itertuples()],
+        open=[Address(r.model_id, int(r.layer), int(r.neuron), r.site).url for r in rows.itertuples()],
         top_token=rows.top_token.map(lambda t: repr(t) if isinstance(t, str) else ""))
     config = {
         "open": st.column_config.LinkColumn("link", display_text="open ↗", width="small"),

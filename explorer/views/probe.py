@@ -38,7 +38,7 @@ def neuron_table(model_id: str, site: str, rows: list[dict]):
     df = df.merge(known, on=["layer", "neuron"], how="left")
     df["of_max"] = df.act / df.max_act.where(df.max_act > 0)
     df["token"] = df.token.map(repr)
-    df["open"] = [render.neuron_url(model_id, r.layer, r.neuron, site) for r in df.itertuples()]
+    df["open"] = [Address(model_id, int(r.layer), int(r.neuron), site).url for r in df.itertuples()]
     st.dataframe(df[["layer", "neuron", "act", "of_max", "token", "label", "auto_label", "open"]], hide_index=True,
                  column_config={"act": st.column_config.NumberColumn(format="%.4g"),
                                 "auto_label": st.column_config.TextColumn("automatic label"),
