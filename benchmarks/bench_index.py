@@ -41,10 +41,10 @@ from index.engine.hooks import index_sites  # noqa: E402
 from index.engine.config import IndexConfig  # noqa: E402
 from index.engine.batching import Tally, document_tokens, make_batches  # noqa: E402
 from index.engine.index_model import Indexer, index_checkpoint  # noqa: E402
-from solu.checkpoint import load_checkpoint, save_checkpoint  # noqa: E402
+from solu.checkpoint import save_checkpoint  # noqa: E402
+from solu.sources import load_model  # noqa: E402
 from solu.config import ModelConfig  # noqa: E402
 from solu.model import build_model  # noqa: E402
-from solu.tokenizer import eot_id  # noqa: E402
 
 SHAPES = {"solu-1l-512": dict(n_layers=1, d_mlp=512), "solu-2l-1024": dict(n_layers=2, d_mlp=1024)}
 
@@ -81,7 +81,7 @@ def index_pass(ckpt, batches, cfg) -> float:
 
 def naive_pass(ckpt, batches, k: int, before: int, after: int) -> float:
     """run_with_cache + topk over every position + a Python merge per neuron."""
-    sites = index_sites(ckpt.model_cfg)
+    sites = index_sites(ckpt)
     lists: dict[tuple[int, int], list] = {}
     start = time.perf_counter()
     with torch.inference_mode():
@@ -167,10 +167,10 @@ def main() -> None:
 
 
 def bench_model(path: Path, args, root: Path) -> dict:
-    ckpt = load_checkpoint(path, "cpu")
+    ckpt = load_model(str(path), "cpu")
     cfg = IndexConfig(dataset=args.dataset, tokens=args.tokens, batch_size=args.batch_size, device="cpu")
     docs = list(document_tokens(args.dataset, "text", ckpt.tokenizer, args.tokens, Tally()))
-    batches = list(make_batches(iter(docs), ckpt.model_cfg.n_ctx, args.batch_size, eot_id(ckpt.tokenizer)))
+    batches = list(make_batches(iter(docs), ckpt.model_cfg.n_ctx, args.batch_size, ckpt.bos_id))
     n_tokens = sum(b.n_tokens for b in batches)
     bare_forward(ckpt.model, batches[:2])  # warm up
     forward = index = 0.0

@@ -1,4 +1,4 @@
-"""Run a checkpoint on text and read every neuron site: the text probe's engine.
+"""Run a model on text and read every neuron site: the text probe's engine.
 
 No Streamlit here; the page caches the loaded model and the results.
 """
@@ -9,9 +9,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from solu.checkpoint import Checkpoint, load_checkpoint
-from solu.model import neuron_sites
-from solu.tokenizer import eot_id, token_strings
+from solu.sources import LoadedModel, load_model
+from solu.tokenizer import token_strings
 
 
 @dataclass
@@ -21,13 +20,14 @@ class Probe:
     truncated: bool
 
 
-def load(source: str) -> Checkpoint:
-    """The checkpoint a model was indexed from (raises UserError if it is gone or broken)."""
-    return load_checkpoint(source, device="cpu")
+def load(source: str, revision: str | None = None) -> LoadedModel:
+    """The model an index was built from, by its recorded source and revision (raises
+    UserError if it is gone, broken, or not in the cache offline)."""
+    return load_model(source, device="cpu", revision=revision)
 
 
 @torch.inference_mode()
-def probe(ckpt: Checkpoint, text: str) -> Probe:
+def probe(ckpt: LoadedModel, text: str) -> Probe:
     """Every neuron's activation at every token of `text` (cut to the model's context).
     Like the indexer and training, the row starts with the end-of-text token, whose
     activations are dropped, so values compare with the indexed ones."""
@@ -35,10 +35,10 @@ def probe(ckpt: Checkpoint, text: str) -> Probe:
     room = ckpt.model_cfg.n_ctx - 1
     truncated = len(ids) > room
     ids = ids[:room]
-    sites = neuron_sites(ckpt.model_cfg)
+    sites = ckpt.sites
     if not ids:
         return Probe([], {(s.layer, s.name): np.zeros((0, ckpt.model_cfg.d_mlp), np.float32) for s in sites}, False)
-    row = torch.tensor([[eot_id(ckpt.tokenizer)] + ids])
+    row = torch.tensor([[ckpt.bos_id] + ids])
     _, cache = ckpt.model.run_with_cache(row, names_filter=[s.hook for s in sites])
     acts = {(s.layer, s.name): cache[s.hook][0, 1:].float().cpu().numpy() for s in sites}
     return Probe(token_strings(ckpt.tokenizer, ids), acts, truncated)

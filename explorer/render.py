@@ -1,5 +1,9 @@
 """HTML and Markdown for untrusted text: token heatmaps and escaped labels.
 
+Tokens arrive as the text they stand for (solu.tokenizer.token_strings decodes
+byte-level and sentencepiece pieces alike); here newlines and tabs get a faint mark
+and a token of spaces only a dotted underline, so no whitespace token is invisible.
+
 Everything that came from a dataset or a user (tokens, labels, notes) passes through
 html.escape before it reaches st.html, or through md_escape before st.markdown, so
 markup in the data is shown as the characters it is made of.
@@ -14,6 +18,7 @@ POS_RGB, NEG_RGB = (255, 106, 0), (31, 119, 180)
 MARKDOWN_SPECIALS = re.compile(r"([\\`*_{}\[\]()#+\-.!|~<>$&:])")
 VISIBLE = {"\n": "↵", "\t": "⇥", "\r": "␍"}
 
+SPACE_MARK = "text-decoration:underline dotted rgba(128,128,128,0.8);"  # a whitespace-only token stays visible
 TOKENS_CSS = ("font-family: ui-monospace, SFMono-Regular, Menlo, Consolas, monospace; font-size: 0.82rem; "
               "line-height: 1.55; white-space: pre-wrap; word-break: break-word")
 
@@ -57,6 +62,8 @@ def heatmap(tokens, acts, scale: float, max_pos: int | None = None) -> str:
     for i, (tok, act) in enumerate(zip(tokens, acts)):
         act = float(act) if act is not None else float("nan")
         mark = "outline:2px solid #c0392b;outline-offset:-1px;font-weight:600;" if i == max_pos else ""
+        if str(tok) and str(tok).strip(" ") == "":
+            mark += SPACE_MARK
         spans.append(f'<span class="tok" data-act="{act:.4f}" title="{token_title(str(tok), act)}" '
                      f'style="background:{colour(act, scale)};{mark}border-radius:2px">'
                      f"{_visible(str(tok))}</span>")

@@ -14,8 +14,12 @@ def register(sub) -> None:
     from index.engine.config import IndexConfig
     from solu.flags import add_config_flags
 
-    p = sub.add_parser("index", help="index every MLP neuron of one or more checkpoints into a DuckDB file")
-    p.add_argument("models", nargs="+", type=Path, metavar="MODEL", help="checkpoint directories from 'solu train'")
+    p = sub.add_parser("index", help="index every MLP neuron of one or more models into a DuckDB file")
+    p.add_argument("models", nargs="+", metavar="MODEL",
+                   help="a checkpoint directory from 'solu train', a TransformerLens pretrained name (solu-2l, "
+                        "gelu-2l, solu-1l-pile), or a Hugging Face model id or directory (gpt2, ./my-model)")
+    p.add_argument("--name", help="the model_id to record (one MODEL only; default: the directory name, "
+                                  "the pretrained name or the hub id)")
     p.add_argument("--db", required=True, type=Path, help="the DuckDB file to create or update")
     add_config_flags(p, IndexConfig)
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
@@ -35,9 +39,9 @@ def cmd_index(args) -> int:
     from index.engine.config import IndexConfig
     from index.engine.index_run import build_index
     from index.store.writer import check_target
-    from solu.checkpoint import read_meta
     from solu.corpus import check_dataset
     from solu.flags import config_from_args
+    from solu.sources import check_available, resolve
 
     cfg = config_from_args(IndexConfig, args)
     if args.threads is not None:
@@ -48,11 +52,13 @@ def cmd_index(args) -> int:
         torch.set_num_threads(args.threads)
     check_target(args.db)
     for model in args.models:
-        read_meta(model)
+        check_available(resolve(model))
+    if args.name is not None and len(args.models) != 1:
+        raise UserError("--name names one model; index the others in their own run")
     check_dataset(cfg.dataset, cfg.text_column, cfg.seed)
     previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
-        reports = build_index(args.models, cfg, args.db, progress=not args.no_progress)
+        reports = build_index(args.models, cfg, args.db, progress=not args.no_progress, name=args.name)
     except KeyboardInterrupt:
         raise UserError(f"interrupted; {args.db} was left as it was") from None
     finally:

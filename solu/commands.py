@@ -1,4 +1,4 @@
-"""Subcommands of the `solu` package: train, corpus."""
+"""Subcommands of the `solu` package: train, corpus, fetch."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -22,6 +22,13 @@ def register(sub) -> None:
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.set_defaults(func=cmd_train)
 
+    p = sub.add_parser("fetch", help="download a pretrained model (and its tokenizer) into the Hugging Face cache, "
+                                     "so that it loads offline")
+    p.add_argument("model", metavar="NAME", help="a TransformerLens pretrained name (solu-2l, gelu-2l, solu-1l-pile) "
+                                                 "or a Hugging Face model id (gpt2, EleutherAI/pythia-70m)")
+    p.add_argument("--revision", help="a branch, tag or commit (default: main)")
+    p.set_defaults(func=cmd_fetch)
+
     p = sub.add_parser("corpus", help="build the offline builtin corpus and print its composition")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_corpus)
@@ -42,6 +49,31 @@ def cmd_train(args) -> int:
         meta = train(model_cfg, train_cfg, args.out, force=args.force, tokenizer_path=args.tokenizer)
     print(f"{args.out}: {meta['act_fn']} eval loss {meta['eval_loss']:.4f} after {meta['tokens_seen']:,} tokens "
           f"({meta['tokens_per_s']:,.0f} tokens/s)")
+    return 0
+
+
+def cmd_fetch(args) -> int:
+    from solu.hub import TL_LEGACY_FILES, TOKENIZER_FILES, cache_dir, hf_model_snapshot, offline, snapshot
+    from solu.sources import resolve, tl_legacy_config
+
+    ref = resolve(args.model)
+    if ref.path is not None:
+        raise UserError(f"{args.model} is a local directory; it loads as it is, with nothing to fetch")
+    if ref.kind == "hf":
+        path, commit = hf_model_snapshot(ref.repo, ref.spec, args.revision)
+        parts = [f"{ref.repo}@{commit}"]
+    else:
+        import json
+
+        path, commit = snapshot(ref.repo, ref.spec, TL_LEGACY_FILES, args.revision)
+        parts = [f"{ref.repo}@{commit}"]
+        cfg = tl_legacy_config(json.loads((path / "config.json").read_text()), ref.repo)
+        if cfg.tokenizer_name:
+            _, tok_commit = snapshot(cfg.tokenizer_name, cfg.tokenizer_name, TOKENIZER_FILES)
+            parts.append(f"tokenizer {cfg.tokenizer_name}@{tok_commit}")
+    verb = "found in" if offline() else "fetched into"
+    print(f"{ref.model_id}: {', '.join(parts)} {verb} {cache_dir()}; `solu index {args.model} ...` now works "
+          f"offline (HF_HUB_OFFLINE=1)")
     return 0
 
 

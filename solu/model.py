@@ -53,15 +53,40 @@ class Site:
     primary: bool
 
 
-def neuron_sites(cfg: ModelConfig) -> list[Site]:
+def neuron_sites(model: TransformerBridge, act_fn: str) -> list[Site]:
+    """The one function that picks the hooks carrying each layer's neuron activations,
+    read off the bridge: an MLP's `hook_post` must alias a hook inside it (the input of
+    its output projection), not the MLP's own output, as a mixture of experts' does.
+    SoLU (act_fn solu_ln, with its LayerNorm `mlp.ln`) is read before the LayerNorm
+    (primary) and after it. Raises ValueError saying why a model's MLP cannot be read."""
     sites = []
-    for layer in range(cfg.n_layers):
-        if cfg.act_fn == "solu_ln":
-            sites.append(Site(layer, "pre_ln", f"blocks.{layer}.mlp.ln.hook_in", True))
-            sites.append(Site(layer, "post_ln", f"blocks.{layer}.mlp.hook_post", False))
+    hooks = model.hook_dict
+    for layer in range(model.cfg.n_layers):
+        post = f"blocks.{layer}.mlp.hook_post"
+        mlp = getattr(model.blocks[layer], "mlp", None) if hasattr(model, "blocks") else None
+        if mlp is None or post not in hooks:
+            raise ValueError(f"layer {layer} has no MLP hook_post (attention-only or an unsupported block)")
+        target = getattr(mlp, "hook_aliases", {}).get("hook_post", "")
+        if isinstance(target, list) or target in ("hook_in", "hook_out") or "." not in target:
+            raise ValueError(f"layer {layer}'s MLP ({type(mlp).__name__}) has no hook between its activation "
+                             f"and its output projection (hook_post is {target!r}: a mixture of experts?)")
+        pre_ln = f"blocks.{layer}.mlp.ln.hook_in"
+        if act_fn == "solu_ln" and pre_ln in hooks:
+            sites.append(Site(layer, "pre_ln", pre_ln, True))
+            sites.append(Site(layer, "post_ln", post, False))
         else:
-            sites.append(Site(layer, "post", f"blocks.{layer}.mlp.hook_post", True))
+            sites.append(Site(layer, "post", post, True))
     return sites
+
+
+def final_norm(model: TransformerBridge) -> tuple[str, torch.Tensor | None]:
+    """The final norm's kind ('LN' centres then scales, 'RMS' scales, 'none') and its
+    weight over d_model (None where it has none)."""
+    kind = str(getattr(model.cfg, "normalization_type", None) or "none").upper()
+    kind = "RMS" if kind.startswith("RMS") or getattr(model.cfg, "final_rms", False) else \
+        "LN" if kind.startswith("LN") else "none"
+    weight = model.state_dict().get("ln_final.weight") if kind != "none" else None
+    return kind, weight
 
 
 def unembed(model: TransformerBridge) -> torch.Tensor:
@@ -70,8 +95,9 @@ def unembed(model: TransformerBridge) -> torch.Tensor:
 
 
 def mlp_out_weights(model: TransformerBridge, layer: int) -> torch.Tensor:
-    """W_out of one layer as [d_mlp, d_model]."""
-    return model.W_out[layer]
+    """W_out of one layer as [d_mlp, d_model] (that layer's MLP only, not every layer stacked)."""
+    mlp = model.blocks[layer].mlp
+    return mlp.W_out if hasattr(mlp, "W_out") else model.W_out[layer]
 
 
 def resolve_device(device: str) -> torch.device:

@@ -41,5 +41,26 @@ def eot_id(tok: Tokenizer) -> int:
 
 
 def token_strings(tok: Tokenizer, ids: Iterable[int]) -> list[str]:
-    """Each id as the text it stands for (byte-level pieces decoded one by one)."""
-    return [tok.decode([i], skip_special_tokens=False) for i in ids]
+    """Each id as the text it stands for, whatever the tokenizer: byte-level BPE pieces
+    ('Ġthe', 'Ċ') and sentencepiece pieces ('▁the', '<0x0A>') become ' the' and '\\n'.
+
+    A piece is decoded after an anchor token and the anchor's own text cut off, so a
+    decoder that drops the leading space of a text's first piece (sentencepiece's
+    Metaspace) still shows it; a piece that is part of a multi-byte character decodes to
+    U+FFFD. Special tokens are kept as written."""
+    ids = list(ids)
+    anchor = _anchor(tok)
+    if anchor is None:
+        return [tok.decode([i], skip_special_tokens=False) for i in ids]
+    base = tok.decode([anchor], skip_special_tokens=False)
+    pairs = tok.decode_batch([[anchor, i] for i in ids], skip_special_tokens=False)
+    return [text[len(base):] if text.startswith(base) else tok.decode([i], skip_special_tokens=False)
+            for i, text in zip(ids, pairs)]
+
+
+def _anchor(tok: Tokenizer) -> int | None:
+    """A plain letters piece (no space marker) that decodes to itself."""
+    for piece, i in sorted(tok.get_vocab(with_added_tokens=False).items(), key=lambda kv: kv[1]):
+        if piece.isascii() and piece.isalpha() and tok.decode([i], skip_special_tokens=False) == piece:
+            return i
+    return None

@@ -67,7 +67,9 @@ def _insert_model(con, model_id: str, act_fn: str, n_layers: int, d_mlp: int, m:
               "eval_loss": 8.3 - 3.2 * (1 - 0.8 ** s) + 0.05 * m} for s in range(16)]
     config = {"model": {"act_fn": act_fn, "n_layers": n_layers, "d_model": 128, "d_mlp": d_mlp,
                         "n_heads": 4, "n_ctx": 128, "d_vocab": 4096}, "train": {"dataset": "synthetic"}}
-    con.execute("INSERT INTO models VALUES (?, ?, ?, 128, ?, 4, 128, 4096, 1000000, ?, 2000000, ?, ?, ?)",
+    con.execute("INSERT INTO models (model_id, act_fn, n_layers, d_model, d_mlp, n_heads, n_ctx, d_vocab, n_params, "
+                "eval_loss, tokens_trained, source, config, loss_curve) "
+                "VALUES (?, ?, ?, 128, ?, 4, 128, 4096, 1000000, ?, 2000000, ?, ?, ?)",
                 [model_id, act_fn, n_layers, d_mlp, eval_loss, f"/nonexistent/{model_id}",
                  json.dumps(config), json.dumps(curve)])
     con.execute("INSERT INTO index_runs BY NAME SELECT 'synthetic' AS run_id, ? AS model_id, 'synthetic' AS dataset, "

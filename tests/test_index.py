@@ -23,9 +23,8 @@ from index.engine.batching import Tally, document_tokens, make_batches
 from index.engine.index_model import Indexer, index_checkpoint
 from index.engine.stats import FINE, RunningStats
 from index.engine.topk import doc_priority
-from solu.checkpoint import load_checkpoint
+from solu.sources import load_model
 from solu.cli import main
-from solu.tokenizer import eot_id
 
 TOKENS = 3000
 CFG = dict(top_k=6, window_before=32, window_after=8, bands=4, per_band=2, random=3, seed=0, stats_every=1)
@@ -36,12 +35,12 @@ CFG = dict(top_k=6, window_before=32, window_after=8, bands=4, per_band=2, rando
 def batches_of(ckpt, corpus, tokens=TOKENS, rows=3, docs=None):
     if docs is None:
         docs = list(document_tokens(str(corpus), "text", ckpt.tokenizer, tokens, Tally()))
-    return list(make_batches(iter(docs), ckpt.model_cfg.n_ctx, rows, eot_id(ckpt.tokenizer)))
+    return list(make_batches(iter(docs), ckpt.model_cfg.n_ctx, rows, ckpt.bos_id))
 
 
 def dump(ckpt, batches) -> dict[str, dict[int, np.ndarray]]:
     """site -> doc_id -> [doc_len, n] activations, from the same forward passes."""
-    sites = index_sites(ckpt.model_cfg)
+    sites = index_sites(ckpt)
     out = {site_key(s): {} for s in sites}
     with torch.inference_mode(), Recorder(ckpt.model, sites) as rec:
         for batch in batches:
@@ -80,7 +79,7 @@ def run_indexer(ckpt, batches, **overrides) -> Indexer:
 
 @pytest.fixture(scope="module")
 def solu(tiny_checkpoints):
-    return load_checkpoint(tiny_checkpoints["solu_ln"])
+    return load_model(str(tiny_checkpoints["solu_ln"]))
 
 
 @pytest.fixture(scope="module")
@@ -102,7 +101,7 @@ def test_recorder_matches_a_full_forward_and_solu_is_x_softmax_x(solu, indexed):
     site (and hook_pre) must see the same activations."""
     _, batches, _, _, _ = indexed
     tokens = batches[0].tokens
-    sites = index_sites(solu.model_cfg)
+    sites = index_sites(solu)
     saved = {}
 
     def save(name):

@@ -14,10 +14,10 @@ def test_solu_sites_equal_x_softmax_x_and_its_layernorm_at_every_layer():
     model = build_model(cfg, seed=1).eval()
     tokens = torch.randint(0, cfg.d_vocab, (2, cfg.n_ctx), generator=torch.Generator().manual_seed(0))
     pre_names = [f"blocks.{layer}.mlp.hook_pre" for layer in range(cfg.n_layers)]
-    site_hooks = [s.hook for s in neuron_sites(cfg)]
+    site_hooks = [s.hook for s in neuron_sites(model, cfg.act_fn)]
     _, cache = model.run_with_cache(tokens, names_filter=lambda n: n in pre_names + site_hooks)
     state = model.state_dict()
-    for site in neuron_sites(cfg):
+    for site in neuron_sites(model, cfg.act_fn):
         pre = cache[f"blocks.{site.layer}.mlp.hook_pre"]
         solu = pre * torch.softmax(pre, dim=-1)
         if site.name == "pre_ln":
@@ -33,7 +33,7 @@ def test_gelu_site_is_the_gelu_output():
     cfg = ModelConfig(act_fn="gelu", **SHAPE)
     model = build_model(cfg, seed=1).eval()
     tokens = torch.randint(0, cfg.d_vocab, (2, cfg.n_ctx))
-    sites = neuron_sites(cfg)
+    sites = neuron_sites(model, cfg.act_fn)
     assert [s.name for s in sites] == ["post"] * cfg.n_layers
     _, cache = model.run_with_cache(tokens)
     for site in sites:
@@ -45,7 +45,7 @@ def test_every_site_hook_exists_on_the_installed_transformer_lens():
     for act in ("gelu", "solu_ln"):
         cfg = ModelConfig(act_fn=act, **SHAPE)
         model = build_model(cfg, seed=0)
-        assert {s.hook for s in neuron_sites(cfg)} <= set(model.hook_dict)
+        assert {s.hook for s in neuron_sites(model, act)} <= set(model.hook_dict)
 
 
 def test_same_seed_gives_identical_shared_weights_for_gelu_and_solu():

@@ -11,7 +11,10 @@ from explorer.render import md_escape
 PALETTES = {"gelu": ["#1f77b4", "#6baed6", "#08519c", "#9ecae1"],
             "solu_ln": ["#ff6a00", "#fdae6b", "#a63603", "#fd8d3c"]}
 CONFIG_COLUMNS = ["model_id", "act_fn", "n_layers", "d_model", "d_mlp", "n_heads", "n_ctx", "d_vocab", "n_params",
-                  "tokens_trained", "eval_loss", "index_dataset", "index_tokens", "top_k", "source"]
+                  "tokens_trained", "eval_loss", "index_dataset", "index_tokens", "top_k", "source_kind", "source",
+                  "revision"]
+SOURCE_KINDS = {"checkpoint": "trained here (solu train)", "tl-legacy": "TransformerLens pretrained",
+                "hf": "Hugging Face"}
 
 
 def loss_curves(models: pd.DataFrame) -> pd.DataFrame:
@@ -106,8 +109,11 @@ def page() -> None:
     if models.empty:
         st.info("This index has no models.")
         return
-    st.dataframe(models[[c for c in CONFIG_COLUMNS if c in models]], hide_index=True,
-                 column_config={"eval_loss": st.column_config.NumberColumn("eval loss", format="%.4f")})
+    shown = models.assign(source_kind=models.source_kind.map(SOURCE_KINDS)) if "source_kind" in models else models
+    st.dataframe(shown[[c for c in CONFIG_COLUMNS if c in shown]], hide_index=True,
+                 column_config={"eval_loss": st.column_config.NumberColumn("eval loss", format="%.4f"),
+                                "source_kind": st.column_config.TextColumn("from"),
+                                "revision": st.column_config.TextColumn("revision (hub commit)")})
     colours = model_colours(models)
     curves = loss_curves(models)
     if not curves.empty:

@@ -13,16 +13,20 @@ SAMPLE = 'def encode(data):\n    """Return the base64 of data."""\n    return "S
 
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")
-def checkpoint(source: str, version: float):
-    return live.load(source)
+def checkpoint(source: str, revision: str | None, version: float):
+    return live.load(source, revision)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def run_probe(source: str, version: float, text: str) -> live.Probe:
-    return live.probe(checkpoint(source, version), text)
+def run_probe(source: str, revision: str | None, version: float, text: str) -> live.Probe:
+    return live.probe(checkpoint(source, revision, version), text)
 
 
-def source_version(source: str) -> float:
+def source_version(source: str, revision: str | None) -> float:
+    """A local model's config.json time (a retrained checkpoint reloads); 0 for a hub
+    model, which is pinned by its revision."""
+    if revision or not source.startswith(("/", ".", "~")):
+        return 0.0
     try:
         return (Path(source) / "config.json").stat().st_mtime
     except OSError:
@@ -111,9 +115,11 @@ def page() -> None:
         st.info("This index has no models.")
         return
     addr, text = controls(sites, models)
-    source = str(models.set_index("model_id").source.get(addr.model_id) or "")
+    row = models.set_index("model_id").loc[addr.model_id]
+    source = str(row.get("source") or "")
+    revision = row.get("revision") if isinstance(row.get("revision"), str) else None
     try:
-        result = run_probe(source, source_version(source), text)
+        result = run_probe(source, revision, source_version(source, revision), text)
     except UserError as e:
         st.error(render.md_escape(str(e)))
         return

@@ -164,14 +164,14 @@ def tokens_table(result: ModelIndex, vocab: pa.Array) -> pa.Table:
 
 
 def models_table(result: ModelIndex) -> pa.Table:
-    ckpt, m = result.ckpt, result.ckpt.model_cfg
-    meta = ckpt.meta
+    loaded, m = result.ckpt, result.ckpt.model_cfg
     row = {
         "model_id": result.model_id, "act_fn": m.act_fn, "n_layers": m.n_layers, "d_model": m.d_model,
         "d_mlp": m.d_mlp, "n_heads": m.n_heads, "n_ctx": m.n_ctx, "d_vocab": m.d_vocab,
-        "n_params": meta.get("n_params"), "eval_loss": meta.get("eval_loss"),
-        "tokens_trained": meta.get("tokens_seen"), "source": str(Path(ckpt.path).resolve()),
-        "config": json.dumps(meta), "loss_curve": json.dumps(read_loss_curve(Path(ckpt.path))),
+        "n_params": loaded.n_params, "eval_loss": loaded.eval_loss, "tokens_trained": loaded.tokens_trained,
+        "source": loaded.source, "source_kind": loaded.kind, "revision": loaded.revision,
+        "config": json.dumps(loaded.meta, default=str),
+        "loss_curve": json.dumps(read_loss_curve(loaded.loss_curve_dir) if loaded.loss_curve_dir else []),
     }
     return pa.Table.from_pylist([row])
 

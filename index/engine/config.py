@@ -5,6 +5,8 @@ from dataclasses import asdict, dataclass, fields
 
 from solu.config import DATASET_HELP, DEVICES, option
 
+DTYPES = ("float32", "bfloat16", "float16")
+
 
 @dataclass(frozen=True)
 class IndexConfig:
@@ -23,14 +25,19 @@ class IndexConfig:
     hist_bins: int = option(32, "histogram bins per neuron")
     stats_every: int = option(16, "token-level stats over one row in this many (1: every token; max is always exact)")
     logit_k: int = option(10, "top and bottom tokens of each neuron's direct logit effect")
-    batch_size: int = option(32, "rows of n_ctx tokens per forward pass")
+    batch_size: int = option(0, "rows of n_ctx tokens per forward pass; 0: as many as fit, about 4096 tokens "
+                                "and 1 GiB of activations")
+    dtype: str = option("float32", "dtype the model runs in: float32, bfloat16 or float16 (activations are "
+                                   "accumulated in float32)")
+    layers: str = option("", "layers to index, e.g. 0,2-3 (empty: all)")
     device: str = option("auto", ", ".join(DEVICES))
     seed: int = option(0, "seed of the random samples (and the builtin corpus)")
 
     def __post_init__(self):
-        for name in ("tokens", "top_k", "batch_size", "hist_bins", "stats_every"):
+        for name in ("tokens", "top_k", "hist_bins", "stats_every"):
             _check_int(self, name, minimum=1)
-        for name in ("window_before", "window_after", "bands", "per_band", "random", "sample_tokens", "logit_k", "seed"):
+        for name in ("window_before", "window_after", "bands", "per_band", "random", "sample_tokens", "logit_k", "seed",
+                     "batch_size"):
             _check_int(self, name, minimum=0)
         if self.bands > 100:
             raise ValueError(f"bands must be at most 100, got {self.bands}")
@@ -40,6 +47,19 @@ class IndexConfig:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
         if not self.dataset:
             raise ValueError("dataset must not be empty")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"--dtype must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        parse_layers(self.layers)
+
+    def layer_list(self, n_layers: int) -> list[int]:
+        """The layers to index of a model with n_layers (ValueError if one is beyond it)."""
+        chosen = parse_layers(self.layers)
+        if chosen is None:
+            return list(range(n_layers))
+        beyond = [layer for layer in chosen if layer >= n_layers]
+        if beyond:
+            raise ValueError(f"--layers {self.layers}: the model has layers 0-{n_layers - 1} only")
+        return chosen
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -48,6 +68,21 @@ class IndexConfig:
     def from_dict(cls, data: dict) -> "IndexConfig":
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in data.items() if k in known})
+
+
+def parse_layers(text: str) -> list[int] | None:
+    """'0,2-3' -> [0, 2, 3]; '' -> None (all layers). ValueError for anything else."""
+    if not isinstance(text, str):
+        raise ValueError(f"--layers must be a string like 0,2-3, got {text!r}")
+    if not text.strip():
+        return None
+    chosen: set[int] = set()
+    for part in text.split(","):
+        lo, sep, hi = part.strip().partition("-")
+        if not lo.isdigit() or (sep and not hi.isdigit()) or (sep and int(hi) < int(lo)):
+            raise ValueError(f"--layers takes layer numbers and ranges like 0,2-3, got {text!r}")
+        chosen.update(range(int(lo), int(hi if sep else lo) + 1))
+    return sorted(chosen)
 
 
 def _check_int(cfg, name: str, minimum: int) -> None:

@@ -1,8 +1,9 @@
 """Run a model just far enough to read its neuron sites.
 
-`index_sites` is the one function that picks the hooks the index reads (through
-solu.model.neuron_sites). A Recorder hooks only those sites, keeps a reference to each
-activation (no cache of anything else), and stops the forward pass, by raising
+`index_sites` picks, of the sites solu.model.neuron_sites read off the loaded model,
+those of the layers being indexed. A Recorder hooks only those sites, keeps a reference to each
+activation (no cache of anything else; a float32 copy for a model run in bfloat16 or
+float16), and stops the forward pass, by raising
 TransformerLens's StopAtLayerException, as soon as the last of them has fired: the
 rest of that layer, later layers and the unembedding never run.
 """
@@ -13,13 +14,13 @@ import contextlib
 import torch
 from transformer_lens.model_bridge.exceptions import StopAtLayerException
 
-from solu.config import ModelConfig
-from solu.model import Site, neuron_sites
+from solu.model import Site
 
 
-def index_sites(cfg: ModelConfig) -> list[Site]:
-    """Every neuron site of the model: SoLU pre-LN (primary) and post-LN; GELU post."""
-    return neuron_sites(cfg)
+def index_sites(loaded, layers: list[int] | None = None) -> list[Site]:
+    """The loaded model's neuron sites (SoLU pre-LN, primary, and post-LN; others after
+    the activation) in `layers` (default all)."""
+    return [s for s in loaded.sites if layers is None or s.layer in layers]
 
 
 def site_key(site: Site) -> str:
@@ -36,7 +37,7 @@ class Recorder:
 
     def _hook(self, key: str):
         def save(x, hook):
-            self.acts[key] = x
+            self.acts[key] = x if x.dtype == torch.float32 else x.float()
             if len(self.acts) == len(self.sites):
                 raise StopAtLayerException(x)
             return x

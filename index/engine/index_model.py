@@ -11,8 +11,9 @@ of activations.
 """
 from __future__ import annotations
 
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Callable, Iterable, Iterator
@@ -25,10 +26,13 @@ from index.engine.hooks import Recorder, index_sites, site_key
 from index.engine.config import IndexConfig
 from index.engine.batching import Batch, Tally, document_tokens, make_batches
 from index.engine.windows import build_span, head_of, next_tail, positions_of
-from solu.checkpoint import Checkpoint, load_checkpoint
 from solu.errors import UserError
-from solu.model import Site, mlp_out_weights, resolve_device, unembed
-from solu.tokenizer import eot_id, token_strings
+from solu.model import Site, final_norm, mlp_out_weights, resolve_device, unembed
+from solu.sources import LoadedModel, load_model
+from solu.tokenizer import token_strings
+
+BATCH_TOKENS = 4096  # tokens per forward pass when the batch size is chosen automatically
+BATCH_BYTES = 1 << 30  # and at most this much float32 activation memory (two batches are held)
 
 
 @dataclass
@@ -42,9 +46,12 @@ class Prepared:
 class Indexer:
     """The streaming part: feed it batches, read its accumulator."""
 
-    def __init__(self, ckpt: Checkpoint, cfg: IndexConfig, device: torch.device):
+    def __init__(self, ckpt: LoadedModel, cfg: IndexConfig, device: torch.device):
         self.model, self.cfg, self.device = ckpt.model, cfg, device
-        self.sites = index_sites(ckpt.model_cfg)
+        try:
+            self.sites = index_sites(ckpt, cfg.layer_list(ckpt.model_cfg.n_layers))
+        except ValueError as e:
+            raise UserError(str(e)) from None
         self.keys = [site_key(s) for s in self.sites]
         shape = PoolShape(cfg.top_k, cfg.bands, cfg.per_band, cfg.random, cfg.window_before,
                           cfg.window_after, cfg.seed, cfg.stats_every)
@@ -97,7 +104,7 @@ class Indexer:
 class ModelIndex:
     """Everything indexed for one model, ready to be written."""
 
-    ckpt: Checkpoint
+    ckpt: LoadedModel
     cfg: IndexConfig
     sites: list[Site]
     accs: dict[str, SiteResult]
@@ -120,20 +127,28 @@ class ModelIndex:
         return next(iter(self.accs.values())).stats.count
 
 
-def index_checkpoint(path: str | Path, cfg: IndexConfig, progress: bool = True) -> ModelIndex:
-    """Index one checkpoint directory. Raises UserError for bad input."""
+def index_checkpoint(path: str | Path, cfg: IndexConfig, progress: bool = True, name: str | None = None,
+                     position: str = "") -> ModelIndex:
+    """Index one model (any MODEL spec: solu.sources). Raises UserError for bad input."""
     started_at, t0 = datetime.now(timezone.utc), time.perf_counter()
     try:
         device = resolve_device(cfg.device)
     except ValueError as e:
         raise UserError(str(e)) from None
-    ckpt = load_checkpoint(path, device)
+    ckpt = load_model(path, device, cfg.dtype, name=name)
+    indexer = Indexer(ckpt, cfg, device)
+    if cfg.batch_size == 0:
+        cfg = indexer.cfg = replace(cfg, batch_size=fit_batch_size(ckpt.model_cfg, len(indexer.sites)))
     _check_window(cfg, ckpt)
     tally, sample = Tally(), []
     docs = _keep_sample(document_tokens(cfg.dataset, cfg.text_column, ckpt.tokenizer, cfg.tokens, tally, cfg.seed),
                         cfg.sample_tokens, sample)
-    bos = eot_id(ckpt.tokenizer)
-    indexer = Indexer(ckpt, cfg, device)
+    bos = ckpt.bos_id
+    if progress:
+        layers = sorted({s.layer for s in indexer.sites})
+        print(f"solu index: {ckpt.name}{position}: layers {_span(layers)} of {ckpt.model_cfg.n_layers}, "
+              f"{ckpt.model_cfg.d_mlp} neurons each, sites {', '.join(sorted({s.name for s in indexer.sites}))}; "
+              f"{cfg.batch_size} rows x {ckpt.model_cfg.n_ctx} tokens per batch, {cfg.dtype}", file=sys.stderr)
     bar = _progress(progress, cfg.tokens, ckpt.name)
     try:
         indexer.run(make_batches(docs, ckpt.model_cfg.n_ctx, cfg.batch_size, bos), bar.update)
@@ -146,14 +161,26 @@ def index_checkpoint(path: str | Path, cfg: IndexConfig, progress: bool = True) 
     activations = sample_activations(indexer, sample, ckpt.model_cfg.n_ctx, bos)
     sample_s = time.perf_counter() - t1
     vocab = token_strings(ckpt.tokenizer, range(ckpt.tokenizer.get_vocab_size()))
-    logits = direct_logits(ckpt, cfg.logit_k, len(vocab))
+    logits = direct_logits(ckpt, cfg.logit_k, len(vocab), sorted({s.layer for s in indexer.sites}), progress)
     timings = {"stream_s": stream_s, "forward_s": indexer.forward_s, "accumulate_s": indexer.accumulate_s,
                "sample_pass_s": sample_s, "total_s": time.perf_counter() - t0}
     return ModelIndex(ckpt, cfg, indexer.sites, indexer.accs, tally, vocab, sample, activations, logits,
                       started_at, str(device), timings)
 
 
-def _check_window(cfg: IndexConfig, ckpt: Checkpoint) -> None:
+def fit_batch_size(shape, n_sites: int) -> int:
+    """Rows per batch: about BATCH_TOKENS tokens, and the two batches of float32
+    activations the indexer holds within BATCH_BYTES; at least one row."""
+    row_bytes = 2 * shape.n_ctx * shape.d_mlp * n_sites * 4
+    return max(1, min(BATCH_TOKENS // shape.n_ctx, BATCH_BYTES // row_bytes))
+
+
+def _span(layers: list[int]) -> str:
+    return f"{layers[0]}-{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) and len(layers) > 1 \
+        else ",".join(map(str, layers))
+
+
+def _check_window(cfg: IndexConfig, ckpt: LoadedModel) -> None:
     room = cfg.batch_size * (ckpt.model_cfg.n_ctx - 1)
     if cfg.window_after > room:
         raise UserError(f"--window-after {cfg.window_after} is longer than a batch ({room} tokens); "
@@ -169,6 +196,13 @@ def _keep_sample(docs: Iterator[tuple[int, list[int]]], budget: int,
             store.append((doc_id, ids[: budget - kept]))
             kept += len(store[-1][1])
         yield doc_id, ids
+
+
+def _layer_progress(enabled: bool, layers, name: str):
+    from tqdm import tqdm
+
+    return tqdm(list(layers), desc=f"logit effects {name}", unit="layer", disable=not enabled, dynamic_ncols=True,
+                leave=False)
 
 
 def _progress(enabled: bool, total: int, name: str):
@@ -201,26 +235,32 @@ def sample_activations(indexer: Indexer, sample: list[tuple[int, list[int]]], n_
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
 
 
-def direct_logits(ckpt: Checkpoint, k: int, n_vocab: int) -> dict[str, np.ndarray]:
+def direct_logits(ckpt: LoadedModel, k: int, n_vocab: int, layers: list[int] | None = None,
+                  progress: bool = False) -> dict[str, np.ndarray]:
     """Top and bottom tokens of each neuron's direct effect on the logits.
 
-    The effect of neuron n is W_out[n] through the final LayerNorm into W_U. The
-    LayerNorm is linearised: W_out[n] is centred (LayerNorm subtracts the mean over
-    d_model) and scaled by its weight; its division by the residual's norm is taken as
-    a constant, and its bias (the same for every neuron) dropped. So weights compare
-    within a model, not as logits. Tokens beyond the tokenizer's vocabulary are skipped.
+    The effect of neuron n is W_out[n] through the final norm into W_U. The norm is
+    linearised: W_out[n] is centred (a LayerNorm subtracts the mean over d_model; an
+    RMSNorm does not) and scaled by the norm's weight; its division by the residual's
+    norm is taken as a constant, and its bias (the same for every neuron) dropped. So
+    weights compare within a model, not as logits. Computed in float32. Tokens beyond
+    the tokenizer's vocabulary are skipped.
     """
     model = ckpt.model
-    w_ln = model.state_dict()["ln_final.weight"]
-    w_u = unembed(model)[:, :n_vocab]
+    norm, w_ln = final_norm(model)
+    w_ln = w_ln.float() if w_ln is not None else 1.0
+    w_u = unembed(model)[:, :n_vocab].float()
     rows: dict[str, list] = {k_: [] for k_ in ("layer", "neuron", "sign", "rank", "token_id", "weight")}
     k = min(k, n_vocab)
     if k == 0:
         return {k_: np.zeros(0) for k_ in rows}
     with torch.inference_mode():
-        for layer in range(ckpt.model_cfg.n_layers):
-            w_out = mlp_out_weights(model, layer)
-            effect = ((w_out - w_out.mean(1, keepdim=True)) * w_ln) @ w_u  # [d_mlp, vocab]
+        for layer in _layer_progress(progress, layers if layers is not None else range(ckpt.model_cfg.n_layers),
+                                     ckpt.name):
+            w_out = mlp_out_weights(model, layer).float()
+            if norm == "LN":
+                w_out = w_out - w_out.mean(1, keepdim=True)
+            effect = (w_out * w_ln) @ w_u  # [d_mlp, vocab]
             for sign, largest in (("pos", True), ("neg", False)):
                 weight, token = torch.topk(effect, k, dim=1, largest=largest)
                 d_mlp = effect.shape[0]

@@ -1,4 +1,4 @@
-"""`solu index`: index each checkpoint in turn and write them all into one database."""
+"""`solu index`: index each model in turn and write them all into one database."""
 from __future__ import annotations
 
 import sys
@@ -9,18 +9,26 @@ from index.engine.index_model import ModelIndex, index_checkpoint
 from index.engine.arrow_tables import model_tables, run_tables
 from index.store.writer import IndexBuild
 from solu.errors import UserError
+from solu.sources import resolve
 
 
-def build_index(models: list[Path], cfg: IndexConfig, db: Path, progress: bool = True) -> list[str]:
-    """Index `models` into `db`, replacing their earlier rows; labels are kept.
-    Returns one report line per model. The database changes only if every model succeeds."""
-    names = [Path(m).name for m in models]
-    if len(set(names)) != len(names):
-        raise UserError("two checkpoints share a directory name, which is the model_id; rename one")
+def build_index(models: list, cfg: IndexConfig, db: Path, progress: bool = True, name: str | None = None) -> list[str]:
+    """Index `models` (MODEL specs: solu.sources) into `db`, replacing their earlier rows;
+    labels are kept. Returns one report line per model. The database changes only if
+    every model succeeds. `name` overrides the model_id of a single model."""
+    refs = [resolve(str(m)) for m in models]
+    if name is not None and len(refs) != 1:
+        raise UserError("--name names one model; index the others in their own run")
+    ids = [name or r.model_id for r in refs]
+    if len(set(ids)) != len(ids):
+        raise UserError("two models have the same model_id "
+                        f"({', '.join(sorted({i for i in ids if ids.count(i) > 1}))}); index one with --name")
     lines = []
     with IndexBuild(db) as build:
-        for path in models:
-            result = index_checkpoint(path, cfg, progress=progress)
+        for i, ref in enumerate(refs):
+            _check_same_model(build, ids[i], ref.source)
+            result = index_checkpoint(ref, cfg, progress=progress, name=name,
+                                      position=f" (model {i + 1} of {len(refs)})" if len(refs) > 1 else "")
             write_s = build.write(result.model_id, model_tables(result))
             build.write(result.model_id, run_tables(result, write_s))
             if result.tally.exhausted:
@@ -32,6 +40,15 @@ def build_index(models: list[Path], cfg: IndexConfig, db: Path, progress: bool =
             del result
         build.commit()
     return lines
+
+
+def _check_same_model(build: IndexBuild, model_id: str, source: str) -> None:
+    """A model_id already in the database must come from the same place (re-indexing it
+    replaces it); another model of that id is refused rather than overwritten."""
+    row = build.con.execute("SELECT source FROM models WHERE model_id = ?", [model_id]).fetchone()
+    if row is not None and row[0] not in (None, source):
+        raise UserError(f"model_id {model_id!r} is already in the database from {row[0]}, not {source}; "
+                        "pick another id with --name")
 
 
 def report_line(result: ModelIndex, write_s: float) -> str:

@@ -39,8 +39,9 @@ def register(sub) -> None:
     s.set_defaults(func=cmd_study_summary)
 
     p = sub.add_parser("compare", help="print checkpoints side by side; with --db, report on two indexed models")
-    p.add_argument("checkpoints", nargs="+", type=Path, metavar="CHECKPOINT|MODEL",
-                   help="checkpoint directories, or with --db two model ids")
+    p.add_argument("checkpoints", nargs="+", metavar="MODEL",
+                   help="checkpoint directories or other MODEL specs (solu-2l, gpt2, ./my-model), "
+                        "or with --db two model ids")
     p.add_argument("--db", type=Path, help="an index: write the interpretability report for MODEL_A MODEL_B")
     p.add_argument("--out", type=Path, help="with --db: report folder (default compare-A-vs-B)")
     p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
@@ -109,15 +110,22 @@ def cmd_study_summary(args) -> int:
     return 0
 
 
-def checkpoint_table(paths: list[Path]) -> list[dict]:
+def checkpoint_table(specs: list) -> list[dict]:
+    """One row per MODEL spec: a checkpoint's config.json; any other model is loaded
+    (solu.sources.load_model) to read its shape."""
     from solu.checkpoint import read_meta
+    from solu.sources import load_model, resolve
 
     rows = []
-    for path in paths:
-        meta = read_meta(path)
+    for spec in specs:
+        ref = resolve(str(spec))
+        if ref.kind != "checkpoint":
+            rows.append(_loaded_row(load_model(ref)))
+            continue
+        meta = read_meta(ref.path)
         m = meta["model"]
         rows.append({
-            "checkpoint": str(path), "act_fn": m["act_fn"],
+            "checkpoint": str(spec), "act_fn": m["act_fn"],
             "shape": f"{m['n_layers']}L d{m['d_model']} mlp{m['d_mlp']} h{m['n_heads']} ctx{m['n_ctx']} v{m['d_vocab']}",
             "params": f"{meta.get('n_params', 0):,}", "tokens": f"{meta.get('tokens_seen', 0):,}",
             "eval_loss": f"{meta['eval_loss']:.4f}" if meta.get("eval_loss") is not None else "-",
@@ -125,6 +133,16 @@ def checkpoint_table(paths: list[Path]) -> list[dict]:
             "train_s": f"{meta.get('train_seconds', 0):,.0f}",
         })
     return rows
+
+
+def _loaded_row(loaded) -> dict:
+    m = loaded.model_cfg
+    return {"checkpoint": f"{loaded.source}@{loaded.revision[:10]}" if loaded.revision else loaded.source,
+            "act_fn": m.act_fn,
+            "shape": f"{m.n_layers}L d{m.d_model} mlp{m.d_mlp} h{m.n_heads} ctx{m.n_ctx} v{m.d_vocab}",
+            "params": f"{loaded.n_params:,}",
+            "tokens": f"{loaded.tokens_trained:,}" if loaded.tokens_trained else "-",
+            "eval_loss": "-", "tokens/s": "-", "train_s": "-"}
 
 
 def cmd_compare(args) -> int:
@@ -145,7 +163,7 @@ def cmd_compare_report(args) -> int:
     if len(args.checkpoints) != 2:
         raise UserError("with --db, compare takes two model ids: solu compare --db FILE MODEL_A MODEL_B")
     a, b = (str(m) for m in args.checkpoints)
-    out = args.out or Path(f"compare-{a}-vs-{b}")
+    out = args.out or Path(f"compare-{a}-vs-{b}".replace("/", "_"))  # hub ids hold a slash
     report = write_report(args.db, a, b, out, args.threshold)
     print(report.read_text(encoding="utf-8"))
     print(f"report written to {report} (plots beside it)")

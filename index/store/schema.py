@@ -95,6 +95,12 @@ MIGRATIONS: list[str] = [
                max_pos, i - 1 = max_pos AS is_max
         FROM examples, range(1, len(tokens) + 1) AS r(i);
     """,
+    # 5: where a model came from: source_kind 'checkpoint' (solu train), 'tl-legacy' (a TransformerLens
+    # pretrained model) or 'hf' (a Hugging Face model), and the hub commit it was read at
+    """
+    ALTER TABLE models ADD COLUMN source_kind VARCHAR;
+    ALTER TABLE models ADD COLUMN revision VARCHAR;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
