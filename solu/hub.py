@@ -67,8 +67,9 @@ def snapshot(repo: str, spec: str, patterns: list[str], revision: str | None = N
         if download and not isinstance(e, LocalEntryNotFoundError):
             raise UserError(f"cannot download {repo}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
         state = "HF_HUB_OFFLINE is set" if offline() else "the hub cannot be reached"
-        raise UserError(f"model {spec!r} ({repo}) is not in {where} and {state}; "
-                        f"{how_to_fetch(spec, repo)}") from None
+        what = f"{spec!r} is not a directory, and the Hugging Face model {repo}" if spec == repo \
+            else f"model {spec!r} ({repo})"
+        raise UserError(f"{what} is not in {where} and {state}; {how_to_fetch(spec, repo)}") from None
     path = Path(path)
     return path, path.name
 

@@ -92,6 +92,11 @@ class LoadedModel:
     def source(self) -> str:
         return self.ref.source
 
+    @property
+    def path(self) -> Path | None:
+        """The local directory it was read from (None for a hub model)."""
+        return self.ref.path
+
 
 # ------------------------------------------------------------------ resolving
 

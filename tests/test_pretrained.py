@@ -274,7 +274,8 @@ def test_missing_model_offline_names_it_and_how_to_fetch_it(hub, bad_index, caps
     line = one_line_error(bad_index("gelu-2l"), capsys)
     assert "NeelNanda/GELU_2L512W_C4_Code" in line and "HF_HUB_OFFLINE" in line and "solu fetch gelu-2l" in line
     line = one_line_error(bad_index("EleutherAI/pythia-70m"), capsys)
-    assert "not in the local Hugging Face cache" in line and "solu fetch EleutherAI/pythia-70m" in line
+    assert "'EleutherAI/pythia-70m' is not a directory, and the Hugging Face model EleutherAI/pythia-70m is not in " \
+           "the local Hugging Face cache" in line and "solu fetch EleutherAI/pythia-70m" in line
     assert not (tmp_path / "x.duckdb").exists()
 
 
@@ -364,3 +365,29 @@ def test_token_strings_are_the_text_of_byte_level_and_sentencepiece_pieces():
     assert pieces[:3] == ["▁the", "▁cat\n", "sat"] and pieces[-2:] == ["<0xC3>", "<0xA9>"]  # é by byte fallback
     assert token_strings(sp, ids) == [" the", " cat\n", "sat", " ", "\ufffd", "\ufffd"]
     assert sp.decode([ids[0]]) == "the"  # what decoding one piece alone shows: its space is lost
+
+
+# ------------------------------------------------------------------ the app
+
+def test_app_shows_where_models_came_from_and_probes_them_live(indexed, hub, monkeypatch):
+    from explorer_fixtures import app_at, html_text, no_exception
+
+    monkeypatch.setenv("SOLU_DB", str(indexed))
+    at = app_at("models")
+    no_exception(at)
+    table = at.dataframe[0].value.set_index("model_id")
+    assert table.loc["solu-1l", "source_kind"] == "TransformerLens pretrained" and table.loc["solu-1l", "revision"] == COMMIT
+    assert table.loc["tiny-gpt2", "source_kind"] == "Hugging Face" and table.loc["solu-1l", "source"] == SOLU
+    for model_id, site in (("solu-1l", "pre_ln"), ("tiny-gpt2", "post")):
+        at = app_at("probe", model=model_id, layer=1, neuron=3, site=site)
+        no_exception(at)
+        assert not at.error, [e.value for e in at.error]
+        assert 'class="heatmap"' in html_text(at) and len(at.dataframe[0].value) > 0
+
+
+def test_compare_prints_pretrained_models_beside_a_checkpoint(hub, gpt2, tiny_checkpoints, capsys):
+    assert main(["compare", "solu-1l", str(gpt2), str(tiny_checkpoints["gelu"])]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[2].startswith(f"{SOLU}@{COMMIT[:10]}") and "solu_ln" in lines[2] and "2L d32 mlp64" in lines[2]
+    assert lines[3].startswith(str(gpt2.resolve())) and "gelu_new" in lines[3]
+    assert "gelu" in lines[4] and len(lines) == 5
