@@ -36,10 +36,7 @@ def test_peak_index_uses_the_window_index_or_the_largest_activation():
 
 
 def test_neuron_url_is_shareable():
-<<<<<<< HEAD
     assert Address("a b&c", 1, 2, "post").url == "neuron?model=a+b%26c&layer=1&neuron=2&site=post"
-=======
-    assert render.neuron_url("a b&c", 1, 2, "post") == "neuron?model=a+b%26c&layer=1&neuron=2&site=post"
 
 
 def test_whitespace_only_tokens_are_marked_and_their_text_kept():
@@ -47,4 +44,3 @@ def test_whitespace_only_tokens_are_marked_and_their_text_kept():
     spans = re.findall(r'<span class="tok"[^>]*>', out)
     assert [render.SPACE_MARK in sp for sp in spans] == [False, True, False, True]
     assert ">   </span>" in out and "> </span>" in out
->>>>>>> 252cc28 (Model specs: TransformerLens pretrained names (legacy layout, read offline from the HF cache), Hugging Face ids and directories; sites read off the bridge; token strings for any tokenizer; solu fetch; --dtype/--layers/--name, automatic batch size; models.source_kind/revision)
