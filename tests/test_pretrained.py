@@ -88,6 +88,11 @@ def test_transformer_lens_own_legacy_loader_needs_the_network(hub):
 
     with pytest.raises((OfflineModeIsEnabled, OSError)):
         TransformerBridge.boot_tl_legacy(SOLU)
+    with pytest.raises(ValueError, match="not a known legacy"):  # it takes repo ids, not the aliases
+        TransformerBridge.boot_tl_legacy("solu-1l")
+    snapshot = next(hub.glob("models--NeelNanda--SoLU_1L512W_C4_Code/snapshots/*"))
+    with pytest.raises(ValueError, match="model_type"):  # and boot_transformers cannot read the legacy layout
+        TransformerBridge.boot_transformers(str(snapshot), device="cpu")
 
 
 @torch.inference_mode()
