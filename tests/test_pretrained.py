@@ -396,3 +396,15 @@ def test_compare_prints_pretrained_models_beside_a_checkpoint(hub, gpt2, tiny_ch
     assert lines[2].startswith(f"{SOLU}@{COMMIT[:10]}") and "solu_ln" in lines[2] and "2L d32 mlp64" in lines[2]
     assert lines[3].startswith(str(gpt2.resolve())) and "gelu_new" in lines[3]
     assert "gelu" in lines[4] and len(lines) == 5
+
+
+def test_automatic_batch_size_keeps_activations_within_budget():
+    from index.engine.index_model import BATCH_BYTES, fit_batch_size
+    from solu.sources import ModelShape
+
+    gpt2 = ModelShape("gelu_new", 12, 768, 3072, 12, 1024, 50257)
+    solu_12l = ModelShape("solu_ln", 12, 1536, 6144, 24, 1024, 48262)
+    ours = ModelShape("solu_ln", 1, 128, 512, 4, 128, 4096)
+    assert [fit_batch_size(gpt2, 12), fit_batch_size(solu_12l, 24), fit_batch_size(ours, 2)] == [3, 1, 32]
+    rows = fit_batch_size(gpt2, 12)
+    assert 2 * rows * 1024 * 3072 * 12 * 4 <= BATCH_BYTES < 2 * (rows + 1) * 1024 * 3072 * 12 * 4
