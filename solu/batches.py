@@ -4,6 +4,11 @@ Documents are joined with an end-of-text token and cut into rows of n_ctx tokens
 Training reads only documents outside the eval split and cycles over the dataset in
 epochs when asked for more tokens than it holds. The stream's position is a small
 state dict, saved with each checkpoint, so a resumed run continues where it stopped.
+
+Under data-parallel training every rank packs the same stream of global batches and
+keeps only its own rows of each (`share`), so the ranks read disjoint parts of every
+batch, together exactly the batch one process would read, and their stream states stay
+equal (rank 0 saves it; any number of ranks can resume it).
 """
 from __future__ import annotations
 
@@ -62,12 +67,19 @@ def eval_rows(tok: Tokenizer, spec: str, text_column: str, seed: int, n_ctx: int
 
 
 class TrainStream:
-    """Yields [batch, n_ctx] token batches from the training split, resumably."""
+    """Yields [batch_size / ranks, n_ctx] token batches from the training split, resumably:
+    rows rank * b to (rank + 1) * b of each global batch of batch_size rows, for
+    share = (rank, ranks)."""
 
     def __init__(self, tok: Tokenizer, spec: str, text_column: str, seed: int,
-                 batch_size: int, n_ctx: int, state: dict | None = None):
+                 batch_size: int, n_ctx: int, state: dict | None = None, share: tuple[int, int] = (0, 1)):
+        rank, ranks = share
+        if batch_size % ranks or not 0 <= rank < ranks:
+            raise ValueError(f"a batch of {batch_size} rows cannot be shared by rank {rank} of {ranks}")
         self.tok, self.spec, self.text_column, self.seed = tok, spec, text_column, seed
         self.batch_size, self.n_ctx = batch_size, n_ctx
+        rows = batch_size // ranks
+        self.rows, self.first_token = rows, rank * rows * n_ctx
         state = state or {}
         self.epoch: int = state.get("epoch", 0)
         self.docs_done: int = state.get("docs_done", 0)  # documents consumed in this epoch
@@ -96,8 +108,9 @@ class TrainStream:
                 self.buffer.extend(ids)
                 while len(self.buffer) >= need:
                     produced = True
-                    batch, self.buffer = self.buffer[:need], self.buffer[need:]
-                    yield torch.tensor(batch, dtype=torch.long).view(self.batch_size, self.n_ctx)
+                    mine = self.buffer[self.first_token:self.first_token + self.rows * self.n_ctx]
+                    self.buffer = self.buffer[need:]
+                    yield torch.tensor(mine, dtype=torch.long).view(self.rows, self.n_ctx)
             if not produced and self.epoch > 0:
                 raise UserError(
                     f"dataset {self.spec!r} has too few training tokens for one batch of "

@@ -1,6 +1,8 @@
 """Subcommands of the `solu` package: train, corpus, fetch."""
 from __future__ import annotations
 
+import os
+import sys
 from pathlib import Path
 
 from solu.errors import UserError
@@ -20,7 +22,10 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, type=Path)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
-    p.set_defaults(func=cmd_train)
+    p.add_argument("--nproc", type=int, default=1,
+                   help="train data-parallel in N processes on this machine, launched with torchrun; "
+                        "--batch-size stays the global batch (default 1)")
+    p.set_defaults(func=cmd_train, parser=p)
 
     p = sub.add_parser("fetch", help="download a pretrained model (and its tokenizer) into the Hugging Face cache, "
                                      "so that it loads offline")
@@ -35,6 +40,53 @@ def register(sub) -> None:
 
 
 def cmd_train(args) -> int:
+    from solu.data_parallel import world_size
+
+    ranks = world_size()
+    if args.nproc < 1:
+        raise UserError(f"--nproc must be at least 1, got {args.nproc}")
+    if ranks == 1 and args.nproc > 1:
+        return _launch_ranks(args)
+    if args.nproc not in (1, ranks):
+        raise UserError(f"--nproc {args.nproc} disagrees with the {ranks} processes torchrun started")
+    if ranks > 1 and int(os.environ["RANK"]) > 0:
+        try:  # rank 0 reports the run and its errors
+            _train(args)
+        except UserError:
+            return 2
+        return 0
+    meta = _train(args)
+    print(f"{args.out}: {meta['act_fn']} eval loss {meta['eval_loss']:.4f} after {meta['tokens_seen']:,} tokens "
+          f"({meta['tokens_per_s']:,.0f} tokens/s)")
+    return 0
+
+
+def _launch_ranks(args) -> int:
+    """`solu train --nproc N`: the same command in N ranks under torchrun's launcher."""
+    from solu.data_parallel import launch
+
+    if not args.resume and args.batch_size % args.nproc:
+        raise UserError(f"--batch-size {args.batch_size} is the global batch and must be a multiple of "
+                        f"--nproc {args.nproc}")
+    code = launch(args.nproc, _rank_argv(args))
+    if code not in (0, 2):  # 2: rank 0 printed a user error
+        print(f"solu train: error: a training process failed with exit code {code} (its output is above)",
+              file=sys.stderr)
+    return code
+
+
+def _rank_argv(args) -> list[str]:
+    """The command line each rank runs: this one without --nproc, every flag explicit."""
+    argv = ["train"]
+    for action in args.parser._actions:
+        value = getattr(args, action.dest, None)
+        if not action.option_strings or action.dest in ("help", "nproc") or value is None or value is False:
+            continue
+        argv += [action.option_strings[0]] if value is True else [action.option_strings[0], str(value)]
+    return argv
+
+
+def _train(args) -> dict:
     from solu.config import ModelConfig, TrainConfig
     from solu.flags import config_from_args, given
     from solu.train import train
@@ -47,9 +99,7 @@ def cmd_train(args) -> int:
         model_cfg = config_from_args(ModelConfig, args, rename=MODEL_FLAGS)
         train_cfg = config_from_args(TrainConfig, args)
         meta = train(model_cfg, train_cfg, args.out, force=args.force, tokenizer_path=args.tokenizer)
-    print(f"{args.out}: {meta['act_fn']} eval loss {meta['eval_loss']:.4f} after {meta['tokens_seen']:,} tokens "
-          f"({meta['tokens_per_s']:,.0f} tokens/s)")
-    return 0
+    return meta
 
 
 def cmd_fetch(args) -> int:

@@ -5,6 +5,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 
 ACT_FNS = ("gelu", "solu_ln")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("auto", "fp32", "bf16")  # training arithmetic, see solu.device
 DATASET_HELP = "builtin, a .txt/.jsonl/.parquet file or folder, or hf:NAME[:split]"
 
 
@@ -75,6 +76,7 @@ class TrainConfig:
     seed: int = option(0, "seed of initialisation and data order")
     device: str = option("auto", f"{', '.join(DEVICES)}")
     checkpoint_every: int = option(100, "steps between checkpoints")
+    precision: str = option("auto", "auto (bf16 autocast on cuda, fp32 on cpu), fp32 or bf16")
 
     def __post_init__(self):
         _positive(self, "tokens", "batch_size", "eval_tokens", "checkpoint_every")
@@ -88,6 +90,8 @@ class TrainConfig:
             raise ValueError("warmup_tokens and weight_decay must be >= 0 and grad_clip > 0")
         if self.device not in DEVICES:
             raise ValueError(f"device must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)

@@ -1,5 +1,17 @@
 """The training loop: AdamW, warmup + cosine decay, gradient clipping, a held-out eval
-split, periodic checkpoints and resumption after an interruption."""
+split, periodic checkpoints and resumption after an interruption.
+
+train() reads top to bottom: setup() builds a Run (configs, tokenizer, eval split, model,
+optimizer, data stream, progress), step() trains on one batch, log() adds a row to the
+loss curve, save() evaluates and writes a checkpoint.
+
+Under torchrun (solu.data_parallel) every rank runs this same loop on its share of each
+global batch (--batch-size is the global batch, so token counts and the learning-rate
+schedule are those of one process); gradients are averaged by DistributedDataParallel,
+the eval loss and the logged train loss are averaged over ranks, and rank 0 writes.
+On CUDA the step runs under bf16 autocast with TF32 matmuls (solu.device), and a step's
+loss is read back from the device only every LOG_EVERY steps.
+"""
 from __future__ import annotations
 
 import csv
@@ -8,18 +20,23 @@ import shutil
 import signal
 import sys
 import time
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from tokenizers import Tokenizer
 from tqdm import tqdm
 
 import solu
+from solu import data_parallel
 from solu.batches import TrainStream, eval_rows, training_texts
-from solu.checkpoint import CONFIG, read_meta, save_checkpoint, write_atomic
+from solu.checkpoint import TOKENIZER, read_meta, save_checkpoint, write_atomic
 from solu.config import ModelConfig, TrainConfig
 from solu.corpus import check_dataset
+from solu.data_parallel import World
+from solu.device import autocast, enable_tf32, to_device
 from solu.errors import UserError
 from solu.model import build_model, resolve_device
 from solu.tokenizer import load_tokenizer, train_tokenizer
@@ -44,15 +61,20 @@ def lm_loss(model, tokens: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def evaluate(model, rows: torch.Tensor, batch_size: int) -> float:
+def evaluate(model, rows: torch.Tensor, batch_size: int, world: World = World(), precision: str = "fp32") -> float:
+    """Mean next-token loss over the eval split. Each rank scores its own `rows` (on the
+    model's device); the sums are added over ranks."""
     model.eval()
-    total, count = 0.0, 0
+    sums = torch.zeros(2, dtype=torch.float64, device=rows.device)  # loss x rows, rows
     for i in range(0, len(rows), batch_size):
-        batch = rows[i:i + batch_size].to(model.cfg.device)
-        total += lm_loss(model, batch).item() * len(batch)
-        count += len(batch)
+        batch = rows[i:i + batch_size]
+        with autocast(rows.device, precision):
+            loss = lm_loss(model, batch)
+        sums[0] += loss.double() * len(batch)
+        sums[1] += len(batch)
     model.train()
-    return total / count
+    world.sum(sums)
+    return (sums[0] / sums[1]).item()
 
 
 def prepare_out(out: Path, resume: bool, force: bool) -> None:
@@ -66,112 +88,220 @@ def prepare_out(out: Path, resume: bool, force: bool) -> None:
         raise UserError(f"{out} already exists; pass --resume to continue it or --force to replace it")
 
 
+@dataclass
+class Run:
+    """One training run as this rank holds it: what it trains, on what, and how far it got."""
+
+    out: Path
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    world: World
+    device: torch.device
+    tok: Tokenizer
+    eval_set: torch.Tensor  # this rank's share of the eval rows, on the device
+    eval_tokens: int  # the whole eval split's
+    model: torch.nn.Module  # the TransformerLens bridge that is saved
+    net: torch.nn.Module  # what a step calls: the model, or DistributedDataParallel around it
+    opt: torch.optim.Optimizer
+    stream: TrainStream
+    history: list[dict]  # the loss curve's rows
+    step: int = 0
+    elapsed: float = 0.0  # seconds spent in steps
+    train_loss: float | None = None  # smoothed over steps
+    unread: list[torch.Tensor] = field(default_factory=list)  # step losses not yet read back from the device
+
+    @property
+    def tokens_per_step(self) -> int:  # the global batch
+        return self.train_cfg.batch_size * self.model_cfg.n_ctx
+
+    @property
+    def total_steps(self) -> int:
+        return max(1, self.train_cfg.tokens // self.tokens_per_step)
+
+    @property
+    def warmup_steps(self) -> int:
+        return max(1, self.train_cfg.warmup_tokens // self.tokens_per_step)
+
+    @property
+    def rows_per_rank(self) -> int:
+        return self.train_cfg.batch_size // self.world.size
+
+
 def train(model_cfg: ModelConfig | None, train_cfg: TrainConfig | None, out: Path, *, resume: bool = False,
           force: bool = False, tokenizer_path: str | None = None, tokens: int | None = None) -> dict:
     """Train into `out`. With resume=True the configs come from `out` (pass None), and
-    `tokens`, if given, raises the token budget."""
+    `tokens`, if given, raises the token budget. Under torchrun every rank calls this."""
     out = Path(out)
     prepare_out(out, resume, force)
     if resume:
         meta = read_meta(out)
         model_cfg, train_cfg = ModelConfig.from_dict(meta["model"]), _resumed_train_cfg(meta, tokens)
-    device = resolve_device(train_cfg.device)
-    check_dataset(train_cfg.dataset, train_cfg.text_column, train_cfg.seed)
+    ranks = data_parallel.world_size()
+    if train_cfg.batch_size % ranks:
+        raise UserError(f"--batch-size {train_cfg.batch_size} is the global batch and must be a multiple of "
+                        f"the {ranks} processes")
+    try:
+        device = resolve_device(train_cfg.device)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    world = data_parallel.join(device)
+    try:
+        run = setup(model_cfg, train_cfg, out, world, world.device(device), resume, force, tokenizer_path)
+        eval_loss = train_to_budget(run)
+        return describe(run, eval_loss, complete=True)
+    finally:
+        world.leave()
 
-    if resume:
-        tok = load_tokenizer(out / "tokenizer.json")
-    elif tokenizer_path:
-        tok = load_tokenizer(tokenizer_path)
-    else:
-        print(f"training a {model_cfg.d_vocab}-token byte-level BPE on {train_cfg.dataset}", file=sys.stderr)
-        tok = train_tokenizer(training_texts(train_cfg.dataset, train_cfg.text_column, train_cfg.seed,
-                                             TOKENIZER_CHARS), model_cfg.d_vocab)
-    if tok.get_vocab_size() > model_cfg.d_vocab:
-        raise UserError(f"the tokenizer has {tok.get_vocab_size()} tokens, more than --vocab {model_cfg.d_vocab}")
+
+def setup(model_cfg: ModelConfig, train_cfg: TrainConfig, out: Path, world: World, device: torch.device,
+          resume: bool, force: bool, tokenizer_path: str | None) -> Run:
+    """Check every input, then (rank 0) create the output directory, and build the run."""
+    check_dataset(train_cfg.dataset, train_cfg.text_column, train_cfg.seed)
+    tok = _tokenizer(model_cfg, train_cfg, out, world, resume, tokenizer_path)
     eval_set = eval_rows(tok, train_cfg.dataset, train_cfg.text_column, train_cfg.seed,
                          model_cfg.n_ctx, train_cfg.eval_tokens)
-
-    # every input is valid: from here on the output directory is written
-    if force and out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    model = build_model(model_cfg, seed=train_cfg.seed, device=device)
+    world.barrier()  # every rank has checked its inputs: from here on the output directory is written
+    if world.is_main:
+        if force and out.exists():
+            shutil.rmtree(out)
+        out.mkdir(parents=True, exist_ok=True)
+    enable_tf32(device)
+    model = build_model(model_cfg, seed=train_cfg.seed, device=device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, betas=(0.9, 0.95),
                             weight_decay=train_cfg.weight_decay)
     state = torch.load(out / STATE, map_location=device, weights_only=False) if resume else {}
     if resume:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-    stream = TrainStream(tok, train_cfg.dataset, train_cfg.text_column, train_cfg.seed,
-                         train_cfg.batch_size, model_cfg.n_ctx, state.get("stream"))
-    history: list[dict] = state.get("history", [])
-    step, elapsed = state.get("step", 0), state.get("elapsed", 0.0)
-    tokens_per_step = train_cfg.batch_size * model_cfg.n_ctx
-    total_steps = max(1, train_cfg.tokens // tokens_per_step)
-    warmup_steps = max(1, train_cfg.warmup_tokens // tokens_per_step)
-    n_params = sum(p.numel() for p in model.parameters())
+    stream = TrainStream(tok, train_cfg.dataset, train_cfg.text_column, train_cfg.seed, train_cfg.batch_size,
+                         model_cfg.n_ctx, state.get("stream"), share=(world.rank, world.size))
+    history = state.get("history", [])
+    return Run(out, model_cfg, train_cfg, world, device, tok,
+               eval_set=eval_set.tensor_split(world.size)[world.rank].to(device), eval_tokens=int(eval_set.numel()),
+               model=model, net=world.wrap(model), opt=opt, stream=stream, history=history,
+               step=state.get("step", 0), elapsed=state.get("elapsed", 0.0),
+               train_loss=history[-1]["train_loss"] if history else None)
 
-    def meta(train_loss: float | None, eval_loss: float | None, complete: bool) -> dict:
-        return {
-            "model": model_cfg.to_dict(), "train": train_cfg.to_dict(), "act_fn": model_cfg.act_fn,
-            "n_params": n_params, "tokens_seen": step * tokens_per_step, "steps": step,
-            "train_loss": train_loss, "eval_loss": eval_loss, "eval_tokens": int(eval_set.numel()),
-            "tokens_per_s": round(step * tokens_per_step / elapsed, 1) if elapsed else None,
-            "train_seconds": round(elapsed, 1), "complete": complete, "dataset": train_cfg.dataset,
-            "package_version": solu.__version__, "device": str(device),
-            "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
 
-    def checkpoint(train_loss: float | None, complete: bool) -> float:
-        eval_loss = evaluate(model, eval_set, train_cfg.batch_size)
-        if history and history[-1]["step"] == step:
-            history[-1]["eval_loss"] = eval_loss
-        else:
-            history.append(_row(step, tokens_per_step, train_loss, eval_loss, opt.param_groups[0]["lr"]))
-        training_state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "step": step,
-                          "elapsed": elapsed, "stream": stream.state(), "history": history}
-        write_atomic(out / STATE, lambda p: torch.save(training_state, p))
-        save_checkpoint(out, model, tok, meta(train_loss, eval_loss, complete))
-        write_loss_curve(out, history, f"{out.name} ({model_cfg.act_fn})")
-        return eval_loss
+def _tokenizer(model_cfg: ModelConfig, train_cfg: TrainConfig, out: Path, world: World, resume: bool,
+               tokenizer_path: str | None) -> Tokenizer:
+    """The run's tokenizer: saved with it, given, or trained (by rank 0, sent to the others)."""
+    if resume:
+        tok = load_tokenizer(out / TOKENIZER)
+    elif tokenizer_path:
+        tok = load_tokenizer(tokenizer_path)
+    else:
+        tok = None
+        if world.is_main:
+            print(f"training a {model_cfg.d_vocab}-token byte-level BPE on {train_cfg.dataset}", file=sys.stderr)
+            tok = train_tokenizer(training_texts(train_cfg.dataset, train_cfg.text_column, train_cfg.seed,
+                                                 TOKENIZER_CHARS), model_cfg.d_vocab)
+        if world.size > 1:
+            tok = Tokenizer.from_str(world.from_main(tok.to_str() if tok else None))
+    if tok.get_vocab_size() > model_cfg.d_vocab:
+        raise UserError(f"the tokenizer has {tok.get_vocab_size()} tokens, more than --vocab {model_cfg.d_vocab}")
+    return tok
 
-    model.train()
-    bar = tqdm(total=total_steps, initial=step, desc=f"train {model_cfg.act_fn}", unit="step")
-    batches = iter(stream)
-    train_loss = history[-1]["train_loss"] if history else None
+
+def train_to_budget(run: Run) -> float:
+    """Step until the token budget is spent, saving on the way; returns the final eval loss.
+    Ctrl-C or SIGTERM (on any rank) stops every rank after the same step, with a checkpoint."""
+    batches = iter(run.stream)
+    bar = tqdm(total=run.total_steps, initial=run.step, desc=f"train {run.model_cfg.act_fn}", unit="step",
+               disable=not run.world.is_main)
     with StopRequest() as stop:
-        while step < total_steps:
-            tokens = next(batches).to(device)
-            start = time.perf_counter()
-            lr = lr_at(step, total_steps, warmup_steps, train_cfg)
-            for group in opt.param_groups:
-                group["lr"] = lr
-            loss = lm_loss(model, tokens)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), train_cfg.grad_clip)
-            opt.step()
-            opt.zero_grad(set_to_none=True)
-            step += 1
-            value = loss.item()
-            train_loss = value if train_loss is None else 0.95 * train_loss + 0.05 * value  # smoothed
-            if step % LOG_EVERY == 0:
-                history.append(_row(step, tokens_per_step, train_loss, None, lr))
-            elapsed += time.perf_counter() - start
+        while run.step < run.total_steps:
+            step(run, next(batches))
             bar.update(1)
-            bar.set_postfix(loss=f"{train_loss:.3f}", tok_s=f"{step * tokens_per_step / max(elapsed, 1e-9):,.0f}",
-                            refresh=False)
-            if stop.requested:
+            if run.step % LOG_EVERY == 0:
+                log(run, bar)
+            if run.world.any(stop.requested):
                 bar.close()
-                checkpoint(train_loss, complete=False)
-                raise UserError(f"stopped at step {step}/{total_steps}; checkpoint saved, "
+                save(run, complete=False)
+                raise UserError(f"stopped at step {run.step}/{run.total_steps}; checkpoint saved, "
                                 "continue with --resume")
-            if step % train_cfg.checkpoint_every == 0 and step < total_steps:
-                checkpoint(train_loss, complete=False)
+            if run.step % run.train_cfg.checkpoint_every == 0 and run.step < run.total_steps:
+                save(run, complete=False)
     bar.close()
-    eval_loss = checkpoint(train_loss, complete=True)
-    if stream.stats.summary():
-        print(stream.stats.summary(), file=sys.stderr)
-    return meta(train_loss, eval_loss, True)
+    eval_loss = save(run, complete=True)
+    if run.world.is_main and run.stream.stats.summary():
+        print(run.stream.stats.summary(), file=sys.stderr)
+    return eval_loss
+
+
+def step(run: Run, batch: torch.Tensor) -> None:
+    """One optimizer step on this rank's rows of a global batch. The loss stays on the
+    device (no host sync) until read_losses()."""
+    tokens = to_device(batch, run.device)
+    start = time.perf_counter()
+    lr = lr_at(run.step, run.total_steps, run.warmup_steps, run.train_cfg)
+    for group in run.opt.param_groups:
+        group["lr"] = lr
+    with autocast(run.device, run.train_cfg.precision):
+        loss = lm_loss(run.net, tokens)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.train_cfg.grad_clip)
+    run.opt.step()
+    run.opt.zero_grad(set_to_none=True)
+    run.step += 1
+    run.unread.append(loss.detach())
+    run.elapsed += time.perf_counter() - start
+
+
+def read_losses(run: Run) -> None:
+    """Fold the losses of the steps since the last read into the smoothed train loss:
+    one device sync, and one all-reduce averaging the ranks' losses."""
+    if not run.unread:
+        return
+    start = time.perf_counter()
+    losses = torch.stack(run.unread)
+    run.unread.clear()
+    if run.world.size > 1:
+        losses = run.world.sum(losses) / run.world.size
+    for value in losses.tolist():
+        run.train_loss = value if run.train_loss is None else 0.95 * run.train_loss + 0.05 * value
+    run.elapsed += time.perf_counter() - start
+
+
+def log(run: Run, bar: tqdm) -> None:
+    read_losses(run)
+    run.history.append(_row(run.step, run.tokens_per_step, run.train_loss, None, run.opt.param_groups[0]["lr"]))
+    bar.set_postfix(loss=f"{run.train_loss:.3f}",
+                    tok_s=f"{run.step * run.tokens_per_step / max(run.elapsed, 1e-9):,.0f}", refresh=False)
+
+
+def save(run: Run, complete: bool) -> float:
+    """Evaluate (every rank), then rank 0 writes the checkpoint, the training state for
+    --resume and the loss curve; returns the eval loss."""
+    read_losses(run)
+    eval_loss = evaluate(run.model, run.eval_set, run.rows_per_rank, run.world, run.train_cfg.precision)
+    if run.history and run.history[-1]["step"] == run.step:
+        run.history[-1]["eval_loss"] = eval_loss
+    else:
+        run.history.append(_row(run.step, run.tokens_per_step, run.train_loss, eval_loss,
+                                run.opt.param_groups[0]["lr"]))
+    if not run.world.is_main:
+        return eval_loss
+    training_state = {"model": run.model.state_dict(), "optimizer": run.opt.state_dict(), "step": run.step,
+                      "elapsed": run.elapsed, "stream": run.stream.state(), "history": run.history}
+    write_atomic(run.out / STATE, lambda p: torch.save(training_state, p))
+    save_checkpoint(run.out, run.model, run.tok, describe(run, eval_loss, complete))
+    write_loss_curve(run.out, run.history, f"{run.out.name} ({run.model_cfg.act_fn})")
+    return eval_loss
+
+
+def describe(run: Run, eval_loss: float | None, complete: bool) -> dict:
+    """The checkpoint's config.json (less its format tag)."""
+    tokens_seen = run.step * run.tokens_per_step
+    return {
+        "model": run.model_cfg.to_dict(), "train": run.train_cfg.to_dict(), "act_fn": run.model_cfg.act_fn,
+        "n_params": sum(p.numel() for p in run.model.parameters()), "tokens_seen": tokens_seen,
+        "steps": run.step, "train_loss": run.train_loss, "eval_loss": eval_loss, "eval_tokens": run.eval_tokens,
+        "tokens_per_s": round(tokens_seen / run.elapsed, 1) if run.elapsed else None,
+        "train_seconds": round(run.elapsed, 1), "complete": complete, "dataset": run.train_cfg.dataset,
+        "package_version": solu.__version__, "device": str(run.device), "processes": run.world.size,
+        "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
 
 
 def _row(step: int, tokens_per_step: int, train_loss, eval_loss, lr: float) -> dict:
