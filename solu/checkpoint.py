@@ -17,13 +17,15 @@ from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer
 from transformer_lens.model_bridge import TransformerBridge
 
-from solu.config import ModelConfig, TrainConfig
+from solu.config import ModelConfig
 from solu.errors import UserError
 from solu.model import build_model
 from solu.tokenizer import load_tokenizer
 
 FORMAT = "solu-checkpoint"
 CONFIG, WEIGHTS, TOKENIZER = "config.json", "model.safetensors", "tokenizer.json"
+# written beside them by solu train: the loss curve, and the optimizer and data position for --resume
+LOSS_CSV, LOSS_PNG, STATE = "loss.csv", "loss.png", "train_state.pt"
 
 
 @dataclass
@@ -33,10 +35,6 @@ class Checkpoint:
     model_cfg: ModelConfig
     model: TransformerBridge
     tokenizer: Tokenizer
-
-    @property
-    def train_cfg(self) -> TrainConfig | None:
-        return TrainConfig.from_dict(self.meta["train"]) if self.meta.get("train") else None
 
     @property
     def name(self) -> str:

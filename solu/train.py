@@ -32,7 +32,7 @@ from tqdm import tqdm
 import solu
 from solu import data_parallel
 from solu.batches import TrainStream, eval_rows, training_texts
-from solu.checkpoint import TOKENIZER, read_meta, save_checkpoint, write_atomic
+from solu.checkpoint import LOSS_CSV, LOSS_PNG, STATE, TOKENIZER, read_meta, save_checkpoint, write_atomic
 from solu.config import ModelConfig, TrainConfig
 from solu.corpus import check_dataset
 from solu.data_parallel import World
@@ -41,9 +41,7 @@ from solu.errors import UserError
 from solu.model import build_model, resolve_device
 from solu.tokenizer import load_tokenizer, train_tokenizer
 
-STATE = "train_state.pt"
 LOG_EVERY = 10  # steps between rows of the loss curve
-LOSS_CSV, LOSS_PNG = "loss.csv", "loss.png"
 TOKENIZER_CHARS = 8_000_000  # text the tokenizer is fitted on
 
 

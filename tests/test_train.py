@@ -37,6 +37,7 @@ def corpus(tmp_path):
     (["--act", "gelu", "--heads", "3"], "n_heads (3) must divide d_model (32)"),
     (["--act", "gelu", "--ctx", "8192"], "fewer than one context of 8192"),
     (["--act", "gelu", "--tokens", "0"], "tokens must be a positive integer"),
+    (["--act", "gelu", "--precision", "fp16"], "precision must be one of auto, fp32, bf16"),
 ])
 def test_bad_model_or_training_flags(tmp_path, capsys, corpus, args, message):
     out = tmp_path / "run"
