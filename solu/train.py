@@ -82,7 +82,7 @@ def prepare_out(out: Path, resume: bool, force: bool) -> None:
     if resume:
         if not (out / STATE).exists():
             raise UserError(f"nothing to resume in {out}: no {STATE}")
-    elif out.exists() and any(out.iterdir()):
+    elif not force and out.exists() and any(out.iterdir()):
         raise UserError(f"{out} already exists; pass --resume to continue it or --force to replace it")
 
 

@@ -81,6 +81,10 @@ def test_existing_out_needs_resume_or_force(tmp_path, capsys, corpus):
     assert (out / "precious.txt").read_text() == "keep me"
     code, err = run_cli(capsys, "train", "--resume", "--dataset", corpus, "--out", str(out))
     assert code == 2 and "nothing to resume" in err[0]
+    code, err = run_cli(capsys, "train", *TINY, "--act", "gelu", "--dataset", corpus, "--tokens", "512",
+                        "--out", str(out), "--force")
+    assert code == 0 and not err
+    assert not (out / "precious.txt").exists() and json.loads((out / "config.json").read_text())["steps"] == 2
 
 
 def _train_cmd(corpus, out, *extra):
