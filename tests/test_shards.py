@@ -21,6 +21,7 @@ import pandas as pd
 import pytest
 import torch
 
+from index.engine import shards
 from index.engine.arrow_tables import model_tables
 from index.engine.batching import Tally, document_tokens
 from index.engine.config import IndexConfig
@@ -182,8 +183,24 @@ def built_both(ray_cluster, tiny_checkpoints, tiny_corpus, tmp_path_factory):
     root = tmp_path_factory.mktemp("sharded")
     one, two = root / "one.duckdb", root / "two.duckdb"
     assert main(index_args(one, models, tiny_corpus)) == 0
-    assert main(index_args(two, models, tiny_corpus, "--workers", "2", "--threads", "1")) == 0
-    return frames_in(one), frames_in(two), runs_in(one), runs_in(two)
+    bars = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(shards, "_progress", lambda enabled, total, name: bars.append(FakeBar(total, name)) or bars[-1])
+        assert main(index_args(two, models, tiny_corpus, "--workers", "2", "--threads", "1")) == 0
+    return frames_in(one), frames_in(two), runs_in(one), runs_in(two), bars
+
+
+class FakeBar:
+    """Records what the one progress bar of a sharded run was told."""
+
+    def __init__(self, total: int, name: str):
+        self.total, self.name, self.n, self.closed = total, name, 0, False
+
+    def update(self, n: int) -> None:
+        self.n += n
+
+    def close(self) -> None:
+        self.closed = True
 
 
 def runs_in(db: Path) -> list[tuple]:
@@ -198,15 +215,21 @@ def runs_in(db: Path) -> list[tuple]:
 def test_workers_2_equal_one_process_table_by_table(built_both):
     """Top-K documents, values and windows, random samples, logits, activations and
     tokens exactly; stats within float tolerance."""
-    one, two, runs_one, runs_two = built_both
+    one, two, runs_one, runs_two, _ = built_both
     assert_tables_equal(split_bands(two, False), split_bands(one, False))
     assert runs_two == runs_one
+
+
+def test_one_progress_bar_counts_every_worker(built_both):
+    *_, runs, bars = built_both
+    assert [(b.name, b.total, b.n, b.closed) for b in bars] == \
+        [(f"{model} (2 workers)", tokens, tokens, True) for model, tokens, *_ in runs]
 
 
 @pytest.mark.xfail(reason="band samples are drawn against the running max, which depends on stream order, "
                           "until the engine's hash-based band choice (issue 11, item 2) lands")
 def test_workers_2_equal_one_process_band_samples(built_both):
-    one, two, _, _ = built_both
+    one, two, *_ = built_both
     assert_tables_equal(split_bands(two, True), split_bands(one, True), only=["examples"])
 
 
@@ -249,7 +272,7 @@ def test_a_killed_worker_leaves_the_previous_database(ray_cluster, tiny_checkpoi
     from conftest import make_corpus
 
     db = tmp_path / "prev.duckdb"
-    corpus = make_corpus(tmp_path / "big.jsonl", n_docs=3000, seed=1)
+    corpus = make_corpus(tmp_path / "big.jsonl", n_docs=1000, seed=1)
     assert main(index_args(db, [tiny_checkpoints["gelu"]], corpus, tokens=500)) == 0
     capsys.readouterr()
     before = digest(db)
@@ -258,7 +281,7 @@ def test_a_killed_worker_leaves_the_previous_database(ray_cluster, tiny_checkpoi
     killer.start()
     try:
         code = main(index_args(db, [tiny_checkpoints["solu_ln"]], corpus, "--workers", "2",
-                               tokens=400_000, batch_size=1))
+                               tokens=100_000, batch_size=1))
     finally:
         stop.set()
         killer.join()

@@ -27,7 +27,6 @@ import hashlib
 import logging
 import os
 import time
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -40,6 +39,7 @@ from index.engine.accumulator import Accumulator
 from index.engine.batching import ENCODE_GROUP, Tally, document_tokens, make_batches
 from index.engine.config import IndexConfig
 from index.engine.hooks import index_sites, site_key
+from index.engine.shard_progress import TokenCounter
 from index.engine.index_model import (Indexer, ModelIndex, _check_window, _keep_sample, _progress, direct_logits,
                                       sample_activations)
 from solu.checkpoint import load_checkpoint
@@ -210,57 +210,50 @@ def _ray():
 
 
 class ShardWorker:
-    """A Ray actor: one checkpoint loaded on its device, indexing one shard on request."""
+    """A Ray actor: loads a checkpoint on its device, then indexes one shard of it."""
 
-    def __init__(self, path: str, cfg: IndexConfig, threads: int):
-        from solu.model import resolve_device
-
+    def __init__(self, threads: int):
         torch.set_num_threads(threads)
-        self.cfg = cfg
-        self.device = resolve_device(cfg.device)
-        self.ckpt = load_checkpoint(path, self.device)
+        self.ckpt = self.cfg = self.device = None
 
-    def ready(self) -> dict:
+    def load(self, path: str, cfg: IndexConfig) -> dict:
         import ray
 
+        from solu.model import resolve_device
+
+        self.cfg, self.device = cfg, resolve_device(cfg.device)
+        self.ckpt = load_checkpoint(path, self.device)
         return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(), "device": str(self.device)}
 
-    def run(self, shard: int, n_shards: int, plan_stop: tuple[int, int], sample: list, counter) -> ShardResult:
+    def run(self, shard: int, n_shards: int, plan_stop: tuple[int, int], sample: list, counter,
+            run_no: int) -> ShardResult:
         pending, last = [0], [time.monotonic()]
 
         def report(n: int, final: bool = False) -> None:
             pending[0] += n
             if final or time.monotonic() - last[0] >= PROGRESS_EVERY_S:
-                counter.add.remote(pending[0])
+                counter.add.remote(run_no, pending[0])
                 pending[0], last[0] = 0, time.monotonic()
 
         result = index_shard(self.ckpt, self.cfg, self.device, shard, n_shards, plan_stop, sample, report)
         report(0, final=True)
+        self.ckpt = None  # the next model's turn
         return result
 
 
-class TokenCounter:
-    """A Ray actor: tokens done, summed over every worker, for the one progress bar."""
-
-    def __init__(self):
-        self.tokens = 0
-
-    def add(self, n: int) -> None:
-        self.tokens += n
-
-    def total(self) -> int:
-        return self.tokens
-
-
 class RaySession:
-    """with RaySession(options) as session: session.index_checkpoint(path, cfg) ..."""
+    """with RaySession(options) as session: session.index_checkpoint(path, cfg) ...
+    Starts (or joins) Ray once; its workers serve every model of the build in turn."""
 
     def __init__(self, options: ShardOptions):
         self.options = options
         self.ray = None
         self.started = False
-        self.start_s = 0.0
-        self.devices: list[str] = []
+        self.start_s = 0.0  # ray.init
+        self.workers: list = []
+        self.counter = None  # a shard_progress.TokenCounter actor
+        self.runs = 0  # models indexed so far: the counter's key
+        self.gpus = 0
 
     def __enter__(self) -> "RaySession":
         ray = self.ray = _ray()
@@ -279,6 +272,7 @@ class RaySession:
         return self
 
     def __exit__(self, *exc) -> None:
+        self._stop_workers()
         if self.started:
             self.ray.shutdown()
 
@@ -288,15 +282,20 @@ class RaySession:
         n = self.options.workers
         ckpt = load_checkpoint(path, "cpu")
         _check_window(cfg, ckpt)
-        gpus = self._gpus_per_worker(cfg)
-        with self._workers(path, cfg, gpus) as workers:  # they load the model while the driver plans
+        try:
+            workers = self._start_workers(cfg)
+            loading = [w.load.remote(str(Path(path).resolve()), cfg) for w in workers]  # while the driver plans
             plan = make_plan(cfg, ckpt.tokenizer, n)
             if plan.tally.tokens == 0:
                 raise UserError(f"dataset {cfg.dataset!r} has no text to index")
             plan_s = time.perf_counter() - t0
+            info = [self._get(ref, k, n, None) for k, ref in enumerate(loading)]
             t1 = time.perf_counter()
-            results = self._run(workers, plan, ckpt.name, progress)
+            results = self._run(workers, info, plan, ckpt.name, progress)
             stream_s = time.perf_counter() - t1
+        except BaseException:
+            self._stop_workers()  # a failed run leaves no worker busy
+            raise
         self._check_counts(results, plan)
         t2 = time.perf_counter()
         acc = merge_results(results)
@@ -309,9 +308,29 @@ class RaySession:
                    "total_s": time.perf_counter() - t0}
         vocab = token_strings(ckpt.tokenizer, range(ckpt.tokenizer.get_vocab_size()))
         logits = next(r.logits for r in results if r.logits is not None)
-        device = ", ".join(self.devices)
+        device = ", ".join(sorted({i["device"] for i in info}))
         return ModelIndex(ckpt, cfg, index_sites(ckpt.model_cfg), {k: acc.site(i) for i, k in enumerate(keys)},
                           plan.tally, vocab, plan.sample_docs, activations, logits, started_at, device, timings)
+
+    def _start_workers(self, cfg: IndexConfig) -> list:
+        ray, opts = self.ray, self.options
+        gpus = self._gpus_per_worker(cfg)
+        if self.workers and gpus == self.gpus:
+            return self.workers
+        self._stop_workers()
+        cpus = ray.cluster_resources().get("CPU", 0)
+        if opts.workers * opts.threads > cpus:
+            raise UserError(f"--workers {opts.workers} x --threads {opts.threads} needs that many CPUs; "
+                            f"the Ray cluster has {cpus:g}")
+        actor = ray.remote(ShardWorker).options(num_cpus=opts.threads, num_gpus=gpus, max_restarts=0)
+        self.workers, self.gpus = [actor.remote(opts.threads) for _ in range(opts.workers)], gpus
+        self.counter = ray.remote(TokenCounter).options(num_cpus=0).remote()
+        return self.workers
+
+    def _stop_workers(self) -> None:
+        for w in self.workers + ([self.counter] if self.counter is not None else []):
+            self.ray.kill(w)
+        self.workers, self.counter = [], None
 
     def _gpus_per_worker(self, cfg: IndexConfig) -> int:
         if cfg.device == "cpu":
@@ -324,39 +343,25 @@ class RaySession:
                             f"needed (use --workers {max(have, 1)} or --device cpu)")
         return 0
 
-    @contextmanager
-    def _workers(self, path, cfg: IndexConfig, gpus: int):
-        ray, opts = self.ray, self.options
-        cpus = ray.cluster_resources().get("CPU", 0)
-        if opts.workers * opts.threads > cpus:
-            raise UserError(f"--workers {opts.workers} x --threads {opts.threads} needs that many CPUs; "
-                            f"the Ray cluster has {cpus:g}")
-        actor = ray.remote(ShardWorker).options(num_cpus=opts.threads, num_gpus=gpus, max_restarts=0)
-        workers = [actor.remote(str(Path(path).resolve()), cfg, opts.threads) for _ in range(opts.workers)]
-        try:
-            yield workers
-        finally:
-            for w in workers:
-                ray.kill(w)
-
-    def _run(self, workers: list, plan: Plan, name: str, progress: bool) -> list[ShardResult]:
-        ray, n = self.ray, len(workers)
-        counter = ray.remote(TokenCounter).options(num_cpus=0).remote()
-        info = {k: self._get(w.ready.remote(), k, n, None) for k, w in enumerate(workers)}
-        refs = {workers[k].run.remote(k, n, (plan.last_doc, plan.last_len), plan.sample[k], counter): k
-                for k in range(n)}
-        results, pending = [], list(refs)
+    def _run(self, workers: list, info: list[dict], plan: Plan, name: str, progress: bool) -> list[ShardResult]:
+        """Run every shard; the bar follows the counter without ever waiting on it."""
+        ray, n, counter = self.ray, len(workers), self.counter
+        self.runs += 1
+        stop = (plan.last_doc, plan.last_len)
+        refs = {workers[k].run.remote(k, n, stop, plan.sample[k], counter, self.runs): k for k in range(n)}
+        results, pending, asked = [], list(refs), None
         bar = _progress(progress, plan.tally.tokens, f"{name} ({n} workers)")
         try:
             while pending:
                 done, pending = ray.wait(pending, timeout=0.2)
-                for ref in done:
-                    results.append(self._get(ref, refs[ref], n, info[refs[ref]]))
-                bar.update(ray.get(counter.total.remote()) - bar.n)
+                results += [self._get(ref, refs[ref], n, info[refs[ref]]) for ref in done]
+                asked = asked or counter.total.remote(self.runs)
+                if ray.wait([asked], timeout=0)[0]:
+                    bar.update(ray.get(asked) - bar.n)
+                    asked = None
+            bar.update(sum(r.tokens for r in results) - bar.n)
         finally:
             bar.close()
-            ray.kill(counter)
-        self.devices = sorted({i["device"] for i in info.values()})
         return results
 
     def _get(self, ref, shard: int, n: int, info: dict | None):
@@ -365,7 +370,7 @@ class RaySession:
         where = f" (pid {info['pid']} on {info['node']})" if info else ""
         try:
             return ray.get(ref)
-        except ray.exceptions.RayActorError as e:
+        except ray.exceptions.RayActorError:
             raise UserError(f"shard {shard} of {n}: its Ray worker{where} died before finishing "
                             "(killed, out of memory, crashed or its node lost); nothing was written") from None
         except ray.exceptions.RayTaskError as e:
