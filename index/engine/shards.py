@@ -27,7 +27,7 @@ import hashlib
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterator
@@ -39,9 +39,10 @@ from index.engine.accumulator import Accumulator
 from index.engine.batching import ENCODE_GROUP, Tally, document_tokens, make_batches
 from index.engine.config import IndexConfig
 from index.engine.hooks import index_sites, site_key
-from index.engine.shard_progress import TokenCounter
 from index.engine.index_model import (Indexer, ModelIndex, _check_window, _keep_sample, _progress, direct_logits,
                                       sample_activations)
+from index.engine.shard_config import ShardOptions
+from index.engine.shard_progress import TokenCounter
 from solu.checkpoint import load_checkpoint
 from solu.corpus import ReadStats, iter_documents
 from solu.errors import UserError
