@@ -292,6 +292,7 @@ class RaySession:
             plan_s = time.perf_counter() - t0
             info = [self._get(ref, k, n, None) for k, ref in enumerate(loading)]
             t1 = time.perf_counter()
+            ready_s = t1 - t0
             results = self._run(workers, info, plan, ckpt.name, progress)
             stream_s = time.perf_counter() - t1
         except BaseException:
@@ -303,7 +304,8 @@ class RaySession:
         keys = [site_key(s) for s in index_sites(ckpt.model_cfg)]
         activations = merge_activations([r.activations for r in results], acc, keys, cfg.threshold)
         merge_s = time.perf_counter() - t2
-        timings = {"stream_s": stream_s, "plan_s": plan_s, "ray_start_s": self.start_s, "merge_s": merge_s,
+        timings = {"stream_s": stream_s, "plan_s": plan_s, "ready_s": ready_s, "ray_start_s": self.start_s,
+                   "merge_s": merge_s,
                    "workers": n, **{k: sum(r.timings[k] for r in results)
                                      for k in ("forward_s", "accumulate_s", "sample_pass_s")},
                    "total_s": time.perf_counter() - t0}
