@@ -25,11 +25,9 @@ from index.engine import shards
 from index.engine.arrow_tables import model_tables
 from index.engine.batching import Tally, document_tokens
 from index.engine.config import IndexConfig
-from index.engine.hooks import index_sites, site_key
 from index.engine.index_model import index_checkpoint
 from index.engine.shard_config import ShardOptions
-from index.engine.shards import (index_shard, make_plan, merge_activations, merge_results, shard_of,
-                                 shard_documents)
+from index.engine.shards import assemble, index_shard, make_plan, shard_documents, shard_of
 from solu.checkpoint import load_checkpoint
 from solu.cli import main
 
@@ -139,7 +137,7 @@ def test_shards_hold_the_run_documents_once_and_tokenize_only_their_own(tiny_che
 
 
 def test_two_shards_in_process_equal_one_run(tiny_checkpoints, tiny_corpus):
-    """The shard logic without Ray: two index_shard results merged give index_checkpoint's tables."""
+    """The shard logic without Ray: two index_shard results assembled give index_checkpoint's tables."""
     torch.set_num_threads(1)
     path = tiny_checkpoints["solu_ln"]
     cfg = IndexConfig(dataset=str(tiny_corpus), **CFG)
@@ -149,14 +147,10 @@ def test_two_shards_in_process_equal_one_run(tiny_checkpoints, tiny_corpus):
     parts = [index_shard(ckpt, cfg, torch.device("cpu"), k, 2, (plan.last_doc, plan.last_len), plan.sample[k])
              for k in range(2)]
     assert [p.tokens for p in parts] == plan.tokens and min(plan.tokens) > 0
-    want = split_bands(frames_of(whole), False)  # band samples: see test_workers_2_equal_one_process_band_samples
-    acc = merge_results(parts)
-    keys = [site_key(s) for s in index_sites(ckpt.model_cfg)]
-    want_rows = len(whole.activations["act"])
-    whole.accs = {k: acc.site(i) for i, k in enumerate(keys)}
-    whole.activations = merge_activations([p.activations for p in parts], acc, keys, cfg.threshold)
-    assert len(whole.activations["act"]) == want_rows > 0
-    assert_tables_equal(split_bands(frames_of(whole), False), want)
+    sharded = assemble(ckpt, cfg, plan, parts, whole.started_at, 1.0)
+    assert sharded.tally.tokens == whole.tally.tokens and len(sharded.activations["act"]) > 0
+    # band samples: see test_workers_2_equal_one_process_band_samples
+    assert_tables_equal(split_bands(frames_of(sharded), False), split_bands(frames_of(whole), False))
 
 
 # ------------------------------------------------------------------ on Ray

@@ -200,6 +200,21 @@ def merge_activations(parts: list[dict[str, np.ndarray]], acc: Accumulator, keys
     return {k: v[keep] for k, v in cat.items()}
 
 
+def assemble(ckpt, cfg: IndexConfig, plan: Plan, results: list[ShardResult], started_at: datetime,
+             stream_s: float) -> ModelIndex:
+    """The ModelIndex of a whole run from its shards' results (the driver's part)."""
+    t0 = time.perf_counter()
+    acc = merge_results(results)
+    keys = [site_key(s) for s in index_sites(ckpt.model_cfg)]
+    activations = merge_activations([r.activations for r in results], acc, keys, cfg.threshold)
+    vocab = token_strings(ckpt.tokenizer, range(ckpt.tokenizer.get_vocab_size()))
+    logits = next(r.logits for r in results if r.logits is not None)
+    timings = {"stream_s": stream_s, "merge_s": time.perf_counter() - t0,
+               **{k: sum(r.timings[k] for r in results) for k in ("forward_s", "accumulate_s", "sample_pass_s")}}
+    return ModelIndex(ckpt, cfg, index_sites(ckpt.model_cfg), {k: acc.site(i) for i, k in enumerate(keys)},
+                      plan.tally, vocab, plan.sample_docs, activations, logits, started_at, "cpu", timings)
+
+
 # ------------------------------------------------------------------ Ray
 
 def _ray():
@@ -299,21 +314,11 @@ class RaySession:
             self._stop_workers()  # a failed run leaves no worker busy
             raise
         self._check_counts(results, plan)
-        t2 = time.perf_counter()
-        acc = merge_results(results)
-        keys = [site_key(s) for s in index_sites(ckpt.model_cfg)]
-        activations = merge_activations([r.activations for r in results], acc, keys, cfg.threshold)
-        merge_s = time.perf_counter() - t2
-        timings = {"stream_s": stream_s, "plan_s": plan_s, "ready_s": ready_s, "ray_start_s": self.start_s,
-                   "merge_s": merge_s,
-                   "workers": n, **{k: sum(r.timings[k] for r in results)
-                                     for k in ("forward_s", "accumulate_s", "sample_pass_s")},
-                   "total_s": time.perf_counter() - t0}
-        vocab = token_strings(ckpt.tokenizer, range(ckpt.tokenizer.get_vocab_size()))
-        logits = next(r.logits for r in results if r.logits is not None)
-        device = ", ".join(sorted({i["device"] for i in info}))
-        return ModelIndex(ckpt, cfg, index_sites(ckpt.model_cfg), {k: acc.site(i) for i, k in enumerate(keys)},
-                          plan.tally, vocab, plan.sample_docs, activations, logits, started_at, device, timings)
+        result = assemble(ckpt, cfg, plan, results, started_at, stream_s)
+        result.device = ", ".join(sorted({i["device"] for i in info}))
+        result.timings.update(plan_s=plan_s, ready_s=ready_s, ray_start_s=self.start_s, workers=n,
+                              total_s=time.perf_counter() - t0)
+        return result
 
     def _start_workers(self, cfg: IndexConfig) -> list:
         ray, opts = self.ray, self.options
