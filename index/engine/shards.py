@@ -158,14 +158,14 @@ def _counting(docs: Iterator[tuple[int, list[int]]]):
 
 def to_cpu(obj):
     """A copy of an accumulator (or any of its parts) with every tensor on the CPU and
-    the last batch's scratch dropped, ready to be pickled back to the driver."""
+    its scratch and caches (attributes named _x) emptied, ready to be pickled back."""
     if isinstance(obj, torch.Tensor):
         return obj.cpu()
     if isinstance(obj, (list, tuple)):
         return type(obj)(to_cpu(v) for v in obj)
     if hasattr(obj, "__dict__") and type(obj).__module__.startswith("index.engine."):
         out = object.__new__(type(obj))
-        out.__dict__.update({k: to_cpu(v) for k, v in vars(obj).items() if not k.startswith("_")})
+        out.__dict__.update({k: None if k.startswith("_") else to_cpu(v) for k, v in vars(obj).items()})
         return out
     return obj
 
