@@ -28,7 +28,7 @@ from index.engine.config import IndexConfig
 from index.engine.index_model import index_checkpoint
 from index.engine.shard_config import ShardOptions
 from index.engine.shards import assemble, index_shard, make_plan, shard_documents, shard_of
-from solu.checkpoint import load_checkpoint
+from solu.sources import load_model
 from solu.cli import main
 
 CFG = dict(tokens=3000, top_k=5, bands=3, per_band=2, random=3, sample_tokens=900, batch_size=4, device="cpu")
@@ -117,7 +117,7 @@ class CountingTokenizer:
 
 
 def test_shards_hold_the_run_documents_once_and_tokenize_only_their_own(tiny_checkpoints, tiny_corpus):
-    tok = load_checkpoint(tiny_checkpoints["gelu"]).tokenizer
+    tok = load_model(str(tiny_checkpoints["gelu"])).tokenizer
     cfg = IndexConfig(dataset=str(tiny_corpus), tokens=2500, sample_tokens=700, device="cpu")
     run = list(document_tokens(cfg.dataset, "text", tok, cfg.tokens, Tally()))
     plan = make_plan(cfg, tok, 3)
@@ -142,7 +142,7 @@ def test_two_shards_in_process_equal_one_run(tiny_checkpoints, tiny_corpus):
     path = tiny_checkpoints["solu_ln"]
     cfg = IndexConfig(dataset=str(tiny_corpus), **CFG)
     whole = index_checkpoint(path, cfg, progress=False)
-    ckpt = load_checkpoint(path)
+    ckpt = load_model(str(path))
     plan = make_plan(cfg, ckpt.tokenizer, 2)
     parts = [index_shard(ckpt, cfg, torch.device("cpu"), k, 2, (plan.last_doc, plan.last_len), plan.sample[k])
              for k in range(2)]

@@ -26,10 +26,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -40,13 +40,13 @@ from index.engine.batching import ENCODE_GROUP, Tally, document_tokens, make_bat
 from index.engine.config import IndexConfig
 from index.engine.hooks import index_sites, site_key
 from index.engine.index_model import (Indexer, ModelIndex, _check_window, _keep_sample, _progress, direct_logits,
-                                      sample_activations)
+                                      fit_batch_size, sample_activations)
 from index.engine.shard_config import ShardOptions
 from index.engine.shard_progress import TokenCounter
-from solu.checkpoint import load_checkpoint
 from solu.corpus import ReadStats, iter_documents
 from solu.errors import UserError
-from solu.tokenizer import eot_id, token_strings
+from solu.sources import LoadedModel, ModelRef, load_model
+from solu.tokenizer import token_strings
 
 PROGRESS_EVERY_S = 0.25  # how often a worker reports its tokens
 
@@ -134,11 +134,11 @@ def index_shard(ckpt, cfg: IndexConfig, device: torch.device, shard: int, n_shar
     t0 = time.perf_counter()
     docs, counted = _counting(shard_documents(cfg, ckpt.tokenizer, shard, n_shards, *plan_stop))
     indexer = Indexer(ckpt, cfg, device)
-    bos = eot_id(ckpt.tokenizer)
-    indexer.run(make_batches(docs, ckpt.model_cfg.n_ctx, cfg.batch_size, bos), on_tokens)
+    indexer.run(make_batches(docs, ckpt.model_cfg.n_ctx, cfg.batch_size, ckpt.bos_id), on_tokens)
     stream_s = time.perf_counter() - t0
-    activations = sample_activations(indexer, sample, ckpt.model_cfg.n_ctx, bos)
-    logits = direct_logits(ckpt, cfg.logit_k, ckpt.tokenizer.get_vocab_size()) if shard == 0 else None
+    activations = sample_activations(indexer, sample, ckpt.model_cfg.n_ctx, ckpt.bos_id)
+    layers = sorted({s.layer for s in indexer.sites})
+    logits = direct_logits(ckpt, cfg.logit_k, ckpt.tokenizer.get_vocab_size(), layers) if shard == 0 else None
     timings = {"stream_s": stream_s, "forward_s": indexer.forward_s, "accumulate_s": indexer.accumulate_s,
                "sample_pass_s": time.perf_counter() - t0 - stream_s}
     return ShardResult(shard, counted["tokens"], counted["documents"], to_cpu(indexer.acc), activations, logits, timings)
@@ -200,18 +200,27 @@ def merge_activations(parts: list[dict[str, np.ndarray]], acc: Accumulator, keys
     return {k: v[keep] for k, v in cat.items()}
 
 
+def run_sites(ckpt: LoadedModel, cfg: IndexConfig) -> list:
+    """The neuron sites a run indexes, as the Indexer picks them."""
+    try:
+        return index_sites(ckpt, cfg.layer_list(ckpt.model_cfg.n_layers))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
 def assemble(ckpt, cfg: IndexConfig, plan: Plan, results: list[ShardResult], started_at: datetime,
              stream_s: float) -> ModelIndex:
     """The ModelIndex of a whole run from its shards' results (the driver's part)."""
     t0 = time.perf_counter()
     acc = merge_results(results)
-    keys = [site_key(s) for s in index_sites(ckpt.model_cfg)]
+    sites = run_sites(ckpt, cfg)
+    keys = [site_key(s) for s in sites]
     activations = merge_activations([r.activations for r in results], acc, keys, cfg.threshold)
     vocab = token_strings(ckpt.tokenizer, range(ckpt.tokenizer.get_vocab_size()))
     logits = next(r.logits for r in results if r.logits is not None)
     timings = {"stream_s": stream_s, "merge_s": time.perf_counter() - t0,
                **{k: sum(r.timings[k] for r in results) for k in ("forward_s", "accumulate_s", "sample_pass_s")}}
-    return ModelIndex(ckpt, cfg, index_sites(ckpt.model_cfg), {k: acc.site(i) for i, k in enumerate(keys)},
+    return ModelIndex(ckpt, cfg, sites, {k: acc.site(i) for i, k in enumerate(keys)},
                       plan.tally, vocab, plan.sample_docs, activations, logits, started_at, "cpu", timings)
 
 
@@ -232,13 +241,13 @@ class ShardWorker:
         torch.set_num_threads(threads)
         self.ckpt = self.cfg = self.device = None
 
-    def load(self, path: str, cfg: IndexConfig) -> dict:
+    def load(self, ref: ModelRef, cfg: IndexConfig) -> dict:
         import ray
 
         from solu.model import resolve_device
 
         self.cfg, self.device = cfg, resolve_device(cfg.device)
-        self.ckpt = load_checkpoint(path, self.device)
+        self.ckpt = load_model(ref, self.device, cfg.dtype)
         return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(), "device": str(self.device)}
 
     def run(self, shard: int, n_shards: int, plan_stop: tuple[int, int], sample: list, counter,
@@ -292,15 +301,19 @@ class RaySession:
         if self.started:
             self.ray.shutdown()
 
-    def index_checkpoint(self, path: str | Path, cfg: IndexConfig, progress: bool = True) -> ModelIndex:
+    def index_checkpoint(self, spec: str | ModelRef, cfg: IndexConfig, progress: bool = True, name: str | None = None,
+                         position: str = "") -> ModelIndex:
         """index_model.index_checkpoint, spread over the session's workers."""
         started_at, t0 = datetime.now(timezone.utc), time.perf_counter()
         n = self.options.workers
-        ckpt = load_checkpoint(path, "cpu")
+        ckpt = load_model(spec, "cpu", name=name)  # tokenizer and what the models table records
+        if cfg.batch_size == 0:
+            cfg = replace(cfg, batch_size=fit_batch_size(ckpt.model_cfg, len(run_sites(ckpt, cfg))))
         _check_window(cfg, ckpt)
+        ref = ckpt.ref if ckpt.ref.path is None else replace(ckpt.ref, path=ckpt.ref.path.resolve())
         try:
             workers = self._start_workers(cfg)
-            loading = [w.load.remote(str(Path(path).resolve()), cfg) for w in workers]  # while the driver plans
+            loading = [w.load.remote(ref, cfg) for w in workers]  # while the driver plans
             plan = make_plan(cfg, ckpt.tokenizer, n)
             if plan.tally.tokens == 0:
                 raise UserError(f"dataset {cfg.dataset!r} has no text to index")
@@ -308,6 +321,9 @@ class RaySession:
             info = [self._get(ref, k, n, None) for k, ref in enumerate(loading)]
             t1 = time.perf_counter()
             ready_s = t1 - t0
+            if progress:
+                print(f"solu index: {ckpt.name}{position}: {n} Ray workers ({', '.join(i['device'] for i in info)}), "
+                      f"{cfg.batch_size} rows x {ckpt.model_cfg.n_ctx} tokens per batch, {cfg.dtype}", file=sys.stderr)
             results = self._run(workers, info, plan, ckpt.name, progress)
             stream_s = time.perf_counter() - t1
         except BaseException:
