@@ -64,7 +64,7 @@ def indexing_rows(args) -> tuple[list[dict], list[str]]:
     init_s = time.perf_counter() - t0
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            path = make_checkpoints(Path(tmp), args.index_dataset)[0]
+            path = str(make_checkpoints(Path(tmp), args.index_dataset)[0])
             cfg = IndexConfig(dataset=args.index_dataset, tokens=args.tokens, device="cpu")
             runs: dict[int, list[dict]] = {n: [] for n in [0, *args.workers]}
             for _ in range(args.repeats):

@@ -306,7 +306,7 @@ class RaySession:
         """index_model.index_checkpoint, spread over the session's workers."""
         started_at, t0 = datetime.now(timezone.utc), time.perf_counter()
         n = self.options.workers
-        ckpt = load_model(spec, "cpu", name=name)  # tokenizer and what the models table records
+        ckpt = load_model(spec if isinstance(spec, ModelRef) else str(spec), "cpu", name=name)  # tokenizer, models row
         if cfg.batch_size == 0:
             cfg = replace(cfg, batch_size=fit_batch_size(ckpt.model_cfg, len(run_sites(ckpt, cfg))))
         _check_window(cfg, ckpt)
