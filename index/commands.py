@@ -12,6 +12,7 @@ SQL_FORMATS = ("table", "csv", "json")
 
 def register(sub) -> None:
     from index.engine.config import IndexConfig
+    from index.engine.shard_config import SHARD_FLAGS, ShardOptions
     from solu.flags import add_config_flags
 
     p = sub.add_parser("index", help="index every MLP neuron of one or more models into a DuckDB file")
@@ -22,7 +23,9 @@ def register(sub) -> None:
                                   "the pretrained name or the hub id)")
     p.add_argument("--db", required=True, type=Path, help="the DuckDB file to create or update")
     add_config_flags(p, IndexConfig)
-    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice)")
+    p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; with --workers, "
+                                                "per worker, default 1)")
+    add_config_flags(p, ShardOptions, rename=SHARD_FLAGS, skip=("threads",), unset=True)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_index)
 
@@ -44,6 +47,7 @@ def cmd_index(args) -> int:
     from solu.sources import check_available, resolve
 
     cfg = config_from_args(IndexConfig, args)
+    shards = _shard_options(args)
     if args.threads is not None:
         if args.threads < 1:
             raise UserError("--threads must be a positive integer")
@@ -58,7 +62,8 @@ def cmd_index(args) -> int:
     check_dataset(cfg.dataset, cfg.text_column, cfg.seed)
     previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
-        reports = build_index(args.models, cfg, args.db, progress=not args.no_progress, name=args.name)
+        reports = build_index(args.models, cfg, args.db, progress=not args.no_progress, name=args.name,
+                              shards=shards)
     except KeyboardInterrupt:
         raise UserError(f"interrupted; {args.db} was left as it was") from None
     finally:
@@ -66,6 +71,19 @@ def cmd_index(args) -> int:
     for line in reports:
         print(line)
     return 0
+
+
+def _shard_options(args):
+    """ShardOptions when --workers is given, else None; Ray itself is imported only when a run starts."""
+    from index.engine.shard_config import SHARD_FLAGS, ShardOptions
+    from solu.flags import config_from_args, given
+
+    if args.workers is None:
+        if given(ShardOptions, args, skip=("threads",)):
+            raise UserError("--ray-address needs --workers N")
+        return None
+    return config_from_args(ShardOptions, args, rename=SHARD_FLAGS, skip=("threads",),
+                            threads=args.threads if args.threads is not None else 1)
 
 
 def _sigterm(signum, frame):

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 from index.engine.config import IndexConfig
@@ -12,10 +13,12 @@ from solu.errors import UserError
 from solu.sources import resolve
 
 
-def build_index(models: list, cfg: IndexConfig, db: Path, progress: bool = True, name: str | None = None) -> list[str]:
+def build_index(models: list, cfg: IndexConfig, db: Path, progress: bool = True, name: str | None = None,
+                shards=None) -> list[str]:
     """Index `models` (MODEL specs: solu.sources) into `db`, replacing their earlier rows;
     labels are kept. Returns one report line per model. The database changes only if
-    every model succeeds. `name` overrides the model_id of a single model."""
+    every model succeeds. `name` overrides the model_id of a single model. `shards`, a
+    shard_config.ShardOptions, spreads each model's run over Ray workers."""
     refs = [resolve(str(m)) for m in models]
     if name is not None and len(refs) != 1:
         raise UserError("--name names one model; index the others in their own run")
@@ -24,10 +27,10 @@ def build_index(models: list, cfg: IndexConfig, db: Path, progress: bool = True,
         raise UserError("two models have the same model_id "
                         f"({', '.join(sorted({i for i in ids if ids.count(i) > 1}))}); index one with --name")
     lines = []
-    with IndexBuild(db) as build:
+    with IndexBuild(db) as build, _indexer(shards) as index_one:
         for i, ref in enumerate(refs):
             _check_same_model(build, ids[i], ref.source)
-            result = index_checkpoint(ref, cfg, progress=progress, name=name,
+            result = index_one(ref, cfg, progress=progress, name=name,
                                       position=f" (model {i + 1} of {len(refs)})" if len(refs) > 1 else "")
             write_s = build.write(result.model_id, model_tables(result))
             build.write(result.model_id, run_tables(result, write_s))
@@ -40,6 +43,18 @@ def build_index(models: list, cfg: IndexConfig, db: Path, progress: bool = True,
             del result
         build.commit()
     return lines
+
+
+@contextmanager
+def _indexer(shards):
+    """index_checkpoint, or its sharded form on Ray (imported only then)."""
+    if shards is None:
+        yield index_checkpoint
+        return
+    from index.engine.shards import RaySession
+
+    with RaySession(shards) as session:
+        yield session.index_checkpoint
 
 
 def _check_same_model(build: IndexBuild, model_id: str, source: str) -> None:

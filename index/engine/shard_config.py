@@ -1,0 +1,25 @@
+"""How a sharded run (`solu index --workers N`) is spread over Ray: options that do not
+change what is built, so they live apart from IndexConfig. Light: no torch, no Ray."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SHARD_FLAGS = {"address": "ray_address"}  # field -> flag name
+
+
+@dataclass(frozen=True)
+class ShardOptions:
+    workers: int = field(default=2, metadata={
+        "help": "spread each model's documents over this many Ray workers (needs the 'ray' extra); "
+                "the index is the same as without"})
+    address: str = field(default="", metadata={
+        "help": "with --workers: join this Ray cluster (host:port or ray://host:port) instead of starting a local one"})
+    threads: int = field(default=1, metadata={"help": "torch threads (and Ray CPUs) per worker"})
+
+    def __post_init__(self):
+        for name in ("workers", "threads"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"--{name} must be a positive integer, got {value!r}")
+        if self.address != self.address.strip():
+            raise ValueError(f"--ray-address must not have surrounding spaces, got {self.address!r}")

@@ -1,0 +1,316 @@
+"""Sharded indexing: the shard split, two in-process shards merged equal one run, and on
+a small local Ray cluster (2 CPUs, 1 torch thread per worker) an index built with
+--workers 2 equals one built without, table by table; a killed worker leaves the
+previous database as it was."""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from index.engine import shards
+from index.engine.arrow_tables import model_tables
+from index.engine.batching import Tally, document_tokens
+from index.engine.config import IndexConfig
+from index.engine.index_model import index_checkpoint
+from index.engine.shard_config import ShardOptions
+from index.engine.shards import assemble, index_shard, make_plan, shard_documents, shard_of
+from solu.sources import load_model
+from solu.cli import main
+
+CFG = dict(tokens=3000, top_k=5, bands=3, per_band=2, random=3, sample_tokens=900, batch_size=4, device="cpu")
+# what sorts each table's rows into one order, whoever wrote them
+TABLE_KEYS = {
+    "models": ["model_id"],
+    "neurons": ["model_id", "layer", "neuron", "site"],
+    "examples": ["model_id", "layer", "neuron", "site", "kind", "band", "rank"],
+    "logits": ["model_id", "layer", "neuron", "sign", "rank"],
+    "activations": ["model_id", "layer", "neuron", "site", "doc_id", "pos"],
+    "tokens": ["model_id", "doc_id", "pos"],
+}
+# stats are sums in another order across shards: equal up to float rounding
+STATS = ["mean_act", "std_act", "kurtosis", "frac_active_rel"]
+
+
+# ------------------------------------------------------------------ helpers
+
+def assert_tables_equal(got: dict[str, pd.DataFrame], want: dict[str, pd.DataFrame], only=None) -> None:
+    for name in only or TABLE_KEYS:
+        g, w = (t[name].sort_values(TABLE_KEYS[name]).reset_index(drop=True) for t in (got, want))
+        assert len(g) == len(w) and len(w) > 0, name
+        assert list(g.columns) == list(w.columns), name
+        for col in w.columns:
+            if name == "neurons" and col in STATS:
+                np.testing.assert_allclose(g[col].to_numpy(float), w[col].to_numpy(float), rtol=1e-4, atol=1e-6,
+                                           err_msg=f"{name}.{col}")
+            elif col in ("acts", "act", "max_act", "weight"):
+                np.testing.assert_array_equal(_floats(g[col]), _floats(w[col]), err_msg=f"{name}.{col}")
+            else:
+                assert [_plain(v) for v in g[col]] == [_plain(v) for v in w[col]], f"{name}.{col}"
+
+
+def _floats(col: pd.Series) -> np.ndarray:
+    if col.dtype == object:
+        return np.concatenate([np.asarray(v, dtype=np.float32) for v in col]) if len(col) else np.zeros(0)
+    return col.to_numpy(np.float32)
+
+
+def _plain(v):
+    if isinstance(v, (np.ndarray, list)):
+        return tuple(np.asarray(v).tolist())
+    return None if pd.isna(v) else v
+
+
+def frames_of(result) -> dict[str, pd.DataFrame]:
+    return {name: table.to_pandas() for name, table in model_tables(result).items()}
+
+
+def frames_in(db: Path) -> dict[str, pd.DataFrame]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return {name: con.execute(f"SELECT * FROM {name}").df() for name in TABLE_KEYS}
+    finally:
+        con.close()
+
+
+def split_bands(frames: dict[str, pd.DataFrame], bands: bool) -> dict[str, pd.DataFrame]:
+    ex = frames["examples"]
+    return {**frames, "examples": ex[(ex["kind"] == "interval") == bands]}
+
+
+def digest(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# ------------------------------------------------------------------ the split (no Ray)
+
+def test_shard_of_is_deterministic_and_even():
+    shards = [shard_of(i, 4) for i in range(4000)]
+    assert shards == [shard_of(i, 4) for i in range(4000)]
+    counts = Counter(shards)
+    assert set(counts) == {0, 1, 2, 3} and min(counts.values()) > 900
+    assert {shard_of(i, 1) for i in range(100)} == {0}
+
+
+class CountingTokenizer:
+    """A tokenizer that records which texts it was asked to encode."""
+
+    def __init__(self, tok):
+        self.tok, self.texts = tok, []
+
+    def encode_batch(self, texts, add_special_tokens=False):
+        self.texts += texts
+        return self.tok.encode_batch(texts, add_special_tokens=add_special_tokens)
+
+
+def test_shards_hold_the_run_documents_once_and_tokenize_only_their_own(tiny_checkpoints, tiny_corpus):
+    tok = load_model(str(tiny_checkpoints["gelu"])).tokenizer
+    cfg = IndexConfig(dataset=str(tiny_corpus), tokens=2500, sample_tokens=700, device="cpu")
+    run = list(document_tokens(cfg.dataset, "text", tok, cfg.tokens, Tally()))
+    plan = make_plan(cfg, tok, 3)
+    assert plan.tally.tokens == 2500 and sum(plan.tokens) == 2500 and plan.last_doc == run[-1][0]
+    got, encoded = {}, 0
+    for shard in range(3):
+        counting = CountingTokenizer(tok)
+        docs = list(shard_documents(cfg, counting, shard, 3, plan.last_doc, plan.last_len))
+        assert all(shard_of(d, 3) == shard for d, _ in docs)
+        assert len(counting.texts) == len(docs)  # nothing of the other shards was tokenized
+        assert sum(len(ids) for _, ids in docs) == plan.tokens[shard]
+        encoded += len(counting.texts)
+        got.update(docs)
+    assert encoded == len(run) and got == dict(run)  # every document once, the last one cut as in one run
+    assert [d for s in plan.sample for d, _ in s] and sorted(d for s in plan.sample for d, _ in s) == \
+        [d for d, _ in plan.sample_docs]
+
+
+def test_two_shards_in_process_equal_one_run(tiny_checkpoints, tiny_corpus):
+    """The shard logic without Ray: two index_shard results assembled give index_checkpoint's tables."""
+    torch.set_num_threads(1)
+    path = tiny_checkpoints["solu_ln"]
+    cfg = IndexConfig(dataset=str(tiny_corpus), **CFG)
+    whole = index_checkpoint(path, cfg, progress=False)
+    ckpt = load_model(str(path))
+    plan = make_plan(cfg, ckpt.tokenizer, 2)
+    parts = [index_shard(ckpt, cfg, torch.device("cpu"), k, 2, (plan.last_doc, plan.last_len), plan.sample[k])
+             for k in range(2)]
+    assert [p.tokens for p in parts] == plan.tokens and min(plan.tokens) > 0
+    sharded = assemble(ckpt, cfg, plan, parts, whole.started_at, 1.0)
+    assert sharded.tally.tokens == whole.tally.tokens and len(sharded.activations["act"]) > 0
+    # band samples: see test_workers_2_equal_one_process_band_samples
+    assert_tables_equal(split_bands(frames_of(sharded), False), split_bands(frames_of(whole), False))
+
+
+# ------------------------------------------------------------------ on Ray
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    ray = pytest.importorskip("ray")
+    ray.init(num_cpus=2, object_store_memory=100 * 1024 ** 2, include_dashboard=False,
+             logging_level=logging.ERROR, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def index_args(db: Path, models: list[Path], corpus: Path, *extra: str, **cfg) -> list[str]:
+    cfg = {**CFG, **cfg}
+    flags = [f"--{k.replace('_', '-')}={v}" for k, v in cfg.items()]
+    return ["index", *map(str, models), "--db", str(db), "--dataset", str(corpus), *flags, "--no-progress", *extra]
+
+
+@pytest.fixture(scope="module")
+def built_both(ray_cluster, tiny_checkpoints, tiny_corpus, tmp_path_factory):
+    """The same index built in one process and with --workers 2."""
+    models = [tiny_checkpoints["gelu"], tiny_checkpoints["solu_ln"]]
+    root = tmp_path_factory.mktemp("sharded")
+    one, two = root / "one.duckdb", root / "two.duckdb"
+    assert main(index_args(one, models, tiny_corpus)) == 0
+    bars = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(shards, "_progress", lambda enabled, total, name: bars.append(FakeBar(total, name)) or bars[-1])
+        assert main(index_args(two, models, tiny_corpus, "--workers", "2", "--threads", "1")) == 0
+    return frames_in(one), frames_in(two), runs_in(one), runs_in(two), bars
+
+
+class FakeBar:
+    """Records what the one progress bar of a sharded run was told."""
+
+    def __init__(self, total: int, name: str):
+        self.total, self.name, self.n, self.closed = total, name, 0, False
+
+    def update(self, n: int) -> None:
+        self.n += n
+
+    def close(self) -> None:
+        self.closed = True
+
+
+def runs_in(db: Path) -> list[tuple]:
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute("SELECT model_id, tokens, documents, sample_documents, device FROM index_runs "
+                           "ORDER BY 1").fetchall()
+    finally:
+        con.close()
+
+
+def test_workers_2_equal_one_process_table_by_table(built_both):
+    """Top-K documents, values and windows, random samples, logits, activations and
+    tokens exactly; stats within float tolerance."""
+    one, two, runs_one, runs_two, _ = built_both
+    assert_tables_equal(split_bands(two, False), split_bands(one, False))
+    assert runs_two == runs_one
+
+
+def test_one_progress_bar_counts_every_worker(built_both):
+    *_, runs, bars = built_both
+    assert [(b.name, b.total, b.n, b.closed) for b in bars] == \
+        [(f"{model} (2 workers)", tokens, tokens, True) for model, tokens, *_ in runs]
+
+
+@pytest.mark.xfail(reason="band samples are drawn against the running max, which depends on stream order, "
+                          "until the engine's hash-based band choice (issue 11, item 2) lands")
+def test_workers_2_equal_one_process_band_samples(built_both):
+    one, two, *_ = built_both
+    assert_tables_equal(split_bands(two, True), split_bands(one, True), only=["examples"])
+
+
+def test_worker_user_errors_name_the_shard(ray_cluster, tiny_checkpoints, tiny_corpus, tmp_path, capsys):
+    code = main(index_args(tmp_path / "x.duckdb", [tiny_checkpoints["gelu"]], tiny_corpus, "--workers", "3"))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "--workers 3 x --threads 1" in err[0] and "has 2" in err[0], err
+    assert not (tmp_path / "x.duckdb").exists()
+
+
+def _descends_from(pid: int, ancestor: int) -> bool:
+    while pid > 1:
+        try:
+            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            return False
+        if pid == ancestor:
+            return True
+    return False
+
+
+def _kill_first_worker(killed: list, stop: threading.Event) -> None:
+    """SIGKILL the first of this test's Ray workers seen indexing a shard."""
+    while not stop.is_set():
+        for entry in Path("/proc").iterdir():
+            if not entry.name.isdigit():
+                continue
+            try:
+                cmd = (entry / "cmdline").read_bytes()
+            except OSError:
+                continue
+            if cmd.startswith(b"ray::ShardWorker.run") and _descends_from(int(entry.name), os.getpid()):
+                os.kill(int(entry.name), signal.SIGKILL)
+                killed.append(int(entry.name))
+                return
+        time.sleep(0.02)
+
+
+def test_a_killed_worker_leaves_the_previous_database(ray_cluster, tiny_checkpoints, tmp_path, capsys):
+    from conftest import make_corpus
+
+    db = tmp_path / "prev.duckdb"
+    corpus = make_corpus(tmp_path / "big.jsonl", n_docs=1000, seed=1)
+    assert main(index_args(db, [tiny_checkpoints["gelu"]], corpus, tokens=500)) == 0
+    capsys.readouterr()
+    before = digest(db)
+    killed, stop = [], threading.Event()
+    killer = threading.Thread(target=_kill_first_worker, args=(killed, stop))
+    killer.start()
+    try:
+        code = main(index_args(db, [tiny_checkpoints["solu_ln"]], corpus, "--workers", "2",
+                               tokens=100_000, batch_size=1))
+    finally:
+        stop.set()
+        killer.join()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert killed, "no worker was seen running"
+    assert code == 2 and len(err) == 1, err
+    assert "shard" in err[0] and f"pid {killed[0]}" in err[0] and "died" in err[0], err
+    assert digest(db) == before
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+# ------------------------------------------------------------------ without --workers
+
+def test_without_workers_nothing_imports_ray(tiny_checkpoints, tiny_corpus, tmp_path):
+    db = tmp_path / "plain.duckdb"
+    args = index_args(db, [tiny_checkpoints["gelu"]], tiny_corpus, tokens=300)
+    code = ("import sys; from solu.cli import main; rc = main(%r); "
+            "sys.exit(3 if 'ray' in sys.modules else rc)" % args)
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert db.exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--ray-address", "127.0.0.1:6379"], "--ray-address needs --workers"),
+    (["--workers", "0"], "--workers must be a positive integer"),
+])
+def test_bad_shard_flags(tiny_checkpoints, tiny_corpus, tmp_path, capsys, flags, message):
+    code = main(index_args(tmp_path / "x.duckdb", [tiny_checkpoints["gelu"]], tiny_corpus, *flags))
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and message in err[0], err
+
+
+def test_shard_options_validate():
+    with pytest.raises(ValueError):
+        ShardOptions(workers=2, threads=0)
+    with pytest.raises(ValueError):
+        ShardOptions(workers=2, address=" 10.0.0.1:6379")
