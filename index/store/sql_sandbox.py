@@ -39,7 +39,7 @@ def connect(db: str, memory_bytes: int, threads: int, lock_wait_s: float):
     import duckdb
 
     from index.store.schema import check_version
-    from index.store.connection import sql_path
+    from index.store.connection import sql_path, wait_for_writers
     from pathlib import Path
     from solu.errors import UserError
 
@@ -48,6 +48,10 @@ def connect(db: str, memory_bytes: int, threads: int, lock_wait_s: float):
         "threads": threads, "memory_limit": f"{max(64, memory_bytes * 6 // 10 // 2**20)}MB"})
     attach = f"ATTACH '{sql_path(Path(db))}' AS idx (READ_ONLY)"
     deadline = time.monotonic() + lock_wait_s
+    try:
+        wait_for_writers(db, lock_wait_s)
+    except UserError as e:
+        raise Refused(str(e)) from None
     while True:
         try:
             con.execute(attach)
