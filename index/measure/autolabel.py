@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from index.measure.concepts import CONCEPTS, Concept, concept, concept_masks
-from index.store.connection import open_read, open_write
+from index.store.connection import check_writable, open_read, open_write
 from solu.errors import UserError
 
 AUTHOR = "autolabel"
@@ -269,6 +269,7 @@ def autolabel(db: str | Path, models: list[str] | None = None, concepts: list[Co
     if not 0 <= threshold <= 1:
         raise UserError(f"--threshold must be between 0 and 1, got {threshold}")
     concepts = concepts or list(CONCEPTS.values())
+    check_writable(db)  # the scores are written at the end: refuse a read-only index before the work
     con = open_read(db)
     try:
         known = [r[0] for r in con.execute("SELECT model_id FROM models ORDER BY model_id").fetchall()]

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from index.store.connection import open_write
+from index.store.connection import open_read, open_write
 from solu.errors import UserError
 
 ANSWERS = ("yes", "no", "unsure")
@@ -50,11 +50,15 @@ def create_study(db: str | Path, name: str, models: list[str], per_model: int = 
         raise UserError("a blinded study compares two or more models")
     if per_model < 1 or snippets < 1:
         raise UserError("neurons per model and snippets must be at least 1")
-    with open_write(db) as con:
+    con = open_read(db)
+    try:
         known = {r[0] for r in con.execute("SELECT model_id FROM models").fetchall()}
-        missing = [m for m in models if m not in known]
-        if missing:
-            raise UserError(f"model {missing[0]!r} is not in the index")
+    finally:
+        con.close()
+    missing = [m for m in models if m not in known]
+    if missing:
+        raise UserError(f"model {missing[0]!r} is not in the index")
+    with open_write(db) as con:
         old = con.execute("SELECT models, per_model, seed, snippets FROM studies WHERE study = ?", [name]).fetchall()
         if old:
             if (sorted(old[0][0]), old[0][1], old[0][2], old[0][3]) != (sorted(set(models)), per_model, seed, snippets):

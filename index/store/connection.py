@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-import stat
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ import duckdb
 
 from index.store.schema import HUMAN_TABLES, check_version, migrate
 from solu.errors import UserError
+from solu.outputs import writable
 
 LOCK_WAIT_S = 10.0  # readers wait this long for a writer
 WRITE_WAIT_S = 30.0  # writers wait this long for each other
@@ -108,21 +108,16 @@ def wait_for_writers(db: str | Path, wait_s: float = LOCK_WAIT_S, on_wait=None) 
         fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def is_read_only(path: Path) -> bool:
-    """No write permission for us, or no write bit at all (root may write anyway; we don't)."""
-    return not os.access(path, os.W_OK) or not path.stat().st_mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH)
-
-
 def check_writable(db: str | Path) -> None:
     """Refuse, before any work, to write a database that is missing, read-only or in a
     read-only folder (where neither its lock file nor DuckDB's WAL could be written)."""
     db = Path(db)
     if not db.is_file():
         raise UserError(f"database {db} not found (build one with 'solu index')")
-    if is_read_only(db):
+    if not writable(db):
         raise UserError(f"{db} is read-only; make it writable (chmod u+w) to change it")
     folder = db.parent
-    if is_read_only(folder):
+    if not writable(folder):
         raise UserError(f"{db} is in a read-only folder ({folder}); copy it somewhere writable to change it")
 
 
@@ -149,6 +144,7 @@ def open_write(db: str | Path):
     the schema is migrated first."""
     db = Path(db)
     check_writable(db)
+    open_read(db).close()  # a solu index, before the lock file is created beside it
     with write_lock(db):
         con = _connect(db, read_only=False)
         try:

@@ -18,8 +18,9 @@ import duckdb
 import pyarrow as pa
 
 from index.store.schema import INDEX_TABLES, migrate
-from index.store.connection import is_read_only, check_writable, open_read, replace_database, write_lock
+from index.store.connection import check_writable, open_read, replace_database, write_lock
 from solu.errors import UserError
+from solu.outputs import writable
 
 TEMP_SUFFIX = ".indexing"
 
@@ -33,7 +34,7 @@ def check_target(db: Path) -> None:
     if db.exists():
         check_writable(db)
         open_read(db).close()  # not DuckDB, not ours, or a newer schema: UserError
-    elif is_read_only(db.parent):
+    elif not writable(db.parent):
         raise UserError(f"--db {db}: folder {db.parent} is read-only")
 
 
