@@ -115,3 +115,17 @@ def test_csv_streams_with_bounded_memory_whatever_the_row_cap(db, tmp_path):
 def test_limits_refuse_nan_inf_negative_and_absurd(kwargs):
     with pytest.raises(ValueError):
         SqlLimits(**kwargs)
+
+
+def test_blobs_dates_and_nan_come_out_as_json_and_csv(db, capsys):
+    import json
+
+    from solu.cli import main
+
+    sql = ("SELECT '\\xAA\\xBB'::BLOB AS b, DATE '2024-01-02' AS d, 'nan'::DOUBLE AS x, [1, 2] AS l, "
+           "'é<x>' AS s")
+    assert main(["sql", "--db", str(db), "--format", "json", sql]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"b": "aabb", "d": "2024-01-02", "x": None, "l": [1, 2],
+                                                   "s": "é<x>"}]
+    assert main(["sql", "--db", str(db), "--format", "csv", sql]) == 0
+    assert capsys.readouterr().out.splitlines() == ["b,d,x,l,s", "aabb,2024-01-02,nan,\"[1, 2]\",é<x>"]
