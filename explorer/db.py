@@ -1,14 +1,14 @@
 """Database access for the explorer process: short reads, label writes, guarded SQL.
 
 DuckDB refuses, inside one process, a second connection to a file with a different
-configuration (read-only next to read-write, or the SQL page's locked-down settings),
-and across processes a reader blocks a writer. So every access here goes through one
-gate with three modes: any number of 'read's together, any number of 'sql's together,
-one 'write' alone.
+configuration (read-only next to read-write), and across processes a reader blocks a
+writer. So every access here goes through one gate with two modes: any number of
+'read's together, one 'write' alone. Guarded SQL needs no place in it: each query runs
+in a child process of its own (index.store.readonly_sql), a reader like any other.
 
 Reads share one read-only connection, which is let go of
 - after IDLE_S seconds without use,
-- before this process writes or runs guarded SQL,
+- before this process writes,
 - as soon as another process (`solu label`, the indexer) holds the write lock: readers
   wait for it through index.store.connection.wait_for_writers, which lets go first,
 - when the file is replaced (a re-index moves a new file into place),
@@ -169,8 +169,7 @@ def run_sql(db: str | Path, sql: str, max_rows: int, timeout_s: float):
     """The guarded engine of `solu sql` (index.store.readonly_sql.run_query): (DataFrame, truncated)."""
     from index.store.readonly_sql import run_query
 
-    with _GATE.hold("sql"):
-        return run_query(db, sql, max_rows, timeout_s)
+    return run_query(db, sql, max_rows, timeout_s)
 
 
 def close() -> None:

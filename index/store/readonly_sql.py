@@ -161,6 +161,7 @@ def open_query(db: str | Path, sql: str, limits: SqlLimits = SqlLimits()) -> Que
         sql.encode("utf-8")
     except UnicodeEncodeError:
         raise UserError("the query is not valid UTF-8 text") from None
+    _refuse_early(sql)
     request = {"db": str(db.resolve()), "sql": sql, "max_rows": limits.max_rows, "threads": limits.threads,
                "memory_bytes": limits.memory_bytes, "lock_wait_s": LOCK_WAIT_S}
     proc = subprocess.Popen([sys.executable, "-m", "index.store.sql_sandbox"], stdin=subprocess.PIPE,
@@ -198,6 +199,22 @@ def run_query(db: str | Path, sql: str, max_rows: int = 1000, timeout_s: float =
         for chunk in q.chunks():
             rows.extend(chunk)
     return pd.DataFrame(rows, columns=q.columns), q.truncated
+
+
+def _refuse_early(sql: str) -> None:
+    """The statement check, here too (it only parses), so a refused statement costs no
+    process; the child checks again before it runs anything."""
+    import duckdb
+
+    from index.store.sql_sandbox import Refused, check_statement
+
+    con = duckdb.connect(":memory:")
+    try:
+        check_statement(con, sql)
+    except Refused as e:
+        raise UserError(str(e)) from None
+    finally:
+        con.close()
 
 
 def _limits(**kwargs) -> SqlLimits:

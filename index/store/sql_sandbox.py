@@ -25,7 +25,7 @@ import time
 CHUNK_ROWS = 256
 MAX_CHUNK_BYTES = 64 * 2**20
 _EXPLAIN = re.compile(r"^\s*EXPLAIN(\s+ANALYZE)?\b", re.IGNORECASE)
-LOCKED_SETTINGS = ("SET enable_external_access = false", "SET allow_community_extensions = false",
+LOCKED_SETTINGS = ("SET enable_progress_bar = false", "SET enable_external_access = false", "SET allow_community_extensions = false",
                    "SET autoinstall_known_extensions = false", "SET autoload_known_extensions = false",
                    "SET max_temp_directory_size = '0KB'", "SET lock_configuration = true")
 
