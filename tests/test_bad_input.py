@@ -231,14 +231,28 @@ CASES: list[tuple[str, list[str]]] = [
     ("index-threads-0", ["index", "{ckpt}", "--db", "{root}/new.duckdb", "--dataset", "{corpus}", "--threads", "0"]),
     *[(f"index-{flag.strip('-')}-{v}", ["index", "{ckpt}", "--db", "{root}/new.duckdb", "--dataset", "{corpus}",
                                         flag, v])
-      for flag in ("--tokens", "--top-k", "--batch-size", "--hist-bins", "--stats-every")
+      for flag in ("--tokens", "--top-k", "--hist-bins", "--stats-every")
       for v in ("0", "-1", "nan")],
+    *[(f"index-batch-size-{v}", ["index", "{ckpt}", "--db", "{root}/new.duckdb", "--dataset", "{corpus}",
+                                 "--batch-size", v]) for v in ("-1", "nan", BIG_INT)],  # 0 means automatic
     *[(f"index-{flag.strip('-')}-{v}", ["index", "{ckpt}", "--db", "{root}/new.duckdb", "--dataset", "{corpus}",
                                         flag, v])
       for flag in ("--window-before", "--window-after", "--per-band", "--random", "--sample-tokens", "--logit-k")
       for v in ("-1", BIG_INT)],
     *[(f"index-threshold-{v}", ["index", "{ckpt}", "--db", "{root}/new.duckdb", "--dataset", "{corpus}",
                                 "--threshold", v]) for v in ("nan", "inf", "-0.1", "1", HUGE)],
+    ("index-dtype", ["index", "{ckpt}", "--db", "{root}/new.duckdb", "--dataset", "{corpus}", "--dtype", "int4"]),
+    ("index-layers-garbage", ["index", "{ckpt}", "--db", "{root}/new.duckdb", "--dataset", "{corpus}", "--layers", "x"]),
+    ("index-layers-out-of-range", ["index", "{ckpt}", "--db", "{root}/new.duckdb", "--dataset", "{corpus}",
+                                   "--layers", "7"]),
+    ("index-name-two-models", ["index", "{ckpt}", "{ckpt}", "--name", "x", "--db", "{root}/new.duckdb",
+                               "--dataset", "{corpus}"]),
+    ("index-unknown-hub-id", ["index", "nosuch-org/nosuch-model", "--db", "{root}/new.duckdb", "--dataset", "{corpus}",
+                              "@HF_HUB_OFFLINE=1"]),
+    # ---------------------------------------------------------------- fetch (offline here)
+    ("fetch-unknown", ["fetch", "nosuch-org/nosuch-model", "@HF_HUB_OFFLINE=1"]),
+    ("fetch-invalid-utf8", ["fetch", "m\udcff"]),
+    ("fetch-no-name", ["fetch"]),
     ("index-bands-101", ["index", "{ckpt}", "--db", "{root}/new.duckdb", "--dataset", "{corpus}", "--bands", "101"]),
 ]
 
@@ -248,7 +262,7 @@ def test_there_are_enough_cases():
     assert len(set(ids)) == len(ids)
     assert len(CASES) >= 150
     commands = {argv[0] for _, argv in CASES if argv}
-    assert commands >= {"train", "corpus", "index", "sql", "autolabel", "study", "compare", "app", "label",
+    assert commands >= {"train", "fetch", "corpus", "index", "sql", "autolabel", "study", "compare", "app", "label",
                         "labels", "demo"}
 
 
