@@ -174,7 +174,13 @@ def open_query(db: str | Path, sql: str, limits: SqlLimits = SqlLimits()) -> Que
     query = Query(proc, limits, time.monotonic(), messages, reader)
     query.deadline = query.started + STARTUP_S + LOCK_WAIT_S
     try:
-        message = query._next()
+        try:
+            message = query._next()
+        except QueryStopped as e:
+            if e.limit != "time":
+                raise
+            raise UserError(f"the query process did not start within {STARTUP_S + LOCK_WAIT_S:g}s; "
+                            f"the machine is overloaded or {db} is busy") from None
         if message[0] != "ready":
             query._fail(message)
         query.deadline = time.monotonic() + limits.timeout_s
