@@ -48,9 +48,6 @@ class _Gate:
                 self._count -= 1
                 self.cond.notify_all()
 
-    def idle(self) -> bool:
-        return self._count == 0
-
 
 class _Shared:
     """A pooled connection and how many readers use it now."""
