@@ -101,6 +101,18 @@ MIGRATIONS: list[str] = [
     ALTER TABLE models ADD COLUMN source_kind VARCHAR;
     ALTER TABLE models ADD COLUMN revision VARCHAR;
     """,
+    # 6: long documents are ranked and sampled as segments (examples, activations and
+    # tokens say which); the activation sample is hash-chosen segments, its size and
+    # rule recorded per run; token-level stats are always over every token
+    """
+    ALTER TABLE examples ADD COLUMN segment INTEGER;
+    ALTER TABLE activations ADD COLUMN segment INTEGER;
+    ALTER TABLE tokens ADD COLUMN segment INTEGER;
+    ALTER TABLE index_runs ADD COLUMN sample_segments INTEGER;
+    ALTER TABLE index_runs ADD COLUMN sample_tokens BIGINT;
+    ALTER TABLE index_runs ADD COLUMN sample_rule VARCHAR;
+    ALTER TABLE index_runs ADD COLUMN segment_tokens INTEGER;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
