@@ -602,3 +602,38 @@ def test_config_round_trip():
     assert IndexConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match="threshold"):
         IndexConfig(threshold=1.5)
+
+
+# ------------------------------------------------------------------ the activation sample spans the run
+
+def test_a_concept_only_after_the_first_90_percent_still_gets_a_score(tiny_checkpoints, tmp_path):
+    """base64 only in the last documents, past 90% of the run's tokens: the old rule
+    (the first documents) never sampled it; the hash-chosen segments do, so autolabel
+    can score it."""
+    import base64
+    import random
+
+    from index.measure.autolabel import autolabel, resolve_concepts
+    from index.measure.concepts import find_base64
+
+    rng = random.Random(0)
+    plain = [f"def f{i}(x, y):\n    return x * {i} + y  # the sum of the parts\n" * 2 for i in range(60)]
+    encoded = [base64.b64encode(bytes(rng.randrange(256) for _ in range(90))).decode() + "\n" for _ in range(3)]
+    corpus = tmp_path / "late.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in plain + encoded))
+    ckpt = load_checkpoint(tiny_checkpoints["gelu"])
+    docs = list(document_tokens(str(corpus), "text", ckpt.tokenizer, 10 ** 6, Tally()))
+    total = sum(len(t) for _, t in docs)
+    first_b64 = sum(len(t) for _, t in docs[:len(plain)])
+    assert first_b64 > 0.9 * total and not any(find_base64(t) for t in plain) and all(find_base64(t) for t in encoded)
+    db = tmp_path / "late.duckdb"
+    assert main(["index", str(tiny_checkpoints["gelu"]), "--db", str(db), "--dataset", str(corpus),
+                 "--tokens", str(total), "--sample-tokens", str(total // 5), "--segment-tokens", "62",
+                 "--batch-size", "4", "--no-progress"]) == 0
+    assert query(db, "SELECT max(pos) FROM tokens WHERE doc_id >= ?", [len(plain)])[0][0] is not None
+    summary = autolabel(db, concepts=resolve_concepts(["base64"]))
+    row = summary.iloc[0]
+    assert row.in_sample > 0 and np.isfinite(row.best_auroc)
+    scored = query(db, "SELECT count(*) FROM concept_scores WHERE concept = 'base64' AND auroc IS NOT NULL "
+                       "AND NOT isnan(auroc)")[0][0]
+    assert scored == 2 * 64
