@@ -124,6 +124,8 @@ class Batch:
     continues_next: bool  # document D-1 goes on in the next batch
     n_tokens: int  # indexed positions (host int)
     first_doc: int  # doc_ids[0] (host int)
+    first_span: tuple[int, int]  # (doc_first, doc_count) of document 0 (host ints)
+    last_span: tuple[int, int]  # and of document D - 1
     short_rows: torch.Tensor  # [R] the rows with padding (row_len < T - 1)
 
     def flat_index(self) -> torch.Tensor:
@@ -187,6 +189,7 @@ def _batch(rows: list[tuple[int, int, list[int], int]], n_ctx: int, bos: int, pe
         doc_ids=torch.tensor(col[0]), doc_len=torch.tensor(col[1]), doc_first=torch.tensor(col[2]),
         doc_count=torch.tensor(col[3]), doc_rows=torch.tensor(col[4]),
         continues_prev=rows[0][1] > 0, continues_next=pending_next,
-        n_tokens=sum(row_len), first_doc=col[0][0],
+        n_tokens=sum(row_len), first_doc=col[0][0], first_span=(col[2][0], col[3][0]),
+        last_span=(col[2][-1], col[3][-1]),
         short_rows=torch.tensor([r for r, n in enumerate(row_len) if n < n_ctx - 1], dtype=torch.long),
     )

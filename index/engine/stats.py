@@ -35,9 +35,8 @@ def grid_exponent(max_abs: torch.Tensor) -> torch.Tensor:
 
 def coarsen(hist: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
     """The histogram on a grid 2**times [n] coarser: natural bin b, which holds
-    ((b - FINE) w, (b - FINE + 1) w], goes to FINE + floor((b - FINE) / 2**times)."""
-    if not bool((times > 0).any()):
-        return hist
+    ((b - FINE) w, (b - FINE + 1) w], goes to FINE + floor((b - FINE) / 2**times).
+    No branch on the data, so no host sync on a GPU."""
     k = torch.arange(2 * FINE, device=hist.device) - FINE
     target = torch.div(k[None, :], torch.pow(2, times.clamp(max=62))[:, None], rounding_mode="floor") + FINE
     return torch.zeros_like(hist).scatter_add_(1, target, hist)
@@ -178,11 +177,10 @@ class RunningStats:
         return -torch.pow(2.0, (int(np.log2(FINE)) - exp).double()).float()
 
     def _regrid(self, exp: torch.Tensor) -> None:
+        """Coarsen every neuron's grid to hold exp (a no-op where it already does)."""
         grow = (exp - self.exp).clamp_min(0)
-        rows = (grow > 0).nonzero().squeeze(1)
-        if len(rows):
-            self.hist[rows] = coarsen(self.hist[rows], grow[rows])
-            self.exp = self.exp + grow
+        self.hist = coarsen(self.hist, grow)
+        self.exp = self.exp + grow
 
     def rows(self, rows: slice) -> "RunningStats":
         """The stats of some neurons only."""
