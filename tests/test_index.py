@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
@@ -342,6 +343,7 @@ def shard_index(solu, cfg, docs, shards: int):
     for i in range(shards):
         ix = Indexer(solu, cfg, torch.device("cpu"))
         ix.index_documents(iter([d for d in docs if d[0] % shards == i]))
+        ix.acc, ix.sample = pickle.loads(pickle.dumps((ix.acc, ix.sample)))  # as a worker's result travels
         parts.append(ix)
     for other in parts[1:]:
         parts[0].merge(other)

@@ -155,6 +155,7 @@ class Accumulator:
             if pool.size:
                 open_rows = gate(cand) if stale is None else gate(cand) | stale
                 pool.absorb(cand, select, open_rows.nonzero().squeeze(1), replaced)
+        self._row_max = None  # this batch's, for _locate only
 
     def _pools(self):
         """(name, selection rule, gate) of the pools kept while streaming."""

@@ -85,6 +85,9 @@ class Workspace:
     def __init__(self):
         self._bufs: dict[tuple, torch.Tensor] = {}
 
+    def __getstate__(self) -> dict:  # scratch only: a pickled accumulator (a shard's result) travels without it
+        return {"_bufs": {}}
+
     def get(self, name: str, shape, dtype, device) -> torch.Tensor:
         n = 1
         for s in shape:
