@@ -308,8 +308,11 @@ def test_sample_follows_the_rule_and_activations_equal_brute_force(solu, tiny_co
     a = result.activations
     for key, per_unit in acts.items():
         mx = result.accs[key].stats.max.numpy()
-        want_rows = {(int(j), u >> SEGMENT_BITS, u & (MAX_SEGMENTS - 1), int(p) + (u & (MAX_SEGMENTS - 1)) * result.segment_len)
-                     for u, x in per_unit.items() for p, j in zip(*np.nonzero((x > 0.3 * mx) & (x > 0) & (mx > 0)))}
+        want_rows = set()
+        for u, x in per_unit.items():
+            doc, seg = u >> SEGMENT_BITS, u & (MAX_SEGMENTS - 1)
+            for p, j in zip(*np.nonzero((x > 0.3 * mx) & (x > 0) & (mx > 0))):
+                want_rows.add((int(j), doc, seg, int(p) + seg * result.segment_len))
         rows = a["site"] == key
         got = set(zip(a["neuron"][rows].tolist(), a["doc_id"][rows].tolist(), a["segment"][rows].tolist(),
                       a["pos"][rows].tolist()))

@@ -122,8 +122,8 @@ class Accumulator:
 
     def gate_reservoir(self, cand: Candidates) -> torch.Tensor:
         pool = self.reservoir
-        last = torch.where(pool.valid[:, -1:], sample_key(0, self._prio(pool.doc[:, -1:], SEED_BANDS), pool.doc[:, -1:]),
-                           NO_SAMPLE)
+        last_doc = pool.doc[:, -1:]
+        last = torch.where(pool.valid[:, -1:], sample_key(0, self._prio(last_doc, SEED_BANDS), last_doc), NO_SAMPLE)
         key = sample_key(0, self._prio(cand.doc, SEED_BANDS), cand.doc)
         return (cand.valid & (cand.value > 0) & (key < last)).any(1)
 
