@@ -2,8 +2,8 @@
 
 All sites are handled together, as one list of sites x d_mlp neurons (site-major).
 
-Per batch, the work over every token is one max per row, with its first position (the
-hook outputs are read in place, no copy); each document's max per neuron, the max over its rows, becomes a
+Per batch, the work over every token is one max per row (the hook outputs are read in
+place, no copy); each document's max per neuron, the max over its rows, becomes a
 candidate for the three pools. A document that runs on from the previous batch is a
 candidate again only if its max went up, and its new entry replaces the old one, so a
 pool always holds each document once, at its max so far. Positions and windows are
@@ -34,7 +34,7 @@ from index.engine.batching import Batch
 from index.engine.pools import Candidates, Pool
 from index.engine.stats import Duplicates, RunningStats, Workspace
 from index.engine.topk import NO_SAMPLE, doc_priority, sample_groups, sample_key, top_k, top_key, value_bands
-from index.engine.windows import Span, capture, token_at
+from index.engine.windows import Span, by_site, capture, token_at
 
 SEED_BANDS, SEED_RANDOM = 0, 1  # added to the run's seed
 
@@ -155,7 +155,7 @@ class Accumulator:
             if pool.size:
                 open_rows = gate(cand) if stale is None else gate(cand) | stale
                 pool.absorb(cand, select, open_rows.nonzero().squeeze(1), replaced)
-        self._row_max = self._row_arg = None  # this batch's, for _locate only
+        self._row_max = None  # this batch's, for _locate only
 
     def _pools(self):
         """(name, selection rule, gate) of the pools kept while streaming."""
@@ -169,9 +169,8 @@ class Accumulator:
     def _document_maxima(self, span: Span, batch: Batch) -> torch.Tensor:
         """[n, D]: each document's max in this batch, per neuron (padding holds copies
         of real activations, see _fill_padding, so a plain max over the row is right)."""
-        maxima = [torch.max(a[:, 1:], dim=1) for a in span.acts]  # each row's max and its first position
-        row_max = torch.stack([m.values for m in maxima])  # [sites, B, d]
-        self._row_max, self._row_arg = row_max, torch.stack([m.indices for m in maxima])
+        row_max = torch.stack([a[:, 1:].amax(dim=1) for a in span.acts])  # [sites, B, d]
+        self._row_max = row_max
         n_docs = len(batch.doc_ids)
         row_doc = torch.repeat_interleave(torch.arange(n_docs, device=row_max.device), batch.doc_rows,
                                           output_size=len(batch.row_len))
@@ -207,7 +206,10 @@ class Accumulator:
         site, unit = n // self.d_mlp, n % self.d_mlp
         row0 = torch.cumsum(batch.doc_rows, 0) - batch.doc_rows
         r = row0[d] + _first_row(self._row_max, site, row0[d], batch.doc_rows[d], unit, target)
-        found[n, d] = batch.row_start[r] + self._row_arg[site, r, unit]
+        t = torch.zeros_like(r)
+        for s, part in by_site(site, self.n_sites):
+            t[part] = _first_col(span.acts[s], r[part], unit[part], target[part])
+        found[n, d] = batch.row_start[r] + t
         pos = found[neuron, c]
         return pos, token_at(span, c, pos)
 
@@ -256,3 +258,16 @@ def _first_row(row_max, site, start, length, unit, target) -> torch.Tensor:
     rows = (start[:, None] + steps[None, :]).clamp(max=row_max.shape[1] - 1)
     hit = (steps[None, :] < length[:, None]) & (row_max[site[:, None], rows, unit[:, None]] == target[:, None])
     return hit.to(torch.int8).argmax(1)
+
+
+def _first_col(acts, row, unit, target, chunk: int = 8192) -> torch.Tensor:
+    """For each entry, the first t with acts[row, 1 + t, unit] == target: one gather of
+    the entries' rows, a chunk of entries at a time (padding repeats a real activation
+    that comes earlier in its row, so it is never the first)."""
+    cols = torch.arange(1, acts.shape[1], device=row.device)
+    t = torch.empty_like(row)
+    for start in range(0, len(row), chunk):
+        part = slice(start, start + chunk)
+        block = acts[row[part, None], cols[None, :], unit[part, None]]  # [c, T - 1]
+        t[part] = (block == target[part, None]).to(torch.int8).argmax(1)
+    return t
