@@ -626,7 +626,7 @@ def test_a_concept_only_after_the_first_90_percent_still_gets_a_score(tiny_check
     encoded = [base64.b64encode(bytes(rng.randrange(256) for _ in range(90))).decode() + "\n" for _ in range(3)]
     corpus = tmp_path / "late.jsonl"
     corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in plain + encoded))
-    ckpt = load_checkpoint(tiny_checkpoints["gelu"])
+    ckpt = load_model(str(tiny_checkpoints["gelu"]))
     docs = list(document_tokens(str(corpus), "text", ckpt.tokenizer, 10 ** 6, Tally()))
     total = sum(len(t) for _, t in docs)
     first_b64 = sum(len(t) for _, t in docs[:len(plain)])
