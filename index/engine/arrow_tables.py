@@ -15,6 +15,7 @@ from index.engine.accumulator import SiteResult
 from index.engine.batching import doc_of, segment_of, segment_start
 from index.engine.hooks import site_key
 from index.engine.index_model import ModelIndex
+from solu.checkpoint import LOSS_CSV
 
 MAX_TOKENS_SHOWN = 5  # tokens listed in neurons.max_tokens
 
@@ -186,7 +187,7 @@ def models_table(result: ModelIndex) -> pa.Table:
 
 def read_loss_curve(path: Path) -> list[dict]:
     try:
-        with open(path / "loss.csv", newline="") as f:
+        with open(path / LOSS_CSV, newline="") as f:
             return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
     except OSError:
         return []

@@ -142,10 +142,6 @@ class Batch:
         pos = self.row_start[row] + torch.arange(len(row), device=row.device) - row_off[row]
         return doc, pos
 
-    def doc_offset(self) -> torch.Tensor:
-        """[D] index of each document's first position among this batch's positions."""
-        return torch.cumsum(self.doc_count, 0) - self.doc_count
-
     def to(self, device) -> "Batch":
         """On `device`; to CUDA from pinned host memory without blocking the host."""
         device = torch.device(device)
