@@ -2,7 +2,6 @@
 numpy, the database it writes, and every kind of bad input."""
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -12,7 +11,6 @@ import subprocess
 import sys
 import time
 from datetime import datetime, timezone
-from pathlib import Path
 
 import duckdb
 import numpy as np
@@ -30,6 +28,7 @@ from index.engine.stats import FINE, RunningStats
 from index.engine.topk import doc_priority
 from solu.sources import load_model
 from solu.cli import main
+from db_files import digest, query
 
 TOKENS = 3000
 CFG = dict(top_k=6, window_before=32, window_after=8, bands=4, per_band=2, random=3, seed=0)
@@ -408,18 +407,6 @@ def built_db(tmp_path_factory, tiny_checkpoints, tiny_corpus):
             "--sample-tokens", "500", "--no-progress"]
     assert main(args) == 0
     return db
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def query(db: Path, sql: str, params=()):
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, list(params)).fetchall()
-    finally:
-        con.close()
 
 
 def test_database_holds_every_table(built_db):

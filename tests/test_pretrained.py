@@ -8,7 +8,6 @@ import re
 import shlex
 from pathlib import Path
 
-import duckdb
 import numpy as np
 import pytest
 import torch
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 
 from pretrained_fixtures import gpt2_dir, mixtral_dir, tl_legacy_repo, tl_state_dict, tokenizer_repo, TL_SHAPE
 from solu.cli import main
+from db_files import query
 
 TOKENIZER = "NeelNanda/gpt-neox-tokenizer-digits"
 SOLU, GELU = "NeelNanda/SoLU_1L512W_C4_Code", "NeelNanda/GELU_1L512W_C4_Code"
@@ -52,14 +52,6 @@ def indexed(hub, gpt2, tiny_corpus, tmp_path_factory):
             "--no-progress"]
     assert main(args) == 0
     return db
-
-
-def query(db: Path, sql: str, params=()):
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, list(params)).fetchall()
-    finally:
-        con.close()
 
 
 # ------------------------------------------------------------------ loading

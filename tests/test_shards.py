@@ -4,7 +4,6 @@ a small local Ray cluster (2 CPUs, 1 torch thread per worker) an index built wit
 previous database as it was."""
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import signal
@@ -31,6 +30,7 @@ from index.engine.batching import segment_length
 from index.engine.shards import assemble, index_shard, make_plan, shard_documents, shard_of
 from solu.sources import load_model
 from solu.cli import main
+from db_files import digest
 
 CFG = dict(tokens=3000, top_k=5, bands=3, per_band=2, random=3, sample_tokens=900, batch_size=4, device="cpu")
 # what sorts each table's rows into one order, whoever wrote them
@@ -85,10 +85,6 @@ def frames_in(db: Path) -> dict[str, pd.DataFrame]:
         return {name: con.execute(f"SELECT * FROM {name}").df() for name in TABLE_KEYS}
     finally:
         con.close()
-
-
-def digest(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
 # ------------------------------------------------------------------ the split (no Ray)

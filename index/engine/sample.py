@@ -16,7 +16,6 @@ an overflow segment, which also overflows the union, so the merge is exact.
 """
 from __future__ import annotations
 
-import bisect
 from dataclasses import dataclass, field
 
 _LOW32 = 0xFFFFFFFF
