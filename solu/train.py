@@ -15,6 +15,7 @@ loss is read back from the device only every LOG_EVERY steps.
 from __future__ import annotations
 
 import csv
+import gc
 import math
 import shutil
 import signal
@@ -158,11 +159,16 @@ def train(model_cfg: ModelConfig | None, train_cfg: TrainConfig | None, out: Pat
     except ValueError as e:
         raise UserError(str(e)) from None
     world = data_parallel.join(device)
+    run = None
     try:
         run = setup(model_cfg, train_cfg, out, world, world.device(device), resume, force, tokenizer_path)
         eval_loss = train_to_budget(run)
         return describe(run, eval_loss, complete=True)
     finally:
+        # DistributedDataParallel's reducer holds the process group: free it while the group
+        # lives, or its gloo threads are joined later under the GIL they wait for (a hang)
+        del run
+        gc.collect()
         world.leave()
 
 
