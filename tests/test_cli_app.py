@@ -126,7 +126,7 @@ def test_demo_quick_builds_everything_and_serves_it(tmp_path):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     progress = (tmp_path / "demo.err").read_text()
-    assert all(f"[{i}/4]" in progress for i in range(1, 5)), progress
+    assert all(f"[{i}/5]" in progress for i in range(1, 6)), progress
     con = duckdb.connect(str(tmp_path / "demo" / "index.duckdb"), read_only=True)
     models = con.execute("SELECT model_id, act_fn FROM models ORDER BY model_id").fetchall()
     con.close()
