@@ -57,7 +57,7 @@ def dense_activations(docs, n_neurons: int, rng: np.random.Generator) -> list[np
 
 
 def build_measure_db(path: Path, models=(("gelu-m", "gelu"), ("solu-m", "solu_ln")), n_layers: int = 2,
-                     d_mlp: int = 8, n_docs: int = 60, top_k: int = 20, seed: int = 0) -> Path:
+                     d_mlp: int = 8, n_docs: int = 60, top_k: int = 5, seed: int = 0) -> Path:
     path.unlink(missing_ok=True)
     con = duckdb.connect(str(path))
     migrate(con)

@@ -124,7 +124,7 @@ def test_sample_share_matrix_matches_a_loop():
 
 @pytest.fixture()
 def measure_db(tmp_path):
-    return build_measure_db(tmp_path / "m.duckdb")
+    return build_measure_db(tmp_path / "m.duckdb", top_k=20)  # the paper rates about 20 examples
 
 
 def test_autolabel_finds_planted_neurons_and_stores_exact_scores(measure_db):

@@ -17,7 +17,7 @@ from solu.cli import main
 
 @pytest.fixture()
 def db(tmp_path):
-    path = build_measure_db(tmp_path / "c.duckdb")
+    path = build_measure_db(tmp_path / "c.duckdb", top_k=20)
     return path
 
 

@@ -15,7 +15,7 @@ def section():
 
 @pytest.fixture
 def scored_db(tmp_path, monkeypatch):
-    db = build_measure_db(tmp_path / "view.duckdb")
+    db = build_measure_db(tmp_path / "view.duckdb", top_k=20)
     autolabel(db)
     monkeypatch.setenv("SOLU_DB", str(db))
     return db
