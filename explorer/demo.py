@@ -96,7 +96,7 @@ def label_models(db: Path, force: bool) -> None:
 
 def base64_neurons(db: Path, limit: int = 3) -> list[str]:
     """One line per model: its neurons automatically labelled base64, strongest first."""
-    from explorer.render import neuron_url
+    from explorer.nav import Address
     from index.store.connection import open_read
 
     con = open_read(db)
@@ -113,8 +113,9 @@ def base64_neurons(db: Path, limit: int = 3) -> list[str]:
     lines = []
     for model_id in models:
         mine = rows[rows.model_id == model_id]
-        found = ", ".join(f"L{r.layer}/N{r.neuron} ({r.top_share:.0%} of top examples: "
-                          f"{neuron_url(r.model_id, r.layer, r.neuron, r.site)})" for r in mine.head(limit).itertuples())
+        found = ", ".join(f"L{r.layer}/N{r.neuron} ({r.top_share:.0%} of top examples; in the app: "
+                          f"/{Address(r.model_id, int(r.layer), int(r.neuron), r.site).url})"
+                          for r in mine.head(limit).itertuples())
         lines.append(f"{model_id}: {len(mine)} neurons labelled base64" + (f": {found}" if found else ""))
     return lines
 
