@@ -160,16 +160,19 @@ def primary_neurons(con, model_id: str) -> pd.DataFrame:
 
 
 def sampled_token_masks(con, model_id: str, concepts: list[Concept]) -> tuple[np.ndarray, np.ndarray]:
-    """(masks, doc_start): (n_tokens, n_concepts) concept masks over the sampled
-    documents, rows in (doc_id, pos) order, each document's tokens joined and detected
-    as one text; doc_start marks each document's first token."""
-    docs = con.execute("SELECT list(token ORDER BY pos) FROM tokens WHERE model_id = ? "
+    """(masks, doc_start): (n_tokens, n_concepts) concept masks over the sampled text,
+    rows in (doc_id, pos) order. The sample may hold several pieces of one document (the
+    indexer samples segments of long ones), so each contiguous run of positions is
+    joined and detected as one text; doc_start marks the first token of each run."""
+    docs = con.execute("SELECT list(token ORDER BY pos), list(pos ORDER BY pos) FROM tokens WHERE model_id = ? "
                        "GROUP BY doc_id ORDER BY doc_id", [model_id]).fetchall()
     parts, starts = [], []
-    for (tokens,) in docs:
-        masks = concept_masks(tokens, concepts)
-        parts.append(np.stack([masks[c.name] for c in concepts], axis=1))
-        starts.append(np.arange(len(tokens)) == 0)
+    for tokens, positions in docs:
+        cuts = np.flatnonzero(np.diff(np.asarray(positions)) != 1) + 1
+        for a, b in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(tokens)]))):
+            masks = concept_masks(tokens[a:b], concepts)
+            parts.append(np.stack([masks[c.name] for c in concepts], axis=1))
+            starts.append(np.arange(b - a) == 0)
     if not parts:
         return np.zeros((0, len(concepts)), dtype=bool), np.zeros(0, dtype=bool)
     return np.concatenate(parts), np.concatenate(starts)
