@@ -277,15 +277,14 @@ SCORE_COLUMNS = ["model_id", "layer", "neuron", "site", "concept", "score", "top
 def autolabel(db: str | Path, models: list[str] | None = None, concepts: list[Concept] | None = None,
               threshold: float = RULE_SHARE) -> pd.DataFrame:
     """Score every primary-site neuron of `models` (all by default) on `concepts`, store
-    the scores, and suggest labels. Returns one row per model and concept: occurrences
-    in the activation sample (none: no AUROC, so every score is 0), neurons at or above
-    the threshold and the best neuron."""
+    the scores, and suggest labels where the best concept's top share reaches the
+    threshold. Returns one row per model and concept (see summarise)."""
     check_threshold(threshold)
     concepts = concepts or list(CONCEPTS.values())
     con = open_read(db)
     try:
-        models = models or require_models(con, [])
-        require_models(con, models)
+        known = require_models(con, models or [])
+        models = models or known
         if not models:
             raise UserError("the index has no models to score")
         scores = pd.concat([score_model(con, m, concepts) for m in models], ignore_index=True)
