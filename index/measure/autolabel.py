@@ -308,9 +308,10 @@ def summarise(scores: pd.DataFrame, threshold: float) -> pd.DataFrame:
                .rename("neurons_passing").reset_index())
     out = best.merge(passing, on=["model_id", "concept"], how="left").fillna({"neurons_passing": 0})
     out["best_neuron"] = "L" + out.layer.astype(str) + "/N" + out.neuron.astype(str)
-    out = out.rename(columns={"occurrences": "in_sample"})
-    return out[["model_id", "concept", "in_sample", "neurons_passing", "best_neuron", "top_share", "top_low",
-                "top_high", "sample_share", "base_rate", "auroc"]].sort_values(
+    out = out.rename(columns={"occurrences": "in_sample", "top_share": "best_top_share",
+                              "sample_share": "best_sample_share", "auroc": "best_auroc"})
+    return out[["model_id", "concept", "in_sample", "neurons_passing", "best_neuron", "best_top_share", "top_low",
+                "top_high", "best_sample_share", "base_rate", "best_auroc"]].sort_values(
         ["model_id", "concept"]).reset_index(drop=True)
 
 

@@ -86,10 +86,10 @@ def autolabel_table(summary):
 
     return summary.assign(
         neurons_passing=summary.neurons_passing.astype(int),
-        top_share=[f"{fmt(s)} [{fmt(lo)}, {fmt(hi)}]" for s, lo, hi in
-                   zip(summary.top_share, summary.top_low, summary.top_high)],
-        sample_share=summary.sample_share.map(fmt), base_rate=summary.base_rate.map(lambda v: fmt(v, 4)),
-        auroc=summary.auroc.map(lambda v: fmt(v, 3))).drop(columns=["top_low", "top_high"])
+        best_top_share=[f"{fmt(s)} [{fmt(lo)}, {fmt(hi)}]" for s, lo, hi in
+                        zip(summary.best_top_share, summary.top_low, summary.top_high)],
+        best_sample_share=summary.best_sample_share.map(fmt), base_rate=summary.base_rate.map(lambda v: fmt(v, 4)),
+        best_auroc=summary.best_auroc.map(lambda v: fmt(v, 3))).drop(columns=["top_low", "top_high"])
 
 
 def cmd_study_create(args) -> int:
