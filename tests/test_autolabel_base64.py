@@ -1,7 +1,9 @@
 """The demo's promise: autolabel names a base64 neuron, and that neuron's strongest
 firings really are inside base64. "Inside base64" is judged here by a regex of this
 test's own, not by the project's detector: a run of 20 or more base64 characters that
-mixes upper case, lower case and digits, and the peak token's characters lie in it.
+mixes upper case, lower case and digits, and the peak token's characters lie in it. A
+run may go on across a line break, as MIME and PEM wrap base64 (their decoders skip
+line breaks), so a peak at the start of a wrapped line near the window's edge counts.
 
 Fast: the planted corpus, with a synthetic neuron that fires where the corpus put its
 base64. Slow: the index `solu demo` builds (set SOLU_DEMO_DIR to reuse a demo folder;
@@ -19,7 +21,8 @@ from index.measure.autolabel import autolabel
 from measure_db import build_planted_db
 from planted_corpus import planted_documents_with_base64
 
-RUN = re.compile(r"[A-Za-z0-9+/]{20,}={0,2}")
+RUN = re.compile(r"[A-Za-z0-9+/]+(?:\r?\n[A-Za-z0-9+/]+)*={0,2}")
+MIN_RUN = 20
 TOP = 20
 REQUIRED = 0.9
 
@@ -30,8 +33,9 @@ def in_base64_run(tokens: list[str], position: int) -> bool:
     start = sum(len(t) for t in tokens[:position])
     end = start + len(tokens[position])
     for m in RUN.finditer(text):
-        run = m.group()
-        if not (re.search(r"[A-Z]", run) and re.search(r"[a-z]", run) and re.search(r"\d", run)):
+        run = re.sub(r"\s", "", m.group())
+        if len(run.rstrip("=")) < MIN_RUN or not (re.search(r"[A-Z]", run) and re.search(r"[a-z]", run)
+                                                 and re.search(r"\d", run)):
             continue
         overlap = min(end, m.end()) - max(start, m.start())
         solid = len(tokens[position].strip()) or 1
@@ -73,6 +77,9 @@ def test_the_regex_of_this_test():
     assert in_base64_run(tokens, 4) and in_base64_run(tokens, 8)  # inside the run, and its padding
     assert not in_base64_run(tokens, 1) and not in_base64_run(tokens, 9)  # the colon, the newline
     assert not in_base64_run(tokens, 10) and not in_base64_run(tokens, 11)  # an identifier has no digit
+    wrapped = ["x = ", "VTIE9GCiBNRVJDSE", "\n", "RVJ", "D", "SEF", "\n\n", "so", " Ab1", "\n", "Cd2"]
+    assert in_base64_run(wrapped, 4)  # one run across a line break
+    assert not in_base64_run(wrapped, 8)  # a blank line ends a run; "Ab1\nCd2" is short
 
 
 def test_planted_corpus_base64_neuron_is_labelled_and_peaks_in_base64(tmp_path):
