@@ -10,7 +10,10 @@ HERE = Path(__file__).parent
 st.set_page_config(page_title="SoLU Neuron Explorer", page_icon=":material/neurology:", layout="wide")
 
 pages = [
-    st.Page("views/neurons.py", title="Neurons", icon=":material/table_rows:", url_path="neurons", default=True),
+    # Streamlit serves the default page at / only; the hidden twin answers at /neurons too
+    st.Page("views/neurons.py", title="Neurons", icon=":material/table_rows:", url_path="home", default=True),
+    st.Page("views/neurons.py", title="Neurons", icon=":material/table_rows:", url_path="neurons",
+            visibility="hidden"),
     st.Page(NEURON_PAGE, title="Neuron", icon=":material/neurology:", url_path=NEURON_PATH),
     st.Page("views/probe.py", title="Text probe", icon=":material/keyboard:", url_path="probe"),
     st.Page("views/sql.py", title="SQL", icon=":material/database:", url_path="sql"),

@@ -1,6 +1,7 @@
 """Subcommands of the explorer: app, label, labels, demo."""
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import sys
@@ -36,6 +37,7 @@ def register(sub) -> None:
     e.add_argument("--out", type=Path, help="file to write (default: standard output)")
     e.add_argument("--history", action="store_true", help="every change, not only the current labels")
     e.add_argument("--source", choices=("human", "auto"), help="only human or only automatic labels")
+    e.add_argument("--force", action="store_true", help="replace --out if it exists (never the database itself)")
     e.set_defaults(func=cmd_labels_export)
 
     p = sub.add_parser("demo", help="build the corpus, train a GELU and a SoLU model, index both, start the app")
@@ -71,8 +73,10 @@ def check_port(host: str, port: int) -> None:
             s.bind((host, port))
         except socket.gaierror:
             raise UserError(f"--host {host!r} is not an address of this machine") from None
-        except OSError:
-            raise UserError(f"port {port} on {host} is in use; pick another with --port") from None
+        except OSError as e:
+            if e.errno == errno.EADDRINUSE:
+                raise UserError(f"port {port} on {host} is in use; pick another with --port") from None
+            raise UserError(f"cannot listen on {host} port {port}: {e.strerror}") from None
 
 
 def streamlit_command(db: Path, host: str, port: int) -> tuple[list[str], dict]:
@@ -124,7 +128,10 @@ def cmd_label(args) -> int:
 def cmd_labels_export(args) -> int:
     from index.store import queries
     from index.store.connection import open_read
+    from solu.outputs import check_out_file, write_text
 
+    if args.out:
+        check_out_file(args.out, "--out", force=args.force, inputs=(args.db,))
     con = open_read(args.db)
     try:
         df = queries.export_labels(con, history=args.history, source=args.source)
@@ -136,7 +143,7 @@ def cmd_labels_export(args) -> int:
         text = df.to_json(orient="records", lines=True, date_format="iso", force_ascii=False)
         text = text if not text or text.endswith("\n") else text + "\n"
     if args.out:
-        args.out.write_text(text)
+        write_text(args.out, text, "--out")
         print(f"{len(df)} labels written to {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -144,8 +151,12 @@ def cmd_labels_export(args) -> int:
 
 
 def cmd_demo(args) -> int:
-    from explorer.demo import run_demo
+    from explorer.demo import check_demo_out, demo_plan, run_demo
 
+    demo_plan(args.quick, args.tokens, args.index_tokens)  # every flag is checked before any work
+    check_demo_out(args.out)
+    if not args.no_app:
+        check_port(args.host, args.port)
     db = run_demo(args.out, quick=args.quick, tokens=args.tokens, index_tokens=args.index_tokens, force=args.force)
     if args.no_app:
         print(f"index ready: {db}\nstart the app with: solu app --db {db}")

@@ -1,29 +1,28 @@
 """Database access for the explorer process: short reads, label writes, guarded SQL.
 
 DuckDB refuses, inside one process, a second connection to a file with a different
-configuration (read-only next to read-write, or the SQL page's locked-down settings),
-and across processes a reader blocks a writer. So every access here goes through one
-gate with three modes: any number of 'read's together, any number of 'sql's together,
-one 'write' alone.
+configuration (read-only next to read-write), and across processes a reader blocks a
+writer. So every access here goes through one gate with two modes: any number of
+'read's together, one 'write' alone. Guarded SQL needs no place in it: each query runs
+in a child process of its own (index.store.readonly_sql), a reader like any other.
 
 Reads share one read-only connection, which is let go of
 - after IDLE_S seconds without use,
-- before this process writes or runs guarded SQL,
-- as soon as another process (`solu label`, the indexer) waits for the write lock: it
-  holds index.store.connection.write_lock while it retries, and readers see that lock taken,
+- before this process writes,
+- as soon as another process (`solu label`, the indexer) holds the write lock: readers
+  wait for it through index.store.connection.wait_for_writers, which lets go first,
 - when the file is replaced (a re-index moves a new file into place),
 so other writers wait on the app for one query at most.
 """
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import os
 import threading
 import time
 from pathlib import Path
 
-from index.store.connection import append_label, open_read
+from index.store.connection import append_label, open_read, wait_for_writers
 
 IDLE_S = 1.0
 
@@ -48,9 +47,6 @@ class _Gate:
             with self.cond:
                 self._count -= 1
                 self.cond.notify_all()
-
-    def idle(self) -> bool:
-        return self._count == 0
 
 
 class _Shared:
@@ -137,26 +133,11 @@ def file_version(db: str | Path) -> tuple:
     return st.st_ino, st.st_mtime_ns, st.st_size
 
 
-def _yield_to_writers(db: Path) -> None:
-    """If another process holds the write lock, let go of the file and wait until it is done."""
-    try:
-        f = open(str(db) + ".lock", "a")
-    except OSError:  # a read-only directory: nobody can write there either
-        return
-    with f:
-        try:
-            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            _POOL.retire(db)
-            fcntl.flock(f, fcntl.LOCK_SH)
-        fcntl.flock(f, fcntl.LOCK_UN)
-
-
 def read(db: str | Path, fn, *args, **kwargs):
     """Run fn(connection, *args, **kwargs) on a read-only connection and return its result."""
     db = Path(db)
     with _GATE.hold("read"):
-        _yield_to_writers(db)
+        wait_for_writers(db, on_wait=lambda: _POOL.retire(db))
         entry = _POOL.acquire(db)
         try:
             cur = entry.con.cursor()
@@ -185,8 +166,7 @@ def run_sql(db: str | Path, sql: str, max_rows: int, timeout_s: float):
     """The guarded engine of `solu sql` (index.store.readonly_sql.run_query): (DataFrame, truncated)."""
     from index.store.readonly_sql import run_query
 
-    with _GATE.hold("sql"):
-        return run_query(db, sql, max_rows, timeout_s)
+    return run_query(db, sql, max_rows, timeout_s)
 
 
 def close() -> None:

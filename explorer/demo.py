@@ -120,17 +120,34 @@ def base64_neurons(db: Path, limit: int = 3) -> list[str]:
     return lines
 
 
+def demo_plan(quick: bool, tokens: int | None, index_tokens: int | None) -> DemoPlan:
+    """The plan, with --tokens / --index-tokens if given (0 is refused like -1, not read as 'default')."""
+    plan = QUICK if quick else FULL
+    for flag, value in (("--tokens", tokens), ("--index-tokens", index_tokens)):
+        if value is not None and value <= 0:
+            raise UserError(f"{flag} must be positive, got {value}")
+    return DemoPlan(plan.shape, plan.tokens if tokens is None else tokens,
+                    plan.index_tokens if index_tokens is None else index_tokens, plan.batch_size,
+                    plan.eval_tokens, plan.warmup_tokens)
+
+
+def check_demo_out(out: Path) -> None:
+    """--out must be a writable folder, or creatable; the corpus cache (SOLU_CACHE) too."""
+    from solu.corpus import cache_dir
+    from solu.outputs import check_out_dir
+
+    check_out_dir(out, "--out")
+    check_out_dir(cache_dir(), "SOLU_CACHE")
+
+
 def run_demo(out: Path, *, quick: bool = False, tokens: int | None = None, index_tokens: int | None = None,
              force: bool = False) -> Path:
     """Build everything under `out` and return the index's path."""
     from solu.corpus import builtin_path
 
-    plan = QUICK if quick else FULL
-    plan = DemoPlan(plan.shape, tokens or plan.tokens, index_tokens or plan.index_tokens, plan.batch_size,
-                    plan.eval_tokens, plan.warmup_tokens)
-    if plan.tokens <= 0 or plan.index_tokens <= 0:
-        raise UserError("--tokens and --index-tokens must be positive")
+    plan = demo_plan(quick, tokens, index_tokens)
     out = Path(out)
+    check_demo_out(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     step(1, 5, "builtin corpus (Python's own sources, docs and certificates; built once, then cached)")

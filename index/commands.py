@@ -91,21 +91,93 @@ def _sigterm(signum, frame):
 
 
 def cmd_sql(args) -> int:
-    from index.store.readonly_sql import run_query
+    from index.store.readonly_sql import SqlLimits, open_query
 
-    df, truncated = run_query(args.db, args.query, max_rows=args.max_rows, timeout_s=args.timeout)
-    if args.format == "csv":
-        sys.stdout.write(df.to_csv(index=False))
-    elif args.format == "json":
-        sys.stdout.write(df.to_json(orient="records", force_ascii=False, date_format="iso") + "\n")
-    else:
-        print(format_frame(df))
-    if truncated:
+    try:
+        limits = SqlLimits(max_rows=args.max_rows, timeout_s=args.timeout)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    with open_query(args.db, args.query, limits) as q:
+        write = {"csv": _write_csv, "json": _write_json, "table": _write_table}[args.format]
+        write(q.columns, q.chunks(), sys.stdout)
+    if q.truncated:
         print(f"(truncated to the first {args.max_rows} rows; raise --max-rows for more)", file=sys.stderr)
     return 0
 
 
-def format_frame(df, width: int = 60) -> str:
+def _write_csv(columns: list[str], chunks, out) -> None:
+    import csv
+
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(columns)
+    for rows in chunks:
+        writer.writerows([_csv_cell(v) for v in row] for row in rows)
+
+
+def _csv_cell(value):
+    if isinstance(value, (bytes, bytearray)):
+        return value.hex()
+    return "" if value is None else value
+
+
+def _write_json(columns: list[str], chunks, out) -> None:
+    """One JSON array of objects, written row by row."""
+    import json
+
+    out.write("[")
+    first = True
+    for rows in chunks:
+        for row in rows:
+            out.write(("" if first else ",\n") + json.dumps(dict(zip(columns, map(_jsonable, row))),
+                                                         ensure_ascii=False))
+            first = False
+    out.write("]\n")
+
+
+def _jsonable(value):
+    """A SQL value as JSON: ISO dates, hex BLOBs, null for NaN and infinities."""
+    import datetime
+    import decimal
+    import math
+
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    if isinstance(value, (bytes, bytearray)):
+        return value.hex()
+    if isinstance(value, decimal.Decimal):
+        return float(value)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if value is None or isinstance(value, (str, int, bool)):
+        return value
+    return str(value)
+
+
+TABLE_BLOCK_ROWS = 1000
+
+
+def _write_table(columns: list[str], chunks, out) -> None:
+    """Aligned text, in blocks of TABLE_BLOCK_ROWS rows (each aligned on its own), then a row count."""
+    import pandas as pd
+
+    block: list[tuple] = []
+    total = 0
+    for rows in chunks:
+        block.extend(rows)
+        if len(block) >= TABLE_BLOCK_ROWS:
+            out.write(format_frame(pd.DataFrame(block, columns=columns), footer=False) + "\n")
+            total, block = total + len(block), []
+    if block or not total:
+        out.write(format_frame(pd.DataFrame(block, columns=columns), footer=False) + "\n")
+    total += len(block)
+    out.write(f"({total} row{'s' if total != 1 else ''})\n")
+
+
+def format_frame(df, width: int = 60, footer: bool = True) -> str:
     """A DataFrame as an aligned text table; long cells cut to `width` characters."""
     from solu.text_table import format_table
 
@@ -114,8 +186,8 @@ def format_frame(df, width: int = 60) -> str:
     cell = lambda v: (s if len(s := _text(v)) <= width else s[:width - 1] + "…")  # noqa: E731
     rows = [{str(c): cell(v) for c, v in zip(df.columns, r)} for r in df.itertuples(index=False)]
     if not rows:
-        return format_table([{str(c): "" for c in df.columns}]).rsplit("\n", 1)[0] + "\n(0 rows)"
-    return format_table(rows) + f"\n({len(rows)} row{'s' if len(rows) != 1 else ''})"
+        return format_table([{str(c): "" for c in df.columns}]).rsplit("\n", 1)[0] + ("\n(0 rows)" * footer)
+    return format_table(rows) + (f"\n({len(rows)} row{'s' if len(rows) != 1 else ''})" if footer else "")
 
 
 def _text(value) -> str:

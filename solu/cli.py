@@ -12,8 +12,15 @@ from solu.errors import UserError
 COMMAND_GROUP = "solu.commands"
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with a usage mistake reported like every other user error: one line."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="solu", description="Train GELU and SoLU transformers, index their MLP neurons, explore them.")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     registrations = sorted(entry_points(group=COMMAND_GROUP), key=lambda ep: ep.name)
@@ -26,15 +33,26 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from solu.flags import check_values
+
     args = build_parser().parse_args(argv)
     try:
+        check_values(args)
         return args.func(args) or 0
     except UserError as e:
-        print(f"solu {args.command}: error: {e}", file=sys.stderr)
+        print(f"solu {args.command}: error: {_one_line(str(e))}", file=sys.stderr)
+        return 2
+    except OSError as e:  # the file system said no (disk full, permissions) where no check foresaw it
+        where = f": {e.filename}" if e.filename else ""
+        print(f"solu {args.command}: error: {e.strerror or e}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"solu {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split("\n")) if "\n" in text else text
 
 
 if __name__ == "__main__":

@@ -9,6 +9,12 @@ PRECISIONS = ("auto", "fp32", "bf16")  # training arithmetic, see solu.device
 DATASET_HELP = "builtin, a .txt/.jsonl/.parquet file or folder, or hf:NAME[:split]"
 
 
+# sizes past these are mistakes (a tokenizer asked for 10^12 tokens aborts the process)
+MAX_SHAPE = {"n_layers": 512, "d_model": 65_536, "d_mlp": 262_144, "n_heads": 1024, "n_ctx": 131_072,
+             "d_vocab": 1_048_576}
+MAX_PARAMS = 100_000_000_000
+
+
 def _positive(obj, *names: str) -> None:
     for name in names:
         value = getattr(obj, name)
@@ -46,6 +52,16 @@ class ModelConfig:
             raise ValueError(f"n_heads ({self.n_heads}) must divide d_model ({self.d_model})")
         if self.d_vocab < 260:
             raise ValueError(f"d_vocab must be at least 260 (256 bytes plus special tokens), got {self.d_vocab}")
+        for name, most in MAX_SHAPE.items():
+            if getattr(self, name) > most:
+                raise ValueError(f"{name} must be at most {most:,}, got {getattr(self, name):,}")
+        if self.n_params_estimate() > MAX_PARAMS:
+            raise ValueError(f"this shape has about {self.n_params_estimate():,} parameters; at most {MAX_PARAMS:,}")
+
+    def n_params_estimate(self) -> int:
+        """Embedding, unembedding, attention and MLP weights (biases and norms left out)."""
+        per_layer = 4 * self.d_model * self.d_model + 2 * self.d_model * self.d_mlp
+        return 2 * self.d_vocab * self.d_model + self.n_ctx * self.d_model + self.n_layers * per_layer
 
     @property
     def d_head(self) -> int:

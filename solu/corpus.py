@@ -217,6 +217,9 @@ def builtin_path(seed: int = 0) -> Path:
     """The builtin corpus as JSONL, built once per seed and cached."""
     path = cache_dir() / f"builtin-v{BUILTIN_VERSION}-py{sys.version_info[0]}{sys.version_info[1]}-seed{seed}.jsonl"
     if not path.exists():
+        from solu.outputs import check_out_dir
+
+        check_out_dir(cache_dir(), "SOLU_CACHE")
         build_builtin(path, seed)
     return path
 

@@ -54,3 +54,40 @@ def config_from_args(cls, args: argparse.Namespace, *, rename: dict[str, str] | 
 def given(cls, args: argparse.Namespace, *, skip: tuple[str, ...] = ()) -> list[str]:
     """The flags of `cls` the user gave (needs `unset=True` when the flags were added)."""
     return [f.name for f in fields(cls) if f.name not in skip and getattr(args, f.name, None) is not None]
+
+
+# the largest number any flag takes; above it a value is a typo or an attack, not a request
+MAX_FLAG_VALUE = 10**15
+
+
+def check_values(args: argparse.Namespace) -> None:
+    """Every parsed value, whichever command declared it: numbers finite, not negative and
+    not absurd (above MAX_FLAG_VALUE); text and paths valid UTF-8 without NUL. Commands
+    check their own narrower ranges on top (a config's __post_init__, SqlLimits, ...)."""
+    for name, value in vars(args).items():
+        for item in value if isinstance(value, (list, tuple)) else [value]:
+            _check_value(name, item)
+
+
+def _check_value(name: str, value) -> None:
+    import math
+    from pathlib import PurePath
+
+    flag = "--" + name.replace("_", "-")
+    if isinstance(value, bool) or value is None or callable(value):
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise UserError(f"{flag} must be a finite number, got {value}")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise UserError(f"{flag} must not be negative, got {value:g}")
+        if value > MAX_FLAG_VALUE:
+            raise UserError(f"{flag} {value:g} is absurdly large (at most {MAX_FLAG_VALUE:.0e})")
+    if isinstance(value, (str, PurePath)):
+        text = str(value)
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raise UserError(f"{flag} is not valid UTF-8 text") from None
+        if "\0" in text:
+            raise UserError(f"{flag} contains a NUL character")

@@ -77,8 +77,11 @@ def evaluate(model, rows: torch.Tensor, batch_size: int, world: World = World(),
 
 def prepare_out(out: Path, resume: bool, force: bool) -> None:
     """Refuse to overwrite a run by accident; checked before anything is written."""
+    from solu.outputs import check_out_dir
+
     if resume and force:
         raise UserError("--resume and --force contradict each other; pick one")
+    check_out_dir(out, "--out")
     if resume:
         if not (out / STATE).exists():
             raise UserError(f"nothing to resume in {out}: no {STATE}")
@@ -125,6 +128,18 @@ class Run:
         return self.train_cfg.batch_size // self.world.size
 
 
+def _load_state(path: Path, device) -> dict:
+    """The saved training state, or one clear line if it is damaged (a truncated file)."""
+    try:
+        state = torch.load(path, map_location=device, weights_only=False)
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, ...
+        raise UserError(f"{path} is damaged and cannot be resumed ({type(e).__name__}); "
+                        f"start again with --force") from None
+    if not isinstance(state, dict) or not {"model", "optimizer"} <= state.keys():
+        raise UserError(f"{path} is not a solu training state; start again with --force")
+    return state
+
+
 def train(model_cfg: ModelConfig | None, train_cfg: TrainConfig | None, out: Path, *, resume: bool = False,
           force: bool = False, tokenizer_path: str | None = None, tokens: int | None = None) -> dict:
     """Train into `out`. With resume=True the configs come from `out` (pass None), and
@@ -154,6 +169,7 @@ def train(model_cfg: ModelConfig | None, train_cfg: TrainConfig | None, out: Pat
 def setup(model_cfg: ModelConfig, train_cfg: TrainConfig, out: Path, world: World, device: torch.device,
           resume: bool, force: bool, tokenizer_path: str | None) -> Run:
     """Check every input, then (rank 0) create the output directory, and build the run."""
+    state = _load_state(out / STATE, device) if resume else {}
     check_dataset(train_cfg.dataset, train_cfg.text_column, train_cfg.seed)
     tok = _tokenizer(model_cfg, train_cfg, out, world, resume, tokenizer_path)
     eval_set = eval_rows(tok, train_cfg.dataset, train_cfg.text_column, train_cfg.seed,
@@ -167,7 +183,6 @@ def setup(model_cfg: ModelConfig, train_cfg: TrainConfig, out: Path, world: Worl
     model = build_model(model_cfg, seed=train_cfg.seed, device=device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, betas=(0.9, 0.95),
                             weight_decay=train_cfg.weight_decay)
-    state = torch.load(out / STATE, map_location=device, weights_only=False) if resume else {}
     if resume:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])

@@ -118,6 +118,31 @@ def test_label_editor_appends(synth_db):
     assert any(e.label.startswith("History (2 changes)") for e in at.expander)
 
 
+def test_label_editor_strips_nul_and_control_characters(synth_db):
+    at = app_at("neuron", model=SOLU, layer=1, neuron=8, site="pre_ln")
+    at.text_input[0].input("nul\x00 here\x07")
+    at.text_area[0].input("line one\nline\x1b two")
+    [b for b in at.button if b.label == "Save label"][0].click().run()
+    no_exception(at)
+    assert labels_of(synth_db, SOLU, 1, 8)[0][1:3] == ("nul here", "line one\nline two")
+
+
+@pytest.mark.parametrize("how", ["read-only folder", "read-only file"])
+def test_a_refused_label_save_is_a_message_not_a_traceback(synth_db, how):
+    before = synth_db.read_bytes()
+    target = synth_db.parent if how == "read-only folder" else synth_db
+    target.chmod(0o555 if how == "read-only folder" else 0o444)
+    try:
+        at = app_at("neuron", model=SOLU, layer=1, neuron=9, site="pre_ln")
+        at.text_input[0].input("will not be saved")
+        [b for b in at.button if b.label == "Save label"][0].click().run()
+        no_exception(at)
+        assert any("read-only" in e.value.replace("\\", "") for e in at.error)
+    finally:
+        target.chmod(0o755 if how == "read-only folder" else 0o644)
+    assert synth_db.read_bytes() == before and not (synth_db.parent / "index.duckdb.lock").exists()
+
+
 def test_accept_and_reject_suggestions(synth_db):
     at = app_at("neuron", model=SOLU, layer=0, neuron=3, site="pre_ln")
     assert any("Suggested label" in i.value for i in at.info)

@@ -57,6 +57,12 @@ def visible(token: str) -> str:
     return token.replace("\n", "↵\n").replace("\t", "⇥\t")
 
 
+def test_the_neurons_page_answers_at_its_own_name(page, app_url):
+    page.goto(f"{app_url}/neurons")
+    page.get_by_text("neurons match").wait_for(timeout=30_000)
+    assert page.get_by_text("Page not found").count() == 0
+
+
 def test_neurons_table_click_opens_the_neuron(page, app_url):
     page.goto(app_url)
     page.get_by_text("neurons match").wait_for(timeout=30_000)

@@ -203,3 +203,28 @@ def test_planted_corpus_is_deterministic_and_has_both_concepts():
     assert hit("base64", text) and hit("people_count", text)
     # the control sentences count things, and are not people counts
     assert any(w in text for w in (" apples ", " boxes ", " files "))
+
+
+@pytest.mark.parametrize("pattern,short_match", [(r"cat=(a+)+$", [(0, 7)]), (r"(a+)+$", [(4, 7)]),
+                                                 (r"(a|aa)*b", []), (r"(.*a){20}", [])])
+def test_catastrophic_patterns_run_in_linear_time(pattern, short_match):
+    """Patterns that backtrack exponentially in Python's re finish at once on RE2."""
+    import time
+
+    concept = c.concept(f"evil={pattern}")
+    text = "cat=" + "a" * 100_000 + "!"
+    start = time.perf_counter()
+    spans = concept.find(text)
+    elapsed = time.perf_counter() - start
+    print(f"{pattern!r} over 100 KB: {elapsed * 1000:.1f} ms, {len(spans)} spans")
+    assert elapsed < 2.0
+    assert concept.find("cat=aaa") == short_match
+
+
+@pytest.mark.parametrize("pattern,reason", [(r"(a)\1", "escape"), (r"(?<=a)b", "perl operator"),
+                                            (r"((a{1000}){1000}){1000}", "repetition"), ("(", "missing")])
+def test_patterns_re2_cannot_run_are_refused_in_one_line(pattern, reason, capfd):
+    with pytest.raises(UserError, match=reason) as e:
+        c.concept(f"x={pattern}")
+    assert "\n" not in str(e.value) and "RE2" in str(e.value)
+    assert capfd.readouterr().err == ""  # RE2's own logging is off

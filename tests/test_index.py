@@ -387,9 +387,9 @@ def previous(built_db, tmp_path):
 
 @pytest.mark.parametrize("flags, message", [
     ({"top_k": 0}, "--top-k must be a positive integer"),
-    ({"top_k": -3}, "--top-k must be a positive integer"),
+    ({"top_k": -3}, "--top-k must not be negative"),  # solu.flags.check_values, before the config
     ({"tokens": 0}, "--tokens must be a positive integer"),
-    ({"tokens": -1}, "--tokens must be a positive integer"),
+    ({"tokens": -1}, "--tokens must not be negative"),
 ])
 def test_bad_numbers(previous, tiny_checkpoints, tiny_corpus, capsys, flags, message):
     before = digest(previous)

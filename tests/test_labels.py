@@ -100,3 +100,33 @@ def test_reindex_keeps_labels_and_the_app_sees_the_new_index(synth_db, tmp_path)
                           [GELU]).fetchone()[0]
     con.close()
     assert f"{max_act:.4g}" in [m.value for m in at.metric]  # the new index's numbers, not cached old ones
+
+
+def test_export_out_writes_new_files_and_replaces_only_with_force(tmp_path, capsys):
+    db = build_synthetic_index(tmp_path / "index.duckdb")
+    out = tmp_path / "labels.csv"
+    assert main(["labels", "export", "--db", str(db), "--out", str(out)]) == 0
+    first = out.read_text()
+    assert first.startswith("model_id,") and len(first.splitlines()) > 1
+    out.write_text("edited by hand\n")
+    assert main(["labels", "export", "--db", str(db), "--out", str(out)]) == 2
+    assert out.read_text() == "edited by hand\n"
+    assert main(["labels", "export", "--db", str(db), "--out", str(out), "--force"]) == 0
+    assert out.read_text() == first
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.duckdb", "labels.csv"]
+
+
+def test_a_failed_export_write_leaves_nothing(tmp_path, monkeypatch, capsys):
+    import errno
+    import os
+
+    db = build_synthetic_index(tmp_path / "index.duckdb")
+
+    def full(fd):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", full)
+    assert main(["labels", "export", "--db", str(db), "--out", str(tmp_path / "labels.csv")]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and "No space left" in err[0]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["index.duckdb"]

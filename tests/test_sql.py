@@ -7,7 +7,8 @@ import json
 import duckdb
 import pytest
 
-from index.store.readonly_sql import _connect, run_query
+from index.store.readonly_sql import run_query
+from index.store.sql_sandbox import connect
 from solu.cli import main
 from solu.errors import UserError
 
@@ -107,7 +108,7 @@ def test_no_file_or_network_access(db, tmp_path, sql):
 
 def test_a_write_on_the_connection_itself_fails(db):
     """Below the allow-list the index is attached read-only."""
-    con = _connect(db)
+    con = connect(str(db), memory_bytes=2**30, threads=1, lock_wait_s=1.0)
     try:
         with pytest.raises(duckdb.Error, match="read-only"):
             con.execute("INSERT INTO labels (label_id, model_id, layer, neuron, label) VALUES (1, 'm', 0, 0, 'x')")

@@ -9,6 +9,7 @@ import streamlit as st
 
 from explorer import data, nav, render
 from explorer.nav import Address
+from solu.errors import UserError
 
 
 
@@ -99,10 +100,7 @@ def label_editor(addr: Address) -> None:
         author = st.text_input("Author (optional)", value=data.author())
         if st.form_submit_button("Save label", type="primary"):
             st.session_state["author"] = author
-            data.save_label(addr.model_id, addr.layer, addr.neuron, label.strip(), note.strip(),
-                            author=author.strip() or None)
-            st.session_state["flash"] = "Label saved"
-            st.rerun()
+            _save(addr, "Label saved", label.strip(), note.strip(), author=author.strip() or None)
     history = data.fresh("label_history", addr.model_id, addr.layer, addr.neuron)
     latest = history[history.source == "human"].head(1)
     if not latest.empty:
@@ -113,20 +111,27 @@ def label_editor(addr: Address) -> None:
             st.dataframe(history, hide_index=True)
 
 
+def _save(addr: Address, done: str, label: str, note: str, **kwargs) -> None:
+    """Save a label row and rerun the page; a refused write (a read-only database, a busy
+    one, bad text) shows its one-line message instead."""
+    try:
+        data.save_label(addr.model_id, addr.layer, addr.neuron, label, note, **kwargs)
+    except UserError as e:
+        st.error(render.md_escape(str(e)))
+        return
+    st.session_state["flash"] = done
+    st.rerun()
+
+
 def suggestion(addr: Address, auto: pd.Series) -> None:
     score = f" (score {auto.score:.2f})" if pd.notna(auto.score) else ""
     st.info(f"Suggested label: {render.md_escape(auto.label)}{score}")
     a, r = st.columns(2)
     if a.button("Accept", key=f"accept|{addr.key}", width="stretch"):
-        data.save_label(addr.model_id, addr.layer, addr.neuron, auto.label, "accepted automatic label",
-                        author=data.author() or None)
-        st.session_state["flash"] = "Suggestion accepted"
-        st.rerun()
+        _save(addr, "Suggestion accepted", auto.label, "accepted automatic label", author=data.author() or None)
     if r.button("Reject", key=f"reject|{addr.key}", width="stretch"):
-        data.save_label(addr.model_id, addr.layer, addr.neuron, auto.label, auto.note or "", source="auto",
-                        author=data.author() or None, score=auto.score, status="rejected")
-        st.session_state["flash"] = "Suggestion rejected"
-        st.rerun()
+        _save(addr, "Suggestion rejected", auto.label, auto.note or "", source="auto", author=data.author() or None,
+              score=auto.score, status="rejected")
 
 
 def show_examples(stats: dict, examples: pd.DataFrame, run: dict) -> None:

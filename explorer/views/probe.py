@@ -7,6 +7,7 @@ import streamlit as st
 
 from explorer import data, live, nav, render
 from explorer.nav import Address
+from solu.checkpoint import CONFIG
 from solu.errors import UserError
 
 SAMPLE = 'def encode(data):\n    """Return the base64 of data."""\n    return "SGVsbG8gd29ybGQ="\n'
@@ -28,7 +29,7 @@ def source_version(source: str, revision: str | None) -> float:
     if revision or not source.startswith(("/", ".", "~")):
         return 0.0
     try:
-        return (Path(source) / "config.json").stat().st_mtime
+        return (Path(source) / CONFIG).stat().st_mtime
     except OSError:
         raise UserError(f"the checkpoint of this model is gone ({source}); the probe needs it to run the "
                         f"model live (the rest of the explorer works without it)") from None

@@ -40,7 +40,7 @@ import pandas as pd
 
 from index.measure.concepts import CONCEPTS, Concept, concept, concept_masks
 from index.measure.intervals import wilson
-from index.store.connection import open_read, open_write
+from index.store.connection import check_writable, open_read, open_write
 from index.store.queries import latest_run, require_models
 from solu.errors import UserError
 
@@ -281,6 +281,7 @@ def autolabel(db: str | Path, models: list[str] | None = None, concepts: list[Co
     threshold. Returns one row per model and concept (see summarise)."""
     check_threshold(threshold)
     concepts = concepts or list(CONCEPTS.values())
+    check_writable(db)  # the scores are written at the end: refuse a read-only index before the work
     con = open_read(db)
     try:
         known = require_models(con, models or [])

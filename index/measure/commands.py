@@ -170,11 +170,13 @@ def cmd_compare(args) -> int:
 def cmd_compare_report(args) -> int:
     """`solu compare --db FILE MODEL_A MODEL_B [--out DIR]`: the markdown + PNG report."""
     from index.measure.report import write_report
+    from solu.outputs import check_out_dir
 
     if len(args.checkpoints) != 2:
         raise UserError("with --db, compare takes two model ids: solu compare --db FILE MODEL_A MODEL_B")
     a, b = (str(m) for m in args.checkpoints)
     out = args.out or Path(f"compare-{a}-vs-{b}".replace("/", "_"))  # hub ids hold a slash
+    check_out_dir(out, "--out")
     report = write_report(args.db, a, b, out, args.threshold)
     print(report.read_text(encoding="utf-8"))
     print(f"report written to {report} (plots beside it)")

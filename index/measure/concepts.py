@@ -74,7 +74,7 @@ def _majority(tokens: list[str], covered: np.ndarray, solid: np.ndarray) -> np.n
     return np.where(n_solid > 0, 2 * solid_in > n_solid, 2 * all_in > lengths) & (lengths > 0)
 
 
-def _regex_spans(pattern: re.Pattern, group: int = 0) -> Callable[[str], Spans]:
+def _regex_spans(pattern, group: int = 0) -> Callable[[str], Spans]:
     def find(text: str) -> Spans:
         return [m.span(group) for m in pattern.finditer(text) if m.end(group) > m.start(group)]
     return find
@@ -325,12 +325,31 @@ CONCEPTS: dict[str, Concept] = {c.name: c for c in (
 )}
 
 
+def _re2_options():
+    import re2
+
+    options = re2.Options()
+    options.log_errors = False  # RE2 would print its own copy of the error on stderr
+    options.max_mem = REGEX_MAX_MEM
+    return options
+
+
+REGEX_MAX_MEM = 64 * 2**20
+
+
 def regex_concept(name: str, pattern: str) -> Concept:
-    """A user concept: the tokens inside matches of `pattern` (Python re, multiline)."""
+    """A user concept: the tokens inside matches of `pattern`, multiline. User patterns run
+    on RE2 (Google's linear-time engine, the one DuckDB's regexp functions use), so no
+    pattern backtracks: RE2 refuses what it cannot run in linear time (backreferences,
+    lookaround) and patterns whose compiled form needs more than REGEX_MAX_MEM."""
+    import re2
+
     try:
-        compiled = re.compile(pattern, re.MULTILINE)
-    except re.error as e:
-        raise UserError(f"concept {name!r}: bad regular expression {pattern!r}: {e}") from None
+        compiled = re2.compile(f"(?m){pattern}", _re2_options())
+    except re2.error as e:
+        reason = e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else str(e)
+        raise UserError(f"concept {name!r}: bad regular expression {pattern!r}: {reason} (patterns run on RE2: "
+                        f"no backreferences or lookaround)") from None
     return Concept(name, f"matches /{pattern}/", _regex_spans(compiled), pattern)
 
 

@@ -1,10 +1,18 @@
-"""Opening the database safely from several processes.
+"""Opening the database safely from several processes: the one home of the lock protocol.
 
 DuckDB allows one read-write process or many read-only ones per file. So nobody holds
 the file open for long: readers open read-only connections and close them; a label
 write takes a lock file, opens read-write for one short transaction, and closes. The
 indexer builds a new file and moves it into place under the same lock, carrying over
 the labels as they are at that moment, so no label written meanwhile is lost.
+
+The lock is an flock on `DB.lock` beside the database: writers hold it exclusively,
+and readers wait (at most LOCK_WAIT_S, then one clear message) while a writer holds
+it, instead of failing on DuckDB's own file lock. A reader never creates the lock file,
+so a database in a read-only folder stays readable; a writer first checks that the
+database and its folder are writable (its mode bits too, so a file marked read-only
+stays so even for root) and that the database exists, so a refused write leaves
+nothing behind.
 """
 from __future__ import annotations
 
@@ -18,8 +26,11 @@ import duckdb
 
 from index.store.schema import HUMAN_TABLES, check_version, migrate
 from solu.errors import UserError
+from solu.outputs import writable
 
-LOCK_WAIT_S = 10.0
+LOCK_WAIT_S = 10.0  # readers wait this long for a writer
+WRITE_WAIT_S = 30.0  # writers wait this long for each other
+_POLL_S = 0.02
 
 
 def _is_lock_conflict(e: Exception) -> bool:
@@ -33,10 +44,13 @@ def _connect(db: Path, read_only: bool, config: dict | None = None) -> duckdb.Du
             return duckdb.connect(str(db), read_only=read_only, config=config or {})
         except duckdb.IOException as e:
             if _is_lock_conflict(e) and time.monotonic() < deadline:
-                time.sleep(0.02)
+                time.sleep(_POLL_S)
                 continue
             if _is_lock_conflict(e):
-                raise UserError(f"{db} is busy (another process is writing it); try again") from None
+                raise UserError(f"{db} is busy: another process kept it open for writing for {LOCK_WAIT_S:g}s; "
+                                f"try again") from None
+            if isinstance(e, duckdb.PermissionException) or "permission" in str(e).lower():
+                raise UserError(f"cannot open {db}: permission denied") from None
             raise UserError(f"{db} is not a DuckDB database") from None
         except duckdb.Error as e:
             raise UserError(f"cannot open {db}: {str(e).splitlines()[0]}") from None
@@ -47,6 +61,7 @@ def open_read(db: str | Path, config: dict | None = None) -> duckdb.DuckDBPyConn
     db = Path(db)
     if not db.is_file():
         raise UserError(f"database {db} not found (build one with 'solu index')")
+    wait_for_writers(db)
     con = _connect(db, read_only=True, config=config)
     try:
         if check_version(con) == 0:
@@ -57,12 +72,66 @@ def open_read(db: str | Path, config: dict | None = None) -> duckdb.DuckDBPyConn
     return con
 
 
+def lock_path(db: str | Path) -> Path:
+    return Path(str(db) + ".lock")
+
+
+def _flock(f, mode: int, wait_s: float, busy: str) -> None:
+    """flock(f, mode), polling for at most wait_s; UserError(busy) after that."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.flock(f, mode | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                raise UserError(busy) from None
+            time.sleep(_POLL_S)
+
+
+def wait_for_writers(db: str | Path, wait_s: float = LOCK_WAIT_S, on_wait=None) -> None:
+    """Return once no process holds db's write lock, at once if none does; if one does,
+    call on_wait() first (the explorer lets go of its connections there). A reader never
+    creates the lock file, so this works in a read-only folder."""
+    try:
+        f = open(lock_path(db), "rb")
+    except OSError:  # no lock file: nobody has written this database yet, or it is unreadable
+        return
+    with f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if on_wait is not None:
+                on_wait()
+            _flock(f, fcntl.LOCK_SH, wait_s, f"{db} is busy: another process kept writing it for {wait_s:g}s; "
+                                             f"try again")
+        fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def check_writable(db: str | Path) -> None:
+    """Refuse, before any work, to write a database that is missing, read-only or in a
+    read-only folder (where neither its lock file nor DuckDB's WAL could be written)."""
+    db = Path(db)
+    if not db.is_file():
+        raise UserError(f"database {db} not found (build one with 'solu index')")
+    if not writable(db):
+        raise UserError(f"{db} is read-only; make it writable (chmod u+w) to change it")
+    folder = db.parent
+    if not writable(folder):
+        raise UserError(f"{db} is in a read-only folder ({folder}); copy it somewhere writable to change it")
+
+
 @contextlib.contextmanager
-def write_lock(db: str | Path):
-    """An advisory lock shared by every writer of `db` (label saves, index swaps)."""
-    lock_path = Path(str(db) + ".lock")
-    with open(lock_path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
+def write_lock(db: str | Path, wait_s: float = WRITE_WAIT_S):
+    """The advisory lock shared by every writer of `db` (label saves, index swaps). `db`
+    need not exist yet (a first index), but its folder must be writable."""
+    try:
+        f = open(lock_path(db), "ab")
+    except OSError as e:
+        raise UserError(f"cannot write {db}: its lock file {lock_path(db)} cannot be created "
+                        f"({e.strerror or e})") from None
+    with f:
+        _flock(f, fcntl.LOCK_EX, wait_s, f"{db} is busy: another writer held it for {wait_s:g}s; try again")
         try:
             yield
         finally:
@@ -71,8 +140,11 @@ def write_lock(db: str | Path):
 
 @contextlib.contextmanager
 def open_write(db: str | Path):
-    """A short read-write connection under the write lock; the schema is migrated first."""
+    """A short read-write connection to an existing, writable index under the write lock;
+    the schema is migrated first."""
     db = Path(db)
+    check_writable(db)
+    open_read(db).close()  # a solu index, before the lock file is created beside it
     with write_lock(db):
         con = _connect(db, read_only=False)
         try:
@@ -85,15 +157,34 @@ def open_write(db: str | Path):
 def append_label(db: str | Path, model_id: str, layer: int, neuron: int, label: str, note: str = "",
                  source: str = "human", author: str | None = None, score: float | None = None,
                  status: str | None = None) -> None:
-    """Append one label row; earlier rows stay as the label's history."""
-    db = Path(db)
-    if not db.is_file():
-        raise UserError(f"database {db} not found")
+    """Append one label row; earlier rows stay as the label's history. Text fields lose
+    control characters (NUL and the like; tabs and newlines stay)."""
+    label, note, author = (clean_text(v, what) for v, what in ((label, "label"), (note, "note"), (author, "author")))
     with open_write(db) as con:
         con.execute(
             "INSERT INTO labels (label_id, model_id, layer, neuron, label, note, source, author, score, status) "
             "SELECT coalesce(max(label_id), 0) + 1, ?, ?, ?, ?, ?, ?, ?, ?, ? FROM labels",
             [model_id, layer, neuron, label, note, source, author, score, status])
+
+
+MAX_TEXT_CHARS = 10_000
+_CONTROL = dict.fromkeys(c for c in range(32) if chr(c) not in "\t\n")
+_CONTROL.update({127: None})
+
+
+def clean_text(value: str | None, what: str = "text") -> str | None:
+    """Human text for the database: valid UTF-8, no control characters but tab and
+    newline, at most MAX_TEXT_CHARS characters."""
+    if value is None:
+        return None
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise UserError(f"the {what} is not valid UTF-8 text") from None
+    value = value.translate(_CONTROL)
+    if len(value) > MAX_TEXT_CHARS:
+        raise UserError(f"the {what} is {len(value):,} characters long; at most {MAX_TEXT_CHARS:,}")
+    return value
 
 
 def replace_database(new: Path, db: Path) -> None:

@@ -18,8 +18,9 @@ import duckdb
 import pyarrow as pa
 
 from index.store.schema import INDEX_TABLES, migrate
-from index.store.connection import open_read, replace_database, write_lock
+from index.store.connection import check_writable, open_read, replace_database, write_lock
 from solu.errors import UserError
+from solu.outputs import writable
 
 TEMP_SUFFIX = ".indexing"
 
@@ -31,7 +32,10 @@ def check_target(db: Path) -> None:
     if not db.parent.is_dir():
         raise UserError(f"--db {db}: folder {db.parent} does not exist")
     if db.exists():
+        check_writable(db)
         open_read(db).close()  # not DuckDB, not ours, or a newer schema: UserError
+    elif not writable(db.parent):
+        raise UserError(f"--db {db}: folder {db.parent} is read-only")
 
 
 def _temp_path(db: Path) -> Path:

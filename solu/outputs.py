@@ -1,0 +1,90 @@
+"""Where commands write: checked before any work, never over what they did not create.
+
+A command's output file (`solu labels export --out`) must not exist, unless the user
+says --force, and even then it must be a regular file that is not one of the
+command's inputs (its own database). It is written to a temporary file beside it and
+moved into place, so a failure (a full disk) leaves nothing behind. An output folder
+(`solu train --out`, `solu demo --out`, SOLU_CACHE) must be a folder, or not exist yet
+under a writable folder.
+"""
+from __future__ import annotations
+
+import os
+import stat
+import tempfile
+from pathlib import Path
+
+from solu.errors import UserError
+
+
+def writable(path: Path) -> bool:
+    """We may write it, and it is not marked read-only (root could write anyway; we don't)."""
+    try:
+        mode = path.stat().st_mode
+    except OSError:
+        return False
+    return os.access(path, os.W_OK) and bool(mode & (stat.S_IWUSR | stat.S_IWGRP | stat.S_IWOTH))
+
+
+def check_out_file(path: Path, flag: str, *, force: bool = False, inputs: tuple[Path, ...] = ()) -> None:
+    """Refuse, before any work, an output file we may not (over)write."""
+    path = Path(path)
+    for source in inputs:
+        if path.exists() and source.exists() and path.resolve() == Path(source).resolve():
+            raise UserError(f"{flag} {path} is the command's own input; it is never written over")
+    if path.is_dir():
+        raise UserError(f"{flag} {path} is a directory; give a file name")
+    if path.exists() or path.is_symlink():
+        if not force:
+            raise UserError(f"{flag} {path} already exists; pass --force to replace it")
+        if not path.is_file() or path.is_symlink():
+            raise UserError(f"{flag} {path} is not a regular file; it is never replaced")
+        if not writable(path):
+            raise UserError(f"{flag} {path} is read-only")
+    _check_folder(path.parent, flag, path)
+
+
+def _check_folder(folder: Path, flag: str, path: Path) -> None:
+    if not folder.is_dir():
+        what = "is not a folder" if folder.exists() else "does not exist"
+        raise UserError(f"{flag} {path}: {folder} {what}")
+    if not writable(folder):
+        raise UserError(f"{flag} {path}: folder {folder} is not writable")
+
+
+def write_text(path: Path, text: str, flag: str) -> None:
+    """Write `text` to `path` through a temporary file beside it; on any failure the
+    temporary file is removed and `path` is as it was."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise UserError(f"{flag} {path}: {e.strerror or e}; nothing was written") from None
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def check_out_dir(path: Path, flag: str) -> None:
+    """Refuse an output folder that is a file, or would be created under a file or a
+    read-only folder. (Whether an existing folder may be reused is the command's rule.)"""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UserError(f"{flag} {path} is a file, not a folder")
+    if path.is_dir():
+        if not writable(path):
+            raise UserError(f"{flag} {path} is not writable")
+        return
+    ancestor = path.parent
+    while not ancestor.exists() and ancestor != ancestor.parent:
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise UserError(f"{flag} {path}: {ancestor} is a file, not a folder")
+    if not writable(ancestor):
+        raise UserError(f"{flag} {path}: folder {ancestor} is not writable")

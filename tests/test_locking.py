@@ -1,0 +1,122 @@
+"""The lock protocol (index.store.connection): readers wait for writers, boundedly;
+writers refuse read-only databases and folders before touching anything."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from index.store import connection
+from index.store.connection import append_label, open_read, wait_for_writers, write_lock
+from index.store.readonly_sql import run_query
+from solu.errors import UserError
+from synthetic_index import build_synthetic_index
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def db(tmp_path) -> Path:
+    return build_synthetic_index(tmp_path / "index.duckdb")
+
+
+def hold_lock(db: Path, seconds: float) -> threading.Thread:
+    held = threading.Event()
+
+    def run():
+        with write_lock(db):
+            held.set()
+            time.sleep(seconds)
+
+    t = threading.Thread(target=run)
+    t.start()
+    held.wait()
+    return t
+
+
+def test_readers_wait_for_a_writer_instead_of_failing(db):
+    t = hold_lock(db, 1.0)
+    start = time.monotonic()
+    con = open_read(db)
+    waited = time.monotonic() - start
+    con.close()
+    t.join()
+    assert waited >= 0.5
+
+
+def test_sql_waits_for_a_writer_too(db):
+    t = hold_lock(db, 1.0)
+    df, _ = run_query(db, "SELECT count(*) AS n FROM models")
+    t.join()
+    assert df.n[0] == 2
+
+
+def test_a_reader_gives_up_after_a_bounded_wait_with_one_line(db):
+    t = hold_lock(db, 1.5)
+    start = time.monotonic()
+    with pytest.raises(UserError, match="busy") as e:
+        wait_for_writers(db, wait_s=0.3)
+    assert time.monotonic() - start < 1.2 and "\n" not in str(e.value)
+    t.join()
+
+
+def test_readers_wait_out_a_duckdb_write_connection_of_another_process(db):
+    """Below the lock file: a process that holds DuckDB's own write lock for a second."""
+    script = ("import duckdb, sys, time\ncon = duckdb.connect(sys.argv[1])\nprint('open', flush=True)\n"
+              "time.sleep(1.0)\ncon.close()\n")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(db)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "open"
+    con = open_read(db)
+    assert con.execute("SELECT count(*) FROM models").fetchone()[0] == 2
+    con.close()
+    proc.wait()
+
+
+def test_reads_and_sql_succeed_while_label_writers_run(db):
+    """The issue's 'busy' failures: a writer process appends labels back to back while
+    this process reads and runs SQL; every read and every query succeeds."""
+    script = ("import sys\nfrom index.store.connection import append_label\n"
+              "for i in range(20):\n    append_label(sys.argv[1], 'gelu-synth', 0, i % 64, f'w{i}', author='w')\n")
+    writer = subprocess.Popen([sys.executable, "-c", script, str(db)], cwd=ROOT)
+    reads = queries = 0
+    while writer.poll() is None or reads < 10:
+        con = open_read(db)
+        con.execute("SELECT count(*) FROM labels").fetchone()
+        con.close()
+        reads += 1
+        if queries < 4:
+            run_query(db, "SELECT count(*) FROM current_labels")
+            queries += 1
+    assert writer.wait() == 0
+    con = open_read(db)
+    assert con.execute("SELECT count(*) FROM labels WHERE author = 'w'").fetchone()[0] == 20
+    con.close()
+
+
+def test_writes_refuse_read_only_databases_and_folders_and_leave_no_lock(db):
+    before = db.read_bytes()
+    db.chmod(0o444)
+    with pytest.raises(UserError, match="read-only"):
+        append_label(db, "gelu-synth", 0, 0, "x")
+    db.chmod(0o644)
+    db.parent.chmod(0o555)
+    try:
+        with pytest.raises(UserError, match="read-only folder"):
+            append_label(db, "gelu-synth", 0, 0, "x")
+        con = open_read(db)  # reading a database in a read-only folder still works
+        con.close()
+        run_query(db, "SELECT 1")
+    finally:
+        db.parent.chmod(0o755)
+    assert db.read_bytes() == before and not connection.lock_path(db).exists()
+
+
+def test_a_missing_database_is_not_created_by_a_write(tmp_path):
+    missing = tmp_path / "nope.duckdb"
+    with pytest.raises(UserError, match="not found"):
+        append_label(missing, "m", 0, 0, "x")
+    assert list(tmp_path.iterdir()) == []
