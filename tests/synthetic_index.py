@@ -100,7 +100,8 @@ def _insert_examples(con, model_id, site, n_neurons, d_mlp, examples, window, se
     n_random = max(1, examples // 10)
     n_interval = examples - n_top - n_random
     con.execute(f"""
-        INSERT INTO examples
+        INSERT INTO examples (model_id, layer, neuron, site, kind, band, rank, doc_id, max_act, max_pos, start_pos,
+                              tokens, acts)
         SELECT ?, n // {d_mlp}, n % {d_mlp}, ?, kind,
                CASE WHEN kind = 'interval' THEN (e - {n_top}) % 4 END,
                1 + CASE WHEN kind = 'top' THEN e WHEN kind = 'interval' THEN (e - {n_top}) // 4

@@ -5,11 +5,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import signal
 import subprocess
 import sys
 import time
+from datetime import datetime, timezone
 from pathlib import Path
 
 import duckdb
@@ -19,15 +21,18 @@ import torch
 
 from index.engine.hooks import Recorder, index_sites, site_key
 from index.engine.config import IndexConfig
-from index.engine.batching import Tally, document_tokens, make_batches
-from index.engine.index_model import Indexer, index_checkpoint
+from index.engine.arrow_tables import model_tables
+from index.engine.batching import (MAX_SEGMENTS, SEGMENT_BITS, Tally, document_tokens, make_batches, segment_length,
+                                   segments)
+from index.engine.index_model import Indexer, finish, index_checkpoint
+from index.engine.sample import ActivationSample, sample_hash
 from index.engine.stats import FINE, RunningStats
 from index.engine.topk import doc_priority
 from solu.sources import load_model
 from solu.cli import main
 
 TOKENS = 3000
-CFG = dict(top_k=6, window_before=32, window_after=8, bands=4, per_band=2, random=3, seed=0, stats_every=1)
+CFG = dict(top_k=6, window_before=32, window_after=8, bands=4, per_band=2, random=3, seed=0)
 
 
 # ------------------------------------------------------------------ helpers
@@ -122,7 +127,25 @@ def test_recorder_matches_a_full_forward_and_solu_is_x_softmax_x(solu, indexed):
 
 
 def test_top_k_equals_brute_force(indexed):
-    ckpt, _, indexer, acts, toks = indexed
+    _, _, indexer, acts, toks = indexed
+    assert_top_k_exact(indexer, acts, toks)
+
+
+def test_top_k_over_segments_equals_brute_force(solu, tiny_corpus):
+    """Long documents ranked as segments of two rows: the segment is the unit, and
+    windows stop at its edges."""
+    docs = list(document_tokens(str(tiny_corpus), "text", solu.tokenizer, TOKENS, Tally()))
+    units = list(segments(docs, segment_length(70, solu.model_cfg.n_ctx)))
+    assert len(units) > 1.5 * len(docs)
+    batches = batches_of(solu, tiny_corpus, docs=units)
+    indexer = run_indexer(solu, batches)
+    acts = dump(solu, batches)
+    assert_top_k_exact(indexer, acts, doc_tokens_of(solu, batches))
+    segs = {int(u) & (MAX_SEGMENTS - 1) for u in indexer.accs["0.pre_ln"].top.doc.flatten().tolist() if u >= 0}
+    assert len(segs) > 1  # later segments reach the top lists
+
+
+def assert_top_k_exact(indexer, acts, toks):
     k, before, after = CFG["top_k"], CFG["window_before"], CFG["window_after"]
     for key, acc in indexer.accs.items():
         docs = sorted(acts[key])
@@ -217,31 +240,6 @@ def test_stats_equal_numpy(indexed):
             assert abs(s["frac_active_rel"][j] * len(x) - exact) <= straddling + 1e-6
 
 
-def test_stats_on_a_row_sample_equal_numpy_on_those_rows(solu, indexed):
-    from index.engine.accumulator import stats_rows
-
-    _, batches, _, acts, _ = indexed
-    indexer = run_indexer(solu, batches, stats_every=3)
-    sampled = {key: [] for key in acts}
-    for batch in batches:
-        keep = stats_rows(batch, 3, CFG["seed"])
-        doc, pos = batch.flat_positions()
-        row = torch.repeat_interleave(torch.arange(len(batch.row_len)), batch.row_len)
-        for d, p in zip(doc[keep[row]].tolist(), pos[keep[row]].tolist()):
-            for key in acts:
-                sampled[key].append(acts[key][d][p])
-    for key, acc in indexer.accs.items():
-        x = np.stack(sampled[key]).astype(np.float64)
-        assert 0 < len(x) < TOKENS / 2 and acc.stats.count == len(x)
-        s = acc.stats.summary(0.2, 16)
-        np.testing.assert_allclose(s["mean_act"], x.mean(0), rtol=1e-5, atol=1e-9)
-        np.testing.assert_allclose(s["std_act"], x.std(0), rtol=1e-4, atol=1e-9)
-        np.testing.assert_array_equal(s["frac_active"], (x > 0).mean(0))
-        np.testing.assert_array_equal(s["min_act"], x.min(0))
-        everything = np.concatenate([acts[key][d] for d in acts[key]])
-        np.testing.assert_array_equal(s["max_act"], everything.max(0))  # max is over every token
-
-
 def test_histogram_regrids_without_losing_counts():
     stats = RunningStats.empty(2, "cpu")
     rng = np.random.default_rng(0)
@@ -256,40 +254,148 @@ def test_histogram_regrids_without_losing_counts():
         np.testing.assert_array_equal(stats.hist[j].numpy(), want)
 
 
-def test_sample_activations_equal_brute_force(solu, tiny_corpus):
-    cfg = IndexConfig(dataset=str(tiny_corpus), tokens=600, sample_tokens=400, batch_size=4, top_k=3,
-                      threshold=0.3, device="cpu")
+def test_segments_cut_long_documents():
+    docs = [(0, list(range(10))), (1, list(range(3))), (2, list(range(4 * (MAX_SEGMENTS + 2))))]
+    units = list(segments(docs, 4))
+    assert units[:4] == [(0, [0, 1, 2, 3]), (1, [4, 5, 6, 7]), (2, [8, 9]), (1 << SEGMENT_BITS, [0, 1, 2])]
+    last = units[-1]
+    assert last[0] == (2 << SEGMENT_BITS) | (MAX_SEGMENTS - 1) and len(last[1]) == 12  # the rest stays in the last
+    assert sum(len(ids) for _, ids in units) == sum(len(ids) for _, ids in docs)
+    assert segment_length(1024, 128) == 8 * 127 and segment_length(10, 128) == 127
+
+
+def brute_sample(units, budget, seed):
+    """The rule, written out: hash order, take while the budget holds, cut the first misfit."""
+    out, total = [], 0
+    for u, ids in sorted(units, key=lambda x: (sample_hash(x[0], seed), x[0])):
+        if total + len(ids) > budget:
+            if budget > total:
+                out.append((u, ids[:budget - total]))
+            break
+        out.append((u, ids))
+        total += len(ids)
+    return sorted(out)
+
+
+def test_activation_sample_ignores_order_and_sharding():
+    rng = np.random.default_rng(0)
+    units = [(int(u), list(range(int(n)))) for u, n in zip(rng.permutation(5000)[:300], rng.integers(1, 60, 300))]
+    for budget in (0, 50, 700, 3000, 10 ** 6):
+        want = brute_sample(units, budget, seed=4)
+        for trial in range(3):
+            order = rng.permutation(len(units))
+            shards = [ActivationSample(budget, 4) for _ in range(1 + trial)]
+            for i in order:
+                shards[units[i][0] % len(shards)].add(*units[i])
+            merged = shards[0]
+            for other in shards[1:]:
+                merged = merged.merge(other)
+            assert merged.segments() == want, (budget, trial)
+
+
+def test_sample_follows_the_rule_and_activations_equal_brute_force(solu, tiny_corpus):
+    cfg = IndexConfig(dataset=str(tiny_corpus), tokens=900, sample_tokens=300, segment_tokens=62, batch_size=4,
+                      top_k=3, threshold=0.3, device="cpu")
     result = index_checkpoint(solu.path, cfg, progress=False)
-    assert sum(len(t) for _, t in result.sample_docs) == 400
-    batches = batches_of(solu, tiny_corpus, docs=result.sample_docs, rows=4)
+    docs = list(document_tokens(str(tiny_corpus), "text", solu.tokenizer, 900, Tally()))
+    units = list(segments(docs, result.segment_len))
+    want = brute_sample(units, 300, cfg.seed)
+    assert result.sample.segments() == want and result.sample.tokens == 300
+    starts = dict(zip((u for u, _ in units), np.cumsum([0] + [len(t) for _, t in units])))
+    assert max(starts[u] for u, _ in want) > 450  # spread over the run, not its first 300 tokens
+    batches = batches_of(solu, tiny_corpus, docs=want, rows=4)
     acts = dump(solu, batches)
     a = result.activations
-    for key, per_doc in acts.items():
+    for key, per_unit in acts.items():
         mx = result.accs[key].stats.max.numpy()
-        want = {(j, d, p) for d, x in per_doc.items() for p, j in zip(*np.nonzero((x > 0.3 * mx) & (x > 0) & (mx > 0)))}
+        want_rows = set()
+        for u, x in per_unit.items():
+            doc, seg = u >> SEGMENT_BITS, u & (MAX_SEGMENTS - 1)
+            for p, j in zip(*np.nonzero((x > 0.3 * mx) & (x > 0) & (mx > 0))):
+                want_rows.add((int(j), doc, seg, int(p) + seg * result.segment_len))
         rows = a["site"] == key
-        got = set(zip(a["neuron"][rows].tolist(), a["doc_id"][rows].tolist(), a["pos"][rows].tolist()))
-        assert got == {(int(j), int(d), int(p)) for j, d, p in want}
+        got = set(zip(a["neuron"][rows].tolist(), a["doc_id"][rows].tolist(), a["segment"][rows].tolist(),
+                      a["pos"][rows].tolist()))
+        assert got == want_rows and got
 
 
-def test_two_shards_merge_to_the_single_pass(solu, tiny_corpus):
-    docs = list(document_tokens(str(tiny_corpus), "text", solu.tokenizer, 900, Tally()))
-    half = len(docs) // 2
-    whole = run_indexer(solu, batches_of(solu, tiny_corpus, docs=docs, rows=1))
-    first = run_indexer(solu, batches_of(solu, tiny_corpus, docs=docs[:half], rows=1))
-    second = run_indexer(solu, batches_of(solu, tiny_corpus, docs=docs[half:], rows=1))
-    first.merge(second)
-    for key, acc in whole.accs.items():
-        merged = first.accs[key]
-        for name in ("value", "doc", "pos", "token"):
-            assert torch.equal(getattr(merged.top, name), getattr(acc.top, name)), (key, name)
-        (merged_acts, merged_tokens), (acts, tokens) = merged.top.windows(), acc.top.windows()
-        assert torch.equal(merged_tokens, tokens)
-        assert torch.equal(merged_acts.nan_to_num(-9), acts.nan_to_num(-9))
-        assert torch.equal(merged.random.doc, acc.random.doc)
-        assert torch.equal(merged.stats.hist, acc.stats.hist)
-        assert torch.equal(merged.stats.max, acc.stats.max)
-        torch.testing.assert_close(merged.stats.moments.mean, acc.stats.moments.mean, rtol=1e-5, atol=1e-9)
+def test_stats_with_default_flags_equal_numpy_over_every_token(solu, tiny_corpus):
+    result = index_checkpoint(solu.path, IndexConfig(dataset=str(tiny_corpus), tokens=TOKENS, device="cpu"),
+                              progress=False)
+    docs = list(document_tokens(str(tiny_corpus), "text", solu.tokenizer, TOKENS, Tally()))
+    acts = dump(solu, batches_of(solu, tiny_corpus, docs=docs, rows=7))
+    for key, acc in result.accs.items():
+        x = np.concatenate([acts[key][d] for d in sorted(acts[key])]).astype(np.float64)
+        assert acc.stats.count == len(x) == TOKENS
+        s = acc.stats.summary(result.cfg.threshold, result.cfg.hist_bins)
+        np.testing.assert_array_equal(s["max_act"], x.max(0))
+        np.testing.assert_array_equal(s["min_act"], x.min(0))
+        np.testing.assert_allclose(s["mean_act"], x.mean(0), rtol=1e-5, atol=1e-8)
+        np.testing.assert_allclose(s["std_act"], x.std(0), rtol=1e-4, atol=1e-8)
+        np.testing.assert_array_equal(s["frac_active"], (x > 0).mean(0))
+        for j in range(acc.n):
+            counts = s["hist_counts"][j]
+            edges = np.linspace(s["hist_lo"][j], s["hist_hi"][j], len(counts) + 1)
+            want = np.bincount(np.searchsorted(edges, x[:, j], side="left") - 1, minlength=len(counts))
+            np.testing.assert_array_equal(counts, want[:len(counts)])
+
+
+def shard_index(solu, cfg, docs, shards: int):
+    """Index docs split into shards by doc_id (as Ray workers would), merge, finish."""
+    parts = []
+    for i in range(shards):
+        ix = Indexer(solu, cfg, torch.device("cpu"))
+        ix.index_documents(iter([d for d in docs if d[0] % shards == i]))
+        ix.acc, ix.sample = pickle.loads(pickle.dumps((ix.acc, ix.sample)))  # as a worker's result travels
+        parts.append(ix)
+    for other in parts[1:]:
+        parts[0].merge(other)
+    tally = Tally(tokens=sum(len(t) for _, t in docs), documents=len(docs))
+    return finish(parts[0], tally, datetime.now(timezone.utc), 0.0)
+
+
+STAT_COLUMNS = ("mean_act", "std_act", "kurtosis")  # float64 sums: equal up to summation order
+
+
+def test_two_shards_merge_to_the_single_pass_table_by_table(solu, tiny_corpus):
+    cfg = IndexConfig(dataset=str(tiny_corpus), tokens=1500, sample_tokens=400, segment_tokens=62, batch_size=3,
+                      top_k=6, bands=4, per_band=2, band_candidates=5, random=3, device="cpu")
+    docs = list(document_tokens(str(tiny_corpus), "text", solu.tokenizer, 1500, Tally()))
+    whole, merged = (model_tables(shard_index(solu, cfg, docs, n)) for n in (1, 2))
+    assert set(whole) == set(merged)
+    for name, table in whole.items():
+        a, b = table.to_pandas(), merged[name].to_pandas()
+        keys = [c for c in a.columns if a[c].map(lambda v: isinstance(v, (str, int, np.integer))).all()]
+        a, b = (t.sort_values(keys).reset_index(drop=True) for t in (a, b))
+        assert len(a) == len(b) and len(a) > 0, name
+        for col in a.columns:
+            if col in STAT_COLUMNS:
+                np.testing.assert_allclose(b[col], a[col], rtol=1e-6, atol=1e-9, err_msg=f"{name}.{col}")
+            else:
+                assert a[col].map(repr).tolist() == b[col].map(repr).tolist(), f"{name}.{col}"
+    kinds = set(whole["examples"].column("kind").to_pylist())
+    assert kinds == {"top", "interval", "random"}
+
+
+def test_band_samples_follow_their_rule(indexed):
+    """Per band of the final max, the lowest priorities among the reservoir (the
+    lowest-priority active documents) and the top-K."""
+    _, _, indexer, acts, _ = indexed
+    acc = indexer.accs["0.pre_ln"]
+    nb, per, c = CFG["bands"], CFG["per_band"], 32
+    docs = sorted(acts["0.pre_ln"])
+    prio = doc_priority(torch.tensor([docs] * acc.n), acc.keys, CFG["seed"])
+    for j in range(acc.n):
+        doc_max = {d: float(acts["0.pre_ln"][d][:, j].max()) for d in docs}
+        order = sorted(docs, key=lambda d: (int(prio[j, docs.index(d)]), d & 0xFFFFFF))
+        reservoir = [d for d in order if doc_max[d] > 0][:c]
+        top = sorted(docs, key=lambda d: (-doc_max[d], d))[:CFG["top_k"]]
+        pool = [d for d in order if d in set(reservoir) | set(top) and doc_max[d] > 0]
+        mx = float(acc.stats.max[j])
+        for b in range(nb):
+            members = [d for d in pool if min(int(np.ceil(doc_max[d] / mx * nb)) - 1, nb - 1) == b][:per]
+            got = [int(d) for d in acc.bands.doc[j, b * per:(b + 1) * per].tolist() if d >= 0]
+            assert got == members, (j, b)
 
 
 # ------------------------------------------------------------------ the database
@@ -331,7 +437,7 @@ def test_database_holds_every_table(built_db):
     assert query(built_db, "SELECT count(*) FROM examples WHERE kind = 'top'")[0][0] == 5 * (2 * 64 + 4 * 64)
     details = query(built_db, "SELECT d.tokens_requested, d.stats_every, json_extract(d.config, '$.top_k') "
                               "FROM index_details d JOIN index_runs r USING (run_id)")
-    assert details == [(2000, 16, "5")] * 2
+    assert details == [(2000, 1, "5")] * 2
     runs = query(built_db, "SELECT model_id, tokens, top_k, sites, band_kind FROM index_runs ORDER BY 1")
     assert runs == [("gelu-tiny", 2000, 5, ["post"], "interval"), ("solu_ln-tiny", 2000, 5, ["pre_ln", "post_ln"], "interval")]
     assert query(built_db, "SELECT count(*) FROM logits WHERE model_id = 'gelu-tiny'")[0][0] == 2 * 64 * 2 * 10
@@ -501,3 +607,38 @@ def test_config_round_trip():
     assert IndexConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg
     with pytest.raises(ValueError, match="threshold"):
         IndexConfig(threshold=1.5)
+
+
+# ------------------------------------------------------------------ the activation sample spans the run
+
+def test_a_concept_only_after_the_first_90_percent_still_gets_a_score(tiny_checkpoints, tmp_path):
+    """base64 only in the last documents, past 90% of the run's tokens: the old rule
+    (the first documents) never sampled it; the hash-chosen segments do, so autolabel
+    can score it."""
+    import base64
+    import random
+
+    from index.measure.autolabel import autolabel, resolve_concepts
+    from index.measure.concepts import find_base64
+
+    rng = random.Random(0)
+    plain = [f"def f{i}(x, y):\n    return x * {i} + y  # the sum of the parts\n" * 2 for i in range(60)]
+    encoded = [base64.b64encode(bytes(rng.randrange(256) for _ in range(90))).decode() + "\n" for _ in range(3)]
+    corpus = tmp_path / "late.jsonl"
+    corpus.write_text("".join(json.dumps({"text": t}) + "\n" for t in plain + encoded))
+    ckpt = load_model(str(tiny_checkpoints["gelu"]))
+    docs = list(document_tokens(str(corpus), "text", ckpt.tokenizer, 10 ** 6, Tally()))
+    total = sum(len(t) for _, t in docs)
+    first_b64 = sum(len(t) for _, t in docs[:len(plain)])
+    assert first_b64 > 0.9 * total and not any(find_base64(t) for t in plain) and all(find_base64(t) for t in encoded)
+    db = tmp_path / "late.duckdb"
+    assert main(["index", str(tiny_checkpoints["gelu"]), "--db", str(db), "--dataset", str(corpus),
+                 "--tokens", str(total), "--sample-tokens", str(total // 5), "--segment-tokens", "62",
+                 "--batch-size", "4", "--no-progress"]) == 0
+    assert query(db, "SELECT max(pos) FROM tokens WHERE doc_id >= ?", [len(plain)])[0][0] is not None
+    summary = autolabel(db, concepts=resolve_concepts(["base64"]))
+    row = summary.iloc[0]
+    assert row.in_sample > 0 and np.isfinite(row.best_auroc)
+    scored = query(db, "SELECT count(*) FROM concept_scores WHERE concept = 'base64' AND auroc IS NOT NULL "
+                       "AND NOT isnan(auroc)")[0][0]
+    assert scored == 2 * 64

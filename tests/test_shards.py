@@ -27,6 +27,7 @@ from index.engine.batching import Tally, document_tokens
 from index.engine.config import IndexConfig
 from index.engine.index_model import index_checkpoint
 from index.engine.shard_config import ShardOptions
+from index.engine.batching import segment_length
 from index.engine.shards import assemble, index_shard, make_plan, shard_documents, shard_of
 from solu.sources import load_model
 from solu.cli import main
@@ -86,11 +87,6 @@ def frames_in(db: Path) -> dict[str, pd.DataFrame]:
         con.close()
 
 
-def split_bands(frames: dict[str, pd.DataFrame], bands: bool) -> dict[str, pd.DataFrame]:
-    ex = frames["examples"]
-    return {**frames, "examples": ex[(ex["kind"] == "interval") == bands]}
-
-
 def digest(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
@@ -120,7 +116,7 @@ def test_shards_hold_the_run_documents_once_and_tokenize_only_their_own(tiny_che
     tok = load_model(str(tiny_checkpoints["gelu"])).tokenizer
     cfg = IndexConfig(dataset=str(tiny_corpus), tokens=2500, sample_tokens=700, device="cpu")
     run = list(document_tokens(cfg.dataset, "text", tok, cfg.tokens, Tally()))
-    plan = make_plan(cfg, tok, 3)
+    plan = make_plan(cfg, tok, 3, segment_length(cfg.segment_tokens, 32))
     assert plan.tally.tokens == 2500 and sum(plan.tokens) == 2500 and plan.last_doc == run[-1][0]
     got, encoded = {}, 0
     for shard in range(3):
@@ -132,8 +128,8 @@ def test_shards_hold_the_run_documents_once_and_tokenize_only_their_own(tiny_che
         encoded += len(counting.texts)
         got.update(docs)
     assert encoded == len(run) and got == dict(run)  # every document once, the last one cut as in one run
-    assert [d for s in plan.sample for d, _ in s] and sorted(d for s in plan.sample for d, _ in s) == \
-        [d for d, _ in plan.sample_docs]
+    assert [u for s in plan.sample for u, _ in s] and sorted(u for s in plan.sample for u, _ in s) == \
+        [u for u, _ in plan.activation_sample.segments()]
 
 
 def test_two_shards_in_process_equal_one_run(tiny_checkpoints, tiny_corpus):
@@ -143,14 +139,15 @@ def test_two_shards_in_process_equal_one_run(tiny_checkpoints, tiny_corpus):
     cfg = IndexConfig(dataset=str(tiny_corpus), **CFG)
     whole = index_checkpoint(path, cfg, progress=False)
     ckpt = load_model(str(path))
-    plan = make_plan(cfg, ckpt.tokenizer, 2)
+    plan = make_plan(cfg, ckpt.tokenizer, 2, segment_length(cfg.segment_tokens, ckpt.model_cfg.n_ctx))
     parts = [index_shard(ckpt, cfg, torch.device("cpu"), k, 2, (plan.last_doc, plan.last_len), plan.sample[k])
              for k in range(2)]
     assert [p.tokens for p in parts] == plan.tokens and min(plan.tokens) > 0
     sharded = assemble(ckpt, cfg, plan, parts, whole.started_at, 1.0)
     assert sharded.tally.tokens == whole.tally.tokens and len(sharded.activations["act"]) > 0
-    # band samples: see test_workers_2_equal_one_process_band_samples
-    assert_tables_equal(split_bands(frames_of(sharded), False), split_bands(frames_of(whole), False))
+    # band samples too: drawn from hash-chosen candidates once the max is known, sharding does not change them
+    assert (frames_of(whole)["examples"]["kind"] == "interval").any()
+    assert_tables_equal(frames_of(sharded), frames_of(whole))
 
 
 # ------------------------------------------------------------------ on Ray
@@ -207,10 +204,11 @@ def runs_in(db: Path) -> list[tuple]:
 
 
 def test_workers_2_equal_one_process_table_by_table(built_both):
-    """Top-K documents, values and windows, random samples, logits, activations and
-    tokens exactly; stats within float tolerance."""
+    """Top-K documents, values and windows, band and random samples, logits, activations
+    and tokens exactly; stats within float tolerance."""
     one, two, runs_one, runs_two, _ = built_both
-    assert_tables_equal(split_bands(two, False), split_bands(one, False))
+    assert (two["examples"]["kind"] == "interval").any()
+    assert_tables_equal(two, one)
     assert runs_two == runs_one
 
 
@@ -218,13 +216,6 @@ def test_one_progress_bar_counts_every_worker(built_both):
     *_, runs, bars = built_both
     assert [(b.name, b.total, b.n, b.closed) for b in bars] == \
         [(f"{model} (2 workers)", tokens, tokens, True) for model, tokens, *_ in runs]
-
-
-@pytest.mark.xfail(reason="band samples are drawn against the running max, which depends on stream order, "
-                          "until the engine's hash-based band choice (issue 11, item 2) lands")
-def test_workers_2_equal_one_process_band_samples(built_both):
-    one, two, *_ = built_both
-    assert_tables_equal(split_bands(two, True), split_bands(one, True), only=["examples"])
 
 
 def test_worker_user_errors_name_the_shard(ray_cluster, tiny_checkpoints, tiny_corpus, tmp_path, capsys):

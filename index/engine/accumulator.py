@@ -9,17 +9,20 @@ candidate again only if its max went up, and its new entry replaces the old one,
 pool always holds each document once, at its max so far. Positions and windows are
 looked up only for the candidates a pool takes in.
 
-The token-level stats (mean, std, kurtosis, fraction active, histogram, min) are taken
-over a fixed sample of rows, one in `stats_every`, chosen by a hash of (document, row)
-so any batching or sharding picks the same rows; max is exact over every token. With
-stats_every = 1 every token counts.
+The token-level stats (mean, std, kurtosis, fraction active, histogram, min, max) take
+every indexed token: they read the hook outputs in place in float32 buffers reused
+from batch to batch; the padding of short rows is overwritten with a copy of the
+row's first activation, so min and max need no mask, and the stats take the copies
+out again.
 
-Activation bands are equal-width intervals of (0, max]. The max is not known until the
-end, so bands are drawn against the running max: each batch re-sorts the kept samples
-and the new documents into the bands of the max so far and keeps the lowest-priority
-documents per band. Every kept sample lies in its band of the final max; the sample is
-exactly uniform within each band when the max is reached early (it usually is, within
-the first batches), and close to it otherwise.
+Everything random is chosen by hashes, never by stream order, so any batching or
+sharding of the documents gives the same lists: the random documents are the lowest
+priorities (a hash of (seed, neuron, document)) of all documents; the band samples
+(equal-width intervals of (0, max]) are drawn when streaming is over, against the
+final max, from a reservoir of the lowest-priority active documents and the top-K
+(see Accumulator.bands). With the GPU in mind, the work per batch is tensor ops on
+the device; the data-dependent shapes of the gated pool updates (nonzero) are the
+host synchronisations left.
 """
 from __future__ import annotations
 
@@ -29,11 +32,11 @@ import torch
 
 from index.engine.batching import Batch
 from index.engine.pools import Candidates, Pool
-from index.engine.stats import RunningStats
-from index.engine.topk import NO_SAMPLE, doc_priority, mix32, sample_groups, sample_key, top_k, top_key, value_bands
-from index.engine.windows import Span, by_site, capture, positions_of, token_at
+from index.engine.stats import Duplicates, RunningStats, Workspace
+from index.engine.topk import NO_SAMPLE, doc_priority, sample_groups, sample_key, top_k, top_key, value_bands
+from index.engine.windows import Span, by_site, capture, token_at
 
-SEED_BANDS, SEED_RANDOM, SEED_STATS = 0, 1, 2  # added to the run's seed
+SEED_BANDS, SEED_RANDOM = 0, 1  # added to the run's seed
 
 
 @dataclass(frozen=True)
@@ -45,7 +48,12 @@ class PoolShape:
     before: int
     after: int
     seed: int
-    stats_every: int = 1
+    band_candidates: int = 32
+
+    @property
+    def reservoir(self) -> int:
+        """Documents kept per neuron for the band samples (0 without bands)."""
+        return max(self.band_candidates, self.per_band) if self.bands * self.per_band else 0
 
     @property
     def width(self) -> int:
@@ -76,9 +84,11 @@ class Accumulator:
         self.max = torch.full((n,), -torch.inf, device=device)  # exact, over every token
         w = shape.width
         self.top = Pool.empty(n, shape.top_k, w, device)
-        self.bands = Pool.empty(n, shape.bands * shape.per_band, w, device)
+        self.reservoir = Pool.empty(n, shape.reservoir, w, device)  # bands are drawn from it at the end
         self.random = Pool.empty(n, shape.random, w, device)
         self.open_max: torch.Tensor | None = None  # [n] max so far of the document running on
+        self.work = Workspace()
+        self._bands: Pool | None = None
 
     # ------------------------------------------------------------ selection rules
 
@@ -89,6 +99,10 @@ class Accumulator:
         band = value_bands(value, self.max[rows], self.shape.bands)
         prio = doc_priority(doc, self.keys[rows], self.shape.seed + SEED_BANDS)
         return sample_groups(band.clamp_min(0), prio, doc, valid & (band >= 0), self.shape.bands, self.shape.per_band)
+
+    def select_reservoir(self, value, doc, valid, rows):
+        prio = doc_priority(doc, self.keys[rows], self.shape.seed + SEED_BANDS)
+        return sample_groups(torch.zeros_like(doc), prio, doc, valid & (value > 0), 1, self.shape.reservoir)
 
     def select_random(self, value, doc, valid, rows):
         prio = doc_priority(doc, self.keys[rows], self.shape.seed + SEED_RANDOM)
@@ -106,14 +120,12 @@ class Accumulator:
                            NO_SAMPLE)
         return (cand.valid & (sample_key(0, self._prio(cand.doc, SEED_RANDOM), cand.doc) < last)).any(1)
 
-    def gate_bands(self, cand: Candidates, max_grew: torch.Tensor) -> torch.Tensor:
-        pool, nb, per = self.bands, self.shape.bands, self.shape.per_band
-        last = pool.doc.view(-1, nb, per)[:, :, -1]
-        last_key = torch.where(last >= 0, sample_key(0, self._prio(last, SEED_BANDS), last), NO_SAMPLE)
-        band = value_bands(cand.value, self.max, nb)
+    def gate_reservoir(self, cand: Candidates) -> torch.Tensor:
+        pool = self.reservoir
+        last_doc = pool.doc[:, -1:]
+        last = torch.where(pool.valid[:, -1:], sample_key(0, self._prio(last_doc, SEED_BANDS), last_doc), NO_SAMPLE)
         key = sample_key(0, self._prio(cand.doc, SEED_BANDS), cand.doc)
-        enters = cand.valid & (band >= 0) & (key < last_key.gather(1, band.clamp_min(0)))
-        return enters.any(1) | max_grew
+        return (cand.valid & (cand.value > 0) & (key < last)).any(1)
 
     def _prio(self, doc: torch.Tensor, offset: int) -> torch.Tensor:
         return doc_priority(doc, self.keys, self.shape.seed + offset)
@@ -121,76 +133,83 @@ class Accumulator:
     # ------------------------------------------------------------ streaming
 
     def update(self, span: Span, batch: Batch) -> None:
+        self._bands = None
+        dup = self._fill_padding(span, batch)
         value = self._document_maxima(span, batch)  # [n, D]
-        self._take_stats(span, batch)
-        max_grew = value.amax(1) > self.max
+        self._take_stats(span, batch, dup)
         self.max = torch.maximum(self.max, value.amax(1))
         valid = torch.ones_like(value, dtype=torch.bool)
         replaced = None
         if batch.continues_prev and self.open_max is not None:
             valid[:, 0] = value[:, 0] > self.open_max
             value[:, 0] = torch.maximum(value[:, 0], self.open_max)
-            replaced = int(batch.doc_ids[0])
+            replaced = batch.first_doc
         self.open_max = value[:, -1].clone() if batch.continues_next else None
         doc = batch.doc_ids[None, :].expand_as(value)
         found = torch.full_like(doc, -1)
         cand = Candidates(value, doc, valid, lambda n, c: self._locate(span, batch, value, found, n, c),
                           lambda n, c, p: capture(span, n, c, p, self.shape.before, self.shape.after))
-        stale = (self._holds(replaced) & valid[:, 0]) if replaced is not None else torch.zeros_like(max_grew)
-        gates = {"top": self.gate_top(cand), "bands": self.gate_bands(cand, max_grew) if self.bands.size else None,
-                 "random": self.gate_random(cand) if self.random.size else None}
-        for name, select in (("top", self.select_top), ("bands", self.select_bands), ("random", self.select_random)):
+        stale = (self._holds(replaced) & valid[:, 0]) if replaced is not None else None
+        for name, select, gate in self._pools():
             pool = getattr(self, name)
             if pool.size:
-                rows = (gates[name] | stale).nonzero().squeeze(1)
-                pool.absorb(cand, select, rows, replaced)
+                open_rows = gate(cand) if stale is None else gate(cand) | stale
+                pool.absorb(cand, select, open_rows.nonzero().squeeze(1), replaced)
+        self._row_max = None  # this batch's, for _locate only
+
+    def _pools(self):
+        """(name, selection rule, gate) of the pools kept while streaming."""
+        return (("top", self.select_top, self.gate_top), ("reservoir", self.select_reservoir, self.gate_reservoir),
+                ("random", self.select_random, self.gate_random))
 
     def _holds(self, doc_id: int) -> torch.Tensor:
-        return ((self.top.doc == doc_id).any(1) | (self.bands.doc == doc_id).any(1)
+        return ((self.top.doc == doc_id).any(1) | (self.reservoir.doc == doc_id).any(1)
                 | (self.random.doc == doc_id).any(1))
 
     def _document_maxima(self, span: Span, batch: Batch) -> torch.Tensor:
-        """[n, D]: each document's max in this batch, per neuron."""
-        row_max = torch.stack([a[:, 1:].amax(dim=1) for a in span.acts])  # [sites, B, d]: pads included
-        short = (batch.row_len < span.acts[0].shape[1] - 1).nonzero().squeeze(1)
-        if len(short):
-            cols = torch.arange(span.acts[0].shape[1] - 1, device=short.device)
-            pad = (cols[None, :] >= batch.row_len[short, None])[:, :, None]
-            for s, a in enumerate(span.acts):
-                row_max[s, short] = a[short, 1:].masked_fill(pad, -torch.inf).amax(dim=1)
+        """[n, D]: each document's max in this batch, per neuron (padding holds copies
+        of real activations, see _fill_padding, so a plain max over the row is right)."""
+        row_max = torch.stack([a[:, 1:].amax(dim=1) for a in span.acts])  # [sites, B, d]
         self._row_max = row_max
         n_docs = len(batch.doc_ids)
-        row_doc = torch.repeat_interleave(torch.arange(n_docs, device=row_max.device), batch.doc_rows)
+        row_doc = torch.repeat_interleave(torch.arange(n_docs, device=row_max.device), batch.doc_rows,
+                                          output_size=len(batch.row_len))
         doc_max = row_max.new_full((self.n_sites, n_docs, self.d_mlp), -torch.inf)
         doc_max.scatter_reduce_(1, row_doc.view(1, -1, 1).expand_as(row_max), row_max, "amax")
         return doc_max.transpose(1, 2).reshape(self.n_sites * self.d_mlp, -1)
 
-    def _take_stats(self, span: Span, batch: Batch) -> None:
-        rows = stats_rows(batch, self.shape.stats_every, self.shape.seed).nonzero().squeeze(1)
-        if len(rows) == 0:
-            return
-        index = positions_of(span, rows)
-        d = self.d_mlp
-        sample = torch.empty(self.n_sites, len(index), d, dtype=span.acts[0].dtype, device=index.device)
-        for s, a in enumerate(span.acts):
-            torch.index_select(a.reshape(-1, d), 0, index, out=sample[s])
-        self.stats.update(sample)
+    def _fill_padding(self, span: Span, batch: Batch) -> Duplicates | None:
+        """Overwrite the padding of short rows with the row's first activation, in place
+        (the forward pass is over), and say what was duplicated so the stats take it out."""
+        if batch.short_rows.numel() == 0:
+            return None
+        short = batch.short_rows
+        width = span.acts[0].shape[1] - 1
+        pad = (torch.arange(width, device=short.device)[None, :] >= batch.row_len[short, None])[:, :, None]
+        for a in span.acts:
+            a[short, 1:] = torch.where(pad, a[short, 1:2], a[short, 1:])
+        return Duplicates(torch.stack([a[short, 1] for a in span.acts]), width - batch.row_len[short])
+
+    def _take_stats(self, span: Span, batch: Batch, dup: Duplicates | None) -> None:
+        """Every indexed token counts: the stats read the hook outputs in place, BOS
+        excluded, padding counted out through its duplicates."""
+        hi = self._row_max.amax(1).reshape(-1)
+        self.stats.add([a[:, 1:] for a in span.acts], batch.n_tokens, self.work, dup, hi)
 
     def _locate(self, span: Span, batch: Batch, value: torch.Tensor, found: torch.Tensor,
                 neuron: torch.Tensor, c: torch.Tensor):
         """Position and token of the first max of document c for each neuron (neurons
         ascending). found [n, D] caches positions across the pools (-1: not yet)."""
         todo = found[neuron, c] < 0
-        if bool(todo.any()):
-            n, d = neuron[todo], c[todo]
-            target = value[n, d]
-            site, unit = n // self.d_mlp, n % self.d_mlp
-            row0 = torch.cumsum(batch.doc_rows, 0) - batch.doc_rows
-            r = row0[d] + _first_row(self._row_max, site, row0[d], batch.doc_rows[d], unit, target)
-            t = torch.zeros_like(r)
-            for s, part in by_site(site, self.n_sites):
-                t[part] = _first_col(span.acts[s], r[part], batch.row_len[r[part]], unit[part], target[part])
-            found[n, d] = batch.row_start[r] + t
+        n, d = neuron[todo], c[todo]
+        target = value[n, d]
+        site, unit = n // self.d_mlp, n % self.d_mlp
+        row0 = torch.cumsum(batch.doc_rows, 0) - batch.doc_rows
+        r = row0[d] + _first_row(self._row_max, site, row0[d], batch.doc_rows[d], unit, target)
+        t = torch.zeros_like(r)
+        for s, part in by_site(site, self.n_sites):
+            t[part] = _first_col(span.acts[s], r[part], unit[part], target[part])
+        found[n, d] = batch.row_start[r] + t
         pos = found[neuron, c]
         return pos, token_at(span, c, pos)
 
@@ -200,47 +219,55 @@ class Accumulator:
         out.n_sites, out.d_mlp, out.shape, out.keys, out.open_max = self.n_sites, self.d_mlp, self.shape, self.keys, None
         out.stats = self.stats.merge(other.stats)
         out.max = torch.maximum(self.max, other.max)
-        for name, select in (("top", out.select_top), ("bands", out.select_bands), ("random", out.select_random)):
+        out.work, out._bands = Workspace(), None
+        for name, select, _ in out._pools():
             mine = getattr(self, name)
             setattr(out, name, mine.merge(getattr(other, name), select) if mine.size else mine)
         return out
 
+    @property
+    def bands(self) -> Pool:
+        """The band samples, drawn once streaming is over: in each equal-width band of
+        (0, final max], the documents of lowest priority among the reservoir (the
+        `reservoir` active documents of lowest priority) and the top-K. Where a band
+        holds per_band documents below the reservoir's priority cut, this is the
+        lowest-priority sample of all of its documents; sparse (high) bands draw on the
+        top-K too. A function of the set of documents only, so shards merge exactly."""
+        if self._bands is None:
+            nb, per = self.shape.bands, self.shape.per_band
+            pool = Pool.empty(len(self.keys), nb * per, self.shape.width, self.keys.device)
+            if pool.size:
+                rows = torch.arange(len(self.keys), device=self.keys.device)
+                pool.absorb(self.reservoir.candidates(), self.select_bands, rows)
+                in_reservoir = (self.top.doc[:, :, None] == self.reservoir.doc[:, None, :]).any(2)
+                pool.absorb(self.top.candidates(self.top.valid & ~in_reservoir), self.select_bands, rows)
+            self._bands = pool
+        return self._bands
+
     def site(self, s: int) -> SiteResult:
         rows = slice(s * self.d_mlp, (s + 1) * self.d_mlp)
         stats = self.stats.rows(rows)
-        stats.max = self.max[rows]  # the exact max, not the sample's
+        stats.max = self.max[rows]
         return SiteResult(stats, self.top.rows(rows), self.bands.rows(rows), self.random.rows(rows), self.keys[rows])
 
 
-def stats_rows(batch: Batch, every: int, seed: int) -> torch.Tensor:
-    """[B] bool: the rows whose tokens the stats take, one in `every`, by a hash of
-    (doc_id, the row's first position), so batching and sharding do not change them."""
-    if every == 1:
-        return torch.ones_like(batch.row_len, dtype=torch.bool)
-    row_doc = torch.repeat_interleave(batch.doc_ids, batch.doc_rows)
-    h = mix32(mix32(row_doc) ^ mix32(batch.row_start + seed + SEED_STATS))
-    return h % every == 0
-
-
 def _first_row(row_max, site, start, length, unit, target) -> torch.Tensor:
-    """For each entry, the first i < length with row_max[site, start + i, unit] == target."""
-    steps = torch.arange(int(length.max()), device=row_max.device)
+    """For each entry, the first i < length with row_max[site, start + i, unit] == target
+    (no document has more rows than the batch: no host sync for the bound)."""
+    steps = torch.arange(row_max.shape[1], device=row_max.device)
     rows = (start[:, None] + steps[None, :]).clamp(max=row_max.shape[1] - 1)
     hit = (steps[None, :] < length[:, None]) & (row_max[site[:, None], rows, unit[:, None]] == target[:, None])
     return hit.to(torch.int8).argmax(1)
 
 
-def _first_col(acts, row, length, unit, target) -> torch.Tensor:
-    """For each entry, the first t < length with acts[row, 1 + t, unit] == target.
-    Entries are taken a row at a time: one contiguous read of the row serves them all."""
-    t = torch.zeros_like(row)
-    order = torch.argsort(row, stable=True)
-    rows, counts = torch.unique_consecutive(row[order], return_counts=True)
-    lengths = length[order][torch.cumsum(counts, 0) - counts]
-    start = 0
-    for r, c, n in zip(rows.tolist(), counts.tolist(), lengths.tolist()):
-        idx = order[start:start + c]
-        start += c
-        block = acts[r, 1:1 + n].index_select(1, unit[idx])  # [n, c]
-        t[idx] = (block == target[idx][None, :]).to(torch.int8).argmax(0)
+def _first_col(acts, row, unit, target, chunk: int = 8192) -> torch.Tensor:
+    """For each entry, the first t with acts[row, 1 + t, unit] == target: one gather of
+    the entries' rows, a chunk of entries at a time (padding repeats a real activation
+    that comes earlier in its row, so it is never the first)."""
+    cols = torch.arange(1, acts.shape[1], device=row.device)
+    t = torch.empty_like(row)
+    for start in range(0, len(row), chunk):
+        part = slice(start, start + chunk)
+        block = acts[row[part, None], cols[None, :], unit[part, None]]  # [c, T - 1]
+        t[part] = (block == target[part, None]).to(torch.int8).argmax(1)
     return t

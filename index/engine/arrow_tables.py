@@ -12,8 +12,10 @@ import pyarrow as pa
 
 import solu
 from index.engine.accumulator import SiteResult
+from index.engine.batching import doc_of, segment_of, segment_start
 from index.engine.hooks import site_key
 from index.engine.index_model import ModelIndex
+from solu.checkpoint import LOSS_CSV
 
 MAX_TOKENS_SHOWN = 5  # tokens listed in neurons.max_tokens
 
@@ -87,16 +89,19 @@ def example_table(result: ModelIndex, site, acc: SiteResult, vocab: pa.Array) ->
     offsets = np.concatenate([[0], np.cumsum(inside.sum(1))]).astype(np.int32)
     ids = pa.array(win_tokens[inside].astype(np.int64))
     m = len(rows["neuron"])
+    unit = rows["doc"].astype(np.int64)
+    start = segment_start(unit, result.segment_len)
     cols = _site_columns(result, site, m)
     cols["neuron"] = pa.array(rows["neuron"].astype(np.int32))
     cols.update({
         "kind": pa.array(rows["kind"], pa.string()),
         "band": pa.array(rows["band"], pa.int32(), mask=rows["band"] < 0),
         "rank": pa.array(rows["rank"].astype(np.int32) + 1),
-        "doc_id": pa.array(rows["doc"].astype(np.int64)),
+        "doc_id": pa.array(doc_of(unit)),
+        "segment": pa.array(segment_of(unit).astype(np.int32)),
         "max_act": pa.array(rows["value"].astype(np.float32)),
         "max_pos": pa.array((cfg.window_before - inside.argmax(1)).astype(np.int32)),
-        "start_pos": pa.array((rows["pos"] - cfg.window_before + inside.argmax(1)).astype(np.int32)),
+        "start_pos": pa.array((start + rows["pos"] - cfg.window_before + inside.argmax(1)).astype(np.int32)),
         "tokens": pa.ListArray.from_arrays(pa.array(offsets), vocab.take(ids)),
         "acts": pa.ListArray.from_arrays(pa.array(offsets), pa.array(win_acts[inside].astype(np.float32))),
     })
@@ -143,21 +148,25 @@ def activations_table(result: ModelIndex) -> pa.Table:
         "neuron": pa.array(np.asarray(a["neuron"], np.int32)),
         "site": pa.array([s.name for s in sites], pa.string()),
         "doc_id": pa.array(np.asarray(a["doc_id"], np.int64)),
+        "segment": pa.array(np.asarray(a["segment"], np.int32)),
         "pos": pa.array(np.asarray(a["pos"], np.int32)),
         "act": pa.array(np.asarray(a["act"], np.float32)),
     })
 
 
 def tokens_table(result: ModelIndex, vocab: pa.Array) -> pa.Table:
-    docs = result.sample_docs
-    ids = np.concatenate([np.asarray(t, np.int64) for _, t in docs]) if docs else np.zeros(0, np.int64)
+    """The token ids of the activation sample's segments, at document positions."""
+    units = result.sample.segments()
+    lengths = np.array([len(t) for _, t in units], np.int64)
+    unit = np.repeat(np.array([u for u, _ in units], np.int64), lengths)
+    ids = np.concatenate([np.asarray(t, np.int64) for _, t in units]) if units else np.zeros(0, np.int64)
+    local = np.arange(len(ids)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     n = len(ids)
     return pa.table({
         "model_id": pa.array([result.model_id] * n, pa.string()),
-        "doc_id": pa.array(np.concatenate([np.full(len(t), d, np.int64) for d, t in docs]) if docs
-                           else np.zeros(0, np.int64)),
-        "pos": pa.array(np.concatenate([np.arange(len(t), dtype=np.int32) for _, t in docs]) if docs
-                        else np.zeros(0, np.int32)),
+        "doc_id": pa.array(doc_of(unit)),
+        "segment": pa.array(segment_of(unit).astype(np.int32)),
+        "pos": pa.array((segment_start(unit, result.segment_len) + local).astype(np.int32)),
         "token": vocab.take(pa.array(ids)),
         "token_id": pa.array(ids.astype(np.int32)),
     })
@@ -178,7 +187,7 @@ def models_table(result: ModelIndex) -> pa.Table:
 
 def read_loss_curve(path: Path) -> list[dict]:
     try:
-        with open(path / "loss.csv", newline="") as f:
+        with open(path / LOSS_CSV, newline="") as f:
             return [{k: _number(v) for k, v in row.items()} for row in csv.DictReader(f)]
     except OSError:
         return []
@@ -204,14 +213,16 @@ def run_tables(result: ModelIndex, write_s: float) -> dict[str, pa.Table]:
         "sites": [s.name for s in result.sites if s.layer == 0],
         "bands": cfg.bands, "band_kind": "interval", "samples_per_band": cfg.per_band,
         "random_samples": cfg.random, "activation_threshold": cfg.threshold,
-        "sample_documents": len(result.sample_docs),
+        "sample_documents": len({doc_of(u) for u, _ in result.sample.segments()}),
+        "sample_segments": len(result.sample.ids), "sample_tokens": result.sample.tokens,
+        "sample_rule": result.sample.rule(), "segment_tokens": result.segment_len,
         "started_at": result.started_at.replace(tzinfo=None), "seconds": result.timings["total_s"] + write_s,
         "tokens_per_s": tally.tokens / max(result.timings["stream_s"], 1e-9),
         "code_version": code_version(), "device": result.device,
     }
     timings = {**{k: round(v, 3) for k, v in result.timings.items()}, "write_s": round(write_s, 3)}
     details = {"run_id": run_id, "model_id": result.model_id, "tokens_requested": cfg.tokens,
-               "stats_every": cfg.stats_every, "stats_tokens": result.stats_tokens,
+               "stats_every": 1, "stats_tokens": result.stats_tokens,
                "config": json.dumps(cfg.to_dict()), "timings": json.dumps(timings)}
     return {"index_runs": pa.Table.from_pylist([run]), "index_details": pa.Table.from_pylist([details])}
 

@@ -2,10 +2,22 @@
 
 Each document is tokenized on its own (no end-of-text joins) and cut into rows of
 n_ctx - 1 tokens; every row starts with an end-of-text token standing in for BOS, whose
-activation is not indexed. Rows of one document are consecutive, positions are document
-positions (0 is the document's first token, whatever row it lands in), and a long
-document may continue from one batch into the next. The last document is cut so the
-run indexes exactly the tokens asked for, unless the dataset runs out first.
+activation is not indexed. The last document is cut so the run indexes exactly the
+tokens asked for, unless the dataset runs out first.
+
+The unit of ranking is the segment: a document longer than the segment length (a
+whole number of rows, see segment_length) is cut into segments, each ranked on its own
+in every neuron's lists and sampled on its own, so one long file cannot stand for
+thousands of tokens with a single entry. A segment is named by a unit id,
+doc_id << SEGMENT_BITS | segment (segment_of / doc_of take it apart); a document's
+segments past the last number (MAX_SEGMENTS - 1) stay in the last one. Inside the
+indexer a "document" is a segment: positions count from the segment's first token,
+and windows are clipped at its edges (the window of a max near a segment's edge is
+shorter, never silently continued from the next segment). The database gets the
+document id, the segment and document positions (segment_start + position).
+
+Rows of one segment are consecutive and a segment may continue from one batch into the
+next.
 """
 from __future__ import annotations
 
@@ -16,8 +28,44 @@ import torch
 from tokenizers import Tokenizer
 
 from solu.corpus import ReadStats, iter_documents
+from solu.errors import UserError
 
 ENCODE_GROUP = 32  # documents per tokenizer call
+SEGMENT_BITS = 8
+MAX_SEGMENTS = 1 << SEGMENT_BITS
+MAX_DOCUMENTS = 1 << (32 - SEGMENT_BITS)  # unit ids fit in 32 bits (topk's keys)
+
+
+def segment_length(segment_tokens: int, n_ctx: int) -> int:
+    """The segment length for a model: segment_tokens rounded down to whole rows of
+    n_ctx - 1 tokens (at least one row), so rows never straddle two segments."""
+    width = n_ctx - 1
+    return max(1, segment_tokens // width) * width
+
+
+def segments(docs: Iterable[tuple[int, list[int]]], length: int) -> Iterator[tuple[int, list[int]]]:
+    """(unit id, token ids) of each segment of each document, in order."""
+    for doc_id, ids in docs:
+        if doc_id >= MAX_DOCUMENTS:
+            raise UserError(f"the index holds at most {MAX_DOCUMENTS:,} documents per run; ask for fewer --tokens")
+        n = len(ids)
+        starts = list(range(0, n, length))[:MAX_SEGMENTS]
+        for seg, start in enumerate(starts):
+            end = n if seg == len(starts) - 1 else start + length
+            yield doc_id << SEGMENT_BITS | seg, ids[start:end]
+
+
+def doc_of(unit):
+    return unit >> SEGMENT_BITS
+
+
+def segment_of(unit):
+    return unit & (MAX_SEGMENTS - 1)
+
+
+def segment_start(unit, length: int):
+    """The document position of a segment's first token."""
+    return segment_of(unit) * length
 
 
 @dataclass
@@ -61,6 +109,9 @@ def _emit(group: list, tok: Tokenizer, budget: int, tally: Tally) -> Iterator[tu
 
 @dataclass
 class Batch:
+    """Rows of segments ("documents" here: see the module docstring). Host-side fields
+    (n_tokens, the flags) let the indexer decide without reading device memory."""
+
     tokens: torch.Tensor  # [B, T]: BOS, then up to T - 1 document tokens, right-padded
     row_len: torch.Tensor  # [B] document tokens in each row
     row_start: torch.Tensor  # [B] document position of each row's first token
@@ -71,10 +122,11 @@ class Batch:
     doc_rows: torch.Tensor  # [D] its rows in this batch
     continues_prev: bool  # document 0 began in an earlier batch
     continues_next: bool  # document D-1 goes on in the next batch
-
-    @property
-    def n_tokens(self) -> int:
-        return int(self.doc_count.sum())
+    n_tokens: int  # indexed positions (host int)
+    first_doc: int  # doc_ids[0] (host int)
+    first_span: tuple[int, int]  # (doc_first, doc_count) of document 0 (host ints)
+    last_span: tuple[int, int]  # and of document D - 1
+    short_rows: torch.Tensor  # [R] the rows with padding (row_len < T - 1)
 
     def flat_index(self) -> torch.Tensor:
         """Indices into tokens.view(-1) of the indexed positions, in document order."""
@@ -90,12 +142,12 @@ class Batch:
         pos = self.row_start[row] + torch.arange(len(row), device=row.device) - row_off[row]
         return doc, pos
 
-    def doc_offset(self) -> torch.Tensor:
-        """[D] index of each document's first position among this batch's positions."""
-        return torch.cumsum(self.doc_count, 0) - self.doc_count
-
     def to(self, device) -> "Batch":
-        moved = {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in self.__dict__.items()}
+        """On `device`; to CUDA from pinned host memory without blocking the host."""
+        device = torch.device(device)
+        cuda = device.type == "cuda"
+        moved = {k: (v.pin_memory() if cuda else v).to(device, non_blocking=cuda) if isinstance(v, torch.Tensor) else v
+                 for k, v in self.__dict__.items()}
         return Batch(**moved)
 
 
@@ -125,11 +177,15 @@ def _batch(rows: list[tuple[int, int, list[int], int]], n_ctx: int, bos: int, pe
         else:
             docs.append([doc_id, doc_len, start, len(ids), 1])
     col = list(zip(*docs))
+    row_len = [len(r[2]) for r in rows]
     return Batch(
         tokens=tokens,
-        row_len=torch.tensor([len(r[2]) for r in rows]),
+        row_len=torch.tensor(row_len),
         row_start=torch.tensor([r[1] for r in rows]),
         doc_ids=torch.tensor(col[0]), doc_len=torch.tensor(col[1]), doc_first=torch.tensor(col[2]),
         doc_count=torch.tensor(col[3]), doc_rows=torch.tensor(col[4]),
         continues_prev=rows[0][1] > 0, continues_next=pending_next,
+        n_tokens=sum(row_len), first_doc=col[0][0], first_span=(col[2][0], col[3][0]),
+        last_span=(col[2][-1], col[3][-1]),
+        short_rows=torch.tensor([r for r, n in enumerate(row_len) if n < n_ctx - 1], dtype=torch.long),
     )

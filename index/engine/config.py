@@ -13,17 +13,22 @@ class IndexConfig:
     dataset: str = option("builtin", DATASET_HELP)
     text_column: str = option("text", "text column of .jsonl/.parquet/hf: datasets")
     tokens: int = option(1_000_000, "tokens to index per model (fewer if the dataset is shorter)")
-    top_k: int = option(20, "top documents kept per neuron and site")
+    top_k: int = option(20, "top segments (the unit of ranking: documents longer than --segment-tokens are cut) "
+                            "kept per neuron and site")
     window_before: int = option(32, "tokens kept before an example's max")
     window_after: int = option(8, "tokens kept after it")
     bands: int = option(5, "equal-width activation bands in (0, max]")
-    per_band: int = option(3, "random documents per band")
-    random: int = option(5, "random documents regardless of activation")
+    per_band: int = option(3, "random segments per band")
+    band_candidates: int = option(32, "active segments per neuron, chosen by a hash, that the band samples are "
+                                      "drawn from (with the top-K) once the max is known")
+    random: int = option(5, "random segments regardless of activation")
     threshold: float = option(0.2, "fraction of a neuron's max above which a token counts in frac_active_rel "
                                    "and in the activations table")
-    sample_tokens: int = option(16_384, "tokens of the first documents whose activations go into the activations table")
+    sample_tokens: int = option(65_536, "tokens of segments, chosen across the run by a hash of (seed, doc_id, "
+                                        "segment), whose activations go into the activations table")
+    segment_tokens: int = option(1024, "documents longer than this are ranked and sampled as segments of this many "
+                                       "tokens, rounded down to whole rows of the model's context")
     hist_bins: int = option(32, "histogram bins per neuron")
-    stats_every: int = option(16, "token-level stats over one row in this many (1: every token; max is always exact)")
     logit_k: int = option(10, "top and bottom tokens of each neuron's direct logit effect")
     batch_size: int = option(0, "rows of n_ctx tokens per forward pass; 0: as many as fit, about 4096 tokens "
                                 "and 1 GiB of activations")
@@ -34,10 +39,10 @@ class IndexConfig:
     seed: int = option(0, "seed of the random samples (and the builtin corpus)")
 
     def __post_init__(self):
-        for name in ("tokens", "top_k", "hist_bins", "stats_every"):
+        for name in ("tokens", "top_k", "hist_bins", "segment_tokens"):
             _check_int(self, name, minimum=1)
-        for name in ("window_before", "window_after", "bands", "per_band", "random", "sample_tokens", "logit_k", "seed",
-                     "batch_size"):
+        for name in ("window_before", "window_after", "bands", "per_band", "band_candidates", "random",
+                     "sample_tokens", "logit_k", "seed", "batch_size"):
             _check_int(self, name, minimum=0)
         if self.bands > 100:
             raise ValueError(f"bands must be at most 100, got {self.bands}")

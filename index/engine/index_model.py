@@ -1,7 +1,9 @@
 """Index one checkpoint: stream a dataset through the model, keeping per neuron site the
-stats and the example pools; then a short second pass over the first documents (the
-"sample") for the sparse activations table, whose threshold, a fraction of each
-neuron's max, needs the max; and the direct logit effects, from the weights alone.
+stats and the example pools; then a short second pass over the activation sample
+(segments chosen by a hash, index.engine.sample) for the sparse activations table,
+whose threshold, a fraction of each neuron's max, needs the max; and the direct logit
+effects, from the weights alone. The unit of ranking and sampling is the segment of a
+document (index.engine.batching).
 
 Memory does not grow with the dataset: documents are read and tokenized a group at a
 time, the model runs batch by batch under inference_mode with hooks on the neuron
@@ -24,7 +26,9 @@ import torch
 from index.engine.accumulator import Accumulator, PoolShape, SiteResult
 from index.engine.hooks import Recorder, index_sites, site_key
 from index.engine.config import IndexConfig
-from index.engine.batching import Batch, Tally, document_tokens, make_batches
+from index.engine.batching import (Batch, Tally, doc_of, document_tokens, make_batches, segment_length,
+                                   segment_of, segment_start, segments)
+from index.engine.sample import ActivationSample
 from index.engine.windows import build_span, head_of, next_tail, positions_of
 from solu.errors import UserError
 from solu.model import Site, final_norm, mlp_out_weights, resolve_device, unembed
@@ -47,25 +51,35 @@ class Indexer:
     """The streaming part: feed it batches, read its accumulator."""
 
     def __init__(self, ckpt: LoadedModel, cfg: IndexConfig, device: torch.device):
-        self.model, self.cfg, self.device = ckpt.model, cfg, device
+        self.ckpt, self.model, self.cfg, self.device = ckpt, ckpt.model, cfg, device
         try:
             self.sites = index_sites(ckpt, cfg.layer_list(ckpt.model_cfg.n_layers))
         except ValueError as e:
             raise UserError(str(e)) from None
         self.keys = [site_key(s) for s in self.sites]
         shape = PoolShape(cfg.top_k, cfg.bands, cfg.per_band, cfg.random, cfg.window_before,
-                          cfg.window_after, cfg.seed, cfg.stats_every)
+                          cfg.window_after, cfg.seed, cfg.band_candidates)
         d_mlp = ckpt.model_cfg.d_mlp
         # a neuron's samples depend on its layer and unit, not its site: both SoLU sites draw the same random documents
         neuron_keys = torch.cat([torch.arange(d_mlp) + s.layer * d_mlp for s in self.sites])
         self.acc = Accumulator(len(self.sites), d_mlp, neuron_keys, shape, device)
         self._tail: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.sample: ActivationSample | None = None
+        self.segment_len = segment_length(cfg.segment_tokens, ckpt.model_cfg.n_ctx)
         self.forward_s = self.accumulate_s = 0.0
 
     @property
     def accs(self) -> dict[str, SiteResult]:
         """Each site's results, by site key."""
         return {key: self.acc.site(i) for i, key in enumerate(self.keys)}
+
+    def index_documents(self, docs: Iterable[tuple[int, list[int]]],
+                        on_batch: Callable[[int], None] = lambda n: None) -> None:
+        """Index (doc_id, token ids) documents: cut into segments, offered to the
+        activation sample, batched and streamed. Call once per Indexer; shards that
+        read disjoint documents merge (merge) into the result of one run."""
+        units = self.sampled(segments(docs, self.segment_len))
+        self.run(make_batches(units, self.ckpt.model_cfg.n_ctx, self.cfg.batch_size, self.ckpt.bos_id), on_batch)
 
     def run(self, batches: Iterable[Batch], on_batch: Callable[[int], None] = lambda n: None) -> None:
         with torch.inference_mode(), Recorder(self.model, self.sites) as rec:
@@ -98,6 +112,15 @@ class Indexer:
     def merge(self, other: "Indexer") -> None:
         """Fold in an indexer that read other documents (another shard of the dataset)."""
         self.acc = self.acc.merge(other.acc)
+        if self.sample is not None and other.sample is not None:
+            self.sample = self.sample.merge(other.sample)
+
+    def sampled(self, units: Iterable[tuple[int, list[int]]]) -> Iterator[tuple[int, list[int]]]:
+        """Pass segments through, offering each to the activation sample."""
+        self.sample = self.sample or ActivationSample(self.cfg.sample_tokens, self.cfg.seed)
+        for unit, ids in units:
+            self.sample.add(unit, ids)
+            yield unit, ids
 
 
 @dataclass
@@ -110,7 +133,8 @@ class ModelIndex:
     accs: dict[str, SiteResult]
     tally: Tally
     vocab: list[str]
-    sample_docs: list[tuple[int, list[int]]]
+    sample: ActivationSample  # its segments feed the activations and tokens tables
+    segment_len: int  # tokens per segment, the unit of ranking
     activations: dict[str, np.ndarray]
     logits: dict[str, np.ndarray]
     started_at: datetime
@@ -140,10 +164,8 @@ def index_checkpoint(path: str | Path, cfg: IndexConfig, progress: bool = True, 
     if cfg.batch_size == 0:
         cfg = indexer.cfg = replace(cfg, batch_size=fit_batch_size(ckpt.model_cfg, len(indexer.sites)))
     _check_window(cfg, ckpt)
-    tally, sample = Tally(), []
-    docs = _keep_sample(document_tokens(cfg.dataset, cfg.text_column, ckpt.tokenizer, cfg.tokens, tally, cfg.seed),
-                        cfg.sample_tokens, sample)
-    bos = ckpt.bos_id
+    tally = Tally()
+    docs = document_tokens(cfg.dataset, cfg.text_column, ckpt.tokenizer, cfg.tokens, tally, cfg.seed)
     if progress:
         layers = sorted({s.layer for s in indexer.sites})
         print(f"solu index: {ckpt.name}{position}: layers {_span(layers)} of {ckpt.model_cfg.n_layers}, "
@@ -151,21 +173,29 @@ def index_checkpoint(path: str | Path, cfg: IndexConfig, progress: bool = True, 
               f"{cfg.batch_size} rows x {ckpt.model_cfg.n_ctx} tokens per batch, {cfg.dtype}", file=sys.stderr)
     bar = _progress(progress, cfg.tokens, ckpt.name)
     try:
-        indexer.run(make_batches(docs, ckpt.model_cfg.n_ctx, cfg.batch_size, bos), bar.update)
+        indexer.index_documents(docs, bar.update)
     finally:
         bar.close()
     if tally.tokens == 0:
         raise UserError(f"dataset {cfg.dataset!r} has no text to index")
-    stream_s = time.perf_counter() - t0
+    return finish(indexer, tally, started_at, time.perf_counter() - t0, progress)
+
+
+def finish(indexer: Indexer, tally: Tally, started_at: datetime, stream_s: float,
+           progress: bool = False) -> ModelIndex:
+    """The ModelIndex of an indexer that has read every document (or of merged shards):
+    the activation sample's pass and the logit effects."""
+    ckpt, cfg = indexer.ckpt, indexer.cfg
     t1 = time.perf_counter()
-    activations = sample_activations(indexer, sample, ckpt.model_cfg.n_ctx, bos)
+    sample = indexer.sample or ActivationSample(cfg.sample_tokens, cfg.seed)
+    activations = sample_activations(indexer, sample.segments(), ckpt.model_cfg.n_ctx, ckpt.bos_id)
     sample_s = time.perf_counter() - t1
     vocab = token_strings(ckpt.tokenizer, range(ckpt.tokenizer.get_vocab_size()))
     logits = direct_logits(ckpt, cfg.logit_k, len(vocab), sorted({s.layer for s in indexer.sites}), progress)
     timings = {"stream_s": stream_s, "forward_s": indexer.forward_s, "accumulate_s": indexer.accumulate_s,
-               "sample_pass_s": sample_s, "total_s": time.perf_counter() - t0}
-    return ModelIndex(ckpt, cfg, indexer.sites, indexer.accs, tally, vocab, sample, activations, logits,
-                      started_at, str(device), timings)
+               "sample_pass_s": sample_s, "total_s": stream_s + time.perf_counter() - t1}
+    return ModelIndex(ckpt, cfg, indexer.sites, indexer.accs, tally, vocab, sample, indexer.segment_len,
+                      activations, logits, started_at, str(indexer.device), timings)
 
 
 def fit_batch_size(shape, n_sites: int) -> int:
@@ -187,17 +217,6 @@ def _check_window(cfg: IndexConfig, ckpt: LoadedModel) -> None:
                         "raise --batch-size or shorten the window")
 
 
-def _keep_sample(docs: Iterator[tuple[int, list[int]]], budget: int,
-                 store: list) -> Iterator[tuple[int, list[int]]]:
-    """Pass documents through, keeping the first `budget` tokens' documents in `store`."""
-    kept = 0
-    for doc_id, ids in docs:
-        if kept < budget:
-            store.append((doc_id, ids[: budget - kept]))
-            kept += len(store[-1][1])
-        yield doc_id, ids
-
-
 def _layer_progress(enabled: bool, layers, name: str):
     from tqdm import tqdm
 
@@ -214,9 +233,9 @@ def _progress(enabled: bool, total: int, name: str):
 
 def sample_activations(indexer: Indexer, sample: list[tuple[int, list[int]]], n_ctx: int,
                        bos: int) -> dict[str, np.ndarray]:
-    """Every (site, neuron, doc, pos) of the sample documents whose activation is above
-    threshold x the neuron's max (and above 0)."""
-    out: dict[str, list] = {k: [] for k in ("site", "neuron", "doc_id", "pos", "act")}
+    """Every (site, neuron, doc, segment, pos) of the sample's segments whose activation
+    is above threshold x the neuron's max (and above 0); pos is the document position."""
+    out: dict[str, list] = {k: [] for k in ("site", "neuron", "doc_id", "segment", "pos", "act")}
     acc = indexer.acc
     mx = acc.max.view(acc.n_sites, 1, acc.d_mlp)
     threshold = torch.where(mx > 0, mx * indexer.cfg.threshold, torch.inf)
@@ -227,9 +246,11 @@ def sample_activations(indexer: Indexer, sample: list[tuple[int, list[int]]], n_
             span = build_span([acts[k] for k in indexer.keys], batch)
             index = positions_of(span, torch.arange(len(batch.row_len), device=batch.tokens.device))
             flat = torch.stack([a.reshape(-1, acc.d_mlp)[index] for a in span.acts])
-            doc, pos = batch.flat_positions()
+            unit, pos = batch.flat_positions()
             s, p, j = ((flat > threshold) & (flat > 0)).nonzero(as_tuple=True)
-            for name, values in (("neuron", j), ("doc_id", doc[p]), ("pos", pos[p]), ("act", flat[s, p, j])):
+            unit = unit[p]
+            for name, values in (("neuron", j), ("doc_id", doc_of(unit)), ("segment", segment_of(unit)),
+                                 ("pos", pos[p] + segment_start(unit, indexer.segment_len)), ("act", flat[s, p, j])):
                 out[name].append(values.cpu().numpy())
             out["site"].append(np.asarray(indexer.keys, dtype=object)[s.cpu().numpy()])
     return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}

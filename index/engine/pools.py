@@ -100,13 +100,16 @@ class Pool:
     def merge(self, other: "Pool", select: Select) -> "Pool":
         """Keep the best of two pools over disjoint documents (shards of a dataset)."""
         out = Pool(*(getattr(self, f.name).clone() for f in fields(self)))
-        other_acts, other_tokens = other.windows()
-        cand = Candidates(other.value, other.doc, other.valid,
-                          lambda n, c: (other.pos[n, c], other.token[n, c]),
-                          lambda n, c, p: (other_acts[n, c], other_tokens[n, c]))
         rows = torch.arange(self.value.shape[0], device=self.value.device)
-        out.absorb(cand, select, rows)
+        out.absorb(other.candidates(), select, rows)
         return out
+
+    def candidates(self, valid: torch.Tensor | None = None) -> Candidates:
+        """This pool's entries offered to another pool (windows and all)."""
+        acts, tokens = self.windows()
+        return Candidates(self.value, self.doc, self.valid if valid is None else valid,
+                          lambda n, c: (self.pos[n, c], self.token[n, c]),
+                          lambda n, c, p: (acts[n, c], tokens[n, c]))
 
     def _assemble(self, rows: torch.Tensor, sub: "Pool", idx: torch.Tensor, cand: Candidates) -> None:
         size = sub.size

@@ -2,7 +2,7 @@
 
 The run's documents are the same as without workers: the driver first reads and
 tokenizes the dataset once (the plan) to find where the token budget ends (the last
-document and its cut length), the run's tally and the activation sample's documents.
+document and its cut length), the run's tally and the activation sample's segments (drawn by the same hash rule as one run).
 Each document then belongs to one shard, by a hash of its id, and is read whole by that
 shard's worker, which skips the other shards' documents before tokenizing them.
 
@@ -36,11 +36,12 @@ import numpy as np
 import torch
 
 from index.engine.accumulator import Accumulator
-from index.engine.batching import ENCODE_GROUP, Tally, document_tokens, make_batches
+from index.engine.batching import ENCODE_GROUP, Tally, doc_of, document_tokens, make_batches, segment_length, segments
 from index.engine.config import IndexConfig
 from index.engine.hooks import index_sites, site_key
-from index.engine.index_model import (Indexer, ModelIndex, _check_window, _keep_sample, _progress, direct_logits,
-                                      fit_batch_size, sample_activations)
+from index.engine.index_model import (Indexer, ModelIndex, _check_window, _progress, direct_logits, fit_batch_size,
+                                      sample_activations)
+from index.engine.sample import ActivationSample
 from index.engine.shard_config import ShardOptions
 from index.engine.shard_progress import TokenCounter
 from solu.corpus import ReadStats, iter_documents
@@ -67,23 +68,26 @@ class Plan:
     last_len: int  # its indexed tokens (the budget may cut it)
     tokens: list[int]  # per shard
     documents: list[int]  # per shard
-    sample: list[list[tuple[int, list[int]]]]  # per shard: the activation sample's documents
+    sample: list[list[tuple[int, list[int]]]]  # per shard: the activation sample's segments (unit ids)
     tally: Tally
-    sample_docs: list[tuple[int, list[int]]]  # the whole sample, in stream order
+    activation_sample: ActivationSample  # the whole sample, as one run would draw it
 
 
-def make_plan(cfg: IndexConfig, tokenizer, n_shards: int) -> Plan:
-    """Read and tokenize the run's documents once, as index_checkpoint would."""
-    tally, sample = Tally(), []
+def make_plan(cfg: IndexConfig, tokenizer, n_shards: int, segment_len: int) -> Plan:
+    """Read and tokenize the run's documents once, as index_checkpoint would; the
+    activation sample is drawn here, over every segment, by the same hash rule."""
+    tally, sample = Tally(), ActivationSample(cfg.sample_tokens, cfg.seed)
     plan = Plan(-1, 0, [0] * n_shards, [0] * n_shards, [[] for _ in range(n_shards)], tally, sample)
     docs = document_tokens(cfg.dataset, cfg.text_column, tokenizer, cfg.tokens, tally, cfg.seed)
-    for doc_id, ids in _keep_sample(docs, cfg.sample_tokens, sample):
+    for doc_id, ids in docs:
         shard = shard_of(doc_id, n_shards)
         plan.tokens[shard] += len(ids)
         plan.documents[shard] += 1
         plan.last_doc, plan.last_len = doc_id, len(ids)
-    for doc_id, ids in sample:
-        plan.sample[shard_of(doc_id, n_shards)].append((doc_id, ids))
+        for unit, part in segments([(doc_id, ids)], segment_len):
+            sample.add(unit, part)
+    for unit, ids in sample.segments():
+        plan.sample[shard_of(doc_of(unit), n_shards)].append((unit, ids))
     return plan
 
 
@@ -134,7 +138,8 @@ def index_shard(ckpt, cfg: IndexConfig, device: torch.device, shard: int, n_shar
     t0 = time.perf_counter()
     docs, counted = _counting(shard_documents(cfg, ckpt.tokenizer, shard, n_shards, *plan_stop))
     indexer = Indexer(ckpt, cfg, device)
-    indexer.run(make_batches(docs, ckpt.model_cfg.n_ctx, cfg.batch_size, ckpt.bos_id), on_tokens)
+    units = segments(docs, indexer.segment_len)
+    indexer.run(make_batches(units, ckpt.model_cfg.n_ctx, cfg.batch_size, ckpt.bos_id), on_tokens)
     stream_s = time.perf_counter() - t0
     activations = sample_activations(indexer, sample, ckpt.model_cfg.n_ctx, ckpt.bos_id)
     layers = sorted({s.layer for s in indexer.sites})
@@ -187,7 +192,7 @@ def merge_activations(parts: list[dict[str, np.ndarray]], acc: Accumulator, keys
     keeps them against the max of one run (each shard's rows were kept against its own
     max, never above the merged one, so none is missing)."""
     parts = [p for p in parts if len(p["act"])]
-    names = ("site", "neuron", "doc_id", "pos", "act")
+    names = ("site", "neuron", "doc_id", "segment", "pos", "act")
     if not parts:
         return {k: np.zeros(0) for k in names}
     cat = {k: np.concatenate([p[k] for p in parts]) for k in names}
@@ -221,7 +226,8 @@ def assemble(ckpt, cfg: IndexConfig, plan: Plan, results: list[ShardResult], sta
     timings = {"stream_s": stream_s, "merge_s": time.perf_counter() - t0,
                **{k: sum(r.timings[k] for r in results) for k in ("forward_s", "accumulate_s", "sample_pass_s")}}
     return ModelIndex(ckpt, cfg, sites, {k: acc.site(i) for i, k in enumerate(keys)},
-                      plan.tally, vocab, plan.sample_docs, activations, logits, started_at, "cpu", timings)
+                      plan.tally, vocab, plan.activation_sample, segment_length(cfg.segment_tokens, ckpt.model_cfg.n_ctx),
+                      activations, logits, started_at, "cpu", timings)
 
 
 # ------------------------------------------------------------------ Ray
@@ -314,7 +320,7 @@ class RaySession:
         try:
             workers = self._start_workers(cfg)
             loading = [w.load.remote(ref, cfg) for w in workers]  # while the driver plans
-            plan = make_plan(cfg, ckpt.tokenizer, n)
+            plan = make_plan(cfg, ckpt.tokenizer, n, segment_length(cfg.segment_tokens, ckpt.model_cfg.n_ctx))
             if plan.tally.tokens == 0:
                 raise UserError(f"dataset {cfg.dataset!r} has no text to index")
             plan_s = time.perf_counter() - t0

@@ -35,9 +35,8 @@ def grid_exponent(max_abs: torch.Tensor) -> torch.Tensor:
 
 def coarsen(hist: torch.Tensor, times: torch.Tensor) -> torch.Tensor:
     """The histogram on a grid 2**times [n] coarser: natural bin b, which holds
-    ((b - FINE) w, (b - FINE + 1) w], goes to FINE + floor((b - FINE) / 2**times)."""
-    if not bool((times > 0).any()):
-        return hist
+    ((b - FINE) w, (b - FINE + 1) w], goes to FINE + floor((b - FINE) / 2**times).
+    No branch on the data, so no host sync on a GPU."""
     k = torch.arange(2 * FINE, device=hist.device) - FINE
     target = torch.div(k[None, :], torch.pow(2, times.clamp(max=62))[:, None], rounding_mode="floor") + FINE
     return torch.zeros_like(hist).scatter_add_(1, target, hist)
@@ -54,23 +53,21 @@ class Moments:
     m4: torch.Tensor
 
     @classmethod
-    def of_batch(cls, x: torch.Tensor, shift: torch.Tensor) -> "Moments":
-        """x: [sites, tokens, n]; shift: [sites * n]. Moments come out flat, [sites * n]."""
-        n = x.shape[1]
-        d = x - shift.to(x.dtype).view(x.shape[0], 1, x.shape[2])
-        d2 = d * d
-        total = lambda t: t.sum(1).reshape(-1).double()  # noqa: E731
-        s1, s2, s3, s4 = total(d), total(d2), total(d2 * d), total(d2 * d2)
+    def of_sums(cls, n: float, shift: torch.Tensor, sums: list[torch.Tensor]) -> "Moments":
+        """From the power sums s1..s4 of x - shift over n tokens (float64, flat)."""
+        s1, s2, s3, s4 = sums
         dm = s1 / n  # batch mean minus shift
         m2 = s2 - n * dm ** 2
         m3 = s3 - 3 * dm * s2 + 2 * n * dm ** 3
         m4 = s4 - 4 * dm * s3 + 6 * dm ** 2 * s2 - 3 * n * dm ** 4
-        return cls(float(n), shift.double() + dm, m2.clamp_min(0), m3, m4.clamp_min(0))
+        return cls(float(n), shift + dm, m2.clamp_min(0), m3, m4.clamp_min(0))
 
     def merge(self, b: "Moments") -> "Moments":
         a = self
         if a.count == 0:
             return b
+        if b.count == 0:
+            return a
         n = a.count + b.count
         d = b.mean - a.mean
         na, nb = a.count, b.count
@@ -79,6 +76,37 @@ class Moments:
         m4 = (a.m4 + b.m4 + d ** 4 * na * nb * (na * na - na * nb + nb * nb) / n ** 3
               + 6 * d ** 2 * (na * na * b.m2 + nb * nb * a.m2) / n ** 2 + 4 * d * (na * b.m3 - nb * a.m3) / n)
         return Moments(n, a.mean + d * nb / n, m2, m3, m4)
+
+
+class Workspace:
+    """Scratch buffers reused from batch to batch (a fresh 16 MB tensor per pass costs
+    page faults that rival the arithmetic)."""
+
+    def __init__(self):
+        self._bufs: dict[tuple, torch.Tensor] = {}
+
+    def __getstate__(self) -> dict:  # scratch only: a pickled accumulator (a shard's result) travels without it
+        return {"_bufs": {}}
+
+    def get(self, name: str, shape, dtype, device) -> torch.Tensor:
+        n = 1
+        for s in shape:
+            n *= s
+        buf = self._bufs.get((name, dtype, str(device)))
+        if buf is None or buf.numel() < n:
+            buf = torch.empty(n, dtype=dtype, device=device)
+            self._bufs[(name, dtype, str(device))] = buf
+        return buf[:n].view(shape)
+
+
+@dataclass
+class Duplicates:
+    """Entries a batch view holds twice or more, to be taken out again: per site
+    values [sites, R, d] that each appear `count` [R] extra times (padding filled with
+    a copy of a real activation, so min and max need no mask)."""
+
+    values: torch.Tensor
+    count: torch.Tensor
 
 
 @dataclass
@@ -108,33 +136,54 @@ class RunningStats:
             x = x.unsqueeze(0)
         if x.shape[1] == 0:
             return
-        lo, hi = (t.reshape(-1) for t in torch.aminmax(x, dim=1))
-        shift = self.moments.mean if self.count else x[:, 0].reshape(-1).double()
-        self.moments = self.moments.merge(Moments.of_batch(x, shift))
+        self.add([x[s].unsqueeze(0) for s in range(x.shape[0])], x.shape[1], Workspace())
+
+    def add(self, parts: list[torch.Tensor], n_tokens: int, work: Workspace,
+            dup: Duplicates | None = None, hi: torch.Tensor | None = None) -> None:
+        """Add every entry of `parts`, one [B, L, d] view per site (any strides, read in
+        place), less the duplicates; n_tokens, a host int, is the tokens they hold once
+        each. hi: the batch's max per neuron [sites * d], when the caller has it.
+        Every pass runs in float32 buffers reused across batches, with no host sync."""
+        d = parts[0].shape[-1]
+        lo = torch.cat([p.amin(1).amin(0) for p in parts])  # two steps: amin over (0, 1) at once is slow on CPU
+        if hi is None:
+            hi = torch.cat([p.amax(1).amax(0) for p in parts])
+        shift = self.moments.mean if self.count else torch.cat([p[0, 0] for p in parts]).double()
+        sums = [torch.cat(s).double() for s in zip(*(_power_sums(p, shift[i * d:(i + 1) * d], work)
+                                                     for i, p in enumerate(parts)))]
+        if dup is not None:
+            c = dup.count.double()[None, :, None]
+            dev = dup.values.double() - shift.view(len(parts), 1, d)
+            for k in range(4):
+                sums[k] -= (c * dev ** (k + 1)).sum(1).reshape(-1)
+        self.moments = self.moments.merge(Moments.of_sums(float(n_tokens), shift, sums))
         self.max, self.min = torch.maximum(self.max, hi), torch.minimum(self.min, lo)
         self._regrid(grid_exponent(torch.maximum(hi.abs(), lo.abs())))
-        self._add_to_histogram(x)
+        self._add_to_histogram(parts, work, dup)
 
-    def _add_to_histogram(self, x: torch.Tensor) -> None:
-        shape = (x.shape[0], 1, x.shape[2])
-        n = x.shape[0] * x.shape[2]
-        width = torch.pow(2.0, (self.exp - int(np.log2(FINE))).float()).view(shape)
-        # natural bin = FINE - 1 + ceil(x / w) = FINE - 1 - floor(-x / w), in [0, 2 FINE - 1]
-        q = torch.floor_divide(x, -width)
-        base = torch.arange(n, device=x.device).view(shape) * (2 * FINE) + (FINE - 1)
-        if n * 2 * FINE < 2 ** 24:  # exact in float32: one pass fewer
-            index = (base.float() - q).to(torch.int64)
-        else:
-            index = base - q.to(torch.int64)
-        ones = torch.ones(1, dtype=self.hist.dtype, device=x.device).expand(index.numel())
-        self.hist.view(-1).index_add_(0, index.view(-1), ones)
+    def _add_to_histogram(self, parts: list[torch.Tensor], work: Workspace, dup: Duplicates | None) -> None:
+        d = parts[0].shape[-1]
+        for s, part in enumerate(parts):
+            hist = self.hist[s * d:(s + 1) * d].view(-1)
+            neg_inv = self._neg_inverse_width(s, d)
+            index = _bin_index(part, neg_inv, work)
+            ones = torch.ones(1, dtype=hist.dtype, device=hist.device).expand(index.numel())
+            hist.index_add_(0, index.view(-1), ones)
+            if dup is not None and dup.values.shape[1]:
+                extra = _bin_index(dup.values[s].unsqueeze(0), neg_inv, Workspace())
+                counts = dup.count.to(hist.dtype)[:, None].expand(extra.shape[1:])
+                hist.index_add_(0, extra.reshape(-1), -counts.reshape(-1))
+
+    def _neg_inverse_width(self, s: int, d: int) -> torch.Tensor:
+        """-1 / bin width for the neurons of site s: a power of two, so x times it is exact."""
+        exp = self.exp[s * d:(s + 1) * d]
+        return -torch.pow(2.0, (int(np.log2(FINE)) - exp).double()).float()
 
     def _regrid(self, exp: torch.Tensor) -> None:
+        """Coarsen every neuron's grid to hold exp (a no-op where it already does)."""
         grow = (exp - self.exp).clamp_min(0)
-        rows = (grow > 0).nonzero().squeeze(1)
-        if len(rows):
-            self.hist[rows] = coarsen(self.hist[rows], grow[rows])
-            self.exp = self.exp + grow
+        self.hist = coarsen(self.hist, grow)
+        self.exp = self.exp + grow
 
     def rows(self, rows: slice) -> "RunningStats":
         """The stats of some neurons only."""
@@ -197,3 +246,33 @@ def grouped_histogram(hist: np.ndarray, width: np.ndarray, mn: np.ndarray, mx: n
     lo = k_lo * width
     return {"hist_lo": lo, "hist_hi": lo + n_bins * group * width,
             "hist_counts": [counts[i, :n_bins[i]] for i in range(n)]}
+
+
+def _power_sums(part: torch.Tensor, shift: torch.Tensor, work: Workspace) -> list[torch.Tensor]:
+    """Sums over (B, L) of (part - shift)**k, k = 1..4, in float32 (part: [B, L, d])."""
+    a = work.get("a", part.shape, torch.float32, part.device)
+    b = work.get("b", part.shape, torch.float32, part.device)
+    torch.sub(part, shift.float(), out=a)
+    s1 = a.sum((0, 1))
+    torch.mul(a, a, out=b)
+    s2 = b.sum((0, 1))
+    s3 = a.mul_(b).sum((0, 1))
+    s4 = b.mul_(b).sum((0, 1))
+    return [s1, s2, s3, s4]
+
+
+def _bin_index(part: torch.Tensor, neg_inv: torch.Tensor, work: Workspace) -> torch.Tensor:
+    """[B, L, d] int32 indices into a site's flat histogram [d * 2 FINE]: neuron j's
+    natural bin FINE - 1 + ceil(x / w) = FINE - 1 - floor(-x / w). -x / w is exact (w a
+    power of two) and the integers stay below 2**24, so float32 holds them exactly."""
+    d = part.shape[-1]
+    if d * 2 * FINE >= 2 ** 24:
+        raise ValueError(f"at most {2 ** 24 // (2 * FINE) - 1} neurons per site")
+    q = work.get("a", part.shape, torch.float32, part.device)
+    torch.mul(part, neg_inv, out=q)
+    q.floor_()
+    base = torch.arange(d, device=part.device, dtype=torch.float32) * (2 * FINE) + (FINE - 1)
+    torch.sub(base, q, out=q)
+    index = work.get("index", part.shape, torch.int32, part.device)
+    index.copy_(q)
+    return index

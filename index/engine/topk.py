@@ -16,8 +16,9 @@ Order is total, so results do not depend on the order documents arrive in:
   random sample), the documents of lowest priority, a hash of (doc_id, neuron, seed):
   a uniform random sample without replacement that any merge order reproduces.
 
-Keys are packed into int64 so one torch.topk or torch.sort does the work; doc_ids must
-fit in 32 bits (4 billion documents).
+Keys are packed into int64 so one torch.topk or torch.sort does the work; the ids
+ranked must fit in 32 bits: they are segment unit ids, doc_id << 8 | segment
+(index.engine.batching), so a run holds at most 2**24 documents.
 """
 from __future__ import annotations
 

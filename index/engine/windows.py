@@ -121,11 +121,11 @@ def edge_positions(span: Span, doc: int, q: torch.Tensor) -> tuple[torch.Tensor,
     where, row, col, tail_idx, _ = _locate(span, d, q)
     acts = torch.stack([a[row.clamp(0, len(span.batch.row_len) - 1), col] for a in span.acts])
     tokens = span.batch.tokens[row.clamp(0, len(span.batch.row_len) - 1), col]
-    from_tail = where == 0
-    if bool(from_tail.any()):
-        i = tail_idx[from_tail]
-        acts[:, from_tail] = span.tail[:, i]
-        tokens[from_tail] = span.tail_tokens[i]
+    if span.tail.shape[1]:  # positions before this batch come from the tail (no branch on the data)
+        from_tail = where == 0
+        i = tail_idx.clamp(0, span.tail.shape[1] - 1)
+        acts = torch.where(from_tail[None, :, None], span.tail[:, i], acts)
+        tokens = torch.where(from_tail, span.tail_tokens[i], tokens)
     return acts, tokens
 
 
@@ -136,8 +136,9 @@ def next_tail(span: Span, before: int) -> tuple[torch.Tensor, torch.Tensor] | No
     if not b.continues_next:
         return None
     last = len(b.doc_ids) - 1
-    end = int(b.doc_first[last] + b.doc_count[last])
-    start = max(end - before, int(b.doc_first[last]) - span.tail.shape[1] if last == 0 else int(b.doc_first[last]))
+    first, count = b.last_span
+    end = first + count
+    start = max(end - before, first - span.tail.shape[1] if last == 0 else first)
     return edge_positions(span, last, torch.arange(start, end, device=b.tokens.device))
 
 
@@ -147,6 +148,6 @@ def head_of(span: Span, after: int) -> tuple[torch.Tensor, torch.Tensor] | None:
     b = span.batch
     if not b.continues_prev:
         return None
-    first = int(b.doc_first[0])
-    q = torch.arange(first, first + min(after, int(b.doc_count[0])), device=b.tokens.device)
+    first, count = b.first_span
+    q = torch.arange(first, first + min(after, count), device=b.tokens.device)
     return edge_positions(span, 0, q)

@@ -101,7 +101,19 @@ MIGRATIONS: list[str] = [
     ALTER TABLE models ADD COLUMN source_kind VARCHAR;
     ALTER TABLE models ADD COLUMN revision VARCHAR;
     """,
-    # 6: decisions with one home. latest_runs: each model's latest index run, which the
+    # 6: long documents are ranked and sampled as segments (examples, activations and
+    # tokens say which); the activation sample is hash-chosen segments, its size and
+    # rule recorded per run; token-level stats are always over every token
+    """
+    ALTER TABLE examples ADD COLUMN segment INTEGER;
+    ALTER TABLE activations ADD COLUMN segment INTEGER;
+    ALTER TABLE tokens ADD COLUMN segment INTEGER;
+    ALTER TABLE index_runs ADD COLUMN sample_segments INTEGER;
+    ALTER TABLE index_runs ADD COLUMN sample_tokens BIGINT;
+    ALTER TABLE index_runs ADD COLUMN sample_rule VARCHAR;
+    ALTER TABLE index_runs ADD COLUMN segment_tokens INTEGER;
+    """,
+    # 7: decisions with one home. latest_runs: each model's latest index run, which the
     # queries, autolabel and current_concept_scores read. Concept scores gain the paper's
     # rule with its interval (top_hits of n_top, Wilson 95% top_low..top_high) and the
     # measure over the activation sample (sample_share against the concept's base_rate);
