@@ -45,7 +45,7 @@ def register(sub) -> None:
     p.add_argument("--quick", action="store_true", help="tiny models and token counts (a minute; for tests)")
     p.add_argument("--tokens", type=int, help="training tokens per model (default 2M, --quick 16k)")
     p.add_argument("--index-tokens", type=int, help="tokens to index per model (default 1M, --quick 8k)")
-    p.add_argument("--no-app", action="store_true", help="stop after indexing")
+    p.add_argument("--no-app", action="store_true", help="stop after indexing and labelling")
     p.add_argument("--force", action="store_true", help="rebuild everything even if --out has it")
     _serve_args(p)
     p.set_defaults(func=cmd_demo)

@@ -8,6 +8,7 @@ import streamlit as st
 
 from explorer import data, db
 from index.measure import compare
+from index.measure.autolabel import RULE_SHARE
 
 PERCENT = st.column_config.NumberColumn(format="percent")
 
@@ -23,25 +24,27 @@ def pick_models(models: pd.DataFrame) -> list[str] | None:
     a, b, c = st.columns([2, 2, 1])
     model_a = a.selectbox("Model A", ids, index=ids.index(first), key="compare-a")
     model_b = b.selectbox("Model B", ids, index=ids.index(second), key="compare-b")
-    st.session_state["compare-threshold"] = c.number_input("Score threshold", 0.0, 1.0, 0.5, 0.05)
+    c.number_input("Rule: share of top examples", 0.0, 1.0, RULE_SHARE, 0.05, key="compare-rule")
     if model_a == model_b:
         st.caption("Pick two different models.")
         return None
     return [model_a, model_b]
 
 
-def layer_chart(by_layer: pd.DataFrame) -> alt.Chart:
-    long = by_layer.melt(id_vars=["model_id", "layer"], value_vars=["frac_above", "frac_rule80"],
-                         var_name="measure", value_name="fraction")
-    return alt.Chart(long).mark_bar().encode(
-        x=alt.X("layer:O"), xOffset="model_id:N", y=alt.Y("fraction:Q", scale=alt.Scale(domain=[0, 1])),
-        color="model_id:N", column=alt.Column("measure:N", title=None),
-        tooltip=["model_id", "layer", "measure", alt.Tooltip("fraction:Q", format=".1%")]).properties(height=200)
+def rule_chart(by_layer: pd.DataFrame) -> alt.LayerChart:
+    """Per layer and model, the fraction passing the rule, with its 95% interval."""
+    base = alt.Chart(by_layer).encode(x=alt.X("layer:O"), xOffset="model_id:N")
+    bars = base.mark_bar().encode(
+        y=alt.Y("frac_passing:Q", scale=alt.Scale(domain=[0, 1]), title="fraction passing the rule"),
+        color="model_id:N", tooltip=["model_id", "layer", "passing", "neurons",
+                                     alt.Tooltip("frac_passing:Q", format=".1%"),
+                                     alt.Tooltip("ci_low:Q", format=".1%"), alt.Tooltip("ci_high:Q", format=".1%")])
+    return (bars + base.mark_errorbar().encode(y="ci_low:Q", y2="ci_high:Q")).properties(height=220)
 
 
-def score_histogram(best: pd.DataFrame) -> alt.Chart:
+def share_histogram(best: pd.DataFrame) -> alt.Chart:
     return alt.Chart(best).mark_bar(opacity=0.55, binSpacing=0).encode(
-        x=alt.X("score:Q", bin=alt.Bin(extent=[0, 1], step=0.04), title="best concept score"),
+        x=alt.X("top_share:Q", bin=alt.Bin(extent=[0, 1], step=0.05), title="best concept's share of the top examples"),
         y=alt.Y("count():Q", stack=None, title="neurons"), color="model_id:N").properties(height=220)
 
 
@@ -51,17 +54,19 @@ def show() -> None:
     chosen = pick_models(models)
     if chosen is None:
         return
-    threshold = float(st.session_state.get("compare-threshold", compare.DEFAULT_THRESHOLD))
-    tables = db.read(data.db_path(), compare.compare_tables, chosen, threshold)
-    st.dataframe(compare.headline(tables, chosen), hide_index=True, column_config={
-        "frac_selective": PERCENT, "frac_rule80": PERCENT, "frac_human_labeled": PERCENT})
-    st.caption(f"frac_selective: best concept score >= {threshold:g} (sqrt(top-K share x (2 AUROC - 1)), "
-               "from `solu autolabel`); frac_rule80: one concept explains >= 80% of the top examples.")
+    rule = float(st.session_state.get("compare-rule", RULE_SHARE))
+    tables = db.read(data.db_path(), compare.compare_tables, chosen, rule)
+    st.dataframe(compare.headline(tables), hide_index=True, column_config={
+        "frac_rule": PERCENT, "rule_ci_low": PERCENT, "rule_ci_high": PERCENT, "frac_human_labeled": PERCENT})
+    st.caption(f"frac_rule: neurons whose top examples peak on one concept at least {rule:.0%} of the time "
+               "(the paper's rule, automated by `solu autolabel`), with a 95% Wilson interval.")
     if tables["best"].empty:
         st.info("No concept scores yet: run `solu autolabel --db FILE`.")
     else:
-        st.altair_chart(layer_chart(tables["frac_above_by_layer"]))
-        st.altair_chart(score_histogram(tables["best"]), width="stretch")
+        st.altair_chart(rule_chart(tables["rule_by_layer"]), width="stretch")
+        st.caption(f"{chosen[1]} minus {chosen[0]}: 95% Newcombe interval, exact two-sided permutation p-value.")
+        st.dataframe(tables["rule_difference"], hide_index=True)
+        st.altair_chart(share_histogram(tables["best"]), width="stretch")
         st.dataframe(tables["concepts"], hide_index=True)
     st.dataframe(tables["sparsity"], hide_index=True)
     st.dataframe(tables["labels"], hide_index=True, column_config={"frac_human_labeled": PERCENT})

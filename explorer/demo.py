@@ -1,4 +1,5 @@
-"""`solu demo`: corpus, a GELU and a SoLU model, one index, ready for the app.
+"""`solu demo`: corpus, a GELU and a SoLU model, one index with automatic labels, ready
+for the app.
 
 Both models share the shape, the seed, the data order and the tokenizer (the SoLU run
 reuses the GELU run's), so they differ only in the activation. Each step is skipped when
@@ -73,6 +74,52 @@ def index_models(checkpoints: list[Path], db: Path, plan: DemoPlan, force: bool)
         print(line, file=sys.stderr)
 
 
+def label_models(db: Path, force: bool) -> None:
+    """`solu autolabel` on every model (skipped when the latest index run of every model
+    is scored already), then where the base64 neurons are."""
+    from index.measure.autolabel import autolabel
+    from index.store.connection import open_read
+
+    con = open_read(db)
+    try:
+        unscored = con.execute("SELECT count(*) FROM models WHERE model_id NOT IN "
+                               "(SELECT model_id FROM current_concept_scores)").fetchone()[0]
+    finally:
+        con.close()
+    if not unscored and not force:
+        print(f"{db} is already labelled; skipping (--force relabels; human labels are kept)", file=sys.stderr)
+    else:
+        autolabel(db)
+    for line in base64_neurons(db):
+        print(line, file=sys.stderr)
+
+
+def base64_neurons(db: Path, limit: int = 3) -> list[str]:
+    """One line per model: its neurons automatically labelled base64, strongest first."""
+    from explorer.nav import Address
+    from index.store.connection import open_read
+
+    con = open_read(db)
+    try:
+        rows = con.execute("""
+            SELECT b.model_id, b.layer, b.neuron, b.site, b.top_share FROM best_concepts b
+            JOIN current_labels l ON l.model_id = b.model_id AND l.layer = b.layer AND l.neuron = b.neuron
+                 AND l.source = 'auto' AND l.status = 'suggested' AND l.label = 'base64'
+            WHERE b.concept = 'base64' ORDER BY b.model_id, b.top_share DESC, b.sample_share DESC NULLS LAST,
+                  b.layer, b.neuron""").df()
+        models = [r[0] for r in con.execute("SELECT model_id FROM models ORDER BY model_id").fetchall()]
+    finally:
+        con.close()
+    lines = []
+    for model_id in models:
+        mine = rows[rows.model_id == model_id]
+        found = ", ".join(f"L{r.layer}/N{r.neuron} ({r.top_share:.0%} of top examples; in the app: "
+                          f"/{Address(r.model_id, int(r.layer), int(r.neuron), r.site).url})"
+                          for r in mine.head(limit).itertuples())
+        lines.append(f"{model_id}: {len(mine)} neurons labelled base64" + (f": {found}" if found else ""))
+    return lines
+
+
 def demo_plan(quick: bool, tokens: int | None, index_tokens: int | None) -> DemoPlan:
     """The plan, with --tokens / --index-tokens if given (0 is refused like -1, not read as 'default')."""
     plan = QUICK if quick else FULL
@@ -103,15 +150,17 @@ def run_demo(out: Path, *, quick: bool = False, tokens: int | None = None, index
     check_demo_out(out)
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    step(1, 4, "builtin corpus (Python's own sources, docs and certificates; built once, then cached)")
+    step(1, 5, "builtin corpus (Python's own sources, docs and certificates; built once, then cached)")
     print(builtin_path(0), file=sys.stderr)
     checkpoints = [out / name for _, name in MODELS]
     for i, ((act, _), ckpt) in enumerate(zip(MODELS, checkpoints)):
-        step(2 + i, 4, f"training {ckpt.name} ({act}, {plan.tokens:,} tokens)")
+        step(2 + i, 5, f"training {ckpt.name} ({act}, {plan.tokens:,} tokens)")
         tokenizer = checkpoints[0] / "tokenizer.json" if i else None
         train_model(act, ckpt, plan, tokenizer, force)
     db = out / "index.duckdb"
-    step(4, 4, f"indexing both models ({plan.index_tokens:,} tokens each) into {db}")
+    step(4, 5, f"indexing both models ({plan.index_tokens:,} tokens each) into {db}")
     index_models(checkpoints, db, plan, force)
+    step(5, 5, "automatic labels: the concept each neuron's top examples peak on (solu autolabel)")
+    label_models(db, force)
     print(f"\ndemo ready in {time.perf_counter() - start:,.0f} s", file=sys.stderr)
     return db

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 from pathlib import Path
 
 import duckdb
@@ -61,19 +62,65 @@ def build_measure_db(path: Path, models=(("gelu-m", "gelu"), ("solu-m", "solu_ln
     con = duckdb.connect(str(path))
     migrate(con)
     for m, (model_id, act_fn) in enumerate(models):
-        rng = random.Random(seed + m)
-        docs = documents(n_docs, rng)
-        site = "pre_ln" if act_fn == "solu_ln" else "post"
-        con.execute("INSERT INTO models (model_id, act_fn, n_layers, d_model, d_mlp, n_heads, n_ctx, d_vocab, "
-                    "n_params, eval_loss, tokens_trained, source, config) VALUES (?, ?, ?, 16, ?, 2, 32, 300, "
-                    "1000, ?, 10000, 'test', ?)",
-                    [model_id, act_fn, n_layers, d_mlp, 4.0 + 0.1 * m, json.dumps({"model": {"act_fn": act_fn}})])
-        tokens = pd.DataFrame([(model_id, d, p, t, 0) for d, doc in enumerate(docs) for p, t in enumerate(doc)],
-                              columns=["model_id", "doc_id", "pos", "token", "token_id"])
-        _insert(con, "tokens", tokens)
-        for layer in range(n_layers):
-            acts = dense_activations(docs, d_mlp, np.random.default_rng(seed * 100 + m * 10 + layer))
-            _insert_layer(con, model_id, layer, site, docs, acts, top_k)
+        docs = documents(n_docs, random.Random(seed + m))
+        layers = [dense_activations(docs, d_mlp, np.random.default_rng(seed * 100 + m * 10 + layer))
+                  for layer in range(n_layers)]
+        insert_model(con, model_id, act_fn, docs, layers, top_k, eval_loss=4.0 + 0.1 * m)
+    con.close()
+    return path
+
+
+def insert_model(con, model_id: str, act_fn: str, docs: list[list[str]], layers: list[list[np.ndarray]],
+                 top_k: int, eval_loss: float = 4.0) -> None:
+    """One model's rows: `layers[l][d]` is layer l's (n_neurons, n_tokens) activations on document d."""
+    site = "pre_ln" if act_fn == "solu_ln" else "post"
+    con.execute("INSERT INTO models (model_id, act_fn, n_layers, d_model, d_mlp, n_heads, n_ctx, d_vocab, "
+                "n_params, eval_loss, tokens_trained, source, config) VALUES (?, ?, ?, 16, ?, 2, 32, 300, "
+                "1000, ?, 10000, 'test', ?)",
+                [model_id, act_fn, len(layers), layers[0][0].shape[0], eval_loss,
+                 json.dumps({"model": {"act_fn": act_fn}})])
+    tokens = pd.DataFrame([(model_id, d, p, t, 0) for d, doc in enumerate(docs) for p, t in enumerate(doc)],
+                          columns=["model_id", "doc_id", "pos", "token", "token_id"])
+    _insert(con, "tokens", tokens)
+    for layer, acts in enumerate(layers):
+        _insert_layer(con, model_id, layer, site, docs, acts, top_k)
+
+
+TOKEN = re.compile(r" ?\w{1,6}| ?[^\w\s]|\s")
+
+
+def split_tokens(text: str) -> list[str]:
+    """BPE-like pieces: up to 6 word characters or one symbol, with a leading space; they join to the text."""
+    return TOKEN.findall(text)
+
+
+def spans_mask(tokens: list[str], spans: list[tuple[int, int]]) -> np.ndarray:
+    """True for each token whose characters lie mostly inside one of the spans."""
+    inside = np.zeros(sum(map(len, tokens)) + 1, dtype=bool)
+    for a, b in spans:
+        inside[a:b] = True
+    ends = np.cumsum([len(t) for t in tokens])
+    return np.array([inside[e - len(t):e].mean() > 0.5 for t, e in zip(tokens, ends)], dtype=bool)
+
+
+def build_planted_db(path: Path, docs: list[tuple[str, list[tuple[int, int]]]], d_mlp: int = 16, top_k: int = 20,
+                     seed: int = 0) -> Path:
+    """An index of the planted corpus for a GELU and a SoLU model of one layer: in each,
+    neuron 0 fires on the planted base64 (the corpus's own record of where it put it) and
+    on a few other tokens, every other neuron at random."""
+    path.unlink(missing_ok=True)
+    con = duckdb.connect(str(path))
+    migrate(con)
+    tokens = [split_tokens(text) for text, _ in docs]
+    planted = [spans_mask(t, spans) for t, (_, spans) in zip(tokens, docs)]
+    for m, (model_id, act_fn) in enumerate((("gelu-p", "gelu"), ("solu-p", "solu_ln"))):
+        rng = np.random.default_rng(seed + m)
+        layer = []
+        for doc, mask in zip(tokens, planted):
+            acts = (rng.random((d_mlp, len(doc))) < 0.1) * rng.uniform(0.3, 2.5, (d_mlp, len(doc)))
+            acts[0] = mask * rng.uniform(1.5, 3, len(doc)) + (rng.random(len(doc)) < 0.01) * rng.uniform(0, 1, len(doc))
+            layer.append(acts.astype(np.float32))
+        insert_model(con, model_id, act_fn, tokens, [layer], top_k)
     con.close()
     return path
 

@@ -46,7 +46,8 @@ def thing_sentence(rng: random.Random) -> str:
     return _capitalise(" ".join(w for w in words if w)) + "."
 
 
-def base64_block(rng: random.Random, background: list[str]) -> str:
+def base64_block(rng: random.Random, background: list[str]) -> tuple[str, list[tuple[int, int]]]:
+    """A base64 string in one of three settings, and the character spans of its base64."""
     if rng.random() < 0.5:
         data = rng.randbytes(rng.randint(12, 48))
     else:
@@ -54,11 +55,16 @@ def base64_block(rng: random.Random, background: list[str]) -> str:
     encoded = base64.b64encode(data).decode("ascii")
     kind = rng.randrange(3)
     if kind == 0:
-        return f'token = "{encoded}"'
+        return f'token = "{encoded}"', [(9, 9 + len(encoded))]
     if kind == 1:
-        return f"key: {encoded}"
-    lines = "\n".join(encoded[i:i + 64] for i in range(0, len(encoded), 64))
-    return f"Content-Transfer-Encoding: base64\n\n{lines}"
+        return f"key: {encoded}", [(5, 5 + len(encoded))]
+    header = "Content-Transfer-Encoding: base64\n\n"
+    pieces = [encoded[i:i + 64] for i in range(0, len(encoded), 64)]
+    spans, at = [], len(header)
+    for piece in pieces:
+        spans.append((at, at + len(piece)))
+        at += len(piece) + 1
+    return header + "\n".join(pieces), spans
 
 
 def _capitalise(s: str) -> str:
@@ -73,19 +79,28 @@ def background_lines() -> list[str]:
 
 def planted_documents(n_docs: int = 2000, seed: int = 0) -> list[str]:
     """Documents of 5-25 background lines with planted lines between them."""
+    return [text for text, _ in planted_documents_with_base64(n_docs, seed)]
+
+
+def planted_documents_with_base64(n_docs: int = 2000, seed: int = 0) -> list[tuple[str, list[tuple[int, int]]]]:
+    """The planted documents, each with the character spans of the base64 planted in it."""
     rng = random.Random(seed)
     lines = background_lines()
     prose = [line.strip() for line in lines if line.strip()]
     docs = []
     for _ in range(n_docs):
         start = rng.randrange(len(lines) - 25)
-        doc = lines[start:start + rng.randint(5, 25)]
-        planted = [people_sentence(rng) for _ in range(rng.choice((0, 1, 2, 3)))]
-        planted += [thing_sentence(rng) for _ in range(rng.choice((0, 1, 2)))]
+        doc: list[tuple[str, list]] = [(line, []) for line in lines[start:start + rng.randint(5, 25)]]
+        planted = [(people_sentence(rng), []) for _ in range(rng.choice((0, 1, 2, 3)))]
+        planted += [(thing_sentence(rng), []) for _ in range(rng.choice((0, 1, 2)))]
         planted += [base64_block(rng, prose) for _ in range(rng.choice((0, 0, 1, 2)))]
         for item in planted:
             doc.insert(rng.randint(0, len(doc)), item)
-        docs.append("\n".join(doc) + "\n")
+        text, spans = "", []
+        for line, line_spans in doc:
+            spans += [(len(text) + a, len(text) + b) for a, b in line_spans]
+            text += line + "\n"
+        docs.append((text, spans))
     return docs
 
 

@@ -1,12 +1,15 @@
-"""Concept scores: AUROC from sparse activations against brute force, the top-example
-share, the stored scores and the automatic labels (suggest, keep, withdraw)."""
+"""Concept scores: the top-example share with its interval (the paper's rule), the
+sample share and the AUROC from sparse activations against brute force, the stored
+scores and the automatic labels (suggest, keep, withdraw)."""
 from __future__ import annotations
 
 import duckdb
 import numpy as np
 import pytest
 
-from index.measure.autolabel import auroc_by_group, autolabel, occurrence_auroc, resolve_concepts, selectivity
+from index.measure.autolabel import (RULE_SHARE, auroc_by_group, autolabel, occurrence_auroc, resolve_concepts,
+                                     sample_share_matrix)
+from index.measure.intervals import wilson
 from index.measure.concepts import CONCEPTS, detect
 from index.store.connection import append_label
 from measure_db import THRESHOLD, build_measure_db, dense_for_model
@@ -104,36 +107,55 @@ def test_auroc_edges():
         auroc_by_group(np.zeros(3, int), np.ones(3), np.ones((3, 1), bool), 1, 2, np.array([1]))
 
 
-def test_selectivity_combines_both_measures():
-    assert selectivity(np.array([1.0]), np.array([1.0]))[0] == 1.0
-    assert selectivity(np.array([0.5]), np.array([1.0]))[0] == 0.0       # no ranking signal
-    assert selectivity(np.array([0.3]), np.array([0.9]))[0] == 0.0       # anti-selective
-    assert selectivity(np.array([np.nan]), np.array([0.5]))[0] == 0.0
-    assert selectivity(np.array([0.9]), np.array([0.5]))[0] == pytest.approx(np.sqrt(0.5 * 0.8))
+def test_sample_share_matrix_matches_a_loop():
+    rng = np.random.default_rng(2)
+    n_tokens, n_groups = 200, 5
+    masks = rng.random((n_tokens, 3)) < 0.3
+    group, token = np.nonzero(rng.random((n_groups, n_tokens)) < 0.2)
+    acts = rng.uniform(0.2, 3, len(group))
+    got = sample_share_matrix(group, token, acts, masks, n_groups + 1)  # the last group records nothing
+    for g in range(n_groups):
+        mine = group == g
+        for c in range(3):
+            expected = (acts[mine] * masks[token[mine], c]).sum() / acts[mine].sum()
+            assert got[g, c] == pytest.approx(expected, abs=1e-12)
+    assert np.isnan(got[n_groups]).all()
 
 
 @pytest.fixture()
 def measure_db(tmp_path):
-    return build_measure_db(tmp_path / "m.duckdb")
+    return build_measure_db(tmp_path / "m.duckdb", top_k=20)  # the paper rates about 20 examples
 
 
 def test_autolabel_finds_planted_neurons_and_stores_exact_scores(measure_db):
-    summary = autolabel(measure_db, threshold=0.6)
+    summary = autolabel(measure_db)
     con = duckdb.connect(str(measure_db), read_only=True)
     scores = con.execute("SELECT * FROM concept_scores").df()
     labels = con.execute("SELECT * FROM current_labels WHERE source = 'auto'").df()
+    best_view = con.execute("SELECT * FROM best_concepts").df()
+    examples = con.execute("SELECT model_id, layer, neuron, tokens, acts FROM examples WHERE kind = 'top'").df()
     con.close()
-    assert len(scores) == 2 * 2 * 8 * len(CONCEPTS)
-    best = scores.sort_values("score").groupby(["model_id", "layer", "neuron"]).tail(1).set_index(
+    assert len(scores) == 2 * 2 * 8 * len(CONCEPTS) and (scores.score == scores.top_share).all()
+    best = scores.sort_values(["score", "sample_share"]).groupby(["model_id", "layer", "neuron"]).tail(1).set_index(
         ["model_id", "layer", "neuron"])
+    assert best.concept.to_dict() == best_view.set_index(["model_id", "layer", "neuron"]).concept.to_dict()
     for model in ("gelu-m", "solu-m"):
         for layer in (0, 1):
             assert best.loc[(model, layer, 0), "concept"] == "base64"
             assert best.loc[(model, layer, 1), "concept"] == "people_count"
-            assert best.loc[(model, layer, 0), "score"] > 0.9 and best.loc[(model, layer, 1), "score"] > 0.7
-            assert best.loc[(model, layer, 0), "top_share"] == 1.0
+            for n in (0, 1):
+                assert best.loc[(model, layer, n), "top_share"] == 1.0
+                assert best.loc[(model, layer, n), "sample_share"] > 0.9
+    # random neurons: none passes the rule, and their firings follow each concept at its base rate
     random_neurons = best[best.index.get_level_values("neuron") >= 2]
-    assert random_neurons.score.mean() < 0.3
+    assert (random_neurons.top_share < RULE_SHARE).all()
+    assert (random_neurons.sample_share - random_neurons.base_rate).abs().max() < 0.1
+    # the top share counts the top examples' peaks, by the detector over each window; its interval is Wilson's
+    row = scores[(scores.model_id == "gelu-m") & (scores.layer == 1) & (scores.neuron == 5) & (scores.concept == "number")]
+    mine = examples[(examples.model_id == "gelu-m") & (examples.layer == 1) & (examples.neuron == 5)]
+    hits = sum(bool(detect("number", list(t))[int(np.argmax(a))]) for t, a in zip(mine.tokens, mine.acts))
+    assert (row.top_hits.item(), row.n_top.item()) == (hits, len(mine)) and row.top_share.item() == hits / len(mine)
+    assert (row.top_low.item(), row.top_high.item()) == pytest.approx(tuple(float(x) for x in wilson(hits, len(mine))))
     # the stored AUROC is the brute-force one over the censored activations
     tokens, acts = dense_for_model(measure_db, "solu-m")
     docs = [list(g.token) for _, g in _token_frames(measure_db, "solu-m")]
@@ -151,9 +173,9 @@ def test_autolabel_finds_planted_neurons_and_stores_exact_scores(measure_db):
     assert {(r.model_id, r.layer, r.neuron, r.label) for r in labels.itertuples()} >= {
         ("solu-m", 0, 0, "base64"), ("solu-m", 1, 1, "people_count"), ("gelu-m", 0, 0, "base64")}
     assert (labels.status == "suggested").all() and (labels.author == "autolabel").all()
-    assert labels.score.min() >= 0.6
+    assert labels.score.min() >= RULE_SHARE and len(labels) == 8  # the planted neurons only
     row = summary[(summary.model_id == "gelu-m") & (summary.concept == "base64")].iloc[0]
-    assert row.best_neuron in ("L0/N0", "L1/N0") and row.neurons_above >= 2
+    assert row.best_neuron in ("L0/N0", "L1/N0") and row.neurons_passing == 2
 
 
 def _token_frames(db, model_id):
@@ -172,27 +194,30 @@ def _auto_rows(db):
 
 
 def test_autolabel_rerun_keeps_rejections_and_withdraws(measure_db):
-    autolabel(measure_db, threshold=0.6)
+    autolabel(measure_db)
     first = _auto_rows(measure_db)
-    autolabel(measure_db, threshold=0.6)
+    autolabel(measure_db)
     assert _auto_rows(measure_db) == first  # nothing changed, nothing appended
     append_label(measure_db, "solu-m", 0, 0, "base64", source="auto", author="ana", status="rejected")
-    autolabel(measure_db, threshold=0.6)
+    autolabel(measure_db)
     assert len(_auto_rows(measure_db)) == len(first) + 1  # a person's rejection stands
-    autolabel(measure_db, threshold=0.99)  # people counters (half recall) fall below, base64 stays
+    con = duckdb.connect(str(measure_db))  # the people counters' top examples now peak on their first token
+    con.execute("UPDATE examples SET acts = list_concat([9.0::FLOAT], acts[2:]) WHERE neuron = 1")
+    con.close()
+    autolabel(measure_db)
     after = _auto_rows(measure_db)
     withdrawn = [r for r in after[len(first) + 1:] if r[4] == "rejected" and r[5] == "autolabel"]
     assert {r[3] for r in withdrawn} == {"people_count"} and len(withdrawn) == 4
-    autolabel(measure_db, threshold=0.6)  # withdrawn suggestions come back
+    autolabel(measure_db, threshold=0.0)  # with no bar, every neuron's best concept is suggested
     con = duckdb.connect(str(measure_db), read_only=True)
     live = con.execute("SELECT count(*) FROM current_labels WHERE source = 'auto' AND status = 'suggested'").fetchall()
     con.close()
-    assert live[0][0] == len(first) - 1
+    assert live[0][0] == 2 * 2 * 8 - 1  # all but the one a person rejected
 
 
 def test_autolabel_user_regex_and_errors(measure_db):
     concepts = resolve_concepts(["base64"], ["cat=\\bcat\\b"])
-    summary = autolabel(measure_db, models=["gelu-m"], concepts=concepts, threshold=0.6)
+    summary = autolabel(measure_db, models=["gelu-m"], concepts=concepts)
     assert set(summary.concept) == {"base64", "cat"} and set(summary.model_id) == {"gelu-m"}
     con = duckdb.connect(str(measure_db), read_only=True)
     assert con.execute("SELECT pattern FROM concepts WHERE name = 'cat'").fetchall() == [("\\bcat\\b",)]
@@ -216,14 +241,30 @@ def test_measure_db_threshold_is_sparse(measure_db):
 
 
 def test_scores_of_an_earlier_index_run_are_stale(measure_db):
-    autolabel(measure_db, threshold=0.6)
+    autolabel(measure_db)
     con = duckdb.connect(str(measure_db))
     con.execute("INSERT INTO index_runs (run_id, model_id, started_at) VALUES ('r2', 'gelu-m', now())")
     current = con.execute("SELECT DISTINCT model_id FROM current_concept_scores").fetchall()
     con.close()
     assert current == [("solu-m",)]  # gelu-m was re-indexed after it was scored
-    autolabel(measure_db, models=["gelu-m"], threshold=0.6)
+    autolabel(measure_db, models=["gelu-m"])
     con = duckdb.connect(str(measure_db), read_only=True)
     runs = con.execute("SELECT DISTINCT model_id, run_id FROM current_concept_scores ORDER BY 1").fetchall()
     con.close()
     assert runs == [("gelu-m", "r2"), ("solu-m", None)]
+
+
+def test_pieces_of_one_document_are_detected_apart(tmp_path):
+    """Two sampled segments of one document that are not adjacent: a base64 run is not
+    made up across the gap, and each piece starts an occurrence of its own."""
+    from index.measure.autolabel import sampled_token_masks
+    from index.store.schema import migrate
+
+    con = duckdb.connect(str(tmp_path / "pieces.duckdb"))
+    migrate(con)
+    tokens = [(0, 0, "x"), (0, 1, " = "), (0, 2, "QUJDREVGR0"), (0, 50, "hJSktMTU5P"), (0, 51, " y")]
+    con.executemany("INSERT INTO tokens (model_id, doc_id, pos, token) VALUES ('m', ?, ?, ?)", tokens)
+    masks, start = sampled_token_masks(con, "m", [CONCEPTS["base64"]])
+    con.close()
+    assert start.tolist() == [True, False, False, True, False]
+    assert not masks[:, 0].any()  # 10 characters on each side of the gap: no run of 16

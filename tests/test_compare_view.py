@@ -15,8 +15,8 @@ def section():
 
 @pytest.fixture
 def scored_db(tmp_path, monkeypatch):
-    db = build_measure_db(tmp_path / "view.duckdb")
-    autolabel(db, threshold=0.6)
+    db = build_measure_db(tmp_path / "view.duckdb", top_k=20)
+    autolabel(db)
     monkeypatch.setenv("SOLU_DB", str(db))
     return db
 
@@ -28,6 +28,8 @@ def test_compare_section_shows_the_report_tables(scored_db):
     assert not at.exception, [e.value for e in at.exception]
     assert [s.value for s in at.selectbox] == ["gelu-m", "solu-m"]
     headline = at.dataframe[0].value
-    assert headline.model.tolist() == ["gelu-m", "solu-m"] and (headline.frac_selective == 0.25).all()
+    assert headline.model.tolist() == ["gelu-m", "solu-m"] and (headline.frac_rule == 0.25).all()
+    difference = [d.value for d in at.dataframe if "p_value" in d.value.columns]
+    assert len(difference) == 1 and difference[0].layer.tolist() == ["0", "1", "all"]
     at.selectbox[1].select("gelu-m").run()
     assert any("two different models" in c.value for c in at.caption)

@@ -7,7 +7,7 @@ from index.store.queries import SORTS
 
 PAGE_SIZE = 100
 SORT_NAMES = {"max_act": "max activation", "density": "density", "mean_act": "mean activation",
-              "neuron": "model, layer, neuron", "labeled_at": "label time"}
+              "neuron": "model, layer, neuron", "labeled_at": "label time", "auto_score": "auto score"}
 LABEL_NAMES = {"any": "all", "labeled": "labeled", "unlabeled": "unlabeled", "suggested": "with suggestion"}
 
 
@@ -20,12 +20,22 @@ def filters(sites) -> dict:
     all_sites = sorted(set(sites[sites.model_id.isin(chosen or models)].site))
     site_pick = c.multiselect("Sites", all_sites, placeholder="primary sites")
     search = d.text_input("Search labels", placeholder="e.g. base64, number, python")
-    e, f, g = st.columns([3, 2, 1], vertical_alignment="bottom")
+    e, f, g, h = st.columns([3, 2, 1, 2], vertical_alignment="bottom")
     labeled = e.segmented_control("Labels", list(LABEL_NAMES), format_func=LABEL_NAMES.get, default="any") or "any"
     sort = f.selectbox("Sort by", list(SORTS), format_func=SORT_NAMES.get)
     descending = g.toggle("Descending", value=sort != "neuron")
+    concept = concept_filter(h)
     return dict(models=chosen, layers=layers, sites=site_pick, primary_only=not site_pick, search=search,
-                labeled=labeled, sort=sort, descending=descending)
+                labeled=labeled, concept=concept, sort=sort, descending=descending)
+
+
+def concept_filter(column) -> str | None:
+    """A choice of the concepts that label neurons automatically (`solu autolabel`)."""
+    concepts = data.query("auto_concepts")
+    counts = dict(zip(concepts.concept, concepts.neurons))
+    return column.selectbox("Concept", list(counts), index=None, placeholder="any concept", key="concept",
+                            format_func=lambda c: f"{c} ({counts[c]})",
+                            help="neurons whose automatic label is this concept")
 
 
 def table(rows):

@@ -1,37 +1,35 @@
-"""Automatic concept labels: how selectively each neuron fires for each concept.
+"""Automatic concept labels: which rule explains each neuron's strongest firings.
 
-Two measurements per (neuron, concept), both from what the index stored, at the
-neuron's primary site:
+Three measurements per (neuron, concept), from what the index stored, at the neuron's
+primary site. Each answers its own question:
 
-* auroc: over the sampled documents (the `tokens` table), the chance that an
-  occurrence of the concept (a run of consecutive concept tokens: one base64 string,
-  one "twelve tired workers") has a higher activation, taken at its strongest token,
-  than a chunk of the other text as long as a typical occurrence (the median); ties
-  count half (the Mann-Whitney statistic). Occurrences rather than tokens, because a
-  neuron that reads a multi-token concept usually fires on one part of it (the noun
-  of "twelve tired workers"); equally long chunks on the other side, so a neuron that
-  fires at random does not gain from long occurrences (it scores about 0.5). For
-  one-token concepts this is the plain token AUROC. The `activations` table is
-  sparse: it holds only activations above the index run's threshold (a fraction of
-  each neuron's max). A token missing from it is taken to lie below every recorded
-  activation, and all missing tokens tie with one another, which is all the index
-  knows about them. So a neuron that never reaches its threshold on the sample scores
-  0.5 on every concept, and one whose recorded activations cover every occurrence and
-  nothing else scores 1.
-* top_share: the share of the neuron's top-K examples whose max-activating token is in
-  the concept, the concept detected on the example's window of tokens. This is the
-  paper's test ("one rule explains 80% or more of the strongest firings"), made
-  automatic.
-
-score = sqrt(top_share * max(0, 2 * auroc - 1)), the geometric mean of the top share
-and the Gini coefficient: high only when the strongest firings are the concept and
-the concept's occurrences as a whole rank above the rest of the text. A neuron whose
-top examples match a concept at its base rate (auroc near 0.5) scores near 0.
+* top_share, the score (primary): does one rule explain the strongest firings? The
+  share of the neuron's top-K examples (its K strongest documents) whose max token is
+  in the concept, the concept detected on the example's window of tokens: the paper's
+  test ("one rule explains 80% or more of the ~20 strongest firings") made automatic,
+  with the 95% Wilson interval of top_hits out of n_top (top_low, top_high). A neuron
+  passes the rule for a concept when top_share >= RULE_SHARE.
+* sample_share (second, over the activation sample): when the neuron fires anywhere in
+  the sampled text, is it on the concept? The share of its recorded activation (every
+  activation above the index threshold, weighted by its value) on the concept's tokens,
+  read against base_rate, the concept's share of the sampled tokens. It does not
+  penalise a sparse neuron: one that fires on a few base64 strings and nothing else
+  scores 1, however rare its firings. It checks that the top-K are not a fluke of K
+  documents.
+* auroc (coverage): does the neuron pick out the concept's occurrences as a whole? Over
+  the sampled documents (the `tokens` table), the chance that an occurrence of the
+  concept (a run of consecutive concept tokens: one base64 string, one "twelve tired
+  workers"), at its strongest token, outranks a chunk of other text as long as a typical
+  occurrence; ties count half (Mann-Whitney). The `activations` table is sparse (only
+  activations above the threshold), so unrecorded tokens tie at the bottom: a neuron
+  that fires at random scores about 0.5, and one narrower than the detector (a base64
+  neuron that fires on PEM certificates only) scores lower. Shown, never used to label.
 
 Every score is stored in `concept_scores` with the index run it was computed from (a
 re-index makes it stale, and `current_concept_scores` hides stale rows). Each neuron's
-best concept scoring at least the threshold becomes an automatic label (source 'auto',
-status 'suggested', with its score), which the app offers to accept or reject.
+best concept (the `best_concepts` view: highest top share, then sample share) becomes an
+automatic label when its top share reaches the threshold (source 'auto', status
+'suggested', with its score), which the app offers to accept or reject.
 """
 from __future__ import annotations
 
@@ -41,11 +39,13 @@ import numpy as np
 import pandas as pd
 
 from index.measure.concepts import CONCEPTS, Concept, concept, concept_masks
+from index.measure.intervals import wilson
 from index.store.connection import check_writable, open_read, open_write
+from index.store.queries import latest_run, require_models
 from solu.errors import UserError
 
 AUTHOR = "autolabel"
-DEFAULT_THRESHOLD = 0.5
+RULE_SHARE = 0.8  # the paper's rule: one concept explains >= 80% of the strongest firings
 
 
 def auroc_by_group(group: np.ndarray, acts: np.ndarray, positive: np.ndarray, n_groups: int,
@@ -134,12 +134,6 @@ def occurrence_auroc(group: np.ndarray, token: np.ndarray, acts: np.ndarray, mas
                           np.array([n_runs]))[:, 0]
 
 
-def selectivity(auroc: np.ndarray, top_share: np.ndarray) -> np.ndarray:
-    """sqrt(top_share * max(0, 2*auroc - 1)); NaN auroc (no concept tokens) scores 0."""
-    gini = np.clip(2 * np.nan_to_num(auroc, nan=0.5) - 1, 0, None)
-    return np.sqrt(np.nan_to_num(top_share, nan=0.0) * gini)
-
-
 def resolve_concepts(specs: list[str] | None = None, regexes: list[str] | None = None) -> list[Concept]:
     """Built-in names or regex specs, plus NAME=PATTERN user regexes; all built-ins by default."""
     chosen = [concept(s) for s in specs] if specs else list(CONCEPTS.values())
@@ -166,16 +160,19 @@ def primary_neurons(con, model_id: str) -> pd.DataFrame:
 
 
 def sampled_token_masks(con, model_id: str, concepts: list[Concept]) -> tuple[np.ndarray, np.ndarray]:
-    """(masks, doc_start): (n_tokens, n_concepts) concept masks over the sampled
-    documents, rows in (doc_id, pos) order, each document's tokens joined and detected
-    as one text; doc_start marks each document's first token."""
-    docs = con.execute("SELECT list(token ORDER BY pos) FROM tokens WHERE model_id = ? "
+    """(masks, doc_start): (n_tokens, n_concepts) concept masks over the sampled text,
+    rows in (doc_id, pos) order. The sample may hold several pieces of one document (the
+    indexer samples segments of long ones), so each contiguous run of positions is
+    joined and detected as one text; doc_start marks the first token of each run."""
+    docs = con.execute("SELECT list(token ORDER BY pos), list(pos ORDER BY pos) FROM tokens WHERE model_id = ? "
                        "GROUP BY doc_id ORDER BY doc_id", [model_id]).fetchall()
     parts, starts = [], []
-    for (tokens,) in docs:
-        masks = concept_masks(tokens, concepts)
-        parts.append(np.stack([masks[c.name] for c in concepts], axis=1))
-        starts.append(np.arange(len(tokens)) == 0)
+    for tokens, positions in docs:
+        cuts = np.flatnonzero(np.diff(np.asarray(positions)) != 1) + 1
+        for a, b in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(tokens)]))):
+            masks = concept_masks(tokens[a:b], concepts)
+            parts.append(np.stack([masks[c.name] for c in concepts], axis=1))
+            starts.append(np.arange(b - a) == 0)
     if not parts:
         return np.zeros((0, len(concepts)), dtype=bool), np.zeros(0, dtype=bool)
     return np.concatenate(parts), np.concatenate(starts)
@@ -208,10 +205,12 @@ def _neuron_index(neurons: pd.DataFrame, layer: np.ndarray, neuron: np.ndarray) 
     return found
 
 
-def top_share_matrix(examples: pd.DataFrame, index: np.ndarray, concepts: list[Concept],
-                     n_neurons: int) -> tuple[np.ndarray, np.ndarray]:
-    """(share, n_top): per neuron, the share of top examples whose max token is in each concept."""
-    hits = np.zeros((n_neurons, len(concepts)))
+def top_hit_matrix(examples: pd.DataFrame, index: np.ndarray, concepts: list[Concept],
+                   n_neurons: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hits, n_top): per neuron and concept, how many of its top examples have their
+    max token in the concept (the concept detected on the example's window), and how
+    many top examples it has."""
+    hits = np.zeros((n_neurons, len(concepts)), dtype=np.int64)
     counts = np.bincount(index, minlength=n_neurons)
     for i, tokens, acts in zip(index, examples.tokens, examples.acts):
         tokens = list(tokens)
@@ -219,9 +218,21 @@ def top_share_matrix(examples: pd.DataFrame, index: np.ndarray, concepts: list[C
             continue
         peak = int(np.nanargmax(np.asarray(acts, dtype=np.float64)))
         masks = concept_masks(tokens, concepts)
-        hits[i] += [masks[c.name][peak] for c in concepts]
+        hits[i] += [bool(masks[c.name][peak]) for c in concepts]
+    return hits, counts
+
+
+def sample_share_matrix(group: np.ndarray, token: np.ndarray, acts: np.ndarray, masks: np.ndarray,
+                        n_neurons: int) -> np.ndarray:
+    """Per neuron and concept, the share of the neuron's recorded activation (every
+    activation in the sample above the index threshold, weighted by its value) that falls
+    on the concept's tokens. NaN for a neuron with nothing recorded."""
+    weight = np.clip(np.asarray(acts, dtype=np.float64), 0, None)
+    total = np.bincount(group, weights=weight, minlength=n_neurons)
+    on = np.stack([np.bincount(group, weights=weight * masks[token, j], minlength=n_neurons)
+                   for j in range(masks.shape[1])], axis=1).reshape(n_neurons, masks.shape[1])
     with np.errstate(invalid="ignore", divide="ignore"):
-        return hits / counts[:, None], counts
+        return np.where(total[:, None] > 0, on / total[:, None], np.nan)
 
 
 def score_model(con, model_id: str, concepts: list[Concept]) -> pd.DataFrame:
@@ -234,49 +245,49 @@ def score_model(con, model_id: str, concepts: list[Concept]) -> pd.DataFrame:
     examples = top_examples(con, model_id)
     n = len(neurons)
     group = _neuron_index(neurons, acts.layer.to_numpy(), acts.neuron.to_numpy())
-    token, level = acts.idx.to_numpy(np.int64), dense_rank(acts.act.to_numpy(np.float64))
+    token, value = acts.idx.to_numpy(np.int64), acts.act.to_numpy(np.float64)
     order = np.lexsort((token, group))  # once, for every concept
-    group, token, level = group[order], token[order], level[order]
+    group, token, value = group[order], token[order], value[order]
+    level = dense_rank(value)
     auroc = np.stack([occurrence_auroc(group, token, level, masks[:, j], doc_start, n)
                       for j in range(len(concepts))], axis=1).reshape(n, len(concepts))
-    share, n_top = top_share_matrix(examples, _neuron_index(neurons, examples.layer.to_numpy(),
-                                                            examples.neuron.to_numpy()), concepts, n)
-    score = selectivity(auroc, share)
+    hits, n_top = top_hit_matrix(examples, _neuron_index(neurons, examples.layer.to_numpy(),
+                                                         examples.neuron.to_numpy()), concepts, n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        share = hits / n_top[:, None]
+    low, high = wilson(hits, n_top[:, None])
+    sample_share = sample_share_matrix(group, token, value, masks, n)
+    base_rate = masks.mean(axis=0) if len(masks) else np.full(len(concepts), np.nan)
     recorded = np.bincount(group, minlength=n)
     occurrences = [occurrence_units(masks[:, j], doc_start)[1] for j in range(len(concepts))]
-    frames = [neurons.assign(model_id=model_id, concept=c.name, auroc=auroc[:, j], top_share=share[:, j],
-                             score=score[:, j], n_recorded=recorded, n_top=n_top, occurrences=occurrences[j])
+    frames = [neurons.assign(model_id=model_id, concept=c.name, score=share[:, j], top_share=share[:, j],
+                             top_hits=hits[:, j], top_low=low[:, j], top_high=high[:, j],
+                             sample_share=sample_share[:, j], base_rate=base_rate[j], auroc=auroc[:, j],
+                             n_recorded=recorded, n_top=n_top, occurrences=occurrences[j])
               for j, c in enumerate(concepts)]
-    columns = ["model_id", "layer", "neuron", "site", "concept", "auroc", "top_share", "score",
-               "n_recorded", "n_top", "occurrences"]
-    return pd.concat(frames, ignore_index=True)[columns].assign(run_id=latest_run(con, model_id))
+    return pd.concat(frames, ignore_index=True)[SCORE_COLUMNS].assign(run_id=latest_run(con, model_id))
 
 
-def latest_run(con, model_id: str) -> str | None:
-    rows = con.execute("SELECT run_id FROM index_runs WHERE model_id = ? ORDER BY started_at DESC LIMIT 1",
-                       [model_id]).fetchall()
-    return rows[0][0] if rows else None
+SCORE_COLUMNS = ["model_id", "layer", "neuron", "site", "concept", "score", "top_share", "top_hits", "top_low",
+                 "top_high", "sample_share", "base_rate", "auroc", "n_recorded", "n_top", "occurrences"]
 
 
 # ---------------------------------------------------------------- writing scores and labels
 
 def autolabel(db: str | Path, models: list[str] | None = None, concepts: list[Concept] | None = None,
-              threshold: float = DEFAULT_THRESHOLD) -> pd.DataFrame:
+              threshold: float = RULE_SHARE) -> pd.DataFrame:
     """Score every primary-site neuron of `models` (all by default) on `concepts`, store
-    the scores, and suggest labels. Returns one row per model and concept: occurrences
-    in the activation sample (none: no AUROC, so every score is 0), neurons at or above
-    the threshold and the best neuron."""
-    if not 0 <= threshold <= 1:
-        raise UserError(f"--threshold must be between 0 and 1, got {threshold}")
+    the scores, and suggest labels where the best concept's top share reaches the
+    threshold. Returns one row per model and concept (see summarise)."""
+    check_threshold(threshold)
     concepts = concepts or list(CONCEPTS.values())
     check_writable(db)  # the scores are written at the end: refuse a read-only index before the work
     con = open_read(db)
     try:
-        known = [r[0] for r in con.execute("SELECT model_id FROM models ORDER BY model_id").fetchall()]
+        known = require_models(con, models or [])
         models = models or known
-        missing = [m for m in models if m not in known]
-        if missing:
-            raise UserError(f"model {missing[0]!r} is not in {db} (models: {', '.join(known) or 'none'})")
+        if not models:
+            raise UserError("the index has no models to score")
         scores = pd.concat([score_model(con, m, concepts) for m in models], ignore_index=True)
     finally:
         con.close()
@@ -284,16 +295,25 @@ def autolabel(db: str | Path, models: list[str] | None = None, concepts: list[Co
     return summarise(scores, threshold)
 
 
+def check_threshold(threshold: float) -> None:
+    if not 0 <= threshold <= 1:
+        raise UserError(f"--threshold must be between 0 and 1, got {threshold}")
+
+
 def summarise(scores: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    best = scores.sort_values("score", ascending=False).drop_duplicates(["model_id", "concept"])
-    above = (scores[scores.score >= threshold].groupby(["model_id", "concept"]).size()
-             .rename("neurons_above").reset_index())
-    out = best.merge(above, on=["model_id", "concept"], how="left").fillna({"neurons_above": 0})
+    """One row per model and concept: occurrences in the activation sample, neurons whose
+    top share reaches the threshold, and the best neuron with its measures."""
+    best = scores.sort_values(["score", "sample_share"], ascending=False, na_position="last").drop_duplicates(
+        ["model_id", "concept"])
+    passing = (scores[scores.score >= threshold].groupby(["model_id", "concept"]).size()
+               .rename("neurons_passing").reset_index())
+    out = best.merge(passing, on=["model_id", "concept"], how="left").fillna({"neurons_passing": 0})
     out["best_neuron"] = "L" + out.layer.astype(str) + "/N" + out.neuron.astype(str)
-    out = out.rename(columns={"score": "best_score", "auroc": "best_auroc", "top_share": "best_top_share",
-                              "occurrences": "in_sample"})
-    return out[["model_id", "concept", "in_sample", "neurons_above", "best_neuron", "best_score", "best_auroc",
-                "best_top_share"]].sort_values(["model_id", "concept"]).reset_index(drop=True)
+    out = out.rename(columns={"occurrences": "in_sample", "top_share": "best_top_share",
+                              "sample_share": "best_sample_share", "auroc": "best_auroc"})
+    return out[["model_id", "concept", "in_sample", "neurons_passing", "best_neuron", "best_top_share", "top_low",
+                "top_high", "best_sample_share", "base_rate", "best_auroc"]].sort_values(
+        ["model_id", "concept"]).reset_index(drop=True)
 
 
 def write_scores(db: str | Path, scores: pd.DataFrame, concepts: list[Concept], threshold: float) -> int:
@@ -302,7 +322,7 @@ def write_scores(db: str | Path, scores: pd.DataFrame, concepts: list[Concept], 
     defs = pd.DataFrame({"name": [c.name for c in concepts], "description": [c.description for c in concepts],
                          "pattern": [c.pattern for c in concepts]})
     with open_write(db) as con:
-        con.register("new_scores", scores.drop(columns=["occurrences"]))
+        con.register("new_scores", scores)
         con.register("new_concepts", defs)
         con.execute("BEGIN")
         con.execute("DELETE FROM concepts WHERE name IN (SELECT name FROM new_concepts)")
@@ -328,15 +348,12 @@ def label_changes(con, models: list[str], threshold: float) -> pd.DataFrame:
     a withdrawal (status 'rejected', by autolabel) where a suggestion fell below it. A
     label a person rejected is not suggested again while it stays the best concept."""
     best = con.execute(f"""
-        SELECT s.model_id, s.layer, s.neuron, s.concept, s.score, s.auroc, s.top_share, s.n_top,
-               c.label AS current, c.status AS current_status, c.author AS current_author,
+        SELECT s.model_id, s.layer, s.neuron, s.concept, s.score, s.top_low, s.top_high, s.sample_share,
+               s.base_rate, s.n_top, c.label AS current, c.status AS current_status, c.author AS current_author,
                c.score AS current_score
-        FROM current_concept_scores s
-        JOIN neurons n USING (model_id, layer, neuron, site)
+        FROM best_concepts s
         LEFT JOIN (SELECT * FROM current_labels WHERE source = 'auto') c USING (model_id, layer, neuron)
-        WHERE n.is_primary AND s.model_id IN ({', '.join('?' * len(models))})
-        QUALIFY row_number() OVER (PARTITION BY s.model_id, s.layer, s.neuron ORDER BY s.score DESC, s.concept) = 1
-        """, models).df()
+        WHERE s.model_id IN ({', '.join('?' * len(models))})""", models).df()
     withdrawn = (best.current_status == "rejected") & (best.current_author == AUTHOR)
     live = best.current.notna() & ~withdrawn
     above = best.score >= threshold
@@ -346,9 +363,17 @@ def label_changes(con, models: list[str], threshold: float) -> pd.DataFrame:
     withdraw = best[~above & ours]
     rows = [
         suggest.assign(label=suggest.concept, status="suggested",
-                       note=[f"auroc {a:.3f}, top-{k} share {s:.2f}"
-                             for a, k, s in zip(suggest.auroc, suggest.n_top, suggest.top_share)]),
+                       note=[note(r) for r in suggest.itertuples()]),
         withdraw.assign(label=withdraw.current, status="rejected",
                         note=f"withdrawn: best score below {threshold:g}"),
     ]
     return pd.concat(rows, ignore_index=True)[["model_id", "layer", "neuron", "label", "note", "score", "status"]]
+
+
+def note(best) -> str:
+    """What an automatic label's note says: the rule's share with its interval, and the
+    measure over the activation sample against the concept's base rate."""
+    text = f"top-{best.n_top} share {best.score:.2f} [{best.top_low:.2f}, {best.top_high:.2f}]"
+    if best.sample_share == best.sample_share:  # not NaN
+        text += f"; sample share {best.sample_share:.2f} (base rate {best.base_rate:.3f})"
+    return text

@@ -9,7 +9,7 @@ from solu.errors import UserError
 
 
 def register(sub) -> None:
-    from index.measure.autolabel import DEFAULT_THRESHOLD
+    from index.measure.autolabel import RULE_SHARE
 
     p = sub.add_parser("autolabel", help="score every neuron on concept detectors and suggest labels")
     p.add_argument("--db", type=Path, help="the index to score (required unless --list)")
@@ -18,8 +18,9 @@ def register(sub) -> None:
                    help="built-in concepts or regex:PATTERN (default: every built-in; see --list)")
     p.add_argument("--regex", action="append", default=[], metavar="NAME=PATTERN",
                    help="add a concept of your own: tokens inside matches of PATTERN (repeatable)")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                   help=f"suggest a neuron's best concept when its score is at least this (default {DEFAULT_THRESHOLD})")
+    p.add_argument("--threshold", type=float, default=RULE_SHARE,
+                   help="suggest a neuron's best concept when at least this share of its top examples peak on it "
+                        f"(default {RULE_SHARE:g}, the paper's 80%% rule)")
     p.add_argument("--list", action="store_true", help="list the built-in concepts and exit")
     p.set_defaults(func=cmd_autolabel)
 
@@ -44,8 +45,8 @@ def register(sub) -> None:
                         "or with --db two model ids")
     p.add_argument("--db", type=Path, help="an index: write the interpretability report for MODEL_A MODEL_B")
     p.add_argument("--out", type=Path, help="with --db: report folder (default compare-A-vs-B)")
-    p.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD,
-                   help=f"with --db: selectivity threshold (default {DEFAULT_THRESHOLD})")
+    p.add_argument("--threshold", type=float, default=RULE_SHARE,
+                   help=f"with --db: the rule's share of top examples (default {RULE_SHARE:g}, the paper's 80%%)")
     p.set_defaults(func=cmd_compare)
 
 
@@ -67,18 +68,28 @@ def cmd_autolabel(args) -> int:
         raise UserError("--db is required")
     concepts = resolve_concepts(args.concepts, args.regex)
     summary = autolabel(args.db, args.models, concepts, args.threshold)
-    for col in ("best_score", "best_auroc", "best_top_share"):
-        summary[col] = summary[col].map(lambda v: f"{v:.3f}" if v == v else "-")
-    summary["neurons_above"] = summary.neurons_above.astype(int)
-    print(_table(summary))
+    print(_table(autolabel_table(summary)))
     missing = summary[summary.in_sample == 0]
     if len(missing):
         pairs = ", ".join(f"{r.model_id}:{r.concept}" for r in missing.itertuples())
-        print(f"no occurrence in the index's activation sample, so no score: {pairs} "
-              f"(re-index with a larger --sample-tokens)", file=sys.stderr)
-    print(f"scores in concept_scores; neurons whose best concept scores >= {args.threshold:g} "
-          f"carry an automatic label (source 'auto') to accept or reject in the app")
+        print(f"no occurrence in the index's activation sample, so no sample share or AUROC (the top share "
+              f"stands): {pairs}", file=sys.stderr)
+    print(f"scores in concept_scores; a neuron whose best concept holds >= {args.threshold:.0%} of its top "
+          f"examples carries an automatic label (source 'auto') to accept or reject in the app")
     return 0
+
+
+def autolabel_table(summary):
+    """The autolabel summary as printed: shares with two decimals, the interval in brackets."""
+    def fmt(v, digits=2):
+        return f"{v:.{digits}f}" if v == v else "-"
+
+    return summary.assign(
+        neurons_passing=summary.neurons_passing.astype(int),
+        best_top_share=[f"{fmt(s)} [{fmt(lo)}, {fmt(hi)}]" for s, lo, hi in
+                        zip(summary.best_top_share, summary.top_low, summary.top_high)],
+        best_sample_share=summary.best_sample_share.map(fmt), base_rate=summary.base_rate.map(lambda v: fmt(v, 4)),
+        best_auroc=summary.best_auroc.map(lambda v: fmt(v, 3))).drop(columns=["top_low", "top_high"])
 
 
 def cmd_study_create(args) -> int:
@@ -158,7 +169,7 @@ def cmd_compare(args) -> int:
 
 def cmd_compare_report(args) -> int:
     """`solu compare --db FILE MODEL_A MODEL_B [--out DIR]`: the markdown + PNG report."""
-    from index.measure.compare import write_report
+    from index.measure.report import write_report
     from solu.outputs import check_out_dir
 
     if len(args.checkpoints) != 2:

@@ -1,25 +1,24 @@
 """Two models side by side: the SoLU paper's claim, measured on an index.
 
 Loss (does SoLU cost much?), activation sparsity (density and kurtosis of each neuron's
-activations), concept selectivity (each neuron's best concept score from `solu
-autolabel`, its distribution and the fraction of neurons at or above a threshold per
-layer), human labels, and the blinded study where one covers the models. Every
-function takes a connection and returns a DataFrame; `write_report` renders them as
-markdown with PNG plots, and the app's Models page shows the same tables.
+activations), the paper's rule automated (per model and layer, the fraction of neurons
+whose top examples peak on one concept at least 80% of the time, from `solu autolabel`,
+with a 95% Wilson interval, and the difference between the two models with Newcombe's
+interval and an exact permutation test), human labels, and the blinded study where one
+covers the models. Every function returns a DataFrame; `index.measure.report` renders
+them as markdown with PNG plots, and the app's Models page shows the same tables.
 """
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from index.measure import study as study_mod
-from index.store.connection import open_read
+from index.measure.autolabel import RULE_SHARE
+from index.measure.intervals import newcombe, permutation_p, wilson
+from index.store.queries import require_models
 from solu.errors import UserError
-
-DEFAULT_THRESHOLD = 0.5
 
 
 def _in(models: list[str]) -> str:
@@ -27,10 +26,7 @@ def _in(models: list[str]) -> str:
 
 
 def check_models(con, models: list[str]) -> None:
-    known = [r[0] for r in con.execute("SELECT model_id FROM models ORDER BY model_id").fetchall()]
-    for m in models:
-        if m not in known:
-            raise UserError(f"model {m!r} is not in the index (models: {', '.join(known) or 'none'})")
+    require_models(con, models)
     if len(set(models)) != len(models):
         raise UserError("compare two different models")
 
@@ -66,46 +62,57 @@ def neuron_stats(con, models: list[str]) -> pd.DataFrame:
 
 
 def best_concepts(con, models: list[str]) -> pd.DataFrame:
-    """Each primary-site neuron's best concept and score from the latest index run
-    (empty until `solu autolabel` has scored it), and rule_share: its largest top-K
-    share over all concepts, for the paper's rule (one concept explains >= 80% of the
-    strongest firings)."""
+    """Each primary-site neuron's best concept and its measures (the `best_concepts`
+    view: the latest index run's scores; empty until `solu autolabel` has run)."""
     return con.execute(f"""
-        SELECT s.model_id, s.layer, s.neuron, s.concept, s.score, s.auroc, s.top_share,
-               max(s.top_share) OVER (PARTITION BY s.model_id, s.layer, s.neuron) AS rule_share
-        FROM current_concept_scores s JOIN neurons n USING (model_id, layer, neuron, site)
-        WHERE n.is_primary AND s.model_id IN {_in(models)}
-        QUALIFY row_number() OVER (PARTITION BY s.model_id, s.layer, s.neuron
-                                   ORDER BY s.score DESC, s.concept) = 1""", models).df()
+        SELECT model_id, layer, neuron, concept, score AS top_share, top_hits, n_top, top_low, top_high,
+               sample_share, base_rate, auroc
+        FROM best_concepts WHERE model_id IN {_in(models)} ORDER BY model_id, layer, neuron""", models).df()
 
 
-RULE_SHARE = 0.8
-
-
-def selectivity_table(best: pd.DataFrame, models: list[str], threshold: float) -> pd.DataFrame:
+def rule_table(best: pd.DataFrame, models: list[str], rule: float, by_layer: bool) -> pd.DataFrame:
+    """Per model (and layer), neurons passing the rule (best top share >= rule), their
+    fraction with its 95% Wilson interval, and the median sample share of the passing
+    neurons' concept (the second measure, where the sample has any)."""
+    keys = ["model_id", "layer"] if by_layer else ["model_id"]
+    df = best.assign(passes=best.top_share >= rule)
     rows = []
-    for m in models:
-        scores = best[best.model_id == m].score
-        rule = best[best.model_id == m].rule_share >= RULE_SHARE
-        rows.append({"model_id": m, "scored": len(scores), "mean_best_score": scores.mean(),
-                     "median_best_score": scores.median(), "above": int((scores >= threshold).sum()),
-                     "frac_above": (scores >= threshold).mean() if len(scores) else math.nan,
-                     "frac_rule80": rule.mean() if len(scores) else math.nan})
-    return pd.DataFrame(rows)
+    for key, group in df.groupby(keys, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        passed = group[group.passes]
+        rows.append(dict(zip(keys, key), neurons=len(group), passing=int(group.passes.sum()),
+                         median_sample_share=passed.sample_share.median() if len(passed) else math.nan))
+    out = pd.DataFrame(rows, columns=keys + ["neurons", "passing", "median_sample_share"])
+    low, high = wilson(out.passing.to_numpy(), out.neurons.to_numpy())
+    out = out.assign(frac_passing=out.passing / out.neurons, ci_low=low, ci_high=high)
+    order = {m: i for i, m in enumerate(models)}
+    out = out.sort_values(keys, key=lambda c: c.map(order) if c.name == "model_id" else c)
+    return out[keys + ["neurons", "passing", "frac_passing", "ci_low", "ci_high", "median_sample_share"]].reset_index(
+        drop=True)
 
 
-def frac_above_by_layer(best: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    if best.empty:
-        return pd.DataFrame(columns=["model_id", "layer", "neurons", "above", "frac_above", "frac_rule80"])
-    df = best.assign(hit=best.score >= threshold, rule=best.rule_share >= RULE_SHARE).groupby(
-        ["model_id", "layer"]).agg(neurons=("hit", "size"), above=("hit", "sum"), rule=("rule", "mean")).reset_index()
-    return df.assign(frac_above=df.above / df.neurons).rename(columns={"rule": "frac_rule80"})[
-        ["model_id", "layer", "neurons", "above", "frac_above", "frac_rule80"]]
+def rule_difference(by_layer: pd.DataFrame, overall: pd.DataFrame, models: list[str]) -> pd.DataFrame:
+    """Model B minus model A in the fraction passing the rule, per shared layer and over
+    all layers: the difference, its 95% Newcombe interval and the exact two-sided
+    permutation p-value (relabelling neurons between the two models)."""
+    a, b = models
+    parts = [(str(layer), rows) for layer, rows in by_layer.groupby("layer")] + [("all", overall)]
+    out = []
+    for layer, rows in parts:
+        mine = rows.set_index("model_id")
+        if a not in mine.index or b not in mine.index:
+            continue
+        (k_a, n_a), (k_b, n_b) = ((int(mine.passing[m]), int(mine.neurons[m])) for m in (a, b))
+        low, high = newcombe(k_a, n_a, k_b, n_b)
+        out.append({"layer": layer, f"frac_{a}": k_a / n_a, f"frac_{b}": k_b / n_b,
+                    "difference": k_b / n_b - k_a / n_a, "diff_low": low, "diff_high": high,
+                    "p_value": permutation_p(k_a, n_a, k_b, n_b)})
+    return pd.DataFrame(out)
 
 
-def concept_counts(best: pd.DataFrame, threshold: float) -> pd.DataFrame:
-    """Neurons at or above the threshold by best concept, one column per model."""
-    hits = best[best.score >= threshold]
+def concept_counts(best: pd.DataFrame, rule: float) -> pd.DataFrame:
+    """Neurons passing the rule, by their concept, one column per model."""
+    hits = best[best.top_share >= rule]
     if hits.empty:
         return pd.DataFrame(columns=["concept"])
     return hits.pivot_table(index="concept", columns="model_id", values="neuron", aggfunc="count",
@@ -139,122 +146,33 @@ def study_table(con, models: list[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def compare_tables(con, models: list[str], threshold: float = DEFAULT_THRESHOLD) -> dict[str, pd.DataFrame]:
+def compare_tables(con, models: list[str], rule: float = RULE_SHARE) -> dict[str, pd.DataFrame]:
     """Everything the report and the Models page show, by section."""
     check_models(con, models)
     best = best_concepts(con, models)
+    by_layer, overall = rule_table(best, models, rule, True), rule_table(best, models, rule, False)
     return {
         "loss": loss_table(con, models), "sparsity": sparsity_table(con, models),
-        "neuron_stats": neuron_stats(con, models), "best": best,
-        "selectivity": selectivity_table(best, models, threshold),
-        "frac_above_by_layer": frac_above_by_layer(best, threshold),
-        "concepts": concept_counts(best, threshold), "labels": label_table(con, models),
+        "neuron_stats": neuron_stats(con, models), "best": best, "rule": overall, "rule_by_layer": by_layer,
+        "rule_difference": rule_difference(by_layer, overall, models) if not best.empty else pd.DataFrame(),
+        "concepts": concept_counts(best, rule), "labels": label_table(con, models),
         "study": study_table(con, models),
     }
 
 
-# ---------------------------------------------------------------- the report
-
-def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
-    if df.empty:
-        return "_none_\n"
-
-    def cell(v) -> str:
-        if isinstance(v, (float, np.floating)):
-            return "-" if math.isnan(v) else f"{v:.{digits}f}"
-        if isinstance(v, (list, tuple, np.ndarray)):
-            return ", ".join(map(str, v))
-        return str(v).replace("|", "\\|")
-
-    lines = ["| " + " | ".join(map(str, df.columns)) + " |", "|" + "---|" * len(df.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def plot_selectivity(best: pd.DataFrame, models: list[str], threshold: float, path: Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 3.6))
-    bins = np.linspace(0, 1, 26)
-    for m in models:
-        ax.hist(best[best.model_id == m].score, bins=bins, alpha=0.55, label=m)
-    ax.axvline(threshold, color="k", linestyle="--", linewidth=1, label=f"threshold {threshold:g}")
-    ax.set(xlabel="best concept score per neuron", ylabel="neurons", title="Concept selectivity")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_frac_above(by_layer: pd.DataFrame, models: list[str], threshold: float, path: Path) -> None:
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6), sharey=True)
-    width = 0.8 / len(models)
-    titles = {"frac_above": f"best concept score >= {threshold:g}", "frac_rule80": "one concept >= 80% of top examples"}
-    for ax, (column, title) in zip(axes, titles.items()):
-        for i, m in enumerate(models):
-            rows = by_layer[by_layer.model_id == m]
-            ax.bar(rows.layer + (i - (len(models) - 1) / 2) * width, rows[column], width, label=m)
-        ax.set(xlabel="layer", ylim=(0, 1), title=title)
-        ax.set_xticks(sorted(by_layer.layer.unique()) if not by_layer.empty else [])
-    axes[0].set_ylabel("fraction of neurons")
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_sparsity(stats: pd.DataFrame, models: list[str], path: Path) -> None:
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.4))
-    for m in models:
-        rows = stats[stats.model_id == m]
-        axes[0].hist(np.log10(rows.frac_active.clip(lower=1e-7).dropna()), bins=30, alpha=0.55, label=m)
-        axes[1].hist(np.log10(rows.frac_active_rel.clip(lower=1e-7).dropna()), bins=30, alpha=0.55, label=m)
-        axes[2].hist(np.log10(rows["kurtosis"].clip(lower=1e-3).dropna()), bins=30, alpha=0.55, label=m)
-    axes[0].set(xlabel="log10(density)", ylabel="neurons", title="Density (tokens above 0)")
-    axes[1].set(xlabel="log10(density_rel)", title="Tokens above the index threshold")
-    axes[2].set(xlabel="log10(kurtosis)", title="Kurtosis (3 = Gaussian)")
-    axes[0].legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def plot_study(summary: pd.DataFrame, path: Path) -> None:
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.4, 3.4))
-    labels = [f"{r.study}\n{r.model_id}" for r in summary.itertuples()]
-    y = summary.frac_interpretable.to_numpy(float)
-    err = np.clip(np.vstack([y - summary.ci_low.to_numpy(float), summary.ci_high.to_numpy(float) - y]), 0, None)
-    ax.bar(labels, y, yerr=err, capsize=6, color=["#1f77b4" if a == "gelu" else "#ff6a00" for a in summary.act_fn])
-    ax.set(ylim=(0, 1), ylabel="fraction interpretable", title="Blinded study (95% Wilson CI)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-
-
-def headline(tables: dict[str, pd.DataFrame], models: list[str]) -> pd.DataFrame:
+def headline(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per model: the numbers the paper's claim turns on."""
-    stats, sel, labels, study = tables["neuron_stats"], tables["selectivity"].set_index("model_id"), \
-        tables["labels"].set_index("model_id"), tables["study"]
+    stats, rule, labels, study = (tables["neuron_stats"], tables["rule"].set_index("model_id"),
+                                  tables["labels"].set_index("model_id"), tables["study"])
     rows = []
     for r in tables["loss"].itertuples():
         mine = stats[stats.model_id == r.model_id]
         row = {"model": r.model_id, "act_fn": r.act_fn, "eval_loss": r.eval_loss, "loss_ratio": r.loss_ratio,
                "median_density": mine.frac_active.median(), "median_density_rel": mine.frac_active_rel.median(),
                "median_kurtosis": mine["kurtosis"].median(),
-               "mean_best_score": sel.mean_best_score.get(r.model_id, math.nan),
-               "frac_selective": sel.frac_above.get(r.model_id, math.nan),
-               "frac_rule80": sel.frac_rule80.get(r.model_id, math.nan),
+               "frac_rule": rule.frac_passing.get(r.model_id, math.nan),
+               "rule_ci_low": rule.ci_low.get(r.model_id, math.nan),
+               "rule_ci_high": rule.ci_high.get(r.model_id, math.nan),
                "frac_human_labeled": labels.frac_human_labeled.get(r.model_id, math.nan)}
         mine_study = study[study.model_id == r.model_id] if not study.empty else study
         if not mine_study.empty:
@@ -263,65 +181,3 @@ def headline(tables: dict[str, pd.DataFrame], models: list[str]) -> pd.DataFrame
                                           f"(n={s.answers})")
         rows.append(row)
     return pd.DataFrame(rows)
-
-
-def render_markdown(tables: dict[str, pd.DataFrame], models: list[str], threshold: float,
-                    images: dict[str, str]) -> str:
-    a, b = models
-    parts = [f"# {a} vs {b}\n",
-             "The SoLU paper's claim: SoLU makes more MLP neurons interpretable (about 35% to 60% by "
-             "blinded human rating) at little cost in loss. Measured here on one index.\n",
-             "## Summary\n", markdown_table(headline(tables, models)),
-             f"frac_selective: share of primary-site neurons whose best concept score is >= {threshold:g} "
-             "(score = sqrt(top-K share x (2 AUROC - 1)), see `solu autolabel`). frac_rule80: share whose "
-             "top-K examples peak on one concept 80% of the time or more (the paper's rule, automated with "
-             "the concept detectors; it ignores the rest of the activations).\n",
-             "## Loss\n", markdown_table(tables["loss"], 4),
-             "## Activation sparsity (primary site, per layer)\n", markdown_table(tables["sparsity"], 4)]
-    parts.append(f"![sparsity]({images['sparsity']})\n" if "sparsity" in images else "")
-    parts.append("## Concept selectivity\n")
-    if tables["best"].empty:
-        parts.append("No concept scores for these models yet: run `solu autolabel --db FILE` first.\n")
-    else:
-        parts += [markdown_table(tables["selectivity"]), "Per layer:\n", markdown_table(tables["frac_above_by_layer"]),
-                  f"Neurons with a best concept scoring >= {threshold:g}, by concept:\n",
-                  markdown_table(tables["concepts"]),
-                  f"![selectivity]({images['selectivity']})\n\n![per layer]({images['frac_above']})\n"]
-    parts += ["## Labels\n", markdown_table(tables["labels"]), "## Blinded study\n"]
-    if tables["study"].empty:
-        parts.append("No blinded study covers these models (start one on the app's Study page).\n")
-    else:
-        parts += ["Fraction of answers that said one rule explains 80% or more of the strongest firings, "
-                  "with a 95% Wilson interval. Unblinded here only.\n", markdown_table(tables["study"]),
-                  f"![study]({images['study']})\n"]
-    return "\n".join(parts)
-
-
-def write_report(db: str | Path, model_a: str, model_b: str, out: str | Path,
-                 threshold: float = DEFAULT_THRESHOLD) -> Path:
-    """Write report.md and its PNG plots into `out`; returns the report's path."""
-    if not 0 <= threshold <= 1:
-        raise UserError(f"--threshold must be between 0 and 1, got {threshold}")
-    models = [model_a, model_b]
-    con = open_read(db)
-    try:
-        tables = compare_tables(con, models, threshold)
-    finally:
-        con.close()
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create {out}: {e.strerror or e}") from None
-    images = {"sparsity": "sparsity.png"}
-    plot_sparsity(tables["neuron_stats"], models, out / images["sparsity"])
-    if not tables["best"].empty:
-        images |= {"selectivity": "selectivity.png", "frac_above": "frac_above_by_layer.png"}
-        plot_selectivity(tables["best"], models, threshold, out / images["selectivity"])
-        plot_frac_above(tables["frac_above_by_layer"], models, threshold, out / images["frac_above"])
-    if not tables["study"].empty:
-        images["study"] = "study.png"
-        plot_study(tables["study"], out / images["study"])
-    report = out / "report.md"
-    report.write_text(render_markdown(tables, models, threshold, images), encoding="utf-8")
-    return report

@@ -21,7 +21,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from index.measure.intervals import wilson
 from index.store.connection import open_read, open_write
+from index.store.queries import require_models
 from solu.errors import UserError
 
 ANSWERS = ("yes", "no", "unsure")
@@ -29,15 +31,10 @@ QUESTION = "Does one rule explain 80% or more of the strongest firings?"
 ITEM_COLUMNS = ["model_id", "layer", "neuron", "site"]
 
 
-def wilson_interval(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """The Wilson score interval for k successes in n trials (95% by default)."""
-    if n == 0:
-        return math.nan, math.nan
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    lo, hi = max(0.0, centre - half), min(1.0, centre + half)
-    return (0.0 if k == 0 else lo), (1.0 if k == n else hi)
+def wilson_interval(k: int, n: int) -> tuple[float, float]:
+    """The 95% Wilson score interval for k successes in n trials."""
+    low, high = wilson(k, n)
+    return float(low), float(high)
 
 
 def create_study(db: str | Path, name: str, models: list[str], per_model: int = 50, seed: int = 0,
@@ -52,12 +49,9 @@ def create_study(db: str | Path, name: str, models: list[str], per_model: int = 
         raise UserError("neurons per model and snippets must be at least 1")
     con = open_read(db)
     try:
-        known = {r[0] for r in con.execute("SELECT model_id FROM models").fetchall()}
+        require_models(con, models)
     finally:
         con.close()
-    missing = [m for m in models if m not in known]
-    if missing:
-        raise UserError(f"model {missing[0]!r} is not in the index")
     with open_write(db) as con:
         old = con.execute("SELECT models, per_model, seed, snippets FROM studies WHERE study = ?", [name]).fetchall()
         if old:

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import pandas as pd
 
+from solu.errors import UserError
+
 # sort keys the neuron table offers, mapped to SQL (never interpolate user text)
 SORTS = {"max_act": "n.max_act", "density": "n.frac_active", "mean_act": "n.mean_act",
-         "neuron": "n.model_id, n.layer, n.neuron", "labeled_at": "h.created_at"}
+         "neuron": "n.model_id, n.layer, n.neuron", "labeled_at": "h.created_at", "auto_score": "a.score"}
 LABEL_FILTERS = ("any", "labeled", "unlabeled", "suggested")
 
 _NEURON_KEY = "model_id = ? AND layer = ? AND neuron = ?"
@@ -21,11 +23,24 @@ def models(con) -> pd.DataFrame:
     return con.execute("""
         SELECT m.*, r.dataset AS index_dataset, r.tokens AS index_tokens, r.top_k, r.band_kind, r.bands,
                r.started_at AS indexed_at
-        FROM models m
-        LEFT JOIN (SELECT * FROM index_runs
-                   QUALIFY row_number() OVER (PARTITION BY model_id ORDER BY started_at DESC) = 1) r
-               USING (model_id)
+        FROM models m LEFT JOIN latest_runs r USING (model_id)
         ORDER BY m.act_fn, m.model_id""").df()
+
+
+def require_models(con, model_ids: list[str]) -> list[str]:
+    """The index's model ids, in order; UserError naming the first of `model_ids` that is
+    not among them."""
+    known = [r[0] for r in con.execute("SELECT model_id FROM models ORDER BY model_id").fetchall()]
+    for m in model_ids:
+        if m not in known:
+            raise UserError(f"model {m!r} is not in the index (models: {', '.join(known) or 'none'})")
+    return known
+
+
+def latest_run(con, model_id: str) -> str | None:
+    """The run_id of the model's latest index run (None if it has none)."""
+    rows = con.execute("SELECT run_id FROM latest_runs WHERE model_id = ?", [model_id]).fetchall()
+    return rows[0][0] if rows else None
 
 
 def sites(con) -> pd.DataFrame:
@@ -42,8 +57,11 @@ def _current(source: str, alias: str) -> str:
 
 
 def _table_filters(models_: list | None, layers: list | None, sites_: list | None, primary_only: bool,
-                   search: str, labeled: str) -> tuple[str, list]:
+                   search: str, labeled: str, concept: str | None = None) -> tuple[str, list]:
     where, params = ["TRUE"], []
+    if concept:
+        where.append("a.label = ? AND coalesce(a.status, '') <> 'rejected'")
+        params.append(concept)
     if models_:
         where.append(f"n.model_id IN ({', '.join('?' * len(models_))})")
         params += list(models_)
@@ -69,14 +87,15 @@ def _table_filters(models_: list | None, layers: list | None, sites_: list | Non
 
 
 def neuron_table(con, *, models: list | None = None, layers: list | None = None, sites: list | None = None,
-                 primary_only: bool = True, search: str = "", labeled: str = "any", sort: str = "max_act",
-                 descending: bool = True, limit: int = 100, offset: int = 0) -> pd.DataFrame:
-    """A page of the neuron table; the `total` column counts every matching row."""
+                 primary_only: bool = True, search: str = "", labeled: str = "any", concept: str | None = None,
+                 sort: str = "max_act", descending: bool = True, limit: int = 100, offset: int = 0) -> pd.DataFrame:
+    """A page of the neuron table; the `total` column counts every matching row. `concept`
+    keeps the neurons whose automatic label (not rejected) is that concept."""
     if sort not in SORTS:
         raise ValueError(f"unknown sort {sort!r}; choose one of {', '.join(SORTS)}")
     if labeled not in LABEL_FILTERS:
         raise ValueError(f"unknown label filter {labeled!r}")
-    where, params = _table_filters(models, layers, sites, primary_only, search.strip(), labeled)
+    where, params = _table_filters(models, layers, sites, primary_only, search.strip(), labeled, concept)
     order = ", ".join(f"{c} {'DESC' if descending else 'ASC'} NULLS LAST" for c in SORTS[sort].split(", "))
     return con.execute(f"""
         SELECT n.model_id, n.layer, n.neuron, n.site, n.max_act, n.frac_active AS density, n.mean_act,
@@ -87,6 +106,15 @@ def neuron_table(con, *, models: list | None = None, layers: list | None = None,
         WHERE {where}
         ORDER BY {order}, n.model_id, n.layer, n.neuron, n.site
         LIMIT ? OFFSET ?""", params + [int(limit), int(offset)]).df()
+
+
+def auto_concepts(con) -> pd.DataFrame:
+    """The concepts that label some neuron automatically (suggested or accepted, not
+    rejected): (concept, neurons), most neurons first."""
+    return con.execute("""
+        SELECT label AS concept, count(*) AS neurons FROM current_labels
+        WHERE source = 'auto' AND coalesce(status, '') <> 'rejected' AND coalesce(label, '') <> ''
+        GROUP BY label ORDER BY neurons DESC, concept""").df()
 
 
 def neuron(con, model_id: str, layer: int, neuron_: int, site: str) -> pd.DataFrame:

@@ -113,6 +113,31 @@ MIGRATIONS: list[str] = [
     ALTER TABLE index_runs ADD COLUMN sample_rule VARCHAR;
     ALTER TABLE index_runs ADD COLUMN segment_tokens INTEGER;
     """,
+    # 7: decisions with one home. latest_runs: each model's latest index run, which the
+    # queries, autolabel and current_concept_scores read. Concept scores gain the paper's
+    # rule with its interval (top_hits of n_top, Wilson 95% top_low..top_high) and the
+    # measure over the activation sample (sample_share against the concept's base_rate);
+    # best_concepts: each primary-site neuron's best concept of the latest run.
+    """
+    CREATE VIEW latest_runs AS
+        SELECT * FROM index_runs
+        QUALIFY row_number() OVER (PARTITION BY model_id ORDER BY started_at DESC, run_id DESC) = 1;
+    ALTER TABLE concept_scores ADD COLUMN top_hits INTEGER;
+    ALTER TABLE concept_scores ADD COLUMN top_low DOUBLE;
+    ALTER TABLE concept_scores ADD COLUMN top_high DOUBLE;
+    ALTER TABLE concept_scores ADD COLUMN sample_share DOUBLE;
+    ALTER TABLE concept_scores ADD COLUMN base_rate DOUBLE;
+    ALTER TABLE concept_scores ADD COLUMN occurrences BIGINT;
+    CREATE OR REPLACE VIEW current_concept_scores AS
+        SELECT s.* FROM concept_scores s LEFT JOIN latest_runs r USING (model_id)
+        WHERE s.run_id IS NOT DISTINCT FROM r.run_id;
+    CREATE VIEW best_concepts AS
+        SELECT s.* FROM current_concept_scores s JOIN neurons n USING (model_id, layer, neuron, site)
+        WHERE n.is_primary
+        QUALIFY row_number() OVER (PARTITION BY s.model_id, s.layer, s.neuron
+                                   ORDER BY s.score DESC NULLS LAST, s.sample_share DESC NULLS LAST,
+                                            s.concept) = 1;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
