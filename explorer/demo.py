@@ -12,6 +12,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from index.engine.config import IndexConfig
+from solu.checkpoint import CONFIG, TOKENIZER
+from solu.config import ModelConfig, TrainConfig
 from solu.errors import UserError
 
 
@@ -25,8 +28,11 @@ class DemoPlan:
     warmup_tokens: int
 
 
-FULL = DemoPlan(shape=dict(n_layers=1, d_model=128, d_mlp=512, n_heads=4, n_ctx=128, d_vocab=4096),
-                tokens=2_000_000, index_tokens=1_000_000, batch_size=16, eval_tokens=65_536, warmup_tokens=100_000)
+# the full demo is the configs' defaults (a dataclass field's default is also its class attribute)
+FULL = DemoPlan(shape={name: getattr(ModelConfig, name) for name in ("n_layers", "d_model", "d_mlp", "n_heads",
+                                                                    "n_ctx", "d_vocab")},
+                tokens=TrainConfig.tokens, index_tokens=IndexConfig.tokens, batch_size=TrainConfig.batch_size,
+                eval_tokens=TrainConfig.eval_tokens, warmup_tokens=TrainConfig.warmup_tokens)
 QUICK = DemoPlan(shape=dict(n_layers=1, d_model=32, d_mlp=64, n_heads=2, n_ctx=32, d_vocab=320),
                  tokens=16_384, index_tokens=8_192, batch_size=16, eval_tokens=2_048, warmup_tokens=2_048)
 MODELS = (("gelu", "gelu-1l"), ("solu_ln", "solu-1l"))
@@ -46,7 +52,6 @@ def complete(checkpoint: Path) -> bool:
 
 
 def train_model(act: str, out: Path, plan: DemoPlan, tokenizer: Path | None, force: bool) -> None:
-    from solu.config import ModelConfig, TrainConfig
     from solu.train import train
 
     if complete(out) and not force:
@@ -62,9 +67,8 @@ def train_model(act: str, out: Path, plan: DemoPlan, tokenizer: Path | None, for
 
 def index_models(checkpoints: list[Path], db: Path, plan: DemoPlan, force: bool) -> None:
     from index.engine.index_run import build_index
-    from index.engine.config import IndexConfig
 
-    newest = max((c / "config.json").stat().st_mtime for c in checkpoints)
+    newest = max((c / CONFIG).stat().st_mtime for c in checkpoints)
     if db.exists() and db.stat().st_mtime > newest and not force:
         print(f"{db} already indexes these checkpoints; skipping (--force re-indexes; labels are kept)",
               file=sys.stderr)
@@ -155,7 +159,7 @@ def run_demo(out: Path, *, quick: bool = False, tokens: int | None = None, index
     checkpoints = [out / name for _, name in MODELS]
     for i, ((act, _), ckpt) in enumerate(zip(MODELS, checkpoints)):
         step(2 + i, 5, f"training {ckpt.name} ({act}, {plan.tokens:,} tokens)")
-        tokenizer = checkpoints[0] / "tokenizer.json" if i else None
+        tokenizer = checkpoints[0] / TOKENIZER if i else None
         train_model(act, ckpt, plan, tokenizer, force)
     db = out / "index.duckdb"
     step(4, 5, f"indexing both models ({plan.index_tokens:,} tokens each) into {db}")
