@@ -1,8 +1,8 @@
 """Tiny stand-ins for pretrained models, in the layouts the real ones have, built offline.
 
 - `tl_legacy_repo`: a TransformerLens-format repo like NeelNanda/SoLU_2L512W_C4_Code (a
-  TransformerLens config.json and a `*final.pth` state dict in HookedTransformer
-  property format, attention masks included), placed in a Hugging Face cache directory
+  TransformerLens config.json and a `*final.pth` state dict in the legacy (pre-4.x)
+  TransformerLens property format, attention masks included), placed in a Hugging Face cache directory
   (models--ORG--NAME/snapshots/COMMIT, refs/main) as `hf download` leaves it.
 - `tokenizer_repo`: a small byte-level BPE saved with transformers' save_pretrained, in
   the same cache (the legacy repos name theirs in config.json's tokenizer_name).
@@ -54,7 +54,7 @@ def tokenizer_repo(cache: Path, repo: str, commit: str = "1" * 40) -> Path:
 
 def tl_state_dict(act_fn: str, seed: int, n_layers: int, d_model: int, d_mlp: int, d_head: int, n_heads: int,
                   n_ctx: int, d_vocab: int) -> dict[str, torch.Tensor]:
-    """Random weights with HookedTransformer's property names and per-head shapes."""
+    """Random weights with legacy TransformerLens property names and per-head shapes."""
     g = torch.Generator().manual_seed(seed)
     r = lambda *shape, scale=0.2: torch.randn(*shape, generator=g) * scale  # noqa: E731
     ln = lambda n: (1 + r(n, scale=0.1), r(n, scale=0.1))  # noqa: E731
