@@ -41,6 +41,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 from solu.batches import training_texts  # noqa: E402
+from solu.commands import MODEL_FLAGS  # noqa: E402
+from solu.config import ModelConfig, TrainConfig  # noqa: E402
+from solu.flags import add_config_flags  # noqa: E402
 from solu.text_table import format_table  # noqa: E402
 from solu.tokenizer import train_tokenizer  # noqa: E402
 
@@ -48,11 +51,11 @@ from solu.tokenizer import train_tokenizer  # noqa: E402
 
 
 def train_once(args, nproc: int, threads: int | None, out: Path, tokenizer: Path) -> dict:
-    cmd = [sys.executable, "-m", "solu.cli", "train", "--act", "gelu", "--layers", str(args.layers),
-           "--d-model", str(args.d_model), "--d-mlp", str(args.d_mlp), "--heads", str(args.heads),
-           "--ctx", str(args.ctx), "--vocab", str(args.vocab), "--batch-size", str(args.batch_size),
-           "--tokens", str(args.steps * args.batch_size * args.ctx), "--checkpoint-every", str(args.steps),
-           "--eval-tokens", str(args.batch_size * args.ctx), "--dataset", args.dataset, "--device", args.device,
+    cmd = [sys.executable, "-m", "solu.cli", "train", "--act", "gelu", "--layers", str(args.n_layers),
+           "--d-model", str(args.d_model), "--d-mlp", str(args.d_mlp), "--heads", str(args.n_heads),
+           "--ctx", str(args.n_ctx), "--vocab", str(args.d_vocab), "--batch-size", str(args.batch_size),
+           "--tokens", str(args.steps * args.batch_size * args.n_ctx), "--checkpoint-every", str(args.steps),
+           "--eval-tokens", str(args.batch_size * args.n_ctx), "--dataset", args.dataset, "--device", args.device,
            "--nproc", str(nproc), "--tokenizer", str(tokenizer), "--out", str(out)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
     if threads is not None:
@@ -81,7 +84,7 @@ def training_rows(args) -> tuple[list[dict], list[str]]:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         tokenizer = tmp / "tokenizer.json"  # fitted once on 1 MB of text, reused by every run
-        train_tokenizer(training_texts(args.dataset, "text", 0, 1_000_000), args.vocab).save(str(tokenizer))
+        train_tokenizer(training_texts(args.dataset, "text", 0, 1_000_000), args.d_vocab).save(str(tokenizer))
         for i in range(args.repeats):
             for n, threads in setups:
                 env_threads = threads if n == 1 else None  # the launcher gives each rank threads // n
@@ -105,13 +108,8 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("training")
     g.add_argument("--nproc", type=int, nargs="+", default=[2], help="process counts to compare with one process")
     g.add_argument("--steps", type=int, default=60)
-    g.add_argument("--layers", type=int, default=1)
-    g.add_argument("--d-model", type=int, default=128)
-    g.add_argument("--d-mlp", type=int, default=512)
-    g.add_argument("--heads", type=int, default=4)
-    g.add_argument("--ctx", type=int, default=128)
-    g.add_argument("--vocab", type=int, default=4096)
-    g.add_argument("--batch-size", type=int, default=16, help="the global batch")
+    add_config_flags(g, ModelConfig, rename=MODEL_FLAGS, skip=("act_fn",))  # the model shape's defaults, written once
+    g.add_argument("--batch-size", type=int, default=TrainConfig.batch_size, help="the global batch")
     g.add_argument("--dataset", default="builtin")
     g.add_argument("--device", default="cpu")
 
@@ -194,8 +192,8 @@ def main() -> None:
     print(f"machine: {os.cpu_count()} CPU cores, torch {torch.__version__}, {torch.get_num_threads()} threads")
     if args.part in ("all", "train"):
         rows, ratio = training_rows(args)
-        print(f"\ntraining: shape {args.layers}L d_model {args.d_model} d_mlp {args.d_mlp} ctx {args.ctx} "
-              f"vocab {args.vocab}, global batch {args.batch_size}, {args.steps} steps per run, device {args.device}")
+        print(f"\ntraining: shape {args.n_layers}L d_model {args.d_model} d_mlp {args.d_mlp} ctx {args.n_ctx} "
+              f"vocab {args.d_vocab}, global batch {args.batch_size}, {args.steps} steps per run, device {args.device}")
         print(format_table(rows))
         print("\n".join(ratio))
     if args.part in ("all", "index"):

@@ -17,14 +17,16 @@ import time
 
 import torch
 
-from solu.config import ModelConfig
+from solu.commands import MODEL_FLAGS
+from solu.config import ModelConfig, TrainConfig
+from solu.flags import add_config_flags
 from solu.model import build_model
 from solu.train import lm_loss
 
 
 def make_model(act: str, args):
-    cfg = ModelConfig(act_fn=act, n_layers=args.layers, d_model=args.d_model, d_mlp=args.d_mlp,
-                      n_heads=args.heads, n_ctx=args.ctx, d_vocab=args.vocab)
+    cfg = ModelConfig(act_fn=act, n_layers=args.n_layers, d_model=args.d_model, d_mlp=args.d_mlp,
+                      n_heads=args.n_heads, n_ctx=args.n_ctx, d_vocab=args.d_vocab)
     model = build_model(cfg, seed=0).train()
     return model, torch.optim.AdamW(model.parameters(), lr=1e-3)
 
@@ -39,7 +41,7 @@ def step(model, opt, tokens) -> None:
 
 def batches(args, n: int) -> list[torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return [torch.randint(0, args.vocab, (args.batch_size, args.ctx), generator=g) for _ in range(n)]
+    return [torch.randint(0, args.d_vocab, (args.batch_size, args.n_ctx), generator=g) for _ in range(n)]
 
 
 def throughput(args) -> dict[str, float]:
@@ -55,7 +57,7 @@ def throughput(args) -> dict[str, float]:
             for tokens in data[start:start + block]:
                 step(model, opt, tokens)
             seconds[act] += time.perf_counter() - t0
-    tokens = args.steps * args.batch_size * args.ctx
+    tokens = args.steps * args.batch_size * args.n_ctx
     return {act: tokens / s for act, s in seconds.items()}
 
 
@@ -76,21 +78,16 @@ def child(act: str, args) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=60)
-    p.add_argument("--layers", type=int, default=1)
-    p.add_argument("--d-model", type=int, default=128)
-    p.add_argument("--d-mlp", type=int, default=512)
-    p.add_argument("--heads", type=int, default=4)
-    p.add_argument("--ctx", type=int, default=128)
-    p.add_argument("--vocab", type=int, default=4096)
-    p.add_argument("--batch-size", type=int, default=16)
+    add_config_flags(p, ModelConfig, rename=MODEL_FLAGS, skip=("act_fn",))  # the model shape's defaults, written once
+    p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args.child, args)
     rates = throughput(args)
     rss = {act: peak_rss_mb(act, args) for act in rates}
-    print(f"shape: {args.layers}L d_model {args.d_model} d_mlp {args.d_mlp} heads {args.heads} ctx {args.ctx} "
-          f"vocab {args.vocab} batch {args.batch_size}; {args.steps} steps each, torch threads "
+    print(f"shape: {args.n_layers}L d_model {args.d_model} d_mlp {args.d_mlp} heads {args.n_heads} ctx {args.n_ctx} "
+          f"vocab {args.d_vocab} batch {args.batch_size}; {args.steps} steps each, torch threads "
           f"{torch.get_num_threads()}")
     print(f"{'model':<8} {'tokens/s':>10} {'peak RSS MB':>12}")
     for act in rates:
