@@ -14,6 +14,7 @@ from dataclasses import MISSING, fields
 from solu.errors import UserError
 
 PARSERS = {int: int, float: float, str: str}
+FLAGS: dict[str, str] = {}  # dest -> flag, for the fields whose flag is renamed (error messages)
 
 
 def flag_name(field_name: str, rename: dict[str, str] | None = None) -> str:
@@ -32,7 +33,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, *, rename: dict[str, 
         help_text = f.metadata.get("help", "")
         if default is not None:
             help_text += f" (default {default:,})" if isinstance(default, int) else f" (default {default})"
-        parser.add_argument(flag_name(f.name, rename), dest=f.name, type=PARSERS[hints[f.name]],
+        FLAGS[f.name] = flag_name(f.name, rename)
+        parser.add_argument(FLAGS[f.name], dest=f.name, type=PARSERS[hints[f.name]],
                             default=None if leave_unset else default, help=help_text.strip())
 
 
@@ -73,7 +75,7 @@ def _check_value(name: str, value) -> None:
     import math
     from pathlib import PurePath
 
-    flag = "--" + name.replace("_", "-")
+    flag = FLAGS.get(name) or flag_name(name)
     if isinstance(value, bool) or value is None or callable(value):
         return
     if isinstance(value, float) and not math.isfinite(value):

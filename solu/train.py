@@ -275,8 +275,7 @@ def read_losses(run: Run) -> None:
     start = time.perf_counter()
     losses = torch.stack(run.unread)
     run.unread.clear()
-    if run.world.size > 1:
-        losses = run.world.sum(losses) / run.world.size
+    losses = run.world.sum(losses) / run.world.size
     for value in losses.tolist():
         run.train_loss = value if run.train_loss is None else 0.95 * run.train_loss + 0.05 * value
     run.elapsed += time.perf_counter() - start

@@ -10,7 +10,6 @@ import numpy as np
 import pytest
 
 from index.measure.intervals import newcombe, permutation_p, wilson
-from index.measure.study import wilson_interval
 
 
 @pytest.mark.parametrize("k,n", [(0, 10), (3, 10), (10, 10), (1, 1), (17, 20), (102, 512)])
@@ -21,7 +20,6 @@ def test_wilson_matches_the_formula(k, n):
     low, high = wilson(k, n)
     assert float(low) == pytest.approx(0.0 if k == 0 else centre - half, abs=1e-12)
     assert float(high) == pytest.approx(1.0 if k == n else centre + half, abs=1e-12)
-    assert wilson_interval(k, n) == (float(low), float(high))
 
 
 def test_wilson_is_elementwise_and_empty_is_nan():

@@ -134,3 +134,11 @@ def test_cli_keeps_its_commands_and_flags():
     action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert {"train", "index", "sql", "app", "demo", "compare", "autolabel", "study", "label", "labels",
             "corpus"} <= set(action.choices)
+
+
+def test_value_errors_name_the_flag_the_user_typed(tmp_path, capsys):
+    from solu.cli import main
+
+    assert main(["train", "--act", "gelu", "--layers", "-1", "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err
+    assert "--layers must not be negative" in err and "--n-layers" not in err

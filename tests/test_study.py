@@ -6,6 +6,7 @@ import duckdb
 import pytest
 
 from index.measure import study
+from index.measure.intervals import wilson
 from measure_db import build_measure_db
 from solu.errors import UserError
 
@@ -26,10 +27,10 @@ def read(db, fn, *args):
 
 
 def test_wilson_interval():
-    lo, hi = study.wilson_interval(6, 10)
+    lo, hi = wilson(6, 10)
     assert lo == pytest.approx(0.3127, abs=1e-4) and hi == pytest.approx(0.8318, abs=1e-4)
-    assert study.wilson_interval(0, 5)[0] == 0.0 and study.wilson_interval(5, 5)[1] == 1.0
-    assert all(v != v for v in study.wilson_interval(0, 0))  # NaN without answers
+    assert wilson(0, 5)[0] == 0.0 and wilson(5, 5)[1] == 1.0
+    assert all(v != v for v in wilson(0, 0))  # NaN without answers
 
 
 def test_sample_is_fixed_and_orders_differ_per_rater(db):
@@ -67,7 +68,7 @@ def test_answers_progress_and_summary(db):
     ben_solu = first["model_id"] == "solu-m"
     assert solu.answers == 5 + ben_solu and solu.yes == 5 + ben_solu and solu.frac_interpretable == 1.0
     gelu = summary.loc["gelu-m"]
-    lo, hi = study.wilson_interval(int(gelu.yes), int(gelu.answers))
+    lo, hi = map(float, wilson(int(gelu.yes), int(gelu.answers)))
     assert (gelu.ci_low, gelu.ci_high) == (lo, hi) and gelu.no == 5 - (gelu.yes - (not ben_solu))
     assert summary.raters.sum() == 3 and summary.unsure.sum() == 0
 

@@ -18,23 +18,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-_LOW32 = 0xFFFFFFFF
+from index.engine.topk import mix32
+
 SEED_SAMPLE = 3  # added to the run's seed (0-2: the accumulator's band and random samples)
-
-
-def _mix32(h: int) -> int:
-    """lowbias32, as index.engine.topk.mix32, on a Python int."""
-    h &= _LOW32
-    h ^= h >> 16
-    h = (h * 0x7FEB352D) & _LOW32
-    h ^= h >> 15
-    h = (h * 0x846CA68B) & _LOW32
-    return h ^ (h >> 16)
 
 
 def sample_hash(unit: int, seed: int) -> int:
     """The 32-bit hash that orders segments (unit ids, see index.engine.batching)."""
-    return _mix32(_mix32(unit) ^ _mix32((seed + SEED_SAMPLE) * 0x9E3779B9 + 0x7F4A7C15))
+    return mix32(mix32(unit) ^ mix32((seed + SEED_SAMPLE) * 0x9E3779B9 + 0x7F4A7C15))
 
 
 @dataclass

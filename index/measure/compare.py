@@ -15,7 +15,7 @@ import math
 import pandas as pd
 
 from index.measure import study as study_mod
-from index.measure.autolabel import RULE_SHARE
+from index.measure.autolabel import AUTHOR, RULE_SHARE
 from index.measure.intervals import newcombe, permutation_p, wilson
 from index.store.queries import require_models
 from solu.errors import UserError
@@ -131,8 +131,8 @@ def label_table(con, models: list[str]) -> pd.DataFrame:
                (SELECT count(*) FROM a JOIN h USING (model_id, layer, neuron)
                 WHERE a.model_id = n.model_id AND h.label = a.label) AS auto_accepted,
                (SELECT count(*) FROM a WHERE a.model_id = n.model_id AND a.status = 'rejected'
-                AND coalesce(a.author, '') <> 'autolabel') AS auto_rejected
-        FROM n WHERE n.model_id IN {_in(models)} ORDER BY n.model_id""", models).df().assign(
+                AND coalesce(a.author, '') <> ?) AS auto_rejected
+        FROM n WHERE n.model_id IN {_in(models)} ORDER BY n.model_id""", [AUTHOR, *models]).df().assign(
         frac_human_labeled=lambda d: d.human_labeled / d.neurons)
 
 

@@ -31,12 +31,6 @@ QUESTION = "Does one rule explain 80% or more of the strongest firings?"
 ITEM_COLUMNS = ["model_id", "layer", "neuron", "site"]
 
 
-def wilson_interval(k: int, n: int) -> tuple[float, float]:
-    """The 95% Wilson score interval for k successes in n trials."""
-    low, high = wilson(k, n)
-    return float(low), float(high)
-
-
 def create_study(db: str | Path, name: str, models: list[str], per_model: int = 50, seed: int = 0,
                  snippets: int = 20) -> None:
     """Define a study; an existing study of that name must have the same settings."""
@@ -47,12 +41,8 @@ def create_study(db: str | Path, name: str, models: list[str], per_model: int = 
         raise UserError("a blinded study compares two or more models")
     if per_model < 1 or snippets < 1:
         raise UserError("neurons per model and snippets must be at least 1")
-    con = open_read(db)
-    try:
-        require_models(con, models)
-    finally:
-        con.close()
     with open_write(db) as con:
+        require_models(con, models)
         old = con.execute("SELECT models, per_model, seed, snippets FROM studies WHERE study = ?", [name]).fetchall()
         if old:
             if (sorted(old[0][0]), old[0][1], old[0][2], old[0][3]) != (sorted(set(models)), per_model, seed, snippets):
@@ -167,7 +157,7 @@ def summary(con, study: str) -> pd.DataFrame:
         mine = answers[answers.model_id == model_id]
         counts = mine.answer.value_counts()
         n, yes = len(mine), int(counts.get("yes", 0))
-        lo, hi = wilson_interval(yes, n)
+        lo, hi = map(float, wilson(yes, n))
         rows.append({"study": study, "model_id": model_id, "act_fn": acts.get(model_id),
                      "raters": mine.rater.nunique(), "neurons": len(mine[ITEM_COLUMNS].drop_duplicates()),
                      "answers": n, "yes": yes, "no": int(counts.get("no", 0)), "unsure": int(counts.get("unsure", 0)),
