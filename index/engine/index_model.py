@@ -47,15 +47,20 @@ class Prepared:
     acts: list[torch.Tensor]  # per site, in Indexer.keys order: [B, T, d_mlp]
 
 
+def run_sites(ckpt: LoadedModel, cfg: IndexConfig) -> list:
+    """The neuron sites a run indexes: the model's sites in the chosen layers."""
+    try:
+        return index_sites(ckpt, cfg.layer_list(ckpt.model_cfg.n_layers))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
 class Indexer:
     """The streaming part: feed it batches, read its accumulator."""
 
     def __init__(self, ckpt: LoadedModel, cfg: IndexConfig, device: torch.device):
         self.ckpt, self.model, self.cfg, self.device = ckpt, ckpt.model, cfg, device
-        try:
-            self.sites = index_sites(ckpt, cfg.layer_list(ckpt.model_cfg.n_layers))
-        except ValueError as e:
-            raise UserError(str(e)) from None
+        self.sites = run_sites(ckpt, cfg)
         self.keys = [site_key(s) for s in self.sites]
         shape = PoolShape(cfg.top_k, cfg.bands, cfg.per_band, cfg.random, cfg.window_before,
                           cfg.window_after, cfg.seed, cfg.band_candidates)

@@ -2,19 +2,20 @@
 change what is built, so they live apart from IndexConfig. Light: no torch, no Ray."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+
+from solu.config import option
 
 SHARD_FLAGS = {"address": "ray_address"}  # field -> flag name
 
 
 @dataclass(frozen=True)
 class ShardOptions:
-    workers: int = field(default=2, metadata={
-        "help": "spread each model's documents over this many Ray workers (needs the 'ray' extra); "
-                "the index is the same as without"})
-    address: str = field(default="", metadata={
-        "help": "with --workers: join this Ray cluster (host:port or ray://host:port) instead of starting a local one"})
-    threads: int = field(default=1, metadata={"help": "torch threads (and Ray CPUs) per worker"})
+    workers: int = option(2, "spread each model's documents over this many Ray workers (needs the 'ray' extra); "
+                             "the index is the same as without")
+    address: str = option("", "with --workers: join this Ray cluster (host:port or ray://host:port) instead of "
+                              "starting a local one")
+    threads: int = option(1, "torch threads (and Ray CPUs) per worker")
 
     def __post_init__(self):
         for name in ("workers", "threads"):

@@ -38,15 +38,15 @@ import torch
 from index.engine.accumulator import Accumulator
 from index.engine.batching import ENCODE_GROUP, Tally, doc_of, document_tokens, make_batches, segment_length, segments
 from index.engine.config import IndexConfig
-from index.engine.hooks import index_sites, site_key
+from index.engine.hooks import site_key
 from index.engine.index_model import (Indexer, ModelIndex, _check_window, _progress, direct_logits, fit_batch_size,
-                                      sample_activations)
+                                      run_sites, sample_activations)
 from index.engine.sample import ActivationSample
 from index.engine.shard_config import ShardOptions
 from index.engine.shard_progress import TokenCounter
 from solu.corpus import ReadStats, iter_documents
 from solu.errors import UserError
-from solu.sources import LoadedModel, ModelRef, load_model
+from solu.sources import ModelRef, load_model
 from solu.tokenizer import token_strings
 
 PROGRESS_EVERY_S = 0.25  # how often a worker reports its tokens
@@ -203,14 +203,6 @@ def merge_activations(parts: list[dict[str, np.ndarray]], acc: Accumulator, keys
     act = torch.as_tensor(cat["act"])
     keep = (act > limit[s, torch.as_tensor(cat["neuron"]).long()]).numpy()
     return {k: v[keep] for k, v in cat.items()}
-
-
-def run_sites(ckpt: LoadedModel, cfg: IndexConfig) -> list:
-    """The neuron sites a run indexes, as the Indexer picks them."""
-    try:
-        return index_sites(ckpt, cfg.layer_list(ckpt.model_cfg.n_layers))
-    except ValueError as e:
-        raise UserError(str(e)) from None
 
 
 def assemble(ckpt, cfg: IndexConfig, plan: Plan, results: list[ShardResult], started_at: datetime,

@@ -41,8 +41,12 @@ def create_study(db: str | Path, name: str, models: list[str], per_model: int = 
         raise UserError("a blinded study compares two or more models")
     if per_model < 1 or snippets < 1:
         raise UserError("neurons per model and snippets must be at least 1")
-    with open_write(db) as con:
+    con = open_read(db)  # checked before the write lock, so a refused study leaves no lock file
+    try:
         require_models(con, models)
+    finally:
+        con.close()
+    with open_write(db) as con:
         old = con.execute("SELECT models, per_model, seed, snippets FROM studies WHERE study = ?", [name]).fetchall()
         if old:
             if (sorted(old[0][0]), old[0][1], old[0][2], old[0][3]) != (sorted(set(models)), per_model, seed, snippets):
