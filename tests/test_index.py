@@ -239,6 +239,48 @@ def test_stats_equal_numpy(indexed):
             assert abs(s["frac_active_rel"][j] * len(x) - exact) <= straddling + 1e-6
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_compiled_stats_equal_the_tensor_ops(solu, indexed, threads):
+    """On a CPU the stats come from index.engine.kernels; the tensor ops (the GPU's
+    path) must give the same histogram, min and max, and the same moments up to
+    summation order, with short rows, padding and one or two threads."""
+    _, batches, compiled, _, _ = indexed
+    assert compiled.acc.compiled and any(b.short_rows.numel() for b in batches)
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        again = Indexer(solu, compiled.cfg, torch.device("cpu"))
+        tensor_ops = Indexer(solu, compiled.cfg, torch.device("cpu"))
+        tensor_ops.acc.compiled = False
+        again.run(batches)
+        tensor_ops.run(batches)
+    finally:
+        torch.set_num_threads(before)
+    for a, b in ((compiled.acc.stats, again.acc.stats), (compiled.acc.stats, tensor_ops.acc.stats)):
+        assert a.count == b.count
+        for name in ("hist", "exp", "min", "max"):
+            assert torch.equal(getattr(a, name), getattr(b, name)), name
+        for name in ("mean", "m2", "m3", "m4"):
+            torch.testing.assert_close(getattr(a.moments, name), getattr(b.moments, name), rtol=1e-5, atol=1e-9)
+
+
+def test_first_max_column_among_ties():
+    """_first_col finds the first column holding a row's max, through the block maxima,
+    for rows whose length is not a multiple of the block width and with many ties."""
+    from index.engine.accumulator import _first_col, block_maxima
+
+    rng = np.random.default_rng(1)
+    for n_ctx in (2, 3, 17, 32, 128, 130):
+        acts = torch.tensor(rng.integers(0, 3, size=(4, n_ctx, 5)), dtype=torch.float32)  # values 0..2: ties
+        blocks = block_maxima(acts)
+        row, unit = torch.meshgrid(torch.arange(4), torch.arange(5), indexing="ij")
+        row, unit = row.reshape(-1), unit.reshape(-1)
+        target = acts[:, 1:].amax(1)[row, unit]
+        got = _first_col(acts, blocks, row, unit, target, chunk=7)
+        want = acts[:, 1:].numpy().argmax(1)[row.numpy(), unit.numpy()]  # numpy: the first of equal maxima
+        assert got.tolist() == want.tolist(), n_ctx
+
+
 def test_histogram_regrids_without_losing_counts():
     stats = RunningStats.empty(2, "cpu")
     rng = np.random.default_rng(0)

@@ -26,15 +26,16 @@ host synchronisations left.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
 
 from index.engine.batching import Batch
 from index.engine.pools import Candidates, Pool
-from index.engine.stats import Duplicates, RunningStats, Workspace
+from index.engine.stats import Duplicates, RowsOf, RunningStats, Workspace
 from index.engine.topk import NO_SAMPLE, doc_priority, sample_groups, sample_key, top_k, top_key, value_bands
-from index.engine.windows import Span, by_site, capture, token_at
+from index.engine.windows import Span, by_site, capture, take, token_at
 
 SEED_BANDS, SEED_RANDOM = 0, 1  # added to the run's seed
 
@@ -88,6 +89,7 @@ class Accumulator:
         self.random = Pool.empty(n, shape.random, w, device)
         self.open_max: torch.Tensor | None = None  # [n] max so far of the document running on
         self.work = Workspace()
+        self.compiled = torch.device(device).type == "cpu"  # stats by index.engine.kernels, else tensor ops
         self._bands: Pool | None = None
 
     # ------------------------------------------------------------ selection rules
@@ -147,15 +149,15 @@ class Accumulator:
         self.open_max = value[:, -1].clone() if batch.continues_next else None
         doc = batch.doc_ids[None, :].expand_as(value)
         found = torch.full_like(doc, -1)
-        cand = Candidates(value, doc, valid, lambda n, c: self._locate(span, batch, value, found, n, c),
-                          lambda n, c, p: capture(span, n, c, p, self.shape.before, self.shape.after))
+        windows = _Windows(span, self.shape, value.shape)
+        cand = Candidates(value, doc, valid, lambda n, c: self._locate(span, batch, value, found, n, c), windows.get)
         stale = (self._holds(replaced) & valid[:, 0]) if replaced is not None else None
         for name, select, gate in self._pools():
             pool = getattr(self, name)
             if pool.size:
                 open_rows = gate(cand) if stale is None else gate(cand) | stale
                 pool.absorb(cand, select, open_rows.nonzero().squeeze(1), replaced)
-        self._row_max = None  # this batch's, for _locate only
+        self._row_max = self._blocks = None  # this batch's, for _locate only
 
     def _pools(self):
         """(name, selection rule, gate) of the pools kept while streaming."""
@@ -168,8 +170,10 @@ class Accumulator:
 
     def _document_maxima(self, span: Span, batch: Batch) -> torch.Tensor:
         """[n, D]: each document's max in this batch, per neuron (padding holds copies
-        of real activations, see _fill_padding, so a plain max over the row is right)."""
-        row_max = torch.stack([a[:, 1:].amax(dim=1) for a in span.acts])  # [sites, B, d]
+        of real activations, see _fill_padding, so a plain max over the row is right).
+        On the way it keeps the max of each block of columns, which _locate reads."""
+        self._blocks = torch.stack([block_maxima(a) for a in span.acts])  # [sites, B, blocks, d]
+        row_max = self._blocks.amax(2)  # [sites, B, d]
         self._row_max = row_max
         n_docs = len(batch.doc_ids)
         row_doc = torch.repeat_interleave(torch.arange(n_docs, device=row_max.device), batch.doc_rows,
@@ -194,7 +198,8 @@ class Accumulator:
         """Every indexed token counts: the stats read the hook outputs in place, BOS
         excluded, padding counted out through its duplicates."""
         hi = self._row_max.amax(1).reshape(-1)
-        self.stats.add([a[:, 1:] for a in span.acts], batch.n_tokens, self.work, dup, hi)
+        self.stats.add([a[:, 1:] for a in span.acts], batch.n_tokens, self.work, dup, hi,
+                       RowsOf(span.acts, batch.row_len) if self.compiled else None)
 
     def _locate(self, span: Span, batch: Batch, value: torch.Tensor, found: torch.Tensor,
                 neuron: torch.Tensor, c: torch.Tensor):
@@ -208,7 +213,7 @@ class Accumulator:
         r = row0[d] + _first_row(self._row_max, site, row0[d], batch.doc_rows[d], unit, target)
         t = torch.zeros_like(r)
         for s, part in by_site(site, self.n_sites):
-            t[part] = _first_col(span.acts[s], r[part], unit[part], target[part])
+            t[part] = _first_col(span.acts[s], self._blocks[s], r[part], unit[part], target[part])
         found[n, d] = batch.row_start[r] + t
         pos = found[neuron, c]
         return pos, token_at(span, c, pos)
@@ -219,7 +224,7 @@ class Accumulator:
         out.n_sites, out.d_mlp, out.shape, out.keys, out.open_max = self.n_sites, self.d_mlp, self.shape, self.keys, None
         out.stats = self.stats.merge(other.stats)
         out.max = torch.maximum(self.max, other.max)
-        out.work, out._bands = Workspace(), None
+        out.work, out._bands, out.compiled = Workspace(), None, self.compiled
         for name, select, _ in out._pools():
             mine = getattr(self, name)
             setattr(out, name, mine.merge(getattr(other, name), select) if mine.size else mine)
@@ -251,23 +256,75 @@ class Accumulator:
         return SiteResult(stats, self.top.rows(rows), self.bands.rows(rows), self.random.rows(rows), self.keys[rows])
 
 
+class _Windows:
+    """The windows cut from one batch, by (neuron, candidate): a document that enters
+    two or three pools of a neuron is cut once (in the first batches most do)."""
+
+    def __init__(self, span: Span, shape: PoolShape, n_cand: tuple[int, int]):
+        self.span, self.before, self.after = span, shape.before, shape.after
+        self.slot = torch.full(n_cand, -1, dtype=torch.long, device=span.batch.tokens.device)
+        self.acts: torch.Tensor | None = None
+        self.tokens: torch.Tensor | None = None
+
+    def get(self, neuron: torch.Tensor, c: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """capture's windows for entries (neuron, candidate, position), neurons ascending."""
+        todo = (self.slot[neuron, c] < 0).nonzero().squeeze(1)
+        if len(todo):
+            acts, tokens = capture(self.span, neuron[todo], c[todo], pos[todo], self.before, self.after)
+            start = 0 if self.acts is None else len(self.acts)
+            self.slot[neuron[todo], c[todo]] = torch.arange(start, start + len(todo), device=todo.device)
+            self.acts = acts if self.acts is None else torch.cat([self.acts, acts])
+            self.tokens = tokens if self.tokens is None else torch.cat([self.tokens, tokens])
+        at = self.slot[neuron, c]
+        return self.acts[at], self.tokens[at]
+
+
 def _first_row(row_max, site, start, length, unit, target) -> torch.Tensor:
     """For each entry, the first i < length with row_max[site, start + i, unit] == target
     (no document has more rows than the batch: no host sync for the bound)."""
-    steps = torch.arange(row_max.shape[1], device=row_max.device)
-    rows = (start[:, None] + steps[None, :]).clamp(max=row_max.shape[1] - 1)
-    hit = (steps[None, :] < length[:, None]) & (row_max[site[:, None], rows, unit[:, None]] == target[:, None])
-    return hit.to(torch.int8).argmax(1)
+    n_rows, d = row_max.shape[1], row_max.shape[2]
+    steps = torch.arange(n_rows, device=row_max.device)
+    rows = (start[:, None] + steps[None, :]).clamp(max=n_rows - 1)
+    at = take(row_max, (site[:, None] * n_rows + rows) * d + unit[:, None])
+    return _first_true((steps[None, :] < length[:, None]) & (at == target[:, None]))
 
 
-def _first_col(acts, row, unit, target, chunk: int = 8192) -> torch.Tensor:
-    """For each entry, the first t with acts[row, 1 + t, unit] == target: one gather of
-    the entries' rows, a chunk of entries at a time (padding repeats a real activation
-    that comes earlier in its row, so it is never the first)."""
-    cols = torch.arange(1, acts.shape[1], device=row.device)
+def block_width(n_ctx: int) -> int:
+    """Columns per block of block_maxima: about the square root of a row's, so finding
+    the first max costs a read of the row's blocks and of one block."""
+    return max(1, round(math.sqrt(n_ctx - 1)))
+
+
+def block_maxima(acts: torch.Tensor) -> torch.Tensor:
+    """[B, blocks, d]: the max of each run of block_width columns of each row of a hook
+    output [B, T, d], BOS (column 0) left out; the last block may be shorter."""
+    b, t, d = acts.shape
+    width = block_width(t)
+    full = (t - 1) // width
+    parts = [acts[:, 1:1 + full * width].reshape(b, full, width, d).amax(2)] if full else []
+    if full * width < t - 1:
+        parts.append(acts[:, 1 + full * width:].amax(1, keepdim=True))
+    return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
+
+
+def _first_col(acts, blocks, row, unit, target, chunk: int = 65536) -> torch.Tensor:
+    """For each entry, the first t with acts[row, 1 + t, unit] == target, target being
+    that row's max: the first block whose max is the target holds it; then the first
+    column of that block that is (padding repeats a real activation that comes earlier
+    in its row, so it is never the first). A chunk of entries at a time."""
+    t_cols, d = acts.shape[1], acts.shape[2]
+    width, n_blocks = block_width(t_cols), blocks.shape[1]
+    steps = torch.arange(max(width, n_blocks), device=row.device)
     t = torch.empty_like(row)
     for start in range(0, len(row), chunk):
         part = slice(start, start + chunk)
-        block = acts[row[part, None], cols[None, :], unit[part, None]]  # [c, T - 1]
-        t[part] = (block == target[part, None]).to(torch.int8).argmax(1)
+        r, u, want = row[part, None], unit[part, None], target[part, None]
+        k = _first_true(take(blocks, (r * n_blocks + steps[None, :n_blocks]) * d + u) == want)[:, None] * width
+        col = (1 + k + steps[None, :width]).clamp(max=t_cols - 1)  # a short last block repeats its last column
+        t[part] = k.squeeze(1) + _first_true(take(acts, (r * t_cols + col) * d + u) == want)
     return t
+
+
+def _first_true(hit: torch.Tensor) -> torch.Tensor:
+    """[c] the first True column of each row of hit [c, m] (0 where none is)."""
+    return hit.to(torch.int8).argmax(1)

@@ -110,6 +110,15 @@ class Duplicates:
 
 
 @dataclass
+class RowsOf:
+    """A batch's hook outputs as whole rows: per site [B, T, d], column 0 the BOS, the
+    real tokens of row b at columns 1..row_len[b] (int64 [B], on the CPU)."""
+
+    acts: list[torch.Tensor]
+    row_len: torch.Tensor
+
+
+@dataclass
 class RunningStats:
     moments: Moments
     max: torch.Tensor  # [n] float32
@@ -139,16 +148,42 @@ class RunningStats:
         self.add([x[s].unsqueeze(0) for s in range(x.shape[0])], x.shape[1], Workspace())
 
     def add(self, parts: list[torch.Tensor], n_tokens: int, work: Workspace,
-            dup: Duplicates | None = None, hi: torch.Tensor | None = None) -> None:
+            dup: Duplicates | None = None, hi: torch.Tensor | None = None,
+            rows: "RowsOf | None" = None) -> None:
         """Add every entry of `parts`, one [B, L, d] view per site (any strides, read in
         place), less the duplicates; n_tokens, a host int, is the tokens they hold once
         each. hi: the batch's max per neuron [sites * d], when the caller has it.
-        Every pass runs in float32 buffers reused across batches, with no host sync."""
+        rows (CPU tensors only): the parts as whole rows [B, T, d], the real tokens of row
+        b at columns 1..row_len[b] (the indexer's batches); min, power sums and histogram
+        then come from two compiled passes over the real tokens (index.engine.kernels).
+        Without rows every pass is a tensor op, in float32 buffers reused across
+        batches, with no host sync (on a GPU)."""
         d = parts[0].shape[-1]
-        lo = torch.cat([p.amin(1).amin(0) for p in parts])  # two steps: amin over (0, 1) at once is slow on CPU
         if hi is None:
             hi = torch.cat([p.amax(1).amax(0) for p in parts])
-        shift = self.moments.mean if self.count else torch.cat([p[0, 0] for p in parts]).double()
+        # the sums are of x - shift in float32: shift is float32 too, so the moments are about exactly it
+        shift = (self.moments.mean if self.count else torch.cat([p[0, 0] for p in parts])).float().double()
+        compiled = rows is not None
+        if compiled:
+            from index.engine import kernels
+
+            lo, sums = kernels.moments(rows.acts, rows.row_len, shift)
+        else:
+            lo = torch.cat([p.amin(1).amin(0) for p in parts])  # two steps: amin over (0, 1) at once is slow on CPU
+            sums = self._power_sums(parts, shift, work, dup)
+        self.moments = self.moments.merge(Moments.of_sums(float(n_tokens), shift, sums))
+        self.max, self.min = torch.maximum(self.max, hi), torch.minimum(self.min, lo)
+        self._regrid(grid_exponent(torch.maximum(hi.abs(), lo.abs())))
+        if compiled:
+            kernels.histogram(rows.acts, rows.row_len, [self._neg_inverse_width(s, d) for s in range(len(parts))],
+                              self.hist)
+        else:
+            self._add_to_histogram(parts, work, dup)
+
+    def _power_sums(self, parts: list[torch.Tensor], shift: torch.Tensor, work: Workspace,
+                    dup: Duplicates | None) -> list[torch.Tensor]:
+        """The power sums s1..s4 of x - shift, [sites * d] float64 each, by tensor ops."""
+        d = parts[0].shape[-1]
         sums = [torch.cat(s).double() for s in zip(*(_power_sums(p, shift[i * d:(i + 1) * d], work)
                                                      for i, p in enumerate(parts)))]
         if dup is not None:
@@ -156,10 +191,7 @@ class RunningStats:
             dev = dup.values.double() - shift.view(len(parts), 1, d)
             for k in range(4):
                 sums[k] -= (c * dev ** (k + 1)).sum(1).reshape(-1)
-        self.moments = self.moments.merge(Moments.of_sums(float(n_tokens), shift, sums))
-        self.max, self.min = torch.maximum(self.max, hi), torch.minimum(self.min, lo)
-        self._regrid(grid_exponent(torch.maximum(hi.abs(), lo.abs())))
-        self._add_to_histogram(parts, work, dup)
+        return sums
 
     def _add_to_histogram(self, parts: list[torch.Tensor], work: Workspace, dup: Duplicates | None) -> None:
         d = parts[0].shape[-1]
@@ -180,8 +212,11 @@ class RunningStats:
         return -torch.pow(2.0, (int(np.log2(FINE)) - exp).double()).float()
 
     def _regrid(self, exp: torch.Tensor) -> None:
-        """Coarsen every neuron's grid to hold exp (a no-op where it already does)."""
+        """Coarsen every neuron's grid to hold exp (a no-op where it already does; on a
+        CPU, where asking costs nothing, it is skipped when no grid grows)."""
         grow = (exp - self.exp).clamp_min(0)
+        if self.hist.device.type == "cpu" and not bool(grow.any()):
+            return
         self.hist = coarsen(self.hist, grow)
         self.exp = self.exp + grow
 

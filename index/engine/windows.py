@@ -91,7 +91,7 @@ def capture(span: Span, neuron: torch.Tensor, doc: torch.Tensor, pos: torch.Tens
     site, unit = neuron // d_mlp, (neuron % d_mlp)[:, None]
     acts = torch.empty(q.shape, dtype=span.acts[0].dtype, device=q.device)
     for s, part in by_site(site, len(span.acts)):
-        acts[part] = span.acts[s].reshape(-1, d_mlp)[flat[part], unit[part]]
+        acts[part] = take(span.acts[s], flat[part] * d_mlp + unit[part])
     tokens = b.tokens.reshape(-1)[flat]
     edges = ((span.tail, span.tail_tokens, q < 0, q + span.tail.shape[1]),
              (span.head, span.head_tokens, q >= count, q - count))
@@ -104,6 +104,12 @@ def capture(span: Span, neuron: torch.Tensor, doc: torch.Tensor, pos: torch.Tens
             tokens[rows] = torch.where(o, edge_tokens[i], tokens[rows])
     acts = torch.where(inside, acts, torch.nan)
     return acts, torch.where(inside, tokens, -1).to(torch.int32)
+
+
+def take(t: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """t.reshape(-1)[index], shaped like index: one flat gather (on a CPU about twice as
+    fast as indexing with several index tensors). A non-contiguous t is copied first."""
+    return t.reshape(-1).index_select(0, index.reshape(-1)).view(index.shape)
 
 
 def by_site(site: torch.Tensor, n_sites: int):
