@@ -2,18 +2,20 @@
 
 All sites are handled together, as one list of sites x d_mlp neurons (site-major).
 
-Per batch, the work over every token is one max per row (the hook outputs are read in
-place, no copy); each document's max per neuron, the max over its rows, becomes a
-candidate for the three pools. A document that runs on from the previous batch is a
-candidate again only if its max went up, and its new entry replaces the old one, so a
-pool always holds each document once, at its max so far. Positions and windows are
-looked up only for the candidates a pool takes in.
+Per batch, the work over every token for the pools is one max per block of about
+sqrt(n_ctx) columns of each row (the hook outputs are read in place, no copy); each
+document's max per neuron, the max over its rows, becomes a candidate for the three
+pools. A document that runs on from the previous batch is a candidate again only if its
+max went up, and its new entry replaces the old one, so a pool always holds each
+document once, at its max so far. Positions (through the block maxima) and windows (cut
+once per batch, whichever pools take the document) are looked up only for the
+candidates a pool takes in.
 
 The token-level stats (mean, std, kurtosis, fraction active, histogram, min, max) take
-every indexed token: they read the hook outputs in place in float32 buffers reused
-from batch to batch; the padding of short rows is overwritten with a copy of the
-row's first activation, so min and max need no mask, and the stats take the copies
-out again.
+every indexed token, read in place. The padding of short rows is overwritten with a
+copy of the row's first activation, so maxima need no mask; on a CPU the stats are two
+compiled loops over the real tokens only (index.engine.kernels), elsewhere tensor ops
+in float32 buffers reused from batch to batch, which take the copies out again.
 
 Everything random is chosen by hashes, never by stream order, so any batching or
 sharding of the documents gives the same lists: the random documents are the lowest
@@ -196,7 +198,8 @@ class Accumulator:
 
     def _take_stats(self, span: Span, batch: Batch, dup: Duplicates | None) -> None:
         """Every indexed token counts: the stats read the hook outputs in place, BOS
-        excluded, padding counted out through its duplicates."""
+        excluded; the compiled loops skip the padding, the tensor ops count its
+        duplicates out."""
         hi = self._row_max.amax(1).reshape(-1)
         self.stats.add([a[:, 1:] for a in span.acts], batch.n_tokens, self.work, dup, hi,
                        RowsOf(span.acts, batch.row_len) if self.compiled else None)
