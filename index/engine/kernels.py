@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 
-_POOL: ThreadPoolExecutor | None = None
+_POOLS: dict[int, ThreadPoolExecutor] = {}  # by thread count
 
 
 @numba.njit(nogil=True, cache=True, boundscheck=False, error_model="numpy")
@@ -82,6 +82,8 @@ def histogram(acts: list[torch.Tensor], row_len: torch.Tensor, neg_inv: list[tor
               hist: torch.Tensor) -> None:
     """Count every real token of each site into hist [sites * d, 2 FINE] (int32,
     contiguous), in place; neg_inv[s] [d] (float32) is -1 / bin width of site s."""
+    if not hist.is_contiguous():
+        raise ValueError("the histogram must be contiguous: it is counted into in place")
     d = acts[0].shape[2]
     lens = row_len.numpy()
     h = hist.numpy().reshape(len(acts), d, -1)
@@ -102,7 +104,6 @@ def _run(tasks: list, d: int) -> None:
 
 
 def _pool(threads: int) -> ThreadPoolExecutor:
-    global _POOL
-    if _POOL is None or _POOL._max_workers != threads:
-        _POOL = ThreadPoolExecutor(threads, thread_name_prefix="solu-stats")
-    return _POOL
+    if threads not in _POOLS:
+        _POOLS[threads] = ThreadPoolExecutor(threads, thread_name_prefix="solu-stats")
+    return _POOLS[threads]
