@@ -82,12 +82,6 @@ def bare_forward(model, batches) -> float:
     return time.perf_counter() - start
 
 
-def index_pass(ckpt, batches, cfg) -> float:
-    start = time.perf_counter()
-    Indexer(ckpt, cfg, torch.device("cpu")).run(batches)
-    return time.perf_counter() - start
-
-
 def interleaved(ckpt, batches, cfg, every: int = 4) -> tuple[float, float]:
     """(bare forward s, index s) over the same batches in one pass: before the indexer
     pulls each group of `every` batches, a hook-free copy of the model runs them (the
@@ -203,8 +197,7 @@ def bench_model(path: Path, args, root: Path) -> dict:
     units = segments(docs, segment_length(cfg.segment_tokens, ckpt.model_cfg.n_ctx))
     batches = list(make_batches(units, ckpt.model_cfg.n_ctx, args.batch_size, ckpt.bos_id))
     n_tokens = sum(b.n_tokens for b in batches)
-    bare_forward(ckpt.model, batches[:8])  # warm up (and compile the indexer's loops)
-    index_pass(ckpt, batches[:8], cfg)
+    interleaved(ckpt, batches[:8], cfg)  # warm up (and compile the indexer's loops)
     forward, index = interleaved(ckpt, batches, cfg)
     naive = naive_pass(ckpt, batches, cfg.top_k, cfg.window_before, cfg.window_after)
     rss1 = peak_rss(path, args.dataset, args.rss_tokens, args.batch_size)

@@ -162,13 +162,6 @@ def write(db: str | Path, fn, *args, **kwargs):
         return fn(db, *args, **kwargs)
 
 
-def run_sql(db: str | Path, sql: str, max_rows: int, timeout_s: float):
-    """The guarded engine of `solu sql` (index.store.readonly_sql.run_query): (DataFrame, truncated)."""
-    from index.store.readonly_sql import run_query
-
-    return run_query(db, sql, max_rows, timeout_s)
-
-
 def close() -> None:
     """Close the shared connections now (tests, shutdown)."""
     with _GATE.hold("write"):

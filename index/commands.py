@@ -91,12 +91,9 @@ def _sigterm(signum, frame):
 
 
 def cmd_sql(args) -> int:
-    from index.store.readonly_sql import SqlLimits, open_query
+    from index.store.readonly_sql import open_query, sql_limits
 
-    try:
-        limits = SqlLimits(max_rows=args.max_rows, timeout_s=args.timeout)
-    except ValueError as e:
-        raise UserError(str(e)) from None
+    limits = sql_limits(max_rows=args.max_rows, timeout_s=args.timeout)
     with open_query(args.db, args.query, limits) as q:
         write = {"csv": _write_csv, "json": _write_json, "table": _write_table}[args.format]
         write(q.columns, q.chunks(), sys.stdout)

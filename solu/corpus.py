@@ -23,7 +23,7 @@ from typing import Iterator
 
 from tqdm import tqdm
 
-from solu.errors import UserError
+from solu.errors import UserError, first_line
 
 BUILTIN_VERSION = 1
 TXT_CHUNK_CHARS = 64_000  # a .txt file longer than this is read as several documents
@@ -199,7 +199,7 @@ def _iter_hf(name_split: str, text_column: str) -> Iterator[Document]:
         ds = datasets.load_dataset(name, split=split or "train", streaming=True)
         first = next(iter(ds))
     except Exception as e:  # offline, missing, gated: the hub raises many types
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        reason = first_line(e)
         raise UserError(f"cannot load Hugging Face dataset {name!r} (offline or unavailable): {reason[:200]}") from None
     if text_column not in first:
         raise UserError(f"hf:{name} has no column {text_column!r} (columns: {', '.join(first)})")

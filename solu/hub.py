@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from solu.errors import UserError
+from solu.errors import UserError, first_line
 
 # files a model needs; weights are taken as safetensors, else PyTorch .bin
 TOKENIZER_FILES = ["tokenizer*", "special_tokens_map.json", "vocab*", "merges.txt", "*.model", "*.tiktoken",
@@ -65,7 +65,7 @@ def snapshot(repo: str, spec: str, patterns: list[str], revision: str | None = N
                         "or a Hugging Face model id") from None
     except (LocalEntryNotFoundError, OSError) as e:
         if download and not isinstance(e, LocalEntryNotFoundError):
-            raise UserError(f"cannot download {repo}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+            raise UserError(f"cannot download {repo}: {first_line(e)}") from None
         state = "HF_HUB_OFFLINE is set" if offline() else "the hub cannot be reached"
         what = f"{spec!r} is not a directory, and the Hugging Face model {repo}" if spec == repo \
             else f"model {spec!r} ({repo})"

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 from tokenizers import Tokenizer
 
-from solu.errors import UserError
+from solu.errors import UserError, first_line
 from solu.hub import TL_LEGACY_FILES, TOKENIZER_FILES, hf_model_snapshot, require, snapshot
 from solu.model import Site, neuron_sites
 from solu.tokenizer import EOT
@@ -298,7 +298,7 @@ def _native_from_tl_state(cfg, weights: Path, hf_tok, device, dtype, ref: ModelR
         model = boot_native(cfg, tokenizer=hf_tok, device=device, dtype=dtype, model_name=ref.repo or ref.spec)
         model.load_state_dict(state, strict=True)
     except (RuntimeError, ValueError, KeyError, OSError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise UserError(f"{weights} does not load into the model its config.json describes: {first}") from None
     return model
 
@@ -322,7 +322,7 @@ def _load_hf(ref: ModelRef, device, dtype, revision) -> LoadedModel:
     try:
         model = TransformerBridge.boot_transformers(str(path), device=device, dtype=dtype, tokenizer=hf_tok)
     except (ValueError, KeyError, RuntimeError, OSError, NotImplementedError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise UserError(f"TransformerLens cannot load {ref.spec}: {first}") from None
     finally:
         hf_logging.enable_progress_bar()
@@ -339,7 +339,7 @@ def _hf_tokenizer(path: Path, spec: str):
     try:
         return AutoTokenizer.from_pretrained(str(path))
     except (OSError, ValueError, TypeError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        first = first_line(e)
         raise UserError(f"no usable tokenizer for {spec} in {path}: {first}") from None
 
 

@@ -6,7 +6,7 @@ from typing import Iterable
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from solu.errors import UserError
+from solu.errors import UserError, first_line
 
 EOT = "<|endoftext|>"
 
@@ -30,7 +30,7 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises a plain Exception for a bad file
-        raise UserError(f"cannot load tokenizer {path}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+        raise UserError(f"cannot load tokenizer {path}: {first_line(e)}") from None
     if tok.token_to_id(EOT) is None:
         raise UserError(f"tokenizer {path} has no {EOT} token")
     return tok

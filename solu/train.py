@@ -124,10 +124,6 @@ class Run:
     def warmup_steps(self) -> int:
         return max(1, self.train_cfg.warmup_tokens // self.tokens_per_step)
 
-    @property
-    def rows_per_rank(self) -> int:
-        return self.train_cfg.batch_size // self.world.size
-
 
 def _load_state(path: Path, device) -> dict:
     """The saved training state, or one clear line if it is damaged (a truncated file)."""
@@ -292,7 +288,7 @@ def save(run: Run, complete: bool) -> float:
     """Evaluate (every rank), then rank 0 writes the checkpoint, the training state for
     --resume and the loss curve; returns the eval loss."""
     read_losses(run)
-    eval_loss = evaluate(run.model, run.eval_set, run.rows_per_rank, run.world, run.train_cfg.precision)
+    eval_loss = evaluate(run.model, run.eval_set, run.stream.rows, run.world, run.train_cfg.precision)
     if run.history and run.history[-1]["step"] == run.step:
         run.history[-1]["eval_loss"] = eval_loss
     else:

@@ -420,14 +420,19 @@ def test_two_shards_merge_to_the_single_pass_table_by_table(solu, tiny_corpus):
     assert kinds == {"top", "interval", "random"}
 
 
-def test_band_samples_follow_their_rule(indexed):
+@pytest.mark.parametrize("candidates", [32, 3])
+def test_band_samples_follow_their_rule(solu, indexed, candidates):
     """Per band of the final max, the lowest priorities among the reservoir (the
-    lowest-priority active documents) and the top-K."""
-    _, _, indexer, acts, _ = indexed
+    lowest-priority active documents) and the top-K. With 3 candidates the reservoir
+    holds fewer segments than are active, so bands draw on the top-K too."""
+    _, batches, indexer, acts, _ = indexed
+    if candidates != indexer.cfg.band_candidates:
+        indexer = run_indexer(solu, batches, band_candidates=candidates)
     acc = indexer.accs["0.pre_ln"]
-    nb, per, c = CFG["bands"], CFG["per_band"], 32
+    nb, per, c = CFG["bands"], CFG["per_band"], candidates
     docs = sorted(acts["0.pre_ln"])
     prio = doc_priority(torch.tensor([docs] * acc.n), acc.keys, CFG["seed"])
+    from_top = 0
     for j in range(acc.n):
         doc_max = {d: float(acts["0.pre_ln"][d][:, j].max()) for d in docs}
         order = sorted(docs, key=lambda d: (int(prio[j, docs.index(d)]), d & 0xFFFFFF))
@@ -439,6 +444,8 @@ def test_band_samples_follow_their_rule(indexed):
             members = [d for d in pool if min(int(np.ceil(doc_max[d] / mx * nb)) - 1, nb - 1) == b][:per]
             got = [int(d) for d in acc.bands.doc[j, b * per:(b + 1) * per].tolist() if d >= 0]
             assert got == members, (j, b)
+            from_top += sum(d not in reservoir for d in members)
+    assert (from_top > 0) == (c < len(docs))
 
 
 # ------------------------------------------------------------------ the database

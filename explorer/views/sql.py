@@ -1,8 +1,9 @@
 """SQL over the index: the same guarded read-only engine as `solu sql`."""
 import streamlit as st
 
-from explorer import data, db
+from explorer import data
 from explorer.render import md_escape
+from index.store.readonly_sql import run_query
 from solu.errors import UserError
 
 MAX_ROWS = 5000
@@ -33,7 +34,7 @@ def execute(sql: str, max_rows: int, timeout_s: float) -> dict:
     """The query's outcome: rows or one error message, kept for later reruns of the page."""
     try:
         with st.spinner("Running…"):
-            df, truncated = db.run_sql(data.db_path(), sql, max_rows, timeout_s)
+            df, truncated = run_query(data.db_path(), sql, max_rows, timeout_s)
     except UserError as e:
         return {"error": str(e)}
     except ImportError:

@@ -84,7 +84,6 @@ class Accumulator:
         self.keys = neuron_keys.to(device)
         n = n_sites * d_mlp
         self.stats = RunningStats.empty(n, device)
-        self.max = torch.full((n,), -torch.inf, device=device)  # exact, over every token
         w = shape.width
         self.top = Pool.empty(n, shape.top_k, w, device)
         self.reservoir = Pool.empty(n, shape.reservoir, w, device)  # bands are drawn from it at the end
@@ -93,6 +92,11 @@ class Accumulator:
         self.work = Workspace()
         self.compiled = torch.device(device).type == "cpu"  # stats by index.engine.kernels, else tensor ops
         self._bands: Pool | None = None
+
+    @property
+    def max(self) -> torch.Tensor:
+        """[n] each neuron's max so far, over every token (the stats keep it)."""
+        return self.stats.max
 
     # ------------------------------------------------------------ selection rules
 
@@ -141,7 +145,6 @@ class Accumulator:
         dup = self._fill_padding(span, batch)
         value = self._document_maxima(span, batch)  # [n, D]
         self._take_stats(span, batch, dup)
-        self.max = torch.maximum(self.max, value.amax(1))
         valid = torch.ones_like(value, dtype=torch.bool)
         replaced = None
         if batch.continues_prev and self.open_max is not None:
@@ -226,7 +229,6 @@ class Accumulator:
         out = Accumulator.__new__(Accumulator)
         out.n_sites, out.d_mlp, out.shape, out.keys, out.open_max = self.n_sites, self.d_mlp, self.shape, self.keys, None
         out.stats = self.stats.merge(other.stats)
-        out.max = torch.maximum(self.max, other.max)
         out.work, out._bands, out.compiled = Workspace(), None, self.compiled
         for name, select, _ in out._pools():
             mine = getattr(self, name)
@@ -254,9 +256,7 @@ class Accumulator:
 
     def site(self, s: int) -> SiteResult:
         rows = slice(s * self.d_mlp, (s + 1) * self.d_mlp)
-        stats = self.stats.rows(rows)
-        stats.max = self.max[rows]
-        return SiteResult(stats, self.top.rows(rows), self.bands.rows(rows), self.random.rows(rows), self.keys[rows])
+        return SiteResult(self.stats.rows(rows), self.top.rows(rows), self.bands.rows(rows), self.random.rows(rows), self.keys[rows])
 
 
 class _Windows:

@@ -29,7 +29,7 @@ from index.engine.config import IndexConfig
 from index.engine.batching import (Batch, Tally, doc_of, document_tokens, make_batches, segment_length,
                                    segment_of, segment_start, segments)
 from index.engine.sample import ActivationSample
-from index.engine.windows import build_span, head_of, next_tail, positions_of
+from index.engine.windows import build_span, head_of, next_tail
 from solu.errors import UserError
 from solu.model import Site, final_norm, mlp_out_weights, resolve_device, unembed
 from solu.sources import LoadedModel, load_model
@@ -249,7 +249,7 @@ def sample_activations(indexer: Indexer, sample: list[tuple[int, list[int]]], n_
             batch = batch.to(indexer.device)
             acts = rec.run(batch.tokens)
             span = build_span([acts[k] for k in indexer.keys], batch)
-            index = positions_of(span, torch.arange(len(batch.row_len), device=batch.tokens.device))
+            index = batch.flat_index()
             flat = torch.stack([a.reshape(-1, acc.d_mlp)[index] for a in span.acts])
             unit, pos = batch.flat_positions()
             s, p, j = ((flat > threshold) & (flat > 0)).nonzero(as_tuple=True)

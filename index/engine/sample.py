@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from index.engine.topk import mix32
 
-SEED_SAMPLE = 3  # added to the run's seed (0-2: the accumulator's band and random samples)
+SEED_SAMPLE = 3  # added to the run's seed (0 and 1: the accumulator's band and random samples)
 
 
 def sample_hash(unit: int, seed: int) -> int:

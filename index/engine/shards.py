@@ -45,7 +45,7 @@ from index.engine.sample import ActivationSample
 from index.engine.shard_config import ShardOptions
 from index.engine.shard_progress import TokenCounter
 from solu.corpus import ReadStats, iter_documents
-from solu.errors import UserError
+from solu.errors import UserError, first_line
 from solu.sources import ModelRef, load_model
 from solu.tokenizer import token_strings
 
@@ -289,7 +289,7 @@ class RaySession:
                          log_to_driver=False, **local)
             except (ConnectionError, ValueError, RuntimeError) as e:
                 raise UserError(f"cannot start or join Ray at {opts.address or 'a local cluster'}: "
-                                f"{_first_line(e)}") from None
+                                f"{first_line(e)[:300]}") from None
             self.started = True
         self.start_s = time.perf_counter() - t0
         return self
@@ -408,7 +408,3 @@ class RaySession:
                                 f"the plan {plan.tokens[r.shard]:,} of {plan.documents[r.shard]:,}: does every node "
                                 "see the same dataset and checkpoint?")
 
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0][:300] if text else type(e).__name__

@@ -44,14 +44,6 @@ def build_span(acts: list[torch.Tensor], batch: Batch, tail=None, tail_tokens=No
                 empty if head is None else head, no_tokens if head_tokens is None else head_tokens)
 
 
-def positions_of(span: Span, rows: torch.Tensor) -> torch.Tensor:
-    """Indices into a hook output viewed as [B * T, d_mlp] of the document positions of `rows`."""
-    t = span.acts[0].shape[1]
-    cols = torch.arange(1, t, device=rows.device)
-    mask = cols[None, :] <= span.batch.row_len[rows, None]
-    return (rows[:, None] * t + cols[None, :])[mask]
-
-
 def _locate(span: Span, doc: torch.Tensor, q: torch.Tensor):
     """Where document position q of document doc lives: (where, a, b) with where 0 for
     the tail (index a), 1 for the batch (row a, column b), 2 for the head (index a)."""

@@ -25,7 +25,7 @@ from pathlib import Path
 import duckdb
 
 from index.store.schema import HUMAN_TABLES, check_version, migrate
-from solu.errors import UserError
+from solu.errors import UserError, first_line
 from solu.outputs import writable
 
 LOCK_WAIT_S = 10.0  # readers wait this long for a writer
@@ -53,7 +53,7 @@ def _connect(db: Path, read_only: bool, config: dict | None = None) -> duckdb.Du
                 raise UserError(f"cannot open {db}: permission denied") from None
             raise UserError(f"{db} is not a DuckDB database") from None
         except duckdb.Error as e:
-            raise UserError(f"cannot open {db}: {str(e).splitlines()[0]}") from None
+            raise UserError(f"cannot open {db}: {first_line(e)}") from None
 
 
 def open_read(db: str | Path, config: dict | None = None) -> duckdb.DuckDBPyConnection:

@@ -28,14 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+from index.store.connection import LOCK_WAIT_S  # how long a query waits for a writer to finish
 from index.store.sql_sandbox import peak_rss
 from solu.errors import UserError
+from solu.flags import MAX_FLAG_VALUE as MAX_ROWS_LIMIT
 
 GB = 2**30
 MAX_TIMEOUT_S = 24 * 3600.0
-MAX_ROWS_LIMIT = 10**15
 STARTUP_S = 30.0  # a child gets this long (plus the lock wait) to start and attach the database
-LOCK_WAIT_S = 10.0  # how long a query waits for a writer to finish before giving up
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -199,7 +199,7 @@ def run_query(db: str | Path, sql: str, max_rows: int = 1000, timeout_s: float =
     """Run one read-only query; returns (rows as a DataFrame, truncated)."""
     import pandas as pd
 
-    limits = _limits(max_rows=max_rows, timeout_s=timeout_s, memory_bytes=memory_bytes)
+    limits = sql_limits(max_rows=max_rows, timeout_s=timeout_s, memory_bytes=memory_bytes)
     rows: list[tuple] = []
     with open_query(db, sql, limits) as q:
         for chunk in q.chunks():
@@ -223,7 +223,8 @@ def _refuse_early(sql: str) -> None:
         con.close()
 
 
-def _limits(**kwargs) -> SqlLimits:
+def sql_limits(**kwargs) -> SqlLimits:
+    """SqlLimits, with a bad value as a UserError."""
     try:
         return SqlLimits(**kwargs)
     except ValueError as e:

@@ -22,6 +22,8 @@ import resource
 import sys
 import time
 
+from solu.errors import first_line
+
 CHUNK_ROWS = 256
 MAX_CHUNK_BYTES = 64 * 2**20
 _EXPLAIN = re.compile(r"^\s*EXPLAIN(\s+ANALYZE)?\b", re.IGNORECASE)
@@ -119,10 +121,6 @@ def peak_rss(pid: int | str = "self") -> int:
         pass
     return 0
 
-
-def first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
 
 
 def _is_memory_error(e: BaseException) -> bool:
