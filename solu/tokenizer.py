@@ -1,6 +1,7 @@
 """Byte-level BPE tokenizers (Hugging Face `tokenizers`), saved with each checkpoint."""
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 from typing import Iterable
 
@@ -58,6 +59,7 @@ def token_strings(tok: Tokenizer, ids: Iterable[int]) -> list[str]:
             for i, text in zip(ids, pairs)]
 
 
+@functools.lru_cache(maxsize=8)  # per tokenizer: a probe in the app asks every time
 def _anchor(tok: Tokenizer) -> int | None:
     """A plain letters piece (no space marker) that decodes to itself."""
     for piece, i in sorted(tok.get_vocab(with_added_tokens=False).items(), key=lambda kv: kv[1]):

@@ -98,6 +98,12 @@ class Accumulator:
         """[n] each neuron's max so far, over every token (the stats keep it)."""
         return self.stats.max
 
+    def activation_limit(self, threshold: float) -> torch.Tensor:
+        """[sites, d_mlp]: the activation above which a token enters the activations
+        table, threshold x the neuron's max (nothing enters for a max <= 0)."""
+        mx = self.max.view(self.n_sites, self.d_mlp)
+        return torch.where(mx > 0, mx * threshold, torch.inf)
+
     # ------------------------------------------------------------ selection rules
 
     def select_top(self, value, doc, valid, rows):
@@ -189,7 +195,8 @@ class Accumulator:
 
     def _fill_padding(self, span: Span, batch: Batch) -> Duplicates | None:
         """Overwrite the padding of short rows with the row's first activation, in place
-        (the forward pass is over), and say what was duplicated so the stats take it out."""
+        (the forward pass is over), and say what was duplicated so the tensor-op stats
+        take it out (the compiled ones skip the padding)."""
         if batch.short_rows.numel() == 0:
             return None
         short = batch.short_rows
@@ -197,6 +204,8 @@ class Accumulator:
         pad = (torch.arange(width, device=short.device)[None, :] >= batch.row_len[short, None])[:, :, None]
         for a in span.acts:
             a[short, 1:] = torch.where(pad, a[short, 1:2], a[short, 1:])
+        if self.compiled:
+            return None
         return Duplicates(torch.stack([a[short, 1] for a in span.acts]), width - batch.row_len[short])
 
     def _take_stats(self, span: Span, batch: Batch, dup: Duplicates | None) -> None:

@@ -242,8 +242,7 @@ def sample_activations(indexer: Indexer, sample: list[tuple[int, list[int]]], n_
     is above threshold x the neuron's max (and above 0); pos is the document position."""
     out: dict[str, list] = {k: [] for k in ("site", "neuron", "doc_id", "segment", "pos", "act")}
     acc = indexer.acc
-    mx = acc.max.view(acc.n_sites, 1, acc.d_mlp)
-    threshold = torch.where(mx > 0, mx * indexer.cfg.threshold, torch.inf)
+    threshold = acc.activation_limit(indexer.cfg.threshold)[:, None, :]
     with torch.inference_mode(), Recorder(indexer.model, indexer.sites) as rec:
         for batch in make_batches(iter(sample), n_ctx, indexer.cfg.batch_size, bos):
             batch = batch.to(indexer.device)

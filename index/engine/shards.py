@@ -198,8 +198,7 @@ def merge_activations(parts: list[dict[str, np.ndarray]], acc: Accumulator, keys
     cat = {k: np.concatenate([p[k] for p in parts]) for k in names}
     site_index = {key: i for i, key in enumerate(keys)}
     s = torch.as_tensor(np.array([site_index[x] for x in cat["site"]], dtype=np.int64))
-    mx = acc.max.view(acc.n_sites, acc.d_mlp)
-    limit = torch.where(mx > 0, mx * threshold, torch.inf)
+    limit = acc.activation_limit(threshold)
     act = torch.as_tensor(cat["act"])
     keep = (act > limit[s, torch.as_tensor(cat["neuron"]).long()]).numpy()
     return {k: v[keep] for k, v in cat.items()}
