@@ -11,7 +11,7 @@ For each model, on the same batches of the same dataset, in one run:
 forward and index alternate every few batches within one pass (the bare forward runs
 on a hook-free copy of the model, between the batches the indexer pulls), so a shared
 machine whose speed drifts over seconds slows both alike. Then, in fresh processes, the
-peak RSS of a whole `index_checkpoint` (reading and tokenizing the dataset included) at
+peak RSS of a whole `index_model` (reading and tokenizing the dataset included) at
 1x and 4x the tokens, and the DuckDB write time of the finished index. Targets: index
 >= 0.9x forward, >= 5x naive, RSS(4x) within 10% of RSS(1x). The load average is
 printed before and after.
@@ -49,9 +49,10 @@ import torch  # noqa: E402
 from index.engine.hooks import index_sites  # noqa: E402
 from index.engine.config import IndexConfig  # noqa: E402
 from index.engine.batching import Tally, document_tokens, make_batches, segment_length, segments  # noqa: E402
-from index.engine.index_model import Indexer, index_checkpoint  # noqa: E402
+from index.engine.indexer import Indexer  # noqa: E402
+from index.engine.pipeline import index_model  # noqa: E402
 from solu.checkpoint import save_checkpoint  # noqa: E402
-from solu.sources import load_model  # noqa: E402
+from solu.sources import load_model, resolve  # noqa: E402
 from solu.config import ModelConfig  # noqa: E402
 from solu.model import build_model  # noqa: E402
 
@@ -132,8 +133,8 @@ def naive_pass(ckpt, batches, k: int, before: int, after: int) -> float:
 
 def rss_child(checkpoint: str, dataset: str, tokens: int, batch_size: int) -> None:
     cfg = IndexConfig(dataset=dataset, tokens=tokens, batch_size=batch_size, device="cpu")
-    result = index_checkpoint(checkpoint, cfg, progress=False)
-    from index.engine.arrow_tables import model_tables
+    result = index_model(resolve(str(checkpoint)), cfg, progress=False)
+    from index.store.rows import model_tables
 
     model_tables(result)
     print(json.dumps({"rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
@@ -149,11 +150,11 @@ def peak_rss(checkpoint: Path, dataset: str, tokens: int, batch_size: int) -> fl
 
 
 def write_time(checkpoint: Path, dataset: str, tokens: int, batch_size: int, root: Path) -> tuple[float, float]:
-    from index.engine.arrow_tables import model_tables
+    from index.store.rows import model_tables
     from index.store.writer import IndexBuild
 
     cfg = IndexConfig(dataset=dataset, tokens=tokens, batch_size=batch_size, device="cpu")
-    result = index_checkpoint(checkpoint, cfg, progress=False)
+    result = index_model(resolve(str(checkpoint)), cfg, progress=False)
     db = root / f"{checkpoint.name}.duckdb"
     start = time.perf_counter()
     with IndexBuild(db) as build:

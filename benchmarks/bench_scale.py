@@ -12,8 +12,8 @@ from the gain of more processes.
 Indexing: one random-init SoLU checkpoint (bench_index's 1-layer shape: d_model 128,
 d_mlp 512, n_ctx 128, vocab 4096; throughput does not depend on the weights), the same
 `--tokens` of the same dataset, indexed
-  in one process   index_checkpoint, torch on 1 thread (no Ray)
-  on N workers     RaySession(ShardOptions(workers=N, threads=1)).index_checkpoint, a
+  in one process   index_model with InProcess, torch on 1 thread (no Ray)
+  on N workers     index_model with RayShards(ShardOptions(workers=N, threads=1)), a
                    fresh set of workers each time, so their start-up is measured too
 alternated `--repeats` times. Tokens/s is over the streaming phase (the workers' pass
 over their shards, as `solu index` reports it); Ray's overhead is printed apart: ray.init,
@@ -119,15 +119,14 @@ def add_training_flags(p: argparse.ArgumentParser) -> None:
 
 def index_once(path: Path, cfg, workers: int) -> dict:
     """One indexing run; workers = 0 is one process without Ray."""
-    from index.engine.index_model import index_checkpoint
+    from index.engine.pipeline import InProcess, index_model
+    from index.engine.ray_shards import RayShards
     from index.engine.shard_config import ShardOptions
-    from index.engine.shards import RaySession
+    from solu.sources import resolve
 
-    if workers == 0:
-        result = index_checkpoint(path, cfg, progress=False)
-    else:
-        with RaySession(ShardOptions(workers=workers, threads=1)) as session:
-            result = session.index_checkpoint(path, cfg, progress=False)
+    executor = InProcess() if workers == 0 else RayShards(ShardOptions(workers=workers, threads=1))
+    with executor:
+        result = index_model(resolve(str(path)), cfg, executor, progress=False)
     t = result.timings
     return {"tokens": result.tally.tokens, "tokens_per_s": result.tally.tokens / t["stream_s"], **t}
 

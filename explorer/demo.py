@@ -66,7 +66,7 @@ def train_model(act: str, out: Path, plan: DemoPlan, tokenizer: Path | None, for
 
 
 def index_models(checkpoints: list[Path], db: Path, plan: DemoPlan, force: bool) -> None:
-    from index.engine.index_run import build_index
+    from index.build import build_index
 
     newest = max((c / CONFIG).stat().st_mtime for c in checkpoints)
     if db.exists() and db.stat().st_mtime > newest and not force:

@@ -39,10 +39,8 @@ def register(sub) -> None:
 
 
 def cmd_index(args) -> int:
+    from index.build import build_index
     from index.engine.config import IndexConfig
-    from index.engine.index_run import build_index
-    from index.store.writer import check_target
-    from solu.corpus import check_dataset
     from solu.flags import config_from_args
     from solu.sources import check_available, resolve
 
@@ -54,16 +52,12 @@ def cmd_index(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    check_target(args.db)
-    for model in args.models:
-        check_available(resolve(model))
-    if args.name is not None and len(args.models) != 1:
-        raise UserError("--name names one model; index the others in their own run")
-    check_dataset(cfg.dataset, cfg.text_column, cfg.seed)
+    refs = [resolve(model) for model in args.models]
+    for ref in refs:
+        check_available(ref)
     previous = signal.signal(signal.SIGTERM, _sigterm)
     try:
-        reports = build_index(args.models, cfg, args.db, progress=not args.no_progress, name=args.name,
-                              shards=shards)
+        reports = build_index(refs, cfg, args.db, progress=not args.no_progress, name=args.name, shards=shards)
     except KeyboardInterrupt:
         raise UserError(f"interrupted; {args.db} was left as it was") from None
     finally:

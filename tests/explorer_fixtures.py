@@ -47,7 +47,7 @@ def real_index(tmp_path_factory, tiny_corpus, tiny_checkpoints) -> Path:
     documents full of HTML, Markdown and LaTeX, so some neurons' snippets hold them."""
     import json
 
-    from index.engine.index_run import build_index
+    from index.build import build_index
     from index.engine.config import IndexConfig
 
     root = tmp_path_factory.mktemp("real-index")

@@ -16,7 +16,7 @@ PLANTED = ("base64", "people_count")
 
 @pytest.fixture(scope="module")
 def planted_index(tmp_path_factory):
-    from index.engine.index_run import build_index
+    from index.build import build_index
     from index.engine.config import IndexConfig
     from solu.config import ModelConfig, TrainConfig
     from solu.train import train

@@ -19,13 +19,15 @@ import torch
 
 from index.engine.hooks import Recorder, index_sites, site_key
 from index.engine.config import IndexConfig
-from index.engine.arrow_tables import model_tables
+from index.store.rows import model_tables
 from index.engine.batching import (MAX_SEGMENTS, SEGMENT_BITS, Tally, document_tokens, make_batches, segment_length,
                                    segments)
-from index.engine.index_model import Indexer, finish, index_checkpoint
+from index.engine.indexer import Indexer
+from index.engine.pipeline import Execution, finish, index_model, run_shard
+from index.engine.plan import make_plan
 from index.engine.sample import ActivationSample, sample_hash
 from index.engine.stats import FINE, RunningStats
-from index.engine.topk import doc_priority
+from index.engine.topk import unit_priority
 from solu.sources import load_model
 from solu.cli import main
 from db_files import digest, query
@@ -43,7 +45,7 @@ def batches_of(ckpt, corpus, tokens=TOKENS, rows=3, docs=None):
 
 
 def dump(ckpt, batches) -> dict[str, dict[int, np.ndarray]]:
-    """site -> doc_id -> [doc_len, n] activations, from the same forward passes."""
+    """site -> doc_id -> [unit_len, n] activations, from the same forward passes."""
     sites = index_sites(ckpt)
     out = {site_key(s): {} for s in sites}
     with torch.inference_mode(), Recorder(ckpt.model, sites) as rec:
@@ -140,20 +142,20 @@ def test_top_k_over_segments_equals_brute_force(solu, tiny_corpus):
     indexer = run_indexer(solu, batches)
     acts = dump(solu, batches)
     assert_top_k_exact(indexer, acts, doc_tokens_of(solu, batches))
-    segs = {int(u) & (MAX_SEGMENTS - 1) for u in indexer.accs["0.pre_ln"].top.doc.flatten().tolist() if u >= 0}
+    segs = {int(u) & (MAX_SEGMENTS - 1) for u in indexer.by_site()["0.pre_ln"].top.unit.flatten().tolist() if u >= 0}
     assert len(segs) > 1  # later segments reach the top lists
 
 
 def assert_top_k_exact(indexer, acts, toks):
     k, before, after = CFG["top_k"], CFG["window_before"], CFG["window_after"]
-    for key, acc in indexer.accs.items():
+    for key, acc in indexer.by_site().items():
         docs = sorted(acts[key])
         doc_max = np.stack([acts[key][d].max(0) for d in docs])  # [docs, n]
         doc_arg = np.stack([acts[key][d].argmax(0) for d in docs])
         win_acts, win_tokens = acc.top.windows()
         for j in range(acc.n):
             order = sorted(range(len(docs)), key=lambda i: (-doc_max[i, j], docs[i]))[:k]
-            assert acc.top.doc[j, :k].tolist() == [docs[i] for i in order], (key, j)
+            assert acc.top.unit[j, :k].tolist() == [docs[i] for i in order], (key, j)
             assert acc.top.value[j, :k].tolist() == [float(doc_max[i, j]) for i in order]
             for slot, i in enumerate(order):
                 d, p = docs[i], int(doc_arg[i, j])
@@ -171,8 +173,8 @@ def test_ties_are_broken_by_doc_id(indexed):
     """Documents that start with the same token tie at position 0; the brute-force test
     above covers them only if such ties reach a top list, which this checks."""
     _, _, indexer, _, _ = indexed
-    top = indexer.accs["0.pre_ln"].top
-    v, d = top.value[:, :CFG["top_k"]], top.doc[:, :CFG["top_k"]]
+    top = indexer.by_site()["0.pre_ln"].top
+    v, d = top.value[:, :CFG["top_k"]], top.unit[:, :CFG["top_k"]]
     ties = (v[:, 1:] == v[:, :-1]) & (d[:, 1:] >= 0)
     assert bool(ties.any())
     assert bool((d[:, 1:][ties] > d[:, :-1][ties]).all())
@@ -181,44 +183,44 @@ def test_ties_are_broken_by_doc_id(indexed):
 def test_samples_lie_in_their_bands_and_random_is_exact(indexed):
     _, _, indexer, acts, _ = indexed
     nb, per = CFG["bands"], CFG["per_band"]
-    for key, acc in indexer.accs.items():
+    for key, acc in indexer.by_site().items():
         docs = sorted(acts[key])
         doc_max = {d: acts[key][d].max(0) for d in docs}
         mx = acc.stats.max.numpy().astype(np.float64)
         for j in range(acc.n):
             seen = set()
             for slot in range(nb * per):
-                d = int(acc.bands.doc[j, slot])
+                d = int(acc.intervals.unit[j, slot])
                 if d < 0:
                     continue
-                b, v = slot // per, float(acc.bands.value[j, slot])
+                b, v = slot // per, float(acc.intervals.value[j, slot])
                 assert v == float(doc_max[d][j])  # the document's true max
                 assert b * mx[j] / nb < v <= (b + 1) * mx[j] / nb * (1 + 1e-6)
                 assert d not in seen
                 seen.add(d)
-            prio = doc_priority(torch.tensor([docs]), torch.tensor([acc.keys[j]]), CFG["seed"] + 1)[0]
+            prio = unit_priority(torch.tensor([docs]), torch.tensor([acc.keys[j]]), CFG["seed"] + 1)[0]
             want = [docs[i] for i in sorted(range(len(docs)), key=lambda i: (int(prio[i]), docs[i]))[:CFG["random"]]]
-            assert acc.random.doc[j].tolist() == want
+            assert acc.random.unit[j].tolist() == want
 
 
 def test_every_nonempty_band_gets_samples(indexed):
     """With no more active segments than --band-candidates, the reservoir holds them all,
     so every band of the final max that has a segment gets samples."""
     _, _, indexer, acts, _ = indexed
-    acc, key = indexer.accs["1.post_ln"], "1.post_ln"
+    acc, key = indexer.by_site()["1.post_ln"], "1.post_ln"
     mx = acc.stats.max.numpy()
     docs = sorted(acts[key])
     assert len(docs) <= indexer.cfg.band_candidates
     for j in range(acc.n):
         bands = {min(int(np.ceil(acts[key][d][:, j].max() / mx[j] * CFG["bands"])) - 1, CFG["bands"] - 1)
                  for d in docs if acts[key][d][:, j].max() > 0}
-        filled = {slot // CFG["per_band"] for slot in range(CFG["bands"] * CFG["per_band"]) if acc.bands.doc[j, slot] >= 0}
+        filled = {slot // CFG["per_band"] for slot in range(CFG["bands"] * CFG["per_band"]) if acc.intervals.unit[j, slot] >= 0}
         assert filled == bands
 
 
 def test_stats_equal_numpy(indexed):
     _, _, indexer, acts, _ = indexed
-    for key, acc in indexer.accs.items():
+    for key, acc in indexer.by_site().items():
         x = np.concatenate([acts[key][d] for d in sorted(acts[key])]).astype(np.float64)
         s = acc.stats.summary(0.2, 16)
         np.testing.assert_array_equal(s["max_act"], x.max(0))
@@ -258,7 +260,7 @@ def test_compiled_stats_equal_the_tensor_ops(solu, indexed, threads):
         tensor_ops.run(batches)
     finally:
         torch.set_num_threads(before)
-    for a, b in ((compiled.acc.stats, again.acc.stats), (compiled.acc.stats, tensor_ops.acc.stats)):
+    for a, b in ((compiled.acc.gathered.stats, again.acc.gathered.stats), (compiled.acc.gathered.stats, tensor_ops.acc.gathered.stats)):
         assert a.count == b.count
         for name in ("hist", "exp", "min", "max"):
             assert torch.equal(getattr(a, name), getattr(b, name)), name
@@ -320,26 +322,24 @@ def brute_sample(units, budget, seed):
     return sorted(out)
 
 
-def test_activation_sample_ignores_order_and_sharding():
+def test_activation_sample_ignores_order():
+    """The plan draws the sample once per run (sharding cannot change it); in any order
+    of arrival it is the rule's brute-force choice."""
     rng = np.random.default_rng(0)
     units = [(int(u), list(range(int(n)))) for u, n in zip(rng.permutation(5000)[:300], rng.integers(1, 60, 300))]
     for budget in (0, 50, 700, 3000, 10 ** 6):
         want = brute_sample(units, budget, seed=4)
         for trial in range(3):
-            order = rng.permutation(len(units))
-            shards = [ActivationSample(budget, 4) for _ in range(1 + trial)]
-            for i in order:
-                shards[units[i][0] % len(shards)].add(*units[i])
-            merged = shards[0]
-            for other in shards[1:]:
-                merged = merged.merge(other)
-            assert merged.segments() == want, (budget, trial)
+            sample = ActivationSample(budget, 4)
+            for i in rng.permutation(len(units)):
+                sample.add(*units[i])
+            assert sample.segments() == want, (budget, trial)
 
 
 def test_sample_follows_the_rule_and_activations_equal_brute_force(solu, tiny_corpus):
     cfg = IndexConfig(dataset=str(tiny_corpus), tokens=900, sample_tokens=300, segment_tokens=62, batch_size=4,
                       top_k=3, threshold=0.3, device="cpu")
-    result = index_checkpoint(solu.path, cfg, progress=False)
+    result = index_model(solu.ref, cfg, progress=False)
     docs = list(document_tokens(str(tiny_corpus), "text", solu.tokenizer, 900, Tally()))
     units = list(segments(docs, result.segment_len))
     want = brute_sample(units, 300, cfg.seed)
@@ -350,7 +350,7 @@ def test_sample_follows_the_rule_and_activations_equal_brute_force(solu, tiny_co
     acts = dump(solu, batches)
     a = result.activations
     for key, per_unit in acts.items():
-        mx = result.accs[key].stats.max.numpy()
+        mx = result.by_site[key].stats.max.numpy()
         want_rows = set()
         for u, x in per_unit.items():
             doc, seg = u >> SEGMENT_BITS, u & (MAX_SEGMENTS - 1)
@@ -363,11 +363,11 @@ def test_sample_follows_the_rule_and_activations_equal_brute_force(solu, tiny_co
 
 
 def test_stats_with_default_flags_equal_numpy_over_every_token(solu, tiny_corpus):
-    result = index_checkpoint(solu.path, IndexConfig(dataset=str(tiny_corpus), tokens=TOKENS, device="cpu"),
+    result = index_model(solu.ref, IndexConfig(dataset=str(tiny_corpus), tokens=TOKENS, device="cpu"),
                               progress=False)
     docs = list(document_tokens(str(tiny_corpus), "text", solu.tokenizer, TOKENS, Tally()))
     acts = dump(solu, batches_of(solu, tiny_corpus, docs=docs, rows=7))
-    for key, acc in result.accs.items():
+    for key, acc in result.by_site.items():
         x = np.concatenate([acts[key][d] for d in sorted(acts[key])]).astype(np.float64)
         assert acc.stats.count == len(x) == TOKENS
         s = acc.stats.summary(result.cfg.threshold, result.cfg.hist_bins)
@@ -385,16 +385,14 @@ def test_stats_with_default_flags_equal_numpy_over_every_token(solu, tiny_corpus
 
 def shard_index(solu, cfg, docs, shards: int):
     """Index docs split into shards by doc_id (as Ray workers would), merge, finish."""
+    plan = make_plan(cfg, solu.tokenizer, shards, segment_length(cfg.segment_tokens, solu.model_cfg.n_ctx))
     parts = []
     for i in range(shards):
-        ix = Indexer(solu, cfg, torch.device("cpu"))
-        ix.index_documents(iter([d for d in docs if d[0] % shards == i]))
-        ix.acc, ix.sample = pickle.loads(pickle.dumps((ix.acc, ix.sample)))  # as a worker's result travels
-        parts.append(ix)
-    for other in parts[1:]:
-        parts[0].merge(other)
-    tally = Tally(tokens=sum(len(t) for _, t in docs), documents=len(docs))
-    return finish(parts[0], tally, datetime.now(timezone.utc), 0.0)
+        part = run_shard(solu, cfg, torch.device("cpu"), i, iter([d for d in docs if d[0] % shards == i]),
+                         lambda: [s for s in plan.sample.segments() if (s[0] >> SEGMENT_BITS) % shards == i])
+        parts.append(pickle.loads(pickle.dumps(part)))  # as a worker's result travels
+    sites = Indexer(solu, cfg, torch.device("cpu")).sites
+    return finish(solu, cfg, sites, plan, Execution(parts, "cpu"), datetime.now(timezone.utc))
 
 
 STAT_COLUMNS = ("mean_act", "std_act", "kurtosis")  # float64 sums: equal up to summation order
@@ -428,10 +426,10 @@ def test_band_samples_follow_their_rule(solu, indexed, candidates):
     _, batches, indexer, acts, _ = indexed
     if candidates != indexer.cfg.band_candidates:
         indexer = run_indexer(solu, batches, band_candidates=candidates)
-    acc = indexer.accs["0.pre_ln"]
+    acc = indexer.by_site()["0.pre_ln"]
     nb, per, c = CFG["bands"], CFG["per_band"], candidates
     docs = sorted(acts["0.pre_ln"])
-    prio = doc_priority(torch.tensor([docs] * acc.n), acc.keys, CFG["seed"])
+    prio = unit_priority(torch.tensor([docs] * acc.n), acc.keys, CFG["seed"])
     from_top = 0
     for j in range(acc.n):
         doc_max = {d: float(acts["0.pre_ln"][d][:, j].max()) for d in docs}
@@ -442,7 +440,7 @@ def test_band_samples_follow_their_rule(solu, indexed, candidates):
         mx = float(acc.stats.max[j])
         for b in range(nb):
             members = [d for d in pool if min(int(np.ceil(doc_max[d] / mx * nb)) - 1, nb - 1) == b][:per]
-            got = [int(d) for d in acc.bands.doc[j, b * per:(b + 1) * per].tolist() if d >= 0]
+            got = [int(d) for d in acc.intervals.unit[j, b * per:(b + 1) * per].tolist() if d >= 0]
             assert got == members, (j, b)
             from_top += sum(d not in reservoir for d in members)
     assert (from_top > 0) == (c < len(docs))
@@ -594,7 +592,7 @@ def test_dataset_shorter_than_asked(tiny_checkpoints, tmp_path, capsys):
 def test_ctrl_c_leaves_the_database_and_no_temp_file(previous, tiny_checkpoints, tiny_corpus, capsys, monkeypatch):
     calls = []
 
-    def interrupt(self, cur, nxt):
+    def interrupt(self, cur, nxt, tail):
         calls.append(1)
         if len(calls) == 3:
             raise KeyboardInterrupt

@@ -391,7 +391,7 @@ def test_compare_prints_pretrained_models_beside_a_checkpoint(hub, gpt2, tiny_ch
 
 
 def test_automatic_batch_size_keeps_activations_within_budget():
-    from index.engine.index_model import BATCH_BYTES, fit_batch_size
+    from index.engine.pipeline import BATCH_BYTES, fit_batch_size
     from solu.sources import ModelShape
 
     gpt2 = ModelShape("gelu_new", 12, 768, 3072, 12, 1024, 50257)

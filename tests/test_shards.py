@@ -20,15 +20,14 @@ import pandas as pd
 import pytest
 import torch
 
-from index.engine import shards
-from index.engine.arrow_tables import model_tables
-from index.engine.batching import Tally, document_tokens
+from index.engine import pipeline
+from index.engine.batching import Tally, document_tokens, segment_length
 from index.engine.config import IndexConfig
-from index.engine.index_model import index_checkpoint
+from index.engine.pipeline import InProcess, index_model
+from index.engine.plan import make_plan, shard_documents, shard_of
 from index.engine.shard_config import ShardOptions
-from index.engine.batching import segment_length
-from index.engine.shards import assemble, index_shard, make_plan, shard_documents, shard_of
-from solu.sources import load_model
+from index.store.rows import model_tables
+from solu.sources import load_model, resolve
 from solu.cli import main
 from db_files import digest
 
@@ -117,29 +116,26 @@ def test_shards_hold_the_run_documents_once_and_tokenize_only_their_own(tiny_che
     got, encoded = {}, 0
     for shard in range(3):
         counting = CountingTokenizer(tok)
-        docs = list(shard_documents(cfg, counting, shard, 3, plan.last_doc, plan.last_len))
+        docs = list(shard_documents(cfg, counting, shard, 3, plan.stop))
         assert all(shard_of(d, 3) == shard for d, _ in docs)
         assert len(counting.texts) == len(docs)  # nothing of the other shards was tokenized
         assert sum(len(ids) for _, ids in docs) == plan.tokens[shard]
         encoded += len(counting.texts)
         got.update(docs)
     assert encoded == len(run) and got == dict(run)  # every document once, the last one cut as in one run
-    assert [u for s in plan.sample for u, _ in s] and sorted(u for s in plan.sample for u, _ in s) == \
-        [u for u, _ in plan.activation_sample.segments()]
+    by_shard = [u for k in range(3) for u, _ in plan.sample_of(k)]
+    assert by_shard and sorted(by_shard) == [u for u, _ in plan.sample.segments()]
 
 
 def test_two_shards_in_process_equal_one_run(tiny_checkpoints, tiny_corpus):
-    """The shard logic without Ray: two index_shard results assembled give index_checkpoint's tables."""
+    """The shard logic without Ray: two shards run in process give the one-shard run's tables."""
     torch.set_num_threads(1)
-    path = tiny_checkpoints["solu_ln"]
+    ref = resolve(str(tiny_checkpoints["solu_ln"]))
     cfg = IndexConfig(dataset=str(tiny_corpus), **CFG)
-    whole = index_checkpoint(path, cfg, progress=False)
-    ckpt = load_model(str(path))
-    plan = make_plan(cfg, ckpt.tokenizer, 2, segment_length(cfg.segment_tokens, ckpt.model_cfg.n_ctx))
-    parts = [index_shard(ckpt, cfg, torch.device("cpu"), k, 2, (plan.last_doc, plan.last_len), plan.sample[k])
-             for k in range(2)]
-    assert [p.tokens for p in parts] == plan.tokens and min(plan.tokens) > 0
-    sharded = assemble(ckpt, cfg, plan, parts, whole.started_at, 1.0)
+    whole = index_model(ref, cfg, progress=False)
+    plan = make_plan(cfg, load_model(ref).tokenizer, 2, whole.segment_len)
+    assert min(plan.tokens) > 0
+    sharded = index_model(ref, cfg, InProcess(shards=2), progress=False)
     assert sharded.tally.tokens == whole.tally.tokens and len(sharded.activations["act"]) > 0
     # band samples too: drawn from hash-chosen candidates once the max is known, sharding does not change them
     assert (frames_of(whole)["examples"]["kind"] == "interval").any()
@@ -172,7 +168,7 @@ def built_both(ray_cluster, tiny_checkpoints, tiny_corpus, tmp_path_factory):
     assert main(index_args(one, models, tiny_corpus)) == 0
     bars = []
     with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(shards, "_progress", lambda enabled, total, name: bars.append(FakeBar(total, name)) or bars[-1])
+        mp.setattr(pipeline, "progress_bar", lambda enabled, total, name: bars.append(FakeBar(total, name)) or bars[-1])
         assert main(index_args(two, models, tiny_corpus, "--workers", "2", "--threads", "1")) == 0
     return frames_in(one), frames_in(two), runs_in(one), runs_in(two), bars
 

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 
-from index.engine.topk import (EMPTY, doc_priority, sample_groups, top_k, value_bands)
+from index.engine.topk import (EMPTY, unit_priority, sample_groups, top_k, value_bands)
 
 
 def brute_top(values: np.ndarray, docs: np.ndarray, valid: np.ndarray, k: int) -> list[list[int]]:
@@ -86,9 +86,9 @@ def test_value_bands_are_right_closed_equal_width():
 def test_doc_priority_is_a_deterministic_32_bit_hash():
     docs = torch.arange(1000).repeat(3, 1)
     keys = torch.tensor([0, 1, 2])
-    p = doc_priority(docs, keys, seed=0)
-    assert torch.equal(p, doc_priority(docs, keys, seed=0))
-    assert not torch.equal(p, doc_priority(docs, keys, seed=1))
+    p = unit_priority(docs, keys, seed=0)
+    assert torch.equal(p, unit_priority(docs, keys, seed=0))
+    assert not torch.equal(p, unit_priority(docs, keys, seed=1))
     assert not torch.equal(p[0], p[1])  # neurons draw different samples
     assert int(p.min()) >= 0 and int(p.max()) < 2**32
     assert len(set(p[0].tolist())) == 1000

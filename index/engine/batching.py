@@ -11,12 +11,12 @@ in every neuron's lists and sampled on its own, so one long file cannot stand fo
 thousands of tokens with a single entry. A segment is named by a unit id,
 doc_id << SEGMENT_BITS | segment (segment_of / doc_of take it apart); a document's
 segments past the last number (MAX_SEGMENTS - 1) stay in the last one. Inside the
-indexer a "document" is a segment: positions count from the segment's first token,
-and windows are clipped at its edges (the window of a max near a segment's edge is
+indexer the unit is what is ranked and batched: positions count from the segment's
+first token, and windows are clipped at its edges (the window of a max near a segment's edge is
 shorter, never silently continued from the next segment). The database gets the
 document id, the segment and document positions (segment_start + position).
 
-Rows of one segment are consecutive and a segment may continue from one batch into the
+Rows of one unit are consecutive and a unit may continue from one batch into the
 next.
 """
 from __future__ import annotations
@@ -109,38 +109,38 @@ def _emit(group: list, tok: Tokenizer, budget: int, tally: Tally) -> Iterator[tu
 
 @dataclass
 class Batch:
-    """Rows of segments ("documents" here: see the module docstring). Host-side fields
+    """Rows of units (segments: see the module docstring), D of them. Host-side fields
     (n_tokens, the flags) let the indexer decide without reading device memory."""
 
-    tokens: torch.Tensor  # [B, T]: BOS, then up to T - 1 document tokens, right-padded
-    row_len: torch.Tensor  # [B] document tokens in each row
-    row_start: torch.Tensor  # [B] document position of each row's first token
-    doc_ids: torch.Tensor  # [D]
-    doc_len: torch.Tensor  # [D] the document's full (indexed) length
-    doc_first: torch.Tensor  # [D] its first position in this batch
-    doc_count: torch.Tensor  # [D] its positions in this batch
-    doc_rows: torch.Tensor  # [D] its rows in this batch
-    continues_prev: bool  # document 0 began in an earlier batch
-    continues_next: bool  # document D-1 goes on in the next batch
+    tokens: torch.Tensor  # [B, T]: BOS, then up to T - 1 of a unit's tokens, right-padded
+    row_len: torch.Tensor  # [B] the unit's tokens in each row
+    row_start: torch.Tensor  # [B] unit position of each row's first token
+    unit_ids: torch.Tensor  # [D]
+    unit_len: torch.Tensor  # [D] the unit's full (indexed) length
+    unit_first: torch.Tensor  # [D] its first position in this batch
+    unit_count: torch.Tensor  # [D] its positions in this batch
+    unit_rows: torch.Tensor  # [D] its rows in this batch
+    continues_prev: bool  # unit 0 began in an earlier batch
+    continues_next: bool  # unit D-1 goes on in the next batch
     n_tokens: int  # indexed positions (host int)
-    first_doc: int  # doc_ids[0] (host int)
-    first_span: tuple[int, int]  # (doc_first, doc_count) of document 0 (host ints)
-    last_span: tuple[int, int]  # and of document D - 1
+    first_unit: int  # unit_ids[0] (host int)
+    first_span: tuple[int, int]  # (unit_first, unit_count) of unit 0 (host ints)
+    last_span: tuple[int, int]  # and of unit D - 1
     short_rows: torch.Tensor  # [R] the rows with padding (row_len < T - 1)
 
     def flat_index(self) -> torch.Tensor:
-        """Indices into tokens.view(-1) of the indexed positions, in document order."""
+        """Indices into tokens.view(-1) of the indexed positions, in order."""
         cols = torch.arange(self.tokens.shape[1], device=self.tokens.device)
         mask = (cols[None, :] >= 1) & (cols[None, :] <= self.row_len[:, None])
         return mask.view(-1).nonzero().squeeze(1)
 
     def flat_positions(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """(doc_id, position) of each indexed position, in order."""
-        doc = torch.repeat_interleave(self.doc_ids, self.doc_count)
+        """(unit id, position in the unit) of each indexed position, in order."""
+        unit = torch.repeat_interleave(self.unit_ids, self.unit_count)
         row = torch.repeat_interleave(torch.arange(len(self.row_len), device=self.row_len.device), self.row_len)
         row_off = torch.cumsum(self.row_len, 0) - self.row_len
         pos = self.row_start[row] + torch.arange(len(row), device=row.device) - row_off[row]
-        return doc, pos
+        return unit, pos
 
     def to(self, device) -> "Batch":
         """On `device`; to CUDA from pinned host memory without blocking the host."""
@@ -151,13 +151,13 @@ class Batch:
         return Batch(**moved)
 
 
-def make_batches(docs: Iterable[tuple[int, list[int]]], n_ctx: int, rows: int, bos: int) -> Iterator[Batch]:
-    """Cut documents into BOS-led rows and group `rows` of them per batch."""
+def make_batches(units: Iterable[tuple[int, list[int]]], n_ctx: int, rows: int, bos: int) -> Iterator[Batch]:
+    """Cut (unit id, token ids) units into BOS-led rows and group `rows` of them per batch."""
     width = n_ctx - 1
-    pending: list[tuple[int, int, list[int], int]] = []  # (doc_id, start, tokens, doc_len)
-    for doc_id, ids in docs:
+    pending: list[tuple[int, int, list[int], int]] = []  # (unit id, start, tokens, unit length)
+    for unit, ids in units:
         for start in range(0, len(ids), width):
-            pending.append((doc_id, start, ids[start:start + width], len(ids)))
+            pending.append((unit, start, ids[start:start + width], len(ids)))
             if len(pending) == rows:
                 yield _batch(pending, n_ctx, bos, pending_next=start + width < len(ids))
                 pending = []
@@ -169,23 +169,23 @@ def _batch(rows: list[tuple[int, int, list[int], int]], n_ctx: int, bos: int, pe
     tokens = torch.full((len(rows), n_ctx), bos, dtype=torch.long)
     for r, (_, _, ids, _) in enumerate(rows):
         tokens[r, 1:1 + len(ids)] = torch.tensor(ids, dtype=torch.long)
-    docs: list[list] = []  # [doc_id, doc_len, first, count, n_rows]
-    for doc_id, start, ids, doc_len in rows:
-        if docs and docs[-1][0] == doc_id:
-            docs[-1][3] += len(ids)
-            docs[-1][4] += 1
+    units: list[list] = []  # [unit id, length, first, count, n_rows]
+    for unit, start, ids, length in rows:
+        if units and units[-1][0] == unit:
+            units[-1][3] += len(ids)
+            units[-1][4] += 1
         else:
-            docs.append([doc_id, doc_len, start, len(ids), 1])
-    col = list(zip(*docs))
+            units.append([unit, length, start, len(ids), 1])
+    col = list(zip(*units))
     row_len = [len(r[2]) for r in rows]
     return Batch(
         tokens=tokens,
         row_len=torch.tensor(row_len),
         row_start=torch.tensor([r[1] for r in rows]),
-        doc_ids=torch.tensor(col[0]), doc_len=torch.tensor(col[1]), doc_first=torch.tensor(col[2]),
-        doc_count=torch.tensor(col[3]), doc_rows=torch.tensor(col[4]),
+        unit_ids=torch.tensor(col[0]), unit_len=torch.tensor(col[1]), unit_first=torch.tensor(col[2]),
+        unit_count=torch.tensor(col[3]), unit_rows=torch.tensor(col[4]),
         continues_prev=rows[0][1] > 0, continues_next=pending_next,
-        n_tokens=sum(row_len), first_doc=col[0][0], first_span=(col[2][0], col[3][0]),
+        n_tokens=sum(row_len), first_unit=col[0][0], first_span=(col[2][0], col[3][0]),
         last_span=(col[2][-1], col[3][-1]),
         short_rows=torch.tensor([r for r, n in enumerate(row_len) if n < n_ctx - 1], dtype=torch.long),
     )

@@ -1,12 +1,13 @@
-"""A pool: the documents one list keeps for every neuron, with their windows.
+"""A pool: the units (segments of documents) one list keeps for every neuron, with
+their windows.
 
-Three pools: the top documents by max activation, samples from activation bands, and
-random documents. A pool absorbs a batch's candidate documents (or another pool, when
-shards merge) through a selection function from index.topk.
+Three pools: the top units by max activation, samples from equal-width activation
+intervals, and random units. A pool absorbs a batch's candidate units (or another pool,
+when shards merge) through a selection function from index.engine.topk.
 
 Windows live in an arena, [neurons, slots, width], and an entry points at its arena
-slot; when entries move (a new document ranks above them) only the small per-entry
-arrays are permuted, and the arena is written only for documents that enter. A batch
+slot; when entries move (a new unit ranks above them) only the small per-entry
+arrays are permuted, and the arena is written only for units that enter. A batch
 touches only the neurons where some candidate could enter (a gate says which), which
 after the first batches is a minority.
 """
@@ -24,33 +25,33 @@ Select = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torc
 
 @dataclass
 class Candidates:
-    """Documents offered to every neuron: [n, D] each."""
+    """Units offered to every neuron: [n, D] each."""
 
     value: torch.Tensor
-    doc: torch.Tensor
+    unit: torch.Tensor
     valid: torch.Tensor
-    # (neuron [E], candidate [E]) -> (position, token id) of the document's first max
+    # (neuron [E], candidate [E]) -> (position, token id) of the unit's first max
     locate: Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
     # (neuron, candidate, position) -> (window acts [E, W], window tokens [E, W])
     capture: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
 
     def rows(self, rows: torch.Tensor) -> "Candidates":
         """The candidates of some neurons; locate and capture take global neuron indices."""
-        return Candidates(self.value[rows], self.doc[rows], self.valid[rows],
+        return Candidates(self.value[rows], self.unit[rows], self.valid[rows],
                           lambda n, c: self.locate(rows[n], c), lambda n, c, p: self.capture(rows[n], c, p))
 
 
 @dataclass
 class Pool:
-    value: torch.Tensor  # [n, S] max activation of each kept document
-    doc: torch.Tensor  # [n, S] doc_id, EMPTY where the slot is free
+    value: torch.Tensor  # [n, S] max activation of each kept unit
+    unit: torch.Tensor  # [n, S] unit id (index.engine.batching), EMPTY where the slot is free
     pos: torch.Tensor  # [n, S] position of the max
     token: torch.Tensor  # [n, S] token id at the max
     slot: torch.Tensor  # [n, S] the entry's window in the arena
     win_acts: torch.Tensor  # [n, S, W] arena of windows
-    win_tokens: torch.Tensor  # [n, S, W] int32, -1 outside the document
+    win_tokens: torch.Tensor  # [n, S, W] int32, -1 outside the unit
 
-    ENTRY = ("value", "doc", "pos", "token", "slot")
+    ENTRY = ("value", "unit", "pos", "token", "slot")
 
     @classmethod
     def empty(cls, n: int, slots: int, width: int, device) -> "Pool":
@@ -67,11 +68,14 @@ class Pool:
 
     @property
     def valid(self) -> torch.Tensor:
-        return self.doc != EMPTY
+        return self.unit != EMPTY
 
     def rows(self, rows) -> "Pool":
         """The pool of some neurons only."""
         return Pool(*(getattr(self, f.name)[rows] for f in fields(self)))
+
+    def to(self, device) -> "Pool":
+        return Pool(*(getattr(self, f.name).to(device) for f in fields(self)))
 
     def entries(self, rows: torch.Tensor) -> "Pool":
         """The entries of some neurons, without their windows (the arena stays put)."""
@@ -82,23 +86,23 @@ class Pool:
         idx = self.slot[:, :, None].expand(-1, -1, self.win_acts.shape[2])
         return self.win_acts.gather(1, idx), self.win_tokens.gather(1, idx)
 
-    def absorb(self, cand: Candidates, select: Select, rows: torch.Tensor, replaced_doc: int | None = None) -> None:
+    def absorb(self, cand: Candidates, select: Select, rows: torch.Tensor, replaced: int | None = None) -> None:
         """Keep, for neurons `rows`, the best of this pool and the candidates.
-        replaced_doc: the document of candidate column 0 when it ran on from the previous
+        replaced: the unit of candidate column 0 when it ran on from the previous
         batch; where that candidate is valid (its max went up) it supersedes the
-        document's kept entry."""
+        unit's kept entry."""
         if len(rows) == 0:
             return
         sub, cand = self.entries(rows), cand.rows(rows)
         old_valid = sub.valid
-        if replaced_doc is not None:
-            old_valid = old_valid & ~((sub.doc == replaced_doc) & cand.valid[:, :1])
-        idx = select(torch.cat([sub.value, cand.value], 1), torch.cat([sub.doc, cand.doc], 1),
+        if replaced is not None:
+            old_valid = old_valid & ~((sub.unit == replaced) & cand.valid[:, :1])
+        idx = select(torch.cat([sub.value, cand.value], 1), torch.cat([sub.unit, cand.unit], 1),
                      torch.cat([old_valid, cand.valid], 1), rows)
         self._assemble(rows, sub, idx, cand)
 
     def merge(self, other: "Pool", select: Select) -> "Pool":
-        """Keep the best of two pools over disjoint documents (shards of a dataset)."""
+        """Keep the best of two pools over disjoint units (shards of a dataset)."""
         out = Pool(*(getattr(self, f.name).clone() for f in fields(self)))
         rows = torch.arange(self.value.shape[0], device=self.value.device)
         out.absorb(other.candidates(), select, rows)
@@ -107,7 +111,7 @@ class Pool:
     def candidates(self, valid: torch.Tensor | None = None) -> Candidates:
         """This pool's entries offered to another pool (windows and all)."""
         acts, tokens = self.windows()
-        return Candidates(self.value, self.doc, self.valid if valid is None else valid,
+        return Candidates(self.value, self.unit, self.valid if valid is None else valid,
                           lambda n, c: (self.pos[n, c], self.token[n, c]),
                           lambda n, c, p: (acts[n, c], tokens[n, c]))
 
@@ -118,7 +122,7 @@ class Pool:
         new = (idx - size).clamp(0, cand.value.shape[1] - 1)
         keep = lambda t: t.gather(1, old)  # noqa: E731
         value = torch.where(fresh, cand.value.gather(1, new), keep(sub.value))
-        doc = torch.where(fresh, cand.doc.gather(1, new), keep(sub.doc))
+        unit = torch.where(fresh, cand.unit.gather(1, new), keep(sub.unit))
         pos, token, slot = keep(sub.pos), keep(sub.token), keep(sub.slot)
         slot = torch.where(fresh | empty, _free_slots(slot, ~(fresh | empty)), slot)
         r, c = fresh.nonzero(as_tuple=True)
@@ -126,7 +130,7 @@ class Pool:
             pos[r, c], token[r, c] = cand.locate(r, new[r, c])
             self.win_acts[rows[r], slot[r, c]], self.win_tokens[rows[r], slot[r, c]] = \
                 cand.capture(r, new[r, c], pos[r, c])
-        for name, t in zip(self.ENTRY, (torch.where(empty, 0.0, value), torch.where(empty, EMPTY, doc),
+        for name, t in zip(self.ENTRY, (torch.where(empty, 0.0, value), torch.where(empty, EMPTY, unit),
                                         torch.where(empty, 0, pos), torch.where(empty, 0, token), slot)):
             getattr(self, name)[rows] = t
 

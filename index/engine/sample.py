@@ -7,12 +7,10 @@ segments and the seed, not on the order they arrive in, so the sample is spread 
 the whole run (a concept that appears only in its last documents is sampled as often
 as one at the start) and indexing the documents in shards gives the same sample.
 
-Streaming keeps the chosen prefix (their token ids, at most `budget`) and the first
-segment that did not fit (its hash and length only). The sample fills the budget to
-within one segment: it stops at a misfit, after more than budget - segment length. Merging two samples walks the
-union of both prefixes and both overflow segments in hash order: any segment of the
-combined prefix lies in its own shard's prefix, and the walk stops at the latest at
-an overflow segment, which also overflows the union, so the merge is exact.
+The plan (index.engine.plan) draws it once per run, whatever the shards. Streaming
+keeps the chosen prefix (their token ids, at most `budget`) and the first segment that
+did not fit (its hash and length only). The sample fills the budget to within one
+segment: it stops at a misfit, after more than budget - segment length.
 """
 from __future__ import annotations
 
@@ -20,7 +18,7 @@ from dataclasses import dataclass, field
 
 from index.engine.topk import mix32
 
-SEED_SAMPLE = 3  # added to the run's seed (0 and 1: the accumulator's band and random samples)
+SEED_SAMPLE = 3  # added to the run's seed (0 and 1: the accumulator's interval and random samples)
 
 
 def sample_hash(unit: int, seed: int) -> int:
@@ -47,13 +45,6 @@ class ActivationSample:
         self.kept.append(key)
         self.ids[unit] = list(ids)
         self._cut()
-
-    def merge(self, other: "ActivationSample") -> "ActivationSample":
-        """The sample of both shards' segments (disjoint), as if read in one run."""
-        out = ActivationSample(self.budget, self.seed, self.kept + other.kept, None, {**self.ids, **other.ids})
-        out.kept += [o for o in (self.overflow, other.overflow) if o is not None]
-        out._cut()
-        return out
 
     def _cut(self) -> None:
         """Keep the prefix that fits; the first that does not becomes the overflow."""

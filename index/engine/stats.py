@@ -62,6 +62,9 @@ class Moments:
         m4 = s4 - 4 * dm * s3 + 6 * dm ** 2 * s2 - 3 * n * dm ** 4
         return cls(float(n), shift + dm, m2.clamp_min(0), m3, m4.clamp_min(0))
 
+    def to(self, device) -> "Moments":
+        return Moments(self.count, *(t.to(device) for t in (self.mean, self.m2, self.m3, self.m4)))
+
     def merge(self, b: "Moments") -> "Moments":
         a = self
         if a.count == 0:
@@ -84,9 +87,6 @@ class Workspace:
 
     def __init__(self):
         self._bufs: dict[tuple, torch.Tensor] = {}
-
-    def __getstate__(self) -> dict:  # scratch only: a pickled accumulator (a shard's result) travels without it
-        return {"_bufs": {}}
 
     def get(self, name: str, shape, dtype, device) -> torch.Tensor:
         n = 1
@@ -219,6 +219,9 @@ class RunningStats:
             return
         self.hist = coarsen(self.hist, grow)
         self.exp = self.exp + grow
+
+    def to(self, device) -> "RunningStats":
+        return RunningStats(self.moments.to(device), *(t.to(device) for t in (self.max, self.min, self.exp, self.hist)))
 
     def rows(self, rows: slice) -> "RunningStats":
         """The stats of some neurons only."""

@@ -1,20 +1,21 @@
-"""Which documents each neuron keeps: pure selection functions over tensors.
+"""Which units each neuron keeps: pure selection functions over tensors.
 
-Every function takes candidates laid out [n, C] (one row per neuron, C candidate
-documents: the list kept so far followed by a batch's documents) and returns, per
-neuron, the indices of the candidates to keep, EMPTY (-1) for an unfilled slot. The
-caller gathers what travels with a candidate (position, window) with those indices, so
-selection never copies activations.
+A unit is a segment of a document, named by its unit id (index.engine.batching). Every
+function takes candidates laid out [n, C] (one row per neuron, C candidate units: the
+list kept so far followed by a batch's units) and returns, per neuron, the indices of
+the candidates to keep, EMPTY (-1) for an unfilled slot. The caller gathers what
+travels with a candidate (position, window) with those indices, so selection never
+copies activations.
 
-Order is total, so results do not depend on the order documents arrive in:
+Order is total, so results do not depend on the order units arrive in:
 
-- top_k ranks by value, highest first; equal values go to the lower doc_id. Selecting
+- top_k ranks by value, highest first; equal values go to the lower unit id. Selecting
   from the union of two kept lists therefore equals selecting from the union of the
-  two document sets: top_k(top_k(A) + top_k(B)) == top_k(A + B), which is what makes
+  two unit sets: top_k(top_k(A) + top_k(B)) == top_k(A + B), which is what makes
   batches, and shards of a dataset, merge exactly.
-- sample_groups keeps, within each group (an activation band, or one group for a plain
-  random sample), the documents of lowest priority, a hash of (doc_id, neuron, seed):
-  a uniform random sample without replacement that any merge order reproduces.
+- sample_groups keeps, within each group (an activation interval, or one group for a
+  plain random sample), the units of lowest priority, a hash of (unit id, neuron,
+  seed): a uniform random sample without replacement that any merge order reproduces.
 
 Keys are packed into int64 so one torch.topk or torch.sort does the work; the ids
 ranked must fit in 32 bits: they are segment unit ids, doc_id << 8 | segment
@@ -37,15 +38,15 @@ def _sortable_bits(values: torch.Tensor) -> torch.Tensor:
     return torch.where(bits < 0, bits ^ 0x7FFFFFFF, bits)
 
 
-def top_key(values: torch.Tensor, docs: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-    """One int64 per candidate: larger means better (higher value, then lower doc_id)."""
-    key = (_sortable_bits(values) << 32) | (_LOW32 - (docs & _LOW32))
+def top_key(values: torch.Tensor, units: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """One int64 per candidate: larger means better (higher value, then lower unit id)."""
+    key = (_sortable_bits(values) << 32) | (_LOW32 - (units & _LOW32))
     return torch.where(valid, key, _MIN64)
 
 
-def top_k(values: torch.Tensor, docs: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
+def top_k(values: torch.Tensor, units: torch.Tensor, valid: torch.Tensor, k: int) -> torch.Tensor:
     """[n, C] candidates -> [n, k] indices of the k best, best first."""
-    key = top_key(values, docs, valid)
+    key = top_key(values, units, valid)
     take = min(k, key.shape[1])
     best, idx = torch.topk(key, take, dim=1, largest=True, sorted=True)
     idx = torch.where(best == _MIN64, EMPTY, idx)
@@ -54,7 +55,7 @@ def top_k(values: torch.Tensor, docs: torch.Tensor, valid: torch.Tensor, k: int)
     return idx
 
 
-def sample_groups(groups: torch.Tensor, priority: torch.Tensor, docs: torch.Tensor, valid: torch.Tensor,
+def sample_groups(groups: torch.Tensor, priority: torch.Tensor, units: torch.Tensor, valid: torch.Tensor,
                   n_groups: int, per_group: int) -> torch.Tensor:
     """Keep the `per_group` lowest-priority candidates of each group.
 
@@ -63,7 +64,7 @@ def sample_groups(groups: torch.Tensor, priority: torch.Tensor, docs: torch.Tens
     candidate of rank r in group g."""
     if n_groups >= 127:
         raise ValueError("at most 126 groups")
-    key = torch.where(valid, sample_key(groups, priority, docs), _MAX64)
+    key = torch.where(valid, sample_key(groups, priority, units), _MAX64)
     key, order = torch.sort(key, dim=1)
     group = torch.where(key == _MAX64, n_groups, key >> 56)
     col = torch.arange(key.shape[1], device=key.device).expand_as(key)
@@ -77,10 +78,10 @@ def sample_groups(groups: torch.Tensor, priority: torch.Tensor, docs: torch.Tens
     return out[:, :-1]
 
 
-def sample_key(groups, priority: torch.Tensor, docs: torch.Tensor) -> torch.Tensor:
-    """The order sample_groups keeps: group, then priority, then doc_id (its low 24 bits)."""
-    groups = torch.as_tensor(groups, dtype=torch.int64, device=docs.device)
-    return (groups << 56) | ((priority & _LOW32) << 24) | (docs & 0xFFFFFF)
+def sample_key(groups, priority: torch.Tensor, units: torch.Tensor) -> torch.Tensor:
+    """The order sample_groups keeps: group, then priority, then unit id (its low 24 bits)."""
+    groups = torch.as_tensor(groups, dtype=torch.int64, device=units.device)
+    return (groups << 56) | ((priority & _LOW32) << 24) | (units & 0xFFFFFF)
 
 
 def value_bands(values: torch.Tensor, max_act: torch.Tensor, n_bands: int) -> torch.Tensor:
@@ -101,10 +102,10 @@ def mix32(h: torch.Tensor) -> torch.Tensor:
     return h ^ (h >> 16)
 
 
-def doc_priority(docs: torch.Tensor, neuron_keys: torch.Tensor, seed: int) -> torch.Tensor:
-    """32-bit priorities of documents `docs` [n, C] for neurons `neuron_keys` [n]."""
-    if docs.dim() == 2 and docs.shape[0] > 1 and docs.stride(0) == 0:  # one row of documents for every neuron
-        docs = docs[:1]
-    doc_hash = mix32(mix32(docs & _LOW32) ^ (docs >> 32) ^ mix32(torch.tensor(seed)))
+def unit_priority(units: torch.Tensor, neuron_keys: torch.Tensor, seed: int) -> torch.Tensor:
+    """32-bit priorities of units `units` [n, C] for neurons `neuron_keys` [n]."""
+    if units.dim() == 2 and units.shape[0] > 1 and units.stride(0) == 0:  # one row of units for every neuron
+        units = units[:1]
+    unit_hash = mix32(mix32(units & _LOW32) ^ (units >> 32) ^ mix32(torch.tensor(seed)))
     neuron_hash = mix32(neuron_keys.to(torch.int64) + 0x9E3779B9)
-    return mix32(doc_hash ^ neuron_hash[:, None])
+    return mix32(unit_hash ^ neuron_hash[:, None])

@@ -1,4 +1,5 @@
-"""Turn one model's index into Arrow tables, one per database table."""
+"""One model's index as Arrow tables, one per database table (schema.sql says what each
+column holds): what the store writes of an engine result, index.engine.pipeline.ModelIndex."""
 from __future__ import annotations
 
 import csv
@@ -14,7 +15,7 @@ import solu
 from index.engine.accumulator import SiteResult
 from index.engine.batching import doc_of, segment_of, segment_start
 from index.engine.hooks import site_key
-from index.engine.index_model import ModelIndex
+from index.engine.pipeline import ModelIndex
 from solu.checkpoint import LOSS_CSV
 
 MAX_TOKENS_SHOWN = 5  # tokens listed in neurons.max_tokens
@@ -26,7 +27,7 @@ def model_tables(result: ModelIndex) -> dict[str, pa.Table]:
     vocab = pa.array(result.vocab, pa.string())
     neurons, examples = [], []
     for site in result.sites:
-        acc = result.accs[site_key(site)]
+        acc = result.by_site[site_key(site)]
         neurons.append(neuron_table(result, site, acc, vocab))
         examples.append(example_table(result, site, acc, vocab))
     return {
@@ -49,7 +50,7 @@ def _site_columns(result: ModelIndex, site, n: int) -> dict:
 def neuron_table(result: ModelIndex, site, acc: SiteResult, vocab: pa.Array) -> pa.Table:
     s = acc.stats.summary(result.cfg.threshold, result.cfg.hist_bins)
     n = acc.n
-    top_ids, top_counts = most_common_tokens(acc.top.token.cpu().numpy(), acc.top.doc.cpu().numpy() >= 0)
+    top_ids, top_counts = most_common_tokens(acc.top.token.cpu().numpy(), acc.top.valid.cpu().numpy())
     cols = _site_columns(result, site, n)
     cols["is_primary"] = pa.array([site.primary] * n)
     for name in ("max_act", "min_act"):
@@ -80,7 +81,7 @@ def most_common_tokens(tokens: np.ndarray, valid: np.ndarray) -> tuple[list, lis
 def example_table(result: ModelIndex, site, acc: SiteResult, vocab: pa.Array) -> pa.Table:
     cfg = result.cfg
     parts = [_pool_rows(acc.top, "top", None, cfg.window_before),
-             _pool_rows(acc.bands, "interval", cfg.per_band, cfg.window_before),
+             _pool_rows(acc.intervals, "interval", cfg.per_band, cfg.window_before),
              _pool_rows(acc.random, "random", None, cfg.window_before)]
     rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k not in ("win_acts", "win_tokens")}
     win_acts = np.concatenate([p["win_acts"] for p in parts])
@@ -89,7 +90,7 @@ def example_table(result: ModelIndex, site, acc: SiteResult, vocab: pa.Array) ->
     offsets = np.concatenate([[0], np.cumsum(inside.sum(1))]).astype(np.int32)
     ids = pa.array(win_tokens[inside].astype(np.int64))
     m = len(rows["neuron"])
-    unit = rows["doc"].astype(np.int64)
+    unit = rows["unit"].astype(np.int64)
     start = segment_start(unit, result.segment_len)
     cols = _site_columns(result, site, m)
     cols["neuron"] = pa.array(rows["neuron"].astype(np.int32))
@@ -110,14 +111,13 @@ def example_table(result: ModelIndex, site, acc: SiteResult, vocab: pa.Array) ->
 
 def _pool_rows(pool, kind: str, per_band: int | None, before: int) -> dict[str, np.ndarray]:
     """The filled slots of a pool as flat arrays."""
-    doc = pool.doc.cpu().numpy()
-    neuron, slot = np.nonzero(doc >= 0)
+    neuron, slot = np.nonzero(pool.valid.cpu().numpy())
     band = slot // per_band if per_band else np.full(len(slot), -1)
     rank = slot % per_band if per_band else slot
     pick = lambda t: t.cpu().numpy()[neuron, slot]  # noqa: E731
     win_acts, win_tokens = pool.windows()
     return {"neuron": neuron, "kind": np.full(len(slot), kind, dtype=object), "band": band, "rank": rank,
-            "doc": pick(pool.doc), "value": pick(pool.value), "pos": pick(pool.pos),
+            "unit": pick(pool.unit), "value": pick(pool.value), "pos": pick(pool.pos),
             "win_acts": pick(win_acts), "win_tokens": pick(win_tokens)}
 
 
@@ -210,7 +210,7 @@ def run_tables(result: ModelIndex, write_s: float) -> dict[str, pa.Table]:
         "run_id": run_id, "model_id": result.model_id, "dataset": cfg.dataset,
         "tokens": tally.tokens, "documents": tally.documents, "top_k": cfg.top_k,
         "window_before": cfg.window_before, "window_after": cfg.window_after,
-        "sites": [s.name for s in result.sites if s.layer == 0],
+        "sites": list(dict.fromkeys(s.name for s in result.sites)),
         "bands": cfg.bands, "band_kind": "interval", "samples_per_band": cfg.per_band,
         "random_samples": cfg.random, "activation_threshold": cfg.threshold,
         "sample_documents": len({doc_of(u) for u, _ in result.sample.segments()}),

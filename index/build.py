@@ -1,37 +1,41 @@
-"""`solu index`: index each model in turn and write them all into one database."""
+"""`solu index`: index each model in turn (index.engine.pipeline) and write them all into
+one database (index.store.writer), all or nothing."""
 from __future__ import annotations
 
 import sys
-from contextlib import contextmanager
+from dataclasses import replace
 from pathlib import Path
 
 from index.engine.config import IndexConfig
-from index.engine.index_model import ModelIndex, index_checkpoint
-from index.engine.arrow_tables import model_tables, run_tables
+from index.engine.pipeline import InProcess, ModelIndex, index_model
+from index.store.rows import model_tables, run_tables
 from index.store.writer import IndexBuild
 from solu.errors import UserError
-from solu.sources import resolve
+from solu.sources import ModelRef, resolve
 
 
 def build_index(models: list, cfg: IndexConfig, db: Path, progress: bool = True, name: str | None = None,
                 shards=None) -> list[str]:
-    """Index `models` (MODEL specs: solu.sources) into `db`, replacing their earlier rows;
-    labels are kept. Returns one report line per model. The database changes only if
-    every model succeeds. `name` overrides the model_id of a single model. `shards`, a
-    shard_config.ShardOptions, spreads each model's run over Ray workers."""
-    refs = [resolve(str(m)) for m in models]
-    if name is not None and len(refs) != 1:
-        raise UserError("--name names one model; index the others in their own run")
-    ids = [name or r.model_id for r in refs]
+    """Index `models` (MODEL specs or ModelRefs: solu.sources) into `db`, replacing
+    their earlier rows; labels are kept. Returns one report line per model. The
+    database changes only if every model succeeds. `name` overrides the model_id of a
+    single model. `shards`, a shard_config.ShardOptions, spreads each model's run over
+    Ray workers."""
+    refs = [m if isinstance(m, ModelRef) else resolve(str(m)) for m in models]
+    if name is not None:
+        if len(refs) != 1:
+            raise UserError("--name names one model; index the others in their own run")
+        refs = [replace(refs[0], model_id=name)]
+    ids = [r.model_id for r in refs]
     if len(set(ids)) != len(ids):
         raise UserError("two models have the same model_id "
                         f"({', '.join(sorted({i for i in ids if ids.count(i) > 1}))}); index one with --name")
     lines = []
-    with IndexBuild(db) as build, _indexer(shards) as index_one:
+    with IndexBuild(db) as build, _executor(shards) as executor:
         for i, ref in enumerate(refs):
-            _check_same_model(build, ids[i], ref.source)
-            result = index_one(ref, cfg, progress=progress, name=name,
-                                      position=f" (model {i + 1} of {len(refs)})" if len(refs) > 1 else "")
+            _check_same_model(build, ref.model_id, ref.source)
+            result = index_model(ref, cfg, executor, progress=progress,
+                                 position=f" (model {i + 1} of {len(refs)})" if len(refs) > 1 else "")
             write_s = build.write(result.model_id, model_tables(result))
             build.write(result.model_id, run_tables(result, write_s))
             if result.tally.exhausted:
@@ -45,16 +49,13 @@ def build_index(models: list, cfg: IndexConfig, db: Path, progress: bool = True,
     return lines
 
 
-@contextmanager
-def _indexer(shards):
-    """index_checkpoint, or its sharded form on Ray (imported only then)."""
+def _executor(shards):
+    """InProcess, or RayShards on Ray (imported only then)."""
     if shards is None:
-        yield index_checkpoint
-        return
-    from index.engine.shards import RaySession
+        return InProcess()
+    from index.engine.ray_shards import RayShards
 
-    with RaySession(shards) as session:
-        yield session.index_checkpoint
+    return RayShards(shards)
 
 
 def _check_same_model(build: IndexBuild, model_id: str, source: str) -> None:

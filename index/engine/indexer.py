@@ -1,0 +1,125 @@
+"""The streaming part of a shard: token batches through the model, into an Accumulator.
+
+The model runs batch by batch under inference_mode with hooks on the neuron sites only
+(and stops after the last of them). A batch's activations are held until the next
+batch's forward pass is done, so that windows can run on across the batch boundary
+(index.engine.windows); then the accumulator takes them. After streaming, the sample
+pass runs the activation sample's segments again for the sparse activations table,
+whose threshold, a fraction of each neuron's max, needs the max.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Callable, Iterable
+
+import numpy as np
+import torch
+
+from index.engine.accumulator import Accumulator, PoolShape, Rules, SiteResult, activation_limit
+from index.engine.batching import Batch, doc_of, make_batches, segment_length, segment_of, segment_start, segments
+from index.engine.config import IndexConfig
+from index.engine.hooks import Recorder, index_sites, site_key
+from index.engine.windows import Edge, build_span, head_of, next_tail
+from solu.errors import UserError
+from solu.model import Site
+from solu.sources import LoadedModel
+
+
+def run_sites(ckpt: LoadedModel, cfg: IndexConfig) -> list[Site]:
+    """The neuron sites a run indexes: the model's sites in the chosen layers."""
+    try:
+        return index_sites(ckpt, cfg.layer_list(ckpt.model_cfg.n_layers))
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+def pool_shape(cfg: IndexConfig) -> PoolShape:
+    return PoolShape(cfg.top_k, cfg.bands, cfg.per_band, cfg.random, cfg.window_before, cfg.window_after, cfg.seed,
+                     cfg.band_candidates)
+
+
+@dataclass
+class Prepared:
+    """One batch after its forward pass."""
+
+    batch: Batch
+    acts: list[torch.Tensor]  # per site, in Indexer.keys order: [B, T, d_mlp]
+
+
+class Indexer:
+    """Feed it documents (or batches); read its accumulator."""
+
+    def __init__(self, ckpt: LoadedModel, cfg: IndexConfig, device: torch.device):
+        self.ckpt, self.model, self.cfg, self.device = ckpt, ckpt.model, cfg, device
+        self.sites = run_sites(ckpt, cfg)
+        self.keys = [site_key(s) for s in self.sites]
+        rules = Rules.for_run(pool_shape(cfg), self.sites, ckpt.model_cfg.d_mlp, device)
+        self.acc = Accumulator(rules, len(self.sites))
+        self.segment_len = segment_length(cfg.segment_tokens, ckpt.model_cfg.n_ctx)
+        self.forward_s = self.accumulate_s = 0.0
+
+    def by_site(self) -> dict[str, SiteResult]:
+        """Each site's results so far (interval samples drawn against the max so far), by site key."""
+        return dict(zip(self.keys, self.acc.rules.sites(self.acc.gathered, len(self.sites))))
+
+    def index_documents(self, docs: Iterable[tuple[int, list[int]]],
+                        on_batch: Callable[[int], None] = lambda n: None) -> None:
+        """Index (doc_id, token ids) documents: cut into segments, batched and streamed."""
+        units = segments(docs, self.segment_len)
+        self.run(make_batches(units, self.ckpt.model_cfg.n_ctx, self.cfg.batch_size, self.ckpt.bos_id), on_batch)
+
+    def run(self, batches: Iterable[Batch], on_batch: Callable[[int], None] = lambda n: None) -> None:
+        tail = None
+        with torch.inference_mode(), Recorder(self.model, self.sites) as rec:
+            prev = None
+            for batch in batches:
+                cur = self._forward(batch.to(self.device), rec)
+                if prev is not None:
+                    tail = self._absorb(prev, cur, tail)
+                prev = cur
+                on_batch(batch.n_tokens)
+            if prev is not None:
+                self._absorb(prev, None, tail)
+
+    def _forward(self, batch: Batch, rec: Recorder) -> Prepared:
+        start = time.perf_counter()
+        acts = rec.run(batch.tokens)
+        self.forward_s += time.perf_counter() - start
+        return Prepared(batch, [acts[k] for k in self.keys])
+
+    def _absorb(self, cur: Prepared, nxt: Prepared | None, tail: Edge | None) -> Edge | None:
+        """Take batch cur (its head from nxt, its tail from the batch before); returns
+        the tail cur leaves for nxt."""
+        start = time.perf_counter()
+        head = head_of(build_span(nxt.acts, nxt.batch), self.cfg.window_after) \
+            if nxt is not None and cur.batch.continues_next else None
+        span = build_span(cur.acts, cur.batch, tail if cur.batch.continues_prev else None, head)
+        self.acc.update(span, cur.batch)
+        self.accumulate_s += time.perf_counter() - start
+        return next_tail(span, self.cfg.window_before)
+
+    def sample_pass(self, sample: list[tuple[int, list[int]]]) -> dict[str, np.ndarray]:
+        """Every (site, neuron, doc, segment, pos) of the sample's segments whose
+        activation is above threshold x the neuron's max (and above 0); pos is the
+        document position."""
+        out: dict[str, list] = {k: [] for k in ("site", "neuron", "doc_id", "segment", "pos", "act")}
+        d_mlp = self.ckpt.model_cfg.d_mlp
+        threshold = activation_limit(self.acc.gathered.stats.max, len(self.sites), self.cfg.threshold)[:, None, :]
+        batches = make_batches(iter(sample), self.ckpt.model_cfg.n_ctx, self.cfg.batch_size, self.ckpt.bos_id)
+        with torch.inference_mode(), Recorder(self.model, self.sites) as rec:
+            for batch in batches:
+                batch = batch.to(self.device)
+                acts = rec.run(batch.tokens)
+                span = build_span([acts[k] for k in self.keys], batch)
+                index = batch.flat_index()
+                flat = torch.stack([a.reshape(-1, d_mlp)[index] for a in span.acts])
+                unit, pos = batch.flat_positions()
+                s, p, j = ((flat > threshold) & (flat > 0)).nonzero(as_tuple=True)
+                unit = unit[p]
+                for name, values in (("neuron", j), ("doc_id", doc_of(unit)), ("segment", segment_of(unit)),
+                                     ("pos", pos[p] + segment_start(unit, self.segment_len)),
+                                     ("act", flat[s, p, j])):
+                    out[name].append(values.cpu().numpy())
+                out["site"].append(np.asarray(self.keys, dtype=object)[s.cpu().numpy()])
+        return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}

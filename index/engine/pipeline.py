@@ -1,0 +1,274 @@
+"""One indexing pipeline, whatever runs the shards.
+
+    plan -> shards on an executor -> merge -> finish
+
+- plan (index.engine.plan): the dataset is read and tokenized once, on this process,
+  to find where the token budget ends, each shard's documents and the activation sample.
+- shards: each shard streams its documents through an Indexer (stats and pools),
+  then runs the sample pass over its part of the activation sample, and hands back a
+  ShardResult. The executor runs them: InProcess, one after another in this process
+  (a plain `solu index` is InProcess with one shard, which indexes the planned
+  documents as they are read), or index.engine.ray_shards.RayShards, on Ray workers.
+- merge: the shards' pools merge exactly, their stats up to float summation order,
+  and their activation rows are cut at the merged max.
+- finish: the interval samples are drawn against the final max, and the logit effects
+  are read off the weights; the ModelIndex goes to the store (index.store.rows).
+
+A one-shard run and a sharded one differ only in who runs the shards, so the sharded
+index equals the unsharded one by construction. Memory does not grow with the dataset:
+documents are read and tokenized a group at a time and the indexer keeps per neuron its
+stats and pools (neurons x (K + samples) windows), plus two batches of activations.
+"""
+from __future__ import annotations
+
+import itertools
+import sys
+import time
+from dataclasses import dataclass, field, replace
+from datetime import datetime, timezone
+from typing import Callable, Iterable, Iterator
+
+import numpy as np
+import torch
+
+from index.engine.accumulator import Gathered, Rules, SiteResult, activation_limit
+from index.engine.batching import Tally, segment_length
+from index.engine.config import IndexConfig
+from index.engine.hooks import site_key
+from index.engine.indexer import Indexer, pool_shape, run_sites
+from index.engine.logits import direct_logits
+from index.engine.plan import Plan, planned, shard_documents
+from index.engine.sample import ActivationSample
+from solu.errors import UserError
+from solu.model import Site, resolve_device
+from solu.sources import LoadedModel, ModelRef, load_model
+from solu.tokenizer import token_strings
+
+BATCH_TOKENS = 4096  # tokens per forward pass when the batch size is chosen automatically
+BATCH_BYTES = 1 << 30  # and at most this much float32 activation memory (two batches are held)
+
+
+@dataclass
+class ShardResult:
+    """What a shard hands back (CPU tensors and arrays only): all of it merges."""
+
+    shard: int
+    tokens: int
+    documents: int
+    gathered: Gathered
+    activations: dict[str, np.ndarray]  # the sample's rows above threshold x this shard's own max
+    timings: dict[str, float]  # stream_s, forward_s, accumulate_s, sample_pass_s
+
+
+@dataclass
+class Execution:
+    """What an executor reports of a run: the shards' results, where they ran, its own timings."""
+
+    results: list[ShardResult]
+    device: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+ProgressBar = Callable[[int, str], object]  # (total tokens, label) -> a tqdm-like bar
+
+
+def run_shard(ckpt: LoadedModel, cfg: IndexConfig, device: torch.device, shard: int,
+              docs: Iterable[tuple[int, list[int]]], sample_of: Callable[[], list[tuple[int, list[int]]]],
+              on_tokens: Callable[[int], None] = lambda n: None) -> ShardResult:
+    """Index one shard's documents, then its part of the activation sample (sample_of()
+    is read once the documents are: a streamed plan is complete only then)."""
+    t0 = time.perf_counter()
+    indexer = Indexer(ckpt, cfg, device)
+    counted = Count()
+    indexer.index_documents(counted.through(docs), on_tokens)
+    stream_s = time.perf_counter() - t0
+    activations = indexer.sample_pass(sample_of())
+    timings = {"stream_s": stream_s, "forward_s": indexer.forward_s, "accumulate_s": indexer.accumulate_s,
+               "sample_pass_s": time.perf_counter() - t0 - stream_s}
+    return ShardResult(shard, counted.tokens, counted.documents, indexer.acc.gathered.to("cpu"), activations, timings)
+
+
+class Count:
+    """Tokens and documents that passed through."""
+
+    def __init__(self):
+        self.tokens = self.documents = 0
+
+    def through(self, docs: Iterable[tuple[int, list[int]]]) -> Iterator[tuple[int, list[int]]]:
+        for doc_id, ids in docs:
+            self.tokens += len(ids)
+            self.documents += 1
+            yield doc_id, ids
+
+
+class InProcess:
+    """Runs the shards one after another in this process, on the run's device. One shard
+    (the default) is the plain local run: it indexes the planned documents as they are
+    read, so the dataset is read once."""
+
+    def __init__(self, shards: int = 1):
+        self.shards = shards
+
+    def __enter__(self) -> "InProcess":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def driver_device(self, cfg: IndexConfig) -> torch.device:
+        return device_of(cfg)
+
+    def run(self, ckpt: LoadedModel, cfg: IndexConfig, device: torch.device, plan: Plan, stream: Iterator,
+            progress: ProgressBar) -> Execution:
+        bar = progress(cfg.tokens, ckpt.name)
+        try:
+            if self.shards == 1:
+                results = [run_shard(ckpt, cfg, device, 0, stream, lambda: plan.sample_of(0), bar.update)]
+            else:
+                for _ in stream:  # the whole plan first: a shard reads only its own documents
+                    pass
+                results = [run_shard(ckpt, cfg, device, k, shard_documents(cfg, ckpt.tokenizer, k, self.shards,
+                                                                            plan.stop),
+                                     lambda k=k: plan.sample_of(k), bar.update) for k in range(self.shards)]
+        finally:
+            bar.close()
+        return Execution(results, str(device), {"stream_s": sum(r.timings["stream_s"] for r in results)})
+
+
+def device_of(cfg: IndexConfig) -> torch.device:
+    try:
+        return resolve_device(cfg.device)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+
+
+@dataclass
+class ModelIndex:
+    """Everything indexed for one model, ready to be written (index.store.rows)."""
+
+    ckpt: LoadedModel
+    cfg: IndexConfig  # as run: the batch size fitted
+    sites: list[Site]
+    by_site: dict[str, SiteResult]  # each site's results, by site key
+    tally: Tally
+    vocab: list[str]
+    sample: ActivationSample  # its segments feed the activations and tokens tables
+    segment_len: int  # tokens per segment, the unit of ranking
+    activations: dict[str, np.ndarray]
+    logits: dict[str, np.ndarray]
+    started_at: datetime
+    device: str
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def model_id(self) -> str:
+        return self.ckpt.name
+
+    @property
+    def stats_tokens(self) -> int:
+        """Tokens the token-level stats were taken over."""
+        return next(iter(self.by_site.values())).stats.count
+
+
+def index_model(ref: ModelRef, cfg: IndexConfig, executor=None, progress: bool = True,
+                position: str = "") -> ModelIndex:
+    """Index one model (a resolved MODEL spec: solu.sources) with `executor` (default:
+    InProcess, one shard). Raises UserError for bad input."""
+    executor = executor or InProcess()
+    started_at, t0 = datetime.now(timezone.utc), time.perf_counter()
+    device = executor.driver_device(cfg)
+    ckpt = load_model(ref, device, cfg.dtype)
+    sites = run_sites(ckpt, cfg)
+    if cfg.batch_size == 0:
+        cfg = replace(cfg, batch_size=fit_batch_size(ckpt.model_cfg, len(sites)))
+    check_window(cfg, ckpt)
+    plan = Plan(executor.shards, segment_length(cfg.segment_tokens, ckpt.model_cfg.n_ctx),
+                ActivationSample(cfg.sample_tokens, cfg.seed))
+    stream = planned(plan, cfg, ckpt.tokenizer)
+    first = next(stream, None)  # a dataset that is missing or holds no text fails here, before any output
+    if first is None:
+        detail = plan.tally.read.summary()
+        raise UserError(f"dataset {cfg.dataset!r} contains no text" + (f" ({detail})" if detail else ""))
+    if progress:
+        layers = sorted({s.layer for s in sites})
+        print(f"solu index: {ckpt.name}{position}: layers {_span(layers)} of {ckpt.model_cfg.n_layers}, "
+              f"{ckpt.model_cfg.d_mlp} neurons each, sites {', '.join(sorted({s.name for s in sites}))}; "
+              f"{cfg.batch_size} rows x {ckpt.model_cfg.n_ctx} tokens per batch, {cfg.dtype}", file=sys.stderr)
+    run = executor.run(ckpt, cfg, device, plan, itertools.chain([first], stream),
+                       lambda total, label: progress_bar(progress, total, label))
+    check_counts(run.results, plan)
+    result = finish(ckpt, cfg, sites, plan, run, started_at, progress)
+    result.timings["total_s"] = time.perf_counter() - t0
+    return result
+
+
+def finish(ckpt: LoadedModel, cfg: IndexConfig, sites: list[Site], plan: Plan, run: Execution,
+           started_at: datetime, progress: bool = False) -> ModelIndex:
+    """Merge the shards' results, cut the activation rows at the merged max, draw the
+    interval samples and read the logit effects off the weights."""
+    t0 = time.perf_counter()
+    rules = Rules.for_run(pool_shape(cfg), sites, ckpt.model_cfg.d_mlp, "cpu")
+    results = sorted(run.results, key=lambda r: r.shard)
+    gathered = results[0].gathered
+    for r in results[1:]:
+        gathered = rules.merge(gathered, r.gathered)
+    keys = [site_key(s) for s in sites]
+    limit = activation_limit(gathered.stats.max, len(sites), cfg.threshold)
+    activations = above_limit([r.activations for r in results], limit, keys)
+    merge_s = time.perf_counter() - t0
+    vocab = token_strings(ckpt.tokenizer, range(ckpt.tokenizer.get_vocab_size()))
+    logits = direct_logits(ckpt, cfg.logit_k, len(vocab), sorted({s.layer for s in sites}), progress)
+    timings = {"merge_s": merge_s, **{k: sum(r.timings[k] for r in results)
+                                      for k in ("forward_s", "accumulate_s", "sample_pass_s")}, **run.timings}
+    return ModelIndex(ckpt, cfg, sites, dict(zip(keys, rules.sites(gathered, len(sites)))), plan.tally, vocab,
+                      plan.sample, plan.segment_len, activations, logits, started_at, run.device, timings)
+
+
+ACTIVATION_COLUMNS = ("site", "neuron", "doc_id", "segment", "pos", "act")
+
+
+def above_limit(parts: list[dict[str, np.ndarray]], limit: torch.Tensor, keys: list[str]) -> dict[str, np.ndarray]:
+    """The shards' activation rows above the merged limit. Each shard kept its rows
+    against its own max, never above the merged one, so none is missing."""
+    parts = [p for p in parts if len(p["act"])]
+    if not parts:
+        return {k: np.zeros(0) for k in ACTIVATION_COLUMNS}
+    cat = {k: np.concatenate([p[k] for p in parts]) for k in ACTIVATION_COLUMNS}
+    site_index = {key: i for i, key in enumerate(keys)}
+    s = torch.as_tensor(np.array([site_index[x] for x in cat["site"]], dtype=np.int64))
+    keep = (torch.as_tensor(cat["act"]) > limit[s, torch.as_tensor(cat["neuron"]).long()]).numpy()
+    return {k: v[keep] for k, v in cat.items()}
+
+
+def check_counts(results: list[ShardResult], plan: Plan) -> None:
+    for r in results:
+        if (r.tokens, r.documents) != (plan.tokens[r.shard], plan.documents[r.shard]):
+            raise UserError(f"shard {r.shard}: it read {r.tokens:,} tokens of {r.documents:,} documents, "
+                            f"the plan {plan.tokens[r.shard]:,} of {plan.documents[r.shard]:,}: does every node "
+                            "see the same dataset and checkpoint?")
+
+
+def fit_batch_size(shape, n_sites: int) -> int:
+    """Rows per batch: about BATCH_TOKENS tokens, and the two batches of float32
+    activations the indexer holds within BATCH_BYTES; at least one row."""
+    row_bytes = 2 * shape.n_ctx * shape.d_mlp * n_sites * 4
+    return max(1, min(BATCH_TOKENS // shape.n_ctx, BATCH_BYTES // row_bytes))
+
+
+def check_window(cfg: IndexConfig, ckpt: LoadedModel) -> None:
+    room = cfg.batch_size * (ckpt.model_cfg.n_ctx - 1)
+    if cfg.window_after > room:
+        raise UserError(f"--window-after {cfg.window_after} is longer than a batch ({room} tokens); "
+                        "raise --batch-size or shorten the window")
+
+
+def _span(layers: list[int]) -> str:
+    return f"{layers[0]}-{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) and len(layers) > 1 \
+        else ",".join(map(str, layers))
+
+
+def progress_bar(enabled: bool, total: int, label: str):
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=f"index {label}", unit="tok", unit_scale=True, disable=not enabled,
+                dynamic_ncols=True)
