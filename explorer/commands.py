@@ -108,7 +108,8 @@ def cmd_app(args) -> int:
 
 def cmd_label(args) -> int:
     from index.store import queries
-    from index.store.connection import append_label, open_read
+    from index.store.connection import open_read
+    from index.store.labels import append_label
 
     con = open_read(args.db)
     try:

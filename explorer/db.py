@@ -22,7 +22,8 @@ import threading
 import time
 from pathlib import Path
 
-from index.store.connection import append_label, open_read, wait_for_writers
+from index.store.connection import open_read, wait_for_writers
+from index.store.labels import append_label
 
 IDLE_S = 1.0
 
@@ -150,7 +151,7 @@ def read(db: str | Path, fn, *args, **kwargs):
 
 
 def write_label(db: str | Path, *args, **kwargs) -> None:
-    """index.store.connection.append_label, with every read connection of this process closed first."""
+    """index.store.labels.append_label, with every read connection of this process closed first."""
     with _GATE.hold("write"):
         append_label(db, *args, **kwargs)
 

@@ -68,14 +68,14 @@ def _launch_ranks(args) -> int:
     if not args.resume and args.batch_size % args.nproc:
         raise UserError(f"--batch-size {args.batch_size} is the global batch and must be a multiple of "
                         f"--nproc {args.nproc}")
-    code = launch(args.nproc, _rank_argv(args))
+    code = launch(args.nproc, rank_argv(args))
     if code not in (0, 2):  # 2: rank 0 printed a user error
         print(f"solu train: error: a training process failed with exit code {code} (its output is above)",
               file=sys.stderr)
     return code
 
 
-def _rank_argv(args) -> list[str]:
+def rank_argv(args) -> list[str]:
     """The command line each rank runs: this one without --nproc, every flag explicit."""
     argv = ["train"]
     for action in args.parser._actions:

@@ -11,7 +11,7 @@ from index.measure.autolabel import (RULE_SHARE, auroc_by_group, autolabel, occu
                                      sample_share_matrix)
 from index.measure.intervals import wilson
 from index.measure.concepts import CONCEPTS, detect
-from index.store.connection import append_label
+from index.store.labels import append_label
 from measure_db import THRESHOLD, build_measure_db, dense_for_model
 from solu.errors import UserError
 

@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 
 from solu.batches import TrainStream, eval_rows
 from solu.cli import build_parser, main
-from solu.commands import _rank_argv
+from solu.commands import rank_argv
 from solu.config import ModelConfig, TrainConfig
 from solu.device import autocast_dtype, enable_tf32, to_device
 from solu.model import build_model
@@ -118,9 +118,9 @@ def test_nproc_mistakes_are_one_line(tmp_path, capsys, one_process):
 def test_each_rank_runs_the_same_command_without_nproc():
     argv = ["train", "--act", "gelu", "--lr", "0.001", "--nproc", "2", "--out", "runs/x", "--force", "--vocab", "512"]
     args = build_parser().parse_args(argv)
-    rank_argv = _rank_argv(args)
-    assert "--nproc" not in rank_argv and rank_argv[0] == "train"
-    again = build_parser().parse_args(rank_argv)
+    ranked = rank_argv(args)
+    assert "--nproc" not in ranked and ranked[0] == "train"
+    again = build_parser().parse_args(ranked)
     drop = {"nproc", "parser", "func"}
     assert {k: v for k, v in vars(again).items() if k not in drop} == {k: v for k, v in vars(args).items()
                                                                           if k not in drop}

@@ -269,9 +269,9 @@ def test_compiled_stats_equal_the_tensor_ops(solu, indexed, threads):
 
 
 def test_first_max_column_among_ties():
-    """_first_col finds the first column holding a row's max, through the block maxima,
+    """first_col finds the first column holding a row's max, through the block maxima,
     for rows whose length is not a multiple of the block width and with many ties."""
-    from index.engine.accumulator import _first_col, block_maxima
+    from index.engine.accumulator import first_col, block_maxima
 
     rng = np.random.default_rng(1)
     for n_ctx in (2, 3, 17, 32, 128, 130):
@@ -280,7 +280,7 @@ def test_first_max_column_among_ties():
         row, unit = torch.meshgrid(torch.arange(4), torch.arange(5), indexing="ij")
         row, unit = row.reshape(-1), unit.reshape(-1)
         target = acts[:, 1:].amax(1)[row, unit]
-        got = _first_col(acts, blocks, row, unit, target, chunk=7)
+        got = first_col(acts, blocks, row, unit, target, chunk=7)
         want = acts[:, 1:].numpy().argmax(1)[row.numpy(), unit.numpy()]  # numpy: the first of equal maxima
         assert got.tolist() == want.tolist(), n_ctx
 
@@ -490,7 +490,7 @@ def test_database_holds_every_table(built_db):
 
 
 def test_reindexing_replaces_rows_and_keeps_labels(built_db, tiny_checkpoints, tiny_corpus, tmp_path):
-    from index.store.connection import append_label
+    from index.store.labels import append_label
 
     db = tmp_path / "copy.duckdb"
     shutil.copy(built_db, db)

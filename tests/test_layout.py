@@ -54,6 +54,36 @@ def test_imports_flow_one_way():
     assert not wrong, wrong
 
 
+def test_the_engine_computes_and_never_writes():
+    """index.engine hands results over; the store (and index.build) write them."""
+    wrong = [f"{mod} imports {dep}" for mod, deps in import_graph().items() if mod.startswith("index.engine.")
+             for dep in deps if dep.startswith(("index.store", "index.build"))]
+    assert not wrong, wrong
+
+
+def private_imports(path: Path) -> list[str]:
+    """Names starting with one underscore that `path` imports from another project module."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            found += [f"{node.module}.{a.name}" for a in node.names
+                      if a.name.startswith("_") and not a.name.startswith("__")
+                      and node.module.split(".")[0] in PACKAGES + ("tests",)]
+    return found
+
+
+def test_no_module_imports_another_modules_private_names():
+    files = [p for folder in PACKAGES + ("tests", "benchmarks") for p in (ROOT / folder).rglob("*.py")]
+    wrong = {str(p.relative_to(ROOT)): names for p in files if (names := private_imports(p))}
+    assert not wrong, wrong
+
+
+def test_private_import_check_sees_one(tmp_path):
+    probe = tmp_path / "probe.py"
+    probe.write_text("from index.engine.pipeline import _span, index_model\nfrom os import _exit\n")
+    assert private_imports(probe) == ["index.engine.pipeline._span"]
+
+
 def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
     state, stack = {}, []
 

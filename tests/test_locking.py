@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 
 from index.store import connection
-from index.store.connection import append_label, open_read, wait_for_writers, write_lock
+from index.store.connection import open_read, wait_for_writers, write_lock
+from index.store.labels import append_label
 from index.store.readonly_sql import run_query
 from solu.errors import UserError
 from synthetic_index import build_synthetic_index
@@ -79,7 +80,7 @@ def test_readers_wait_out_a_duckdb_write_connection_of_another_process(db):
 def test_reads_and_sql_succeed_while_label_writers_run(db):
     """The issue's 'busy' failures: a writer process appends labels back to back while
     this process reads and runs SQL; every read and every query succeeds."""
-    script = ("import sys\nfrom index.store.connection import append_label\n"
+    script = ("import sys\nfrom index.store.labels import append_label\n"
               "for i in range(20):\n    append_label(sys.argv[1], 'gelu-synth', 0, i % 64, f'w{i}', author='w')\n")
     writer = subprocess.Popen([sys.executable, "-c", script, str(db)], cwd=ROOT)
     reads = queries = 0

@@ -201,19 +201,19 @@ def test_logit_effects_use_the_models_unembedding_and_final_norm(indexed, hub):
 
 
 def test_probe_returns_the_indexed_activation_at_the_max_token(indexed, hub, tiny_corpus):
-    from explorer import live
+    from explorer import text_probe
     from solu.corpus import iter_documents
 
     texts = {d.id: d.text for d in iter_documents(str(tiny_corpus))}
     for model_id in ("solu-1l", "tiny-gpt2"):
         source, revision, n_ctx = query(indexed, "SELECT source, revision, n_ctx FROM models WHERE model_id = ?",
                                         [model_id])[0]
-        loaded = live.load(source, revision)
+        loaded = text_probe.load(source, revision)
         layer, site, neuron, doc_id, max_act, pos = query(
             indexed, "SELECT layer, site, neuron, doc_id, max_act, start_pos + max_pos FROM examples "
                      "WHERE model_id = ? AND kind = 'top' AND start_pos + max_pos < ? ORDER BY max_act DESC LIMIT 1",
             [model_id, n_ctx - 1])[0]
-        result = live.probe(loaded, texts[doc_id])
+        result = text_probe.probe(loaded, texts[doc_id])
         assert result.acts[(layer, site)][pos, neuron] == pytest.approx(max_act, rel=1e-4, abs=1e-5)
 
 

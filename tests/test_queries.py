@@ -4,7 +4,8 @@ import duckdb
 import pytest
 
 from index.store import queries
-from index.store.connection import append_label, open_read
+from index.store.connection import open_read
+from index.store.labels import append_label
 from solu.errors import UserError
 from synthetic_index import build_synthetic_index
 

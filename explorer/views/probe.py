@@ -5,7 +5,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from explorer import data, live, nav, render
+from explorer import data, nav, render, text_probe
 from explorer.nav import Address
 from solu.checkpoint import CONFIG
 from solu.errors import UserError
@@ -15,12 +15,12 @@ SAMPLE = 'def encode(data):\n    """Return the base64 of data."""\n    return "S
 
 @st.cache_resource(max_entries=4, show_spinner="Loading the model…")
 def checkpoint(source: str, revision: str | None, version: float):
-    return live.load(source, revision)
+    return text_probe.load(source, revision)
 
 
 @st.cache_data(max_entries=64, show_spinner=False)
-def run_probe(source: str, revision: str | None, version: float, text: str) -> live.Probe:
-    return live.probe(checkpoint(source, revision, version), text)
+def run_probe(source: str, revision: str | None, version: float, text: str) -> text_probe.Probe:
+    return text_probe.probe(checkpoint(source, revision, version), text)
 
 
 def source_version(source: str, revision: str | None) -> float:
@@ -85,7 +85,7 @@ def _param_int(name: str, highest: int) -> int:
         return 0
 
 
-def show(addr: Address, result: live.Probe) -> None:
+def show(addr: Address, result: text_probe.Probe) -> None:
     acts = result.acts[(addr.layer, addr.site)][:, addr.neuron]
     stats = data.query("neuron", addr.model_id, addr.layer, addr.neuron, addr.site)
     indexed_max = float(stats.max_act.iloc[0]) if not stats.empty else 0.0
@@ -100,11 +100,11 @@ def show(addr: Address, result: live.Probe) -> None:
     st.altair_chart(token_chart(result.tokens, acts), width="stretch")
     st.page_link("views/neuron.py", label="Open this neuron", icon=":material/neurology:", query_params=addr.params())
     st.subheader("Neurons that fire most on this text")
-    neuron_table(addr.model_id, addr.site, live.top_neurons(result, addr.site))
+    neuron_table(addr.model_id, addr.site, text_probe.top_neurons(result, addr.site))
     st.subheader("…or on one token")
     pos = st.selectbox("Token", range(len(result.tokens)), index=best,
                        format_func=lambda i: f"{i}: {result.tokens[i]!r}")
-    neuron_table(addr.model_id, addr.site, live.top_neurons(result, addr.site, position=pos))
+    neuron_table(addr.model_id, addr.site, text_probe.top_neurons(result, addr.site, position=pos))
 
 
 def page() -> None:

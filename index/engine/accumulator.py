@@ -304,7 +304,7 @@ class Accumulator:
         r = row0[d] + _first_row(maxima.rows, site, row0[d], batch.unit_rows[d], j, target)
         t = torch.zeros_like(r)
         for s, part in by_site(site, self.n_sites):
-            t[part] = _first_col(span.acts[s], maxima.blocks[s], r[part], j[part], target[part])
+            t[part] = first_col(span.acts[s], maxima.blocks[s], r[part], j[part], target[part])
         found[n, d] = batch.row_start[r] + t
         pos = found[neuron, c]
         return pos, token_at(span, c, pos)
@@ -361,7 +361,7 @@ def block_maxima(acts: torch.Tensor) -> torch.Tensor:
     return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
 
 
-def _first_col(acts, blocks, row, j, target, chunk: int = 65536) -> torch.Tensor:
+def first_col(acts, blocks, row, j, target, chunk: int = 65536) -> torch.Tensor:
     """For each entry, the first t with acts[row, 1 + t, j] == target, target being
     that row's max: the first block whose max is the target holds it; then the first
     column of that block that is (padding repeats a real activation that comes earlier

@@ -1,4 +1,10 @@
-"""The database schema: numbered migrations and a recorded version.
+"""The database schema: today's in schema.sql, older ones brought there by numbered steps.
+
+A new database is created from schema.sql, the one readable statement of every table
+and view; MIGRATIONS are the steps by which a database of an earlier version reaches
+it (step N brings version N - 1 to N), and a test checks that a version-1 database
+migrated to the end is exactly what schema.sql creates. A change to the schema is a new
+step here and the same change in schema.sql.
 
 Rebuildable index data (models, index_runs, neurons, examples, logits, activations,
 tokens) is kept apart from human data (labels), which the indexer never deletes:
@@ -6,6 +12,8 @@ re-indexing a model replaces its index rows and leaves every label in place.
 Labels are append-only; `current_labels` shows the latest row per neuron and source.
 """
 from __future__ import annotations
+
+from pathlib import Path
 
 import duckdb
 
@@ -141,6 +149,7 @@ MIGRATIONS: list[str] = [
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
+SCHEMA_SQL = Path(__file__).with_name("schema.sql")
 INDEX_TABLES = ("models", "index_runs", "index_details", "neurons", "examples", "logits", "activations", "tokens")
 HUMAN_TABLES = ("labels", "studies", "study_answers")
 
@@ -167,11 +176,19 @@ def check_version(con: duckdb.DuckDBPyConnection) -> int:
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> int:
-    """Bring a writable connection to SCHEMA_VERSION; returns the version it started at."""
+    """Bring a writable connection to SCHEMA_VERSION: an empty database from schema.sql,
+    an older one step by step. Returns the version it started at."""
     start = check_version(con)
+    if start == 0:
+        _apply(con, SCHEMA_SQL.read_text(encoding="utf-8"), SCHEMA_VERSION)
+        return 0
     for number in range(start, SCHEMA_VERSION):
-        con.execute("BEGIN")
-        con.execute(MIGRATIONS[number])
-        con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(number + 1)])
-        con.execute("COMMIT")
+        _apply(con, MIGRATIONS[number], number + 1)
     return start
+
+
+def _apply(con: duckdb.DuckDBPyConnection, sql: str, version: int) -> None:
+    con.execute("BEGIN")
+    con.execute(sql)
+    con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(version)])
+    con.execute("COMMIT")

@@ -104,7 +104,7 @@ CREATE TABLE index_details(       -- 4: all of a run's settings and where its ti
 CREATE TABLE labels(              -- append-only: a neuron's history of labels
     label_id BIGINT, model_id VARCHAR, layer INTEGER,
     neuron INTEGER, label VARCHAR, note VARCHAR,
-    source VARCHAR,               -- 'human', 'autolabel', ...
+    source VARCHAR,               -- 'human' or 'auto' (solu autolabel)
     author VARCHAR, score DOUBLE, status VARCHAR,
     created_at TIMESTAMP DEFAULT current_timestamp
 );
