@@ -10,6 +10,7 @@ from index.engine.config import IndexConfig
 from index.engine.pipeline import InProcess, ModelIndex, index_model
 from index.store.rows import model_tables, run_tables
 from index.store.writer import IndexBuild
+from solu.corpus import check_dataset
 from solu.errors import UserError
 from solu.sources import ModelRef, resolve
 
@@ -22,14 +23,16 @@ def build_index(models: list, cfg: IndexConfig, db: Path, progress: bool = True,
     single model. `shards`, a shard_config.ShardOptions, spreads each model's run over
     Ray workers."""
     refs = [m if isinstance(m, ModelRef) else resolve(str(m)) for m in models]
-    if name is not None:
-        if len(refs) != 1:
-            raise UserError("--name names one model; index the others in their own run")
+    if name is not None and len(refs) != 1:
+        raise UserError("--name names one model; index the others in their own run")
+    if name:
         refs = [replace(refs[0], model_id=name)]
     ids = [r.model_id for r in refs]
     if len(set(ids)) != len(ids):
         raise UserError("two models have the same model_id "
                         f"({', '.join(sorted({i for i in ids if ids.count(i) > 1}))}); index one with --name")
+    # the dataset exists and holds text, before anything loads (each model's plan reads it once more, to its budget)
+    check_dataset(cfg.dataset, cfg.text_column, cfg.seed, whole=False)
     lines = []
     with IndexBuild(db) as build, _executor(shards) as executor:
         for i, ref in enumerate(refs):

@@ -67,15 +67,16 @@ def iter_documents(spec: str, text_column: str = "text", stats: ReadStats | None
     return _iter_local(spec, text_column, stats)
 
 
-def check_dataset(spec: str, text_column: str = "text", seed: int = 0) -> int:
+def check_dataset(spec: str, text_column: str = "text", seed: int = 0, whole: bool = True) -> int:
     """Read a local dataset through once, before any output is written, so a bad line or an
     empty dataset fails early with one clear line. Returns the number of documents with
-    text. A Hugging Face dataset is only checked as far as its first row."""
+    text. A Hugging Face dataset, or any with whole=False, is only checked as far as its
+    first document with text (it exists, it is readable, it is not empty)."""
     stats = ReadStats()
     documents = 0
     for doc in iter_documents(spec, text_column, stats, seed):
         documents += bool(doc.text.strip())
-        if documents and spec.startswith("hf:"):
+        if documents and (spec.startswith("hf:") or not whole):
             break
     if not documents:
         detail = f" ({stats.summary()})" if stats.summary() else ""

@@ -192,13 +192,11 @@ def check_available(ref: ModelRef) -> None:
 # ------------------------------------------------------------------ loading
 
 def load_model(spec: str | ModelRef, device: str | torch.device = "cpu", dtype: str = "float32",
-               name: str | None = None, revision: str | None = None) -> LoadedModel:
+               revision: str | None = None) -> LoadedModel:
     """The one function that loads a model for indexing or probing: its bridge, its own
     tokenizer, its neuron sites (read off the bridge) and what to record about it.
     Raises UserError for anything the user can fix."""
     ref = spec if isinstance(spec, ModelRef) else resolve(spec)
-    if name:
-        ref = ModelRef(ref.spec, ref.kind, name, ref.repo, ref.path)
     if dtype not in DTYPES:
         raise UserError(f"dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
     loader = {"checkpoint": _load_checkpoint, "tl-legacy": _load_tl_legacy, "hf": _load_hf}[ref.kind]

@@ -21,6 +21,17 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 TINY_SHAPE = dict(n_layers=2, d_model=32, d_mlp=64, n_heads=2, n_ctx=32, d_vocab=320)
 
 
+def read_plan(cfg, tokenizer, n_shards: int, segment_len: int):
+    """The plan of a run (index.engine.plan), read to its end."""
+    from index.engine.plan import Plan, planned
+    from index.engine.sample import ActivationSample
+
+    plan = Plan(n_shards, segment_len, ActivationSample(cfg.sample_tokens, cfg.seed))
+    for _ in planned(plan, cfg, tokenizer):
+        pass
+    return plan
+
+
 def make_corpus(path: Path, n_docs: int = 300, seed: int = 0) -> Path:
     """Real text from a few stdlib modules, cut into documents, plus base64 lines."""
     rng = random.Random(seed)

@@ -24,12 +24,12 @@ from index.engine.batching import (MAX_SEGMENTS, SEGMENT_BITS, Tally, document_t
                                    segments)
 from index.engine.indexer import Indexer
 from index.engine.pipeline import Execution, finish, index_model, run_shard
-from index.engine.plan import make_plan
 from index.engine.sample import ActivationSample, sample_hash
 from index.engine.stats import FINE, RunningStats
 from index.engine.topk import unit_priority
 from solu.sources import load_model
 from solu.cli import main
+from conftest import read_plan
 from db_files import digest, query
 
 TOKENS = 3000
@@ -385,14 +385,14 @@ def test_stats_with_default_flags_equal_numpy_over_every_token(solu, tiny_corpus
 
 def shard_index(solu, cfg, docs, shards: int):
     """Index docs split into shards by doc_id (as Ray workers would), merge, finish."""
-    plan = make_plan(cfg, solu.tokenizer, shards, segment_length(cfg.segment_tokens, solu.model_cfg.n_ctx))
+    plan = read_plan(cfg, solu.tokenizer, shards, segment_length(cfg.segment_tokens, solu.model_cfg.n_ctx))
     parts = []
     for i in range(shards):
         part = run_shard(solu, cfg, torch.device("cpu"), i, iter([d for d in docs if d[0] % shards == i]),
                          lambda: [s for s in plan.sample.segments() if (s[0] >> SEGMENT_BITS) % shards == i])
         parts.append(pickle.loads(pickle.dumps(part)))  # as a worker's result travels
     sites = Indexer(solu, cfg, torch.device("cpu")).sites
-    return finish(solu, cfg, sites, plan, Execution(parts, "cpu"), datetime.now(timezone.utc))
+    return finish(solu, cfg, sites, plan, Execution(parts, "cpu"), datetime.now(timezone.utc), time.perf_counter())
 
 
 STAT_COLUMNS = ("mean_act", "std_act", "kurtosis")  # float64 sums: equal up to summation order

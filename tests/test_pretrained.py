@@ -235,6 +235,7 @@ def test_dtype_and_layers_index_a_subset_in_bfloat16(hub, tiny_corpus, indexed, 
     assert main(args) == 0
     assert query(db, "SELECT DISTINCT model_id, layer FROM neurons") == [("solu-bf16", 1)]
     assert query(db, "SELECT config->>'dtype', config->>'layers' FROM index_details") == [("bfloat16", "1")]
+    assert query(db, "SELECT sites FROM index_runs") == [(["pre_ln", "post_ln"],)]  # the sites of layer 1 too
     full = dict(query(indexed, "SELECT neuron, max_act FROM neurons WHERE model_id = 'solu-1l' AND layer = 1 "
                                "AND site = 'pre_ln'"))
     half = dict(query(db, "SELECT neuron, max_act FROM neurons WHERE layer = 1 AND site = 'pre_ln'"))

@@ -24,11 +24,12 @@ from index.engine import pipeline
 from index.engine.batching import Tally, document_tokens, segment_length
 from index.engine.config import IndexConfig
 from index.engine.pipeline import InProcess, index_model
-from index.engine.plan import make_plan, shard_documents, shard_of
+from index.engine.plan import shard_documents, shard_of
 from index.engine.shard_config import ShardOptions
 from index.store.rows import model_tables
 from solu.sources import load_model, resolve
 from solu.cli import main
+from conftest import read_plan
 from db_files import digest
 
 CFG = dict(tokens=3000, top_k=5, bands=3, per_band=2, random=3, sample_tokens=900, batch_size=4, device="cpu")
@@ -111,7 +112,7 @@ def test_shards_hold_the_run_documents_once_and_tokenize_only_their_own(tiny_che
     tok = load_model(str(tiny_checkpoints["gelu"])).tokenizer
     cfg = IndexConfig(dataset=str(tiny_corpus), tokens=2500, sample_tokens=700, device="cpu")
     run = list(document_tokens(cfg.dataset, "text", tok, cfg.tokens, Tally()))
-    plan = make_plan(cfg, tok, 3, segment_length(cfg.segment_tokens, 32))
+    plan = read_plan(cfg, tok, 3, segment_length(cfg.segment_tokens, 32))
     assert plan.tally.tokens == 2500 and sum(plan.tokens) == 2500 and plan.last_doc == run[-1][0]
     got, encoded = {}, 0
     for shard in range(3):
@@ -133,11 +134,11 @@ def test_two_shards_in_process_equal_one_run(tiny_checkpoints, tiny_corpus):
     ref = resolve(str(tiny_checkpoints["solu_ln"]))
     cfg = IndexConfig(dataset=str(tiny_corpus), **CFG)
     whole = index_model(ref, cfg, progress=False)
-    plan = make_plan(cfg, load_model(ref).tokenizer, 2, whole.segment_len)
+    plan = read_plan(cfg, load_model(ref).tokenizer, 2, whole.segment_len)
     assert min(plan.tokens) > 0
     sharded = index_model(ref, cfg, InProcess(shards=2), progress=False)
     assert sharded.tally.tokens == whole.tally.tokens and len(sharded.activations["act"]) > 0
-    # band samples too: drawn from hash-chosen candidates once the max is known, sharding does not change them
+    # interval samples too: drawn from hash-chosen candidates once the max is known, sharding does not change them
     assert (frames_of(whole)["examples"]["kind"] == "interval").any()
     assert_tables_equal(frames_of(sharded), frames_of(whole))
 

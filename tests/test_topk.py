@@ -83,7 +83,7 @@ def test_value_bands_are_right_closed_equal_width():
     assert value_bands(values, max_act, 4).tolist() == [[3, 2, 2, 0, 0, -1, -1, 0]]
 
 
-def test_doc_priority_is_a_deterministic_32_bit_hash():
+def test_unit_priority_is_a_deterministic_32_bit_hash():
     docs = torch.arange(1000).repeat(3, 1)
     keys = torch.tensor([0, 1, 2])
     p = unit_priority(docs, keys, seed=0)

@@ -69,7 +69,7 @@ class PoolShape:
 
 @dataclass
 class SiteResult:
-    """One site's slice of an Accumulator."""
+    """One site's slice of what was gathered, with its interval samples drawn."""
 
     stats: RunningStats
     top: Pool
@@ -113,7 +113,7 @@ class Rules:
 
     @classmethod
     def for_run(cls, shape: PoolShape, sites, d_mlp: int, device) -> "Rules":
-        """A neuron's samples depend on its layer and unit, not its site: both SoLU sites
+        """A neuron's samples depend on its layer and index, not its site: both SoLU sites
         draw the same random units."""
         keys = torch.cat([torch.arange(d_mlp) + s.layer * d_mlp for s in sites])
         return cls(shape, keys.to(device))
@@ -209,7 +209,7 @@ def activation_limit(max_act: torch.Tensor, n_sites: int, threshold: float) -> t
 
 @dataclass
 class Maxima:
-    """One batch's maxima per neuron, as _document_maxima finds them: each block's
+    """One batch's maxima per neuron, as _unit_maxima finds them: each block's
     [sites, B, blocks, d] and each row's [sites, B, d] (read by the stats and _locate)."""
 
     blocks: torch.Tensor
@@ -311,7 +311,7 @@ class Accumulator:
 
 
 class _Windows:
-    """The windows cut from one batch, by (neuron, candidate): a document that enters
+    """The windows cut from one batch, by (neuron, candidate): a unit that enters
     two or three pools of a neuron is cut once (in the first batches most do)."""
 
     def __init__(self, span: Span, shape: PoolShape, n_cand: tuple[int, int]):

@@ -19,7 +19,7 @@ class IndexConfig:
     window_after: int = option(8, "tokens kept after it")
     bands: int = option(5, "equal-width activation bands in (0, max]")
     per_band: int = option(3, "random segments per band")
-    band_candidates: int = option(32, "active segments per neuron, chosen by a hash, that the band samples are "
+    band_candidates: int = option(32, "active segments per neuron, chosen by a hash, that the interval samples are "
                                       "drawn from (with the top-K) once the max is known")
     random: int = option(5, "random segments regardless of activation")
     threshold: float = option(0.2, "fraction of a neuron's max above which a token counts in frac_active_rel "

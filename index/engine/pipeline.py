@@ -69,7 +69,18 @@ class Execution:
     timings: dict[str, float] = field(default_factory=dict)
 
 
-ProgressBar = Callable[[int, str], object]  # (total tokens, label) -> a tqdm-like bar
+@dataclass
+class Progress:
+    """What a run shows on stderr: a progress bar per model, and a line now and then."""
+
+    enabled: bool
+
+    def bar(self, total: int, label: str):
+        return progress_bar(self.enabled, total, label)
+
+    def say(self, line: str) -> None:
+        if self.enabled:
+            print(f"solu index: {line}", file=sys.stderr)
 
 
 def run_shard(ckpt: LoadedModel, cfg: IndexConfig, device: torch.device, shard: int,
@@ -119,8 +130,8 @@ class InProcess:
         return device_of(cfg)
 
     def run(self, ckpt: LoadedModel, cfg: IndexConfig, device: torch.device, plan: Plan, stream: Iterator,
-            progress: ProgressBar) -> Execution:
-        bar = progress(cfg.tokens, ckpt.name)
+            progress: Progress) -> Execution:
+        bar = progress.bar(cfg.tokens, ckpt.name)
         try:
             if self.shards == 1:
                 results = [run_shard(ckpt, cfg, device, 0, stream, lambda: plan.sample_of(0), bar.update)]
@@ -189,23 +200,21 @@ def index_model(ref: ModelRef, cfg: IndexConfig, executor=None, progress: bool =
     if first is None:
         detail = plan.tally.read.summary()
         raise UserError(f"dataset {cfg.dataset!r} contains no text" + (f" ({detail})" if detail else ""))
-    if progress:
-        layers = sorted({s.layer for s in sites})
-        print(f"solu index: {ckpt.name}{position}: layers {_span(layers)} of {ckpt.model_cfg.n_layers}, "
+    shown = Progress(progress)
+    layers = sorted({s.layer for s in sites})
+    shown.say(f"{ckpt.name}{position}: layers {_span(layers)} of {ckpt.model_cfg.n_layers}, "
               f"{ckpt.model_cfg.d_mlp} neurons each, sites {', '.join(sorted({s.name for s in sites}))}; "
-              f"{cfg.batch_size} rows x {ckpt.model_cfg.n_ctx} tokens per batch, {cfg.dtype}", file=sys.stderr)
-    run = executor.run(ckpt, cfg, device, plan, itertools.chain([first], stream),
-                       lambda total, label: progress_bar(progress, total, label))
+              f"{cfg.batch_size} rows x {ckpt.model_cfg.n_ctx} tokens per batch, {cfg.dtype}")
+    run = executor.run(ckpt, cfg, device, plan, itertools.chain([first], stream), shown)
     check_counts(run.results, plan)
-    result = finish(ckpt, cfg, sites, plan, run, started_at, progress)
-    result.timings["total_s"] = time.perf_counter() - t0
-    return result
+    return finish(ckpt, cfg, sites, plan, run, started_at, t0, progress)
 
 
 def finish(ckpt: LoadedModel, cfg: IndexConfig, sites: list[Site], plan: Plan, run: Execution,
-           started_at: datetime, progress: bool = False) -> ModelIndex:
+           started_at: datetime, begun: float, progress: bool = False) -> ModelIndex:
     """Merge the shards' results, cut the activation rows at the merged max, draw the
-    interval samples and read the logit effects off the weights."""
+    interval samples and read the logit effects off the weights. begun: the run's
+    time.perf_counter() at its start, for total_s."""
     t0 = time.perf_counter()
     rules = Rules.for_run(pool_shape(cfg), sites, ckpt.model_cfg.d_mlp, "cpu")
     results = sorted(run.results, key=lambda r: r.shard)
@@ -219,7 +228,8 @@ def finish(ckpt: LoadedModel, cfg: IndexConfig, sites: list[Site], plan: Plan, r
     vocab = token_strings(ckpt.tokenizer, range(ckpt.tokenizer.get_vocab_size()))
     logits = direct_logits(ckpt, cfg.logit_k, len(vocab), sorted({s.layer for s in sites}), progress)
     timings = {"merge_s": merge_s, **{k: sum(r.timings[k] for r in results)
-                                      for k in ("forward_s", "accumulate_s", "sample_pass_s")}, **run.timings}
+                                      for k in ("forward_s", "accumulate_s", "sample_pass_s")}, **run.timings,
+               "total_s": time.perf_counter() - begun}
     return ModelIndex(ckpt, cfg, sites, dict(zip(keys, rules.sites(gathered, len(sites)))), plan.tally, vocab,
                       plan.sample, plan.segment_len, activations, logits, started_at, run.device, timings)
 

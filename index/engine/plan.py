@@ -6,9 +6,10 @@ last document and its cut length), the tally, each shard's tokens and documents,
 the activation sample's segments (index.engine.sample: chosen by a hash, so the same
 whatever the shards). A document belongs to one shard, by a hash of its id.
 
-A one-shard run in process indexes the planned documents as they are read (planned);
-other runs read the plan to its end first, and each shard then reads its own
-documents again (shard_documents), skipping the others' before tokenizing them.
+The plan fills as its documents are read (planned). A one-shard run in process
+indexes them as they are read; other runs read the plan to its end first, and each
+shard then reads its own documents again (shard_documents), skipping the others'
+before tokenizing them.
 """
 from __future__ import annotations
 
@@ -68,14 +69,6 @@ def planned(plan: Plan, cfg: IndexConfig, tokenizer) -> Iterator[tuple[int, list
     for doc_id, ids in document_tokens(cfg.dataset, cfg.text_column, tokenizer, cfg.tokens, plan.tally, cfg.seed):
         plan.add(doc_id, ids)
         yield doc_id, ids
-
-
-def make_plan(cfg: IndexConfig, tokenizer, n_shards: int, segment_len: int) -> Plan:
-    """The plan, read to its end."""
-    plan = Plan(n_shards, segment_len, ActivationSample(cfg.sample_tokens, cfg.seed))
-    for _ in planned(plan, cfg, tokenizer):
-        pass
-    return plan
 
 
 def shard_documents(cfg: IndexConfig, tokenizer, shard: int, n_shards: int,

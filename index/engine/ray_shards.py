@@ -23,7 +23,7 @@ from typing import Iterator
 import torch
 
 from index.engine.config import IndexConfig
-from index.engine.pipeline import Execution, ProgressBar, ShardResult, device_of, run_shard
+from index.engine.pipeline import Execution, Progress, ShardResult, device_of, run_shard
 from index.engine.plan import Plan, shard_documents
 from index.engine.shard_config import ShardOptions
 from index.engine.shard_progress import TokenCounter
@@ -113,7 +113,7 @@ class RayShards:
         return torch.device("cpu")
 
     def run(self, ckpt: LoadedModel, cfg: IndexConfig, device: torch.device, plan: Plan, stream: Iterator,
-            progress: ProgressBar) -> Execution:
+            progress: Progress) -> Execution:
         """Load the model on every worker while the driver reads the plan, then run a
         shard on each."""
         t0 = time.perf_counter()
@@ -126,8 +126,9 @@ class RayShards:
                 pass
             plan_s = time.perf_counter() - t0
             info = [self._get(r, k, n, None) for k, r in enumerate(loading)]
+            progress.say(f"{ckpt.name}: {n} Ray workers ({', '.join(i['device'] for i in info)})")
             t1 = time.perf_counter()
-            results = self._run(workers, info, plan, progress(plan.tally.tokens, f"{ckpt.name} ({n} workers)"))
+            results = self._run(workers, info, plan, progress.bar(plan.tally.tokens, f"{ckpt.name} ({n} workers)"))
             stream_s = time.perf_counter() - t1
         except BaseException:
             self._stop_workers()  # a failed run leaves no worker busy

@@ -1,5 +1,5 @@
 """The Ray actor that sums the tokens every shard worker has done, for the one progress
-bar of a sharded run. Apart from shards.py so its process starts without torch."""
+bar of a sharded run. Apart from ray_shards.py so its process starts without torch."""
 from __future__ import annotations
 
 from collections import defaultdict

@@ -16,7 +16,7 @@ activations plus the kept windows, however long the documents or the dataset. Th
 alternative, re-running the units that entered a list in a second pass, would cost a
 forward pass over up to neurons x K units.
 
-Neurons of all sites are numbered site-major: neuron i is unit i % d_mlp of site
+Neurons of all sites are numbered site-major: neuron i is neuron j = i % d_mlp of site
 i // d_mlp. Inside a batch a unit is named by its index u there (0..D-1).
 """
 from __future__ import annotations
@@ -115,7 +115,7 @@ def by_site(site: torch.Tensor, n_sites: int):
 
 
 def edge_positions(span: Span, u: int, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """All units' activations [sites, len(q), d_mlp] and token ids at positions q of
+    """Every neuron's activations [sites, len(q), d_mlp] and token ids at positions q of
     unit `u`, from the tail, the batch or the head."""
     d = torch.full_like(q, u)
     where, row, col, tail_idx, _ = _locate(span, d, q)

@@ -124,7 +124,7 @@ def neuron(con, model_id: str, layer: int, neuron_: int, site: str) -> pd.DataFr
 
 
 def examples(con, model_id: str, layer: int, neuron_: int, site: str) -> pd.DataFrame:
-    """All stored snippets of a neuron: kind 'top', the band samples, 'random'."""
+    """All stored snippets of a neuron: kind 'top', the interval samples, 'random'."""
     return con.execute(f"""
         SELECT kind, band, rank, doc_id, max_act, max_pos, start_pos, tokens, acts
         FROM examples WHERE {_NEURON_KEY} AND site = ?

@@ -67,7 +67,7 @@ def neuron_table(result: ModelIndex, site, acc: SiteResult, vocab: pa.Array) -> 
 
 
 def most_common_tokens(tokens: np.ndarray, valid: np.ndarray) -> tuple[list, list]:
-    """Per neuron, the tokens most often at the max of its top documents (count desc,
+    """Per neuron, the tokens most often at the max of its top segments (count desc,
     then token id)."""
     ids, counts = [], []
     for row, ok in zip(tokens, valid):
@@ -80,9 +80,8 @@ def most_common_tokens(tokens: np.ndarray, valid: np.ndarray) -> tuple[list, lis
 
 def example_table(result: ModelIndex, site, acc: SiteResult, vocab: pa.Array) -> pa.Table:
     cfg = result.cfg
-    parts = [_pool_rows(acc.top, "top", None, cfg.window_before),
-             _pool_rows(acc.intervals, "interval", cfg.per_band, cfg.window_before),
-             _pool_rows(acc.random, "random", None, cfg.window_before)]
+    parts = [_pool_rows(acc.top, "top", None), _pool_rows(acc.intervals, "interval", cfg.per_band),
+             _pool_rows(acc.random, "random", None)]
     rows = {k: np.concatenate([p[k] for p in parts]) for k in parts[0] if k not in ("win_acts", "win_tokens")}
     win_acts = np.concatenate([p["win_acts"] for p in parts])
     win_tokens = np.concatenate([p["win_tokens"] for p in parts])
@@ -109,7 +108,7 @@ def example_table(result: ModelIndex, site, acc: SiteResult, vocab: pa.Array) ->
     return pa.table(cols)
 
 
-def _pool_rows(pool, kind: str, per_band: int | None, before: int) -> dict[str, np.ndarray]:
+def _pool_rows(pool, kind: str, per_band: int | None) -> dict[str, np.ndarray]:
     """The filled slots of a pool as flat arrays."""
     neuron, slot = np.nonzero(pool.valid.cpu().numpy())
     band = slot // per_band if per_band else np.full(len(slot), -1)
