@@ -106,6 +106,25 @@ def test_no_file_or_network_access(db, tmp_path, sql):
         run_query(db, sql.format(path=secret, dir=tmp_path))
 
 
+@pytest.mark.parametrize("sidecar", [".wal", ".wal.recovery", ".wal.checkpoint", ".tmp"])
+def test_a_sidecar_link_beside_the_database_is_not_read(db, tmp_path, capsys, sidecar):
+    """Whoever can write the database's folder may put a link where DuckDB looks for its
+    sidecars; a query cannot read the file it points to, nor the database file itself."""
+    secret = tmp_path / "secret.txt"
+    secret.write_text("the secret\n")
+    copy = tmp_path / "index.duckdb"
+    copy.write_bytes(db.read_bytes())
+    link = tmp_path / f"index.duckdb{sidecar}"
+    for target in (copy, link):
+        link.unlink(missing_ok=True)
+        link.symlink_to(secret)
+        code = main(["sql", "--db", str(copy), f"SELECT content FROM read_text('{target}')"])
+        out, err = capsys.readouterr()
+        assert code == 2 and "the secret" not in out + err and len(err.strip().splitlines()) == 1, (out, err)
+        assert "permission" in err.lower() or "disabled" in err.lower(), err
+    assert main(["sql", "--db", str(copy), "SELECT count(*) AS n FROM neurons"]) == 0  # the index itself reads
+
+
 def test_a_write_on_the_connection_itself_fails(db):
     """Below the allow-list the index is attached read-only."""
     con = connect(str(db), memory_bytes=2**30, threads=1, lock_wait_s=1.0)

@@ -9,9 +9,9 @@ request as one JSON line on stdin and answers with pickled messages on stdout:
 Before DuckDB is imported the process caps its own address space (RLIMIT_AS), so no
 allocation, tracked by DuckDB's memory_limit or not, takes it past `memory_bytes`.
 The engine is an in-memory DuckDB with the index attached READ_ONLY, no temp
-directory (nothing spills, and no directory besides the database is readable), every
-file and network access and every extension switched off, and its configuration
-locked. The parent enforces the wall-clock limit by killing this process.
+directory (nothing spills), every file and network access and every extension switched
+off, the local file system disabled once the index is open (no file, not even a
+neighbour of the database, can be opened by a query), and its configuration locked. The parent enforces the wall-clock limit by killing this process.
 """
 from __future__ import annotations
 
@@ -27,9 +27,15 @@ from solu.errors import first_line
 CHUNK_ROWS = 256
 MAX_CHUNK_BYTES = 64 * 2**20
 _EXPLAIN = re.compile(r"^\s*EXPLAIN(\s+ANALYZE)?\b", re.IGNORECASE)
+# Once the index is attached, no file may be opened at all: DuckDB's own allow-list for a
+# database with external access off still names the database and its sidecars
+# (.wal.recovery, ...), which whoever can write the folder could make links to any file;
+# with the local file system disabled, queries read the attached index through the
+# handle it is open on, and nothing else.
 LOCKED_SETTINGS = ("SET enable_progress_bar = false", "SET enable_external_access = false", "SET allow_community_extensions = false",
                    "SET autoinstall_known_extensions = false", "SET autoload_known_extensions = false",
-                   "SET max_temp_directory_size = '0KB'", "SET lock_configuration = true")
+                   "SET max_temp_directory_size = '0KB'", "SET disabled_filesystems = 'LocalFileSystem'",
+                   "SET lock_configuration = true")
 
 
 class Refused(Exception):
