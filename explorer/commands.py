@@ -65,6 +65,9 @@ def check_index(db: Path) -> None:
 
 
 def check_port(host: str, port: int) -> None:
+    if not host.strip() or host != host.strip():  # an empty address would listen on every interface
+        raise UserError(f"--host must be an address of this machine (127.0.0.1: this machine only; 0.0.0.0: "
+                        f"the network), got {host!r}")
     if not 1 <= port <= 65535:
         raise UserError(f"--port must be between 1 and 65535, got {port}")
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:

@@ -164,6 +164,9 @@ CASES: list[tuple[str, list[str]]] = [
     ("app-empty-duckdb", ["app", "--db", "{empty_duckdb}"]),
     *[(f"app-port-{v}", ["app", "--db", "{db}", "--port", v]) for v in ("70000", "0", "-1", "nan", "http")],
     ("app-bogus-host", ["app", "--db", "{db}", "--host", "bogus host"]),
+    *[(f"app-host-{name}", ["app", "--db", "{db}", "--host", v]) for name, v in (("empty", ""), ("blank", " "),
+                                                                                ("padded", " 127.0.0.1"))],
+    ("demo-host-empty", ["demo", "--out", "{root}/demo", "--host", ""]),
     ("app-remote-host", ["app", "--db", "{db}", "--host", "192.0.2.1"]),
     ("app-host-invalid-utf8", ["app", "--db", "{db}", "--host", "h\udcff"]),
     # ---------------------------------------------------------------- demo
