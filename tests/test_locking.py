@@ -14,6 +14,7 @@ from index.store import connection
 from index.store.connection import open_read, wait_for_writers, write_lock
 from index.store.labels import append_label
 from index.store.readonly_sql import run_query
+from solu.cli import main
 from solu.errors import UserError
 from synthetic_index import build_synthetic_index
 
@@ -121,3 +122,48 @@ def test_a_missing_database_is_not_created_by_a_write(tmp_path):
     with pytest.raises(UserError, match="not found"):
         append_label(missing, "m", 0, 0, "x")
     assert list(tmp_path.iterdir()) == []
+
+
+HOLD_LABEL = """import sys, time
+from index.store.connection import open_write
+with open_write(sys.argv[1]) as con:
+    con.execute("INSERT INTO labels (label_id, model_id, layer, neuron, label, source) "
+                "VALUES (99, 'gelu-synth', 0, 3, 'kept', 'human')")
+    print("written", flush=True)
+    time.sleep(120)
+"""
+
+
+def test_a_killed_label_writer_never_locks_labels_out(db, tiny_checkpoints, tiny_corpus, capsys):
+    """SIGKILL a label writer while it holds the lock and its write-ahead log is not yet
+    folded into the file; then re-index: the label is kept, no log is left beside the new
+    file (DuckDB would replay it there and refuse the file), and every command reads it."""
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LABEL, str(db)], cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout.readline().strip() == "written"
+        wal = Path(str(db) + ".wal")
+        assert wal.stat().st_size > 0
+    finally:
+        proc.kill()
+        proc.wait()
+    assert main(["index", str(tiny_checkpoints["gelu"]), "--db", str(db), "--dataset", str(tiny_corpus),
+                 "--tokens", "300", "--no-progress"]) == 0
+    assert not wal.exists()
+    capsys.readouterr()
+    assert main(["sql", "--db", str(db), "SELECT label FROM labels WHERE label_id = 99"]) == 0
+    assert "kept" in capsys.readouterr().out
+    append_label(db, "gelu-synth", 0, 4, "after")
+    con = open_read(db)
+    labels = con.execute("SELECT label FROM labels WHERE label IN ('kept', 'after') ORDER BY 1").fetchall()
+    assert labels == [("after",), ("kept",)]
+    con.close()
+
+
+def test_a_log_beside_no_database_is_refused(tmp_path, tiny_checkpoints, tiny_corpus, capsys):
+    db = tmp_path / "gone.duckdb"
+    Path(str(db) + ".wal").write_bytes(b"left over")
+    code = main(["index", str(tiny_checkpoints["gelu"]), "--db", str(db), "--dataset", str(tiny_corpus),
+                 "--tokens", "300", "--no-progress"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "stands beside no database" in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gone.duckdb.wal"]

@@ -154,12 +154,43 @@ def open_write(db: str | Path):
             con.close()
 
 
+def wal_path(db: str | Path) -> Path:
+    """DuckDB's write-ahead log beside a database file."""
+    return Path(str(db) + ".wal")
+
+
+def settle(db: str | Path) -> None:
+    """Fold a write-ahead log left beside `db` into the file (a writer killed before its
+    checkpoint leaves one: the committed rows, labels among them, are only there). Call
+    under write_lock. Afterwards no log stands beside the file, so the file can be copied
+    or replaced whole; a log that stands beside no database is refused."""
+    db, wal = Path(db), wal_path(db)
+    if not wal.exists():
+        return
+    if not db.exists():
+        raise UserError(f"{wal} stands beside no database ({db} is missing); move it away first")
+    unreadable = UserError(f"{db}: its write-ahead log {wal.name} cannot be replayed; move {wal.name} aside to "
+                           "open the database without the writes it holds")
+    try:
+        con = _connect(db, read_only=False)  # DuckDB replays the log on opening
+    except UserError as e:
+        raise e if "busy" in str(e) else unreadable from None
+    try:
+        con.execute("CHECKPOINT")
+    except duckdb.Error:
+        raise unreadable from None
+    finally:
+        con.close()
+
+
 def replace_database(new: Path, db: Path) -> None:
     """Move a freshly built index `new` into place at `db`, first copying in the human
     data (HUMAN_TABLES: labels, studies, study answers) that `db` holds now. Readers with
-    the old file open keep reading the old file."""
+    the old file open keep reading the old file. The old file's write-ahead log is
+    settled first, so none is left beside the new file (DuckDB would replay it there)."""
     db, new = Path(db), Path(new)
     with write_lock(db):
+        settle(db)
         if db.exists():
             con = _connect(new, read_only=False)
             try:

@@ -18,7 +18,7 @@ import duckdb
 import pyarrow as pa
 
 from index.store.schema import INDEX_TABLES, migrate
-from index.store.connection import check_writable, open_read, replace_database, write_lock
+from index.store.connection import check_writable, open_read, replace_database, settle, wal_path, write_lock
 from solu.errors import UserError
 from solu.outputs import writable
 
@@ -36,6 +36,8 @@ def check_target(db: Path) -> None:
         open_read(db).close()  # not DuckDB, not ours, or a newer schema: UserError
     elif not writable(db.parent):
         raise UserError(f"--db {db}: folder {db.parent} is read-only")
+    elif wal_path(db).exists():  # DuckDB would replay it into the new file
+        raise UserError(f"--db {db}: {wal_path(db)} stands beside no database; move it away first")
 
 
 def _temp_path(db: Path) -> Path:
@@ -82,6 +84,7 @@ class IndexBuild:
         _remove(self.tmp)
         if self.db.exists():
             with write_lock(self.db):
+                settle(self.db)  # the copy must hold what a killed writer's log holds
                 shutil.copyfile(self.db, self.tmp)
         try:
             self.con = duckdb.connect(str(self.tmp))
