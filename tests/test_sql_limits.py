@@ -129,3 +129,66 @@ def test_blobs_dates_and_nan_come_out_as_json_and_csv(db, capsys):
                                                    "s": "é<x>"}]
     assert main(["sql", "--db", str(db), "--format", "csv", sql]) == 0
     assert capsys.readouterr().out.splitlines() == ["b,d,x,l,s", "aabb,2024-01-02,nan,\"[1, 2]\",é<x>"]
+
+
+ENDLESS = "SELECT count(*) FROM range(1000000) a, range(1000000) b"  # CPU for hours, little memory
+
+
+def _sandboxes_under(pid: int) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes()
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        if b"index.store.sql_sandbox" in cmd and parent == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _gone_within(pid: int, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            return True
+        if state == "Z":
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_query_dies_with_its_parent(db):
+    """Kill `solu sql` (in its own session, so no terminal signal reaches the child) while
+    its query runs: the query process dies too, long before its 60 s limit."""
+    parent = subprocess.Popen([sys.executable, "-m", "solu.cli", "sql", "--db", str(db), "--timeout", "60", ENDLESS],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 30
+        while not (children := _sandboxes_under(parent.pid)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert children, "no query process was seen"
+        time.sleep(0.5)  # the query is running
+        parent.kill()
+        parent.wait()
+        assert _gone_within(children[0], 5.0)
+    finally:
+        parent.kill()
+        parent.wait()
+
+
+def test_a_query_process_stops_at_its_own_alarm(db):
+    """The query process ends itself just after its limit, even when no parent kills it."""
+    import json
+
+    request = {"db": str(db), "sql": ENDLESS, "max_rows": 10, "threads": 1, "memory_bytes": GB, "lock_wait_s": 1.0,
+               "startup_s": 30.0, "timeout_s": 1.0, "parent_pid": os.getpid()}
+    start = time.monotonic()
+    proc = subprocess.run([sys.executable, "-m", "index.store.sql_sandbox"], input=json.dumps(request).encode() + b"\n",
+                          capture_output=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == -14  # SIGALRM
+    assert time.monotonic() - start < 15

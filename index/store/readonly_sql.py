@@ -163,7 +163,8 @@ def open_query(db: str | Path, sql: str, limits: SqlLimits = SqlLimits()) -> Que
         raise UserError("the query is not valid UTF-8 text") from None
     _refuse_early(sql)
     request = {"db": str(db.resolve()), "sql": sql, "max_rows": limits.max_rows, "threads": limits.threads,
-               "memory_bytes": limits.memory_bytes, "lock_wait_s": LOCK_WAIT_S}
+               "memory_bytes": limits.memory_bytes, "lock_wait_s": LOCK_WAIT_S, "startup_s": STARTUP_S,
+               "timeout_s": limits.timeout_s, "parent_pid": os.getpid()}
     proc = subprocess.Popen([sys.executable, "-m", "index.store.sql_sandbox"], stdin=subprocess.PIPE,
                             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd="/", env=_child_env())
     proc.stdin.write(json.dumps(request).encode() + b"\n")

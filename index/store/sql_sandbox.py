@@ -11,14 +11,19 @@ allocation, tracked by DuckDB's memory_limit or not, takes it past `memory_bytes
 The engine is an in-memory DuckDB with the index attached READ_ONLY, no temp
 directory (nothing spills), every file and network access and every extension switched
 off, the local file system disabled once the index is open (no file, not even a
-neighbour of the database, can be opened by a query), and its configuration locked. The parent enforces the wall-clock limit by killing this process.
+neighbour of the database, can be opened by a query), and its configuration locked. The parent enforces the wall-clock limit by killing this process; this process
+also dies with its parent (the kernel's parent-death signal) and at its own alarm just
+after the limit, so a query whose parent was killed never runs on.
 """
 from __future__ import annotations
 
 import json
+import math
+import os
 import pickle
 import re
 import resource
+import signal
 import sys
 import time
 
@@ -137,8 +142,30 @@ def _is_memory_error(e: BaseException) -> bool:
             or "bad_alloc" in text or "out of memory" in text or "memory limit" in text)
 
 
+def die_with_parent(parent_pid: int) -> None:
+    """Have the kernel SIGKILL this process when its parent dies (Linux prctl
+    PR_SET_PDEATHSIG), and leave at once if the parent is already gone."""
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL, 0, 0, 0)  # 1: PR_SET_PDEATHSIG
+    except (OSError, AttributeError):  # not Linux: the alarm below still bounds the run
+        pass
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def alarm_after(seconds: float) -> None:
+    """SIGALRM, whose default action ends the process, once `seconds` (rounded up, plus
+    one) have passed: the limit holds even if the parent cannot enforce it."""
+    signal.signal(signal.SIGALRM, signal.SIG_DFL)
+    signal.alarm(int(math.ceil(seconds)) + 1)
+
+
 def main() -> int:
     request = json.loads(sys.stdin.readline())
+    die_with_parent(int(request["parent_pid"]))
+    alarm_after(float(request["startup_s"]) + float(request["lock_wait_s"]))
     memory = int(request["memory_bytes"])
     resource.setrlimit(resource.RLIMIT_AS, (memory, memory))
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
@@ -155,6 +182,7 @@ def main() -> int:
     try:
         con = connect(request["db"], memory, int(request["threads"]), float(request["lock_wait_s"]))
         check_statement(con, request["sql"])
+        alarm_after(float(request["timeout_s"]))
         send(("ready",))
         stream(con, request["sql"], int(request["max_rows"]), send)
     except Refused as e:
