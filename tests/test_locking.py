@@ -167,3 +167,26 @@ def test_a_log_beside_no_database_is_refused(tmp_path, tiny_checkpoints, tiny_co
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "stands beside no database" in err[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["gone.duckdb.wal"]
+
+
+@pytest.mark.parametrize("kind", ["to-the-index", "dangling", "looping"])
+def test_writers_refuse_a_database_reached_through_a_link(db, tmp_path, tiny_checkpoints, tiny_corpus, capsys, kind):
+    """Through a link a writer's lock and log would miss the database's own, and a rebuilt
+    index would replace the link: `index` and `label` refuse, the link and the database
+    stay as they were, and nothing is created beside either."""
+    from db_files import digest
+
+    folder = tmp_path / "links"
+    folder.mkdir()
+    link = folder / "link.duckdb"
+    link.symlink_to({"to-the-index": db, "dangling": folder / "nowhere.duckdb", "looping": link}[kind])
+    before, beside = digest(db), sorted(p.name for p in db.parent.iterdir())
+    for args in (["index", str(tiny_checkpoints["gelu"]), "--db", str(link), "--dataset", str(tiny_corpus),
+                  "--tokens", "300", "--no-progress"],
+                 ["label", "--db", str(link), "gelu-synth", "0", "1", "through a link"]):
+        code = main(args)
+        err = capsys.readouterr().err.strip().splitlines()
+        said = "symbolic link" in err[0] or (kind != "to-the-index" and "not found" in err[0])
+        assert code == 2 and len(err) == 1 and said, (args[0], err)
+    assert link.is_symlink() and [p.name for p in folder.iterdir()] == ["link.duckdb"]
+    assert digest(db) == before and sorted(p.name for p in db.parent.iterdir()) == beside

@@ -108,10 +108,25 @@ def wait_for_writers(db: str | Path, wait_s: float = LOCK_WAIT_S, on_wait=None) 
         fcntl.flock(f, fcntl.LOCK_UN)
 
 
-def check_writable(db: str | Path) -> None:
-    """Refuse, before any work, to write a database that is missing, read-only or in a
-    read-only folder (where neither its lock file nor DuckDB's WAL could be written)."""
+def refuse_link(db: str | Path) -> None:
+    """A writer never goes through a symbolic link: its lock, its log and the file an index
+    build moves into place are named after the path it is given, so through a link they
+    would miss the database's own (and a rebuilt index would replace the link)."""
     db = Path(db)
+    if db.is_symlink():
+        try:
+            target = f"to {db.resolve(strict=True)}"
+        except (OSError, RuntimeError):
+            target = "to nothing (dangling or looping)"
+        raise UserError(f"{db} is a symbolic link {target}; give the database's own path to change it")
+
+
+def check_writable(db: str | Path) -> None:
+    """Refuse, before any work, to write a database that is missing, read-only, in a
+    read-only folder (where neither its lock file nor DuckDB's WAL could be written) or
+    reached through a symbolic link."""
+    db = Path(db)
+    refuse_link(db)
     if not db.is_file():
         raise UserError(f"database {db} not found (build one with 'solu index')")
     if not writable(db):

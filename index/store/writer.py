@@ -18,7 +18,8 @@ import duckdb
 import pyarrow as pa
 
 from index.store.schema import INDEX_TABLES, migrate
-from index.store.connection import check_writable, open_read, replace_database, settle, wal_path, write_lock
+from index.store.connection import (check_writable, open_read, refuse_link, replace_database, settle, wal_path,
+                                    write_lock)
 from solu.errors import UserError
 from solu.outputs import writable
 
@@ -27,6 +28,7 @@ TEMP_SUFFIX = ".indexing"
 
 def check_target(db: Path) -> None:
     """Refuse, before any work, a target that is not a solu index we can write."""
+    refuse_link(db)
     if db.is_dir():
         raise UserError(f"--db {db} is a directory")
     if not db.parent.is_dir():
