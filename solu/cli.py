@@ -7,7 +7,7 @@ import argparse
 import sys
 from importlib.metadata import entry_points
 
-from solu.errors import UserError
+from solu.errors import UserError, first_line
 
 COMMAND_GROUP = "solu.commands"
 
@@ -49,6 +49,19 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"solu {args.command}: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:
+        if not _is_duckdb_io_error(e):
+            raise
+        print(f"solu {args.command}: error: {_one_line(first_line(e))} (a damaged or truncated database file, "
+              "or a full or failing disk)", file=sys.stderr)
+        return 2
+
+
+def _is_duckdb_io_error(e: Exception) -> bool:
+    """DuckDB's I/O errors (a file cut short, a full disk) are not OSErrors; they come from
+    the file system, not from a bug here."""
+    duckdb = sys.modules.get("duckdb")
+    return duckdb is not None and isinstance(e, duckdb.IOException)
 
 
 def _one_line(text: str) -> str:

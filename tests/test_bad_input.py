@@ -35,6 +35,10 @@ CASES: list[tuple[str, list[str]]] = [
     # ---------------------------------------------------------------- sql
     ("sql-missing-db", ["sql", "--db", "{missing}", "SELECT 1"]),
     ("sql-junk-db", ["sql", "--db", "{junk}", "SELECT 1"]),
+    ("sql-update-extensions", ["sql", "--db", "{db}", "UPDATE EXTENSIONS"]),
+    *[(f"{cmd[0]}-schema-version-not-a-number", [*cmd[1], "{bad_version}", *cmd[2]]) for cmd in (
+        ("sql", ["sql", "--db"], ["SELECT 1"]), ("label", ["label", "--db"], [M, "0", "0", "x"]),
+        ("index", ["index", "{ckpt}", "--dataset", "{corpus}", "--db"], []), ("app", ["app", "--db"], []))],
     ("sql-db-is-dir", ["sql", "--db", "{dir}", "SELECT 1"]),
     ("sql-empty", ["sql", "--db", "{db}", "   "]),
     ("sql-delete", ["sql", "--db", "{db}", "DELETE FROM labels"]),
@@ -284,6 +288,11 @@ def paths(tmp_path_factory, tiny_checkpoints, tiny_corpus) -> dict[str, Path]:
     import duckdb
 
     duckdb.connect(str(p["empty_duckdb"])).close()
+    p["bad_version"] = root / "bad-version.duckdb"
+    shutil.copyfile(db, p["bad_version"])
+    con = duckdb.connect(str(p["bad_version"]))
+    con.execute("UPDATE meta SET value = 'seven' WHERE key = 'schema_version'")
+    con.close()
     p["dir"] = root / "a-folder"
     p["dir"].mkdir()
     (root / ".tmp").mkdir()
@@ -366,3 +375,27 @@ def test_bad_input_is_one_line_exit_2_and_changes_nothing(case, paths, tripwires
     assert err_lines[0].startswith("solu") and "error" in err_lines[0]
     assert snapshot(paths["root"]) == before
     assert os.access(paths["ro_db"], os.R_OK)
+
+
+def test_a_truncated_database_is_one_line_for_every_command(paths, tmp_path, capsys):
+    """Cut the index short at several points: a command that cannot read what it needs
+    says so in one line (exit 2, no traceback) and leaves the file's bytes as they were;
+    at some cut DuckDB's own read error is what stops it, and that is one line too."""
+    whole = paths["db"].read_bytes()
+    io_errors = 0
+    for fraction in (0.1, 0.5, 0.8, 0.9, 0.95):
+        db = tmp_path / f"cut-{fraction}.duckdb"
+        db.write_bytes(whole[:int(len(whole) * fraction)])
+        for args in (["label", "--db", str(db), M, "0", "0", "x"], ["labels", "export", "--db", str(db)],
+                     ["autolabel", "--db", str(db)], ["sql", "--db", str(db), "SELECT count(*) FROM examples"],
+                     ["index", str(paths["ckpt"]), "--db", str(db), "--dataset", str(paths["corpus"]),
+                      "--tokens", "200", "--no-progress"]):
+            code = main(args)
+            err = capsys.readouterr().err.strip().splitlines()
+            if code == 0:  # what this command reads survived the cut (an index may then replace the file)
+                continue
+            assert code == 2 and len(err) == 1 and "Traceback" not in err[0], (fraction, args[0], err)
+            io_errors += "damaged or truncated" in err[0]
+            if args[0] != "index":
+                assert db.read_bytes() == whole[:int(len(whole) * fraction)], (fraction, args[0])
+    assert io_errors > 0

@@ -164,7 +164,10 @@ def schema_version(con: duckdb.DuckDBPyConnection) -> int:
     rows = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
     if not rows:
         raise UserError("this DuckDB file is not a solu index (no schema version)")
-    return int(rows[0][0])
+    try:
+        return int(rows[0][0])
+    except (TypeError, ValueError):
+        raise UserError(f"this DuckDB file is not a solu index (schema version {rows[0][0]!r})") from None
 
 
 def check_version(con: duckdb.DuckDBPyConnection) -> int:

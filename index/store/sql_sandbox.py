@@ -100,7 +100,10 @@ def check_statement(con, sql: str) -> None:
         raise Refused(first_line(e)) from None
     if len(statements) != 1:
         raise Refused(f"one statement at a time, got {len(statements)}")
-    kind = statements[0].type
+    try:
+        kind = statements[0].type
+    except ValueError:  # a statement type this duckdb's Python enum does not know (UPDATE EXTENSIONS)
+        raise Refused("only queries are allowed (SELECT, WITH, EXPLAIN, DESCRIBE, SHOW); this is not one") from None
     if kind != duckdb.StatementType.SELECT:
         name = getattr(kind, "name", str(kind))
         raise Refused(f"only queries are allowed (SELECT, WITH, EXPLAIN, DESCRIBE, SHOW); this is a {name} statement")
