@@ -66,7 +66,7 @@ def read_meta(path: str | Path) -> dict:
         raise UserError(f"{path} is not a checkpoint: no {CONFIG}") from None
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise UserError(f"{path}/{CONFIG} is not valid JSON") from None
-    if not isinstance(meta, dict) or meta.get("format") != FORMAT or "model" not in meta:
+    if not isinstance(meta, dict) or meta.get("format") != FORMAT or not isinstance(meta.get("model"), dict):
         raise UserError(f"{path}/{CONFIG} is not a solu checkpoint config")
     return meta
 

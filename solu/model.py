@@ -13,6 +13,7 @@ from transformer_lens.config import TransformerBridgeConfig
 from transformer_lens.model_bridge import TransformerBridge
 
 from solu.config import ModelConfig
+from solu.errors import UserError
 
 
 def bridge_config(cfg: ModelConfig, seed: int) -> TransformerBridgeConfig:
@@ -35,8 +36,33 @@ def bridge_config(cfg: ModelConfig, seed: int) -> TransformerBridgeConfig:
 
 def build_model(cfg: ModelConfig, seed: int, device: str | torch.device = "cpu") -> TransformerBridge:
     """A freshly initialised native bridge. The weights both activations share (all but
-    the SoLU LayerNorm) come out identical for the same seed."""
+    the SoLU LayerNorm) come out identical for the same seed. A shape whose float32
+    weights alone would not fit in this machine's available memory is refused first."""
+    check_fits(cfg)
     return TransformerBridge.boot_native(bridge_config(cfg, seed), device=device)
+
+
+def check_fits(cfg: ModelConfig) -> None:
+    """UserError when the model's float32 weights exceed the memory available now (the
+    bridge is built on the host before it moves to a device)."""
+    need = cfg.n_params_estimate() * 4
+    have = available_memory()
+    if have is not None and need > have:
+        raise UserError(f"a model of this shape (d_model {cfg.d_model:,}, d_mlp {cfg.d_mlp:,}, {cfg.n_layers} "
+                        f"layers) needs about {need / 2**30:,.1f} GB for its weights; this machine has "
+                        f"{have / 2**30:,.1f} GB available")
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (Linux MemAvailable), None if unknown."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 @dataclass(frozen=True)

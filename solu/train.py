@@ -39,7 +39,7 @@ from solu.corpus import check_dataset
 from solu.data_parallel import World
 from solu.device import autocast, enable_tf32, to_device
 from solu.errors import UserError
-from solu.model import build_model, resolve_device
+from solu.model import build_model, check_fits, resolve_device
 from solu.tokenizer import load_tokenizer, train_tokenizer
 
 LOG_EVERY = 10  # steps between rows of the loss curve
@@ -171,6 +171,7 @@ def train(model_cfg: ModelConfig | None, train_cfg: TrainConfig | None, out: Pat
 def setup(model_cfg: ModelConfig, train_cfg: TrainConfig, out: Path, world: World, device: torch.device,
           resume: bool, force: bool, tokenizer_path: str | None) -> Run:
     """Check every input, then (rank 0) create the output directory, and build the run."""
+    check_fits(model_cfg)
     state = _load_state(out / STATE, device) if resume else {}
     check_dataset(train_cfg.dataset, train_cfg.text_column, train_cfg.seed)
     tok = _tokenizer(model_cfg, train_cfg, out, world, resume, tokenizer_path)

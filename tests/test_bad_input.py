@@ -10,6 +10,7 @@ them fails instead of taking this process over.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import shutil
 import stat
@@ -111,6 +112,8 @@ CASES: list[tuple[str, list[str]]] = [
     # ---------------------------------------------------------------- study
     ("study-missing-db", ["study", "create", "--db", "{missing}", "s1", "--models", M, "solu-synth"]),
     ("study-junk-db", ["study", "create", "--db", "{junk}", "s1", "--models", M, "solu-synth"]),
+    *[(f"study-{flag[2:]}-beyond-int32", ["study", "create", "--db", "{db}", "s1", "--models", M, "solu-synth", flag, v])
+      for flag, v in (("--per-model", "2147483648"), ("--seed", "99999999999"), ("--snippets", "3000000000"))],
     ("study-read-only-db", ["study", "create", "--db", "{ro_db}", "s1", "--models", M, "solu-synth"]),
     ("study-read-only-folder", ["study", "create", "--db", "{rodir_db}", "s1", "--models", M, "solu-synth"]),
     ("study-one-model", ["study", "create", "--db", "{db}", "s1", "--models", M]),
@@ -261,6 +264,11 @@ CASES: list[tuple[str, list[str]]] = [
     ("fetch-invalid-utf8", ["fetch", "m\udcff"]),
     ("fetch-no-name", ["fetch"]),
     ("index-bands-101", ["index", "{ckpt}", "--db", "{root}/new.duckdb", "--dataset", "{corpus}", "--bands", "101"]),
+    ("index-model-config-null", ["index", "{null_model}", "--db", "{root}/new.duckdb", "--dataset", "{corpus}"]),
+    ("index-model-beyond-memory", ["index", "{huge_model}", "--db", "{root}/new.duckdb", "--dataset", "{corpus}"]),
+    ("compare-model-config-null", ["compare", "{null_model}", "{ckpt}"]),
+    ("train-beyond-memory", ["train", "--act", "gelu", "--d-model", "65536", "--d-mlp", "262144", "--heads", "1024",
+                             "--out", "{root}/huge-run", "--tokens", "1000"]),
 ]
 
 
@@ -299,6 +307,14 @@ def paths(tmp_path_factory, tiny_checkpoints, tiny_corpus) -> dict[str, Path]:
     (root / ".tmp" / "c.csv").write_text("secret,1\n")
     p["ckpt"] = root / "ckpt"
     shutil.copytree(tiny_checkpoints["gelu"], p["ckpt"])
+    for name, change in (("null_model", lambda meta: None),
+                         ("huge_model", lambda meta: {**meta, "d_model": 65536, "d_mlp": 262144, "n_heads": 1024,
+                                                      "n_layers": 1})):
+        p[name] = root / name.replace("_", "-")
+        shutil.copytree(tiny_checkpoints["gelu"], p[name])
+        config = json.loads((p[name] / "config.json").read_text())
+        config["model"] = change(config["model"])
+        (p[name] / "config.json").write_text(json.dumps(config))
     p["truncated_run"] = root / "truncated-run"
     shutil.copytree(tiny_checkpoints["gelu"], p["truncated_run"])
     state = p["truncated_run"] / "train_state.pt"

@@ -31,6 +31,9 @@ QUESTION = "Does one rule explain 80% or more of the strongest firings?"
 ITEM_COLUMNS = ["model_id", "layer", "neuron", "site"]
 
 
+INT32_MAX = 2**31 - 1
+
+
 def create_study(db: str | Path, name: str, models: list[str], per_model: int = 50, seed: int = 0,
                  snippets: int = 20) -> None:
     """Define a study; an existing study of that name must have the same settings."""
@@ -41,6 +44,9 @@ def create_study(db: str | Path, name: str, models: list[str], per_model: int = 
         raise UserError("a blinded study compares two or more models")
     if per_model < 1 or snippets < 1:
         raise UserError("neurons per model and snippets must be at least 1")
+    for flag, value in (("--per-model", per_model), ("--snippets", snippets), ("--seed", seed)):
+        if not 0 <= value <= INT32_MAX:  # the studies table stores them as INTEGER
+            raise UserError(f"{flag} must be from 0 to {INT32_MAX:,}, got {value:,}")
     con = open_read(db)  # checked before the write lock, so a refused study leaves no lock file
     try:
         require_models(con, models)
