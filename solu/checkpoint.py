@@ -19,6 +19,7 @@ from transformer_lens.model_bridge import TransformerBridge
 
 from solu.config import ModelConfig
 from solu.errors import UserError
+from solu.inputs import check_regular
 from solu.model import build_model
 from solu.tokenizer import load_tokenizer
 
@@ -60,6 +61,7 @@ def read_meta(path: str | Path) -> dict:
     path = Path(path)
     if not path.is_dir():
         raise UserError(f"checkpoint {path} not found (expected a directory written by 'solu train')")
+    check_regular(path / CONFIG, "checkpoint config")
     try:
         meta = json.loads((path / CONFIG).read_text())
     except FileNotFoundError:
@@ -79,6 +81,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         model_cfg = ModelConfig.from_dict(meta["model"])
     except (TypeError, ValueError) as e:
         raise UserError(f"{path}/{CONFIG}: bad model config: {e}") from None
+    check_regular(path / WEIGHTS, "checkpoint weights", max_bytes=None)
     try:
         state = load_file(str(path / WEIGHTS))
     except FileNotFoundError:

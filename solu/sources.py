@@ -26,6 +26,7 @@ import torch
 from tokenizers import Tokenizer
 
 from solu.errors import UserError, first_line
+from solu.inputs import check_regular
 from solu.hub import TL_LEGACY_FILES, TOKENIZER_FILES, hf_model_snapshot, require, snapshot
 from solu.model import Site, neuron_sites
 from solu.tokenizer import EOT
@@ -133,6 +134,7 @@ def _resolve_dir(spec: str, path: Path) -> ModelRef:
         raise UserError(f"{spec} is a file, not a model directory")
     from solu.checkpoint import CONFIG, FORMAT, read_meta
 
+    check_regular(path / CONFIG, "model config")
     try:
         cfg = json.loads((path / CONFIG).read_text())
     except FileNotFoundError:
@@ -240,6 +242,7 @@ def _load_tl_legacy(ref: ModelRef, device, dtype, revision) -> LoadedModel:
         path, commit = snapshot(ref.repo, ref.spec, TL_LEGACY_FILES, revision)
     where = ref.repo or str(path)
     require(path, ref.spec, where, "config.json", "*final.pth")
+    check_regular(path / "config.json", "model config")
     raw = json.loads((path / "config.json").read_text())
     cfg = tl_legacy_config(raw, where)
     tokenizer_dir = path if any(path.glob("tokenizer*.json")) or not cfg.tokenizer_name else None
@@ -286,6 +289,7 @@ def _native_from_tl_state(cfg, weights: Path, hf_tok, device, dtype, ref: ModelR
 
     if cfg.attn_only or not cfg.d_mlp:
         raise UserError(f"cannot read the MLP neurons of {ref.spec}: it is an attention-only model (no MLP)")
+    check_regular(weights, "model weights", max_bytes=None)
     try:
         state = torch.load(weights, map_location="cpu", weights_only=True)
         state = {k: v.to(dtype) for k, v in state.items()}
@@ -324,6 +328,7 @@ def _load_hf(ref: ModelRef, device, dtype, revision) -> LoadedModel:
         raise UserError(f"TransformerLens cannot load {ref.spec}: {first}") from None
     finally:
         hf_logging.enable_progress_bar()
+    check_regular(path / "config.json", "model config")
     raw = json.loads((path / "config.json").read_text())
     act = getattr(model.cfg, "act_fn", None) or raw.get("hidden_act") or raw.get("activation_function") or "?"
     meta = {"kind": ref.kind, "repo": ref.repo, "architecture": getattr(model.cfg, "architecture", None), **raw}

@@ -8,6 +8,7 @@ from typing import Iterable
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
 from solu.errors import UserError, first_line
+from solu.inputs import check_regular
 
 EOT = "<|endoftext|>"
 
@@ -28,6 +29,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int) -> Tokenizer:
 
 
 def load_tokenizer(path: str | Path) -> Tokenizer:
+    check_regular(path, "tokenizer")
     try:
         tok = Tokenizer.from_file(str(path))
     except Exception as e:  # tokenizers raises a plain Exception for a bad file

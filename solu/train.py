@@ -39,6 +39,7 @@ from solu.corpus import check_dataset
 from solu.data_parallel import World
 from solu.device import autocast, enable_tf32, to_device
 from solu.errors import UserError
+from solu.inputs import check_regular
 from solu.model import build_model, check_fits, resolve_device
 from solu.tokenizer import load_tokenizer, train_tokenizer
 
@@ -127,6 +128,7 @@ class Run:
 
 def _load_state(path: Path, device) -> dict:
     """The saved training state, or one clear line if it is damaged (a truncated file)."""
+    check_regular(path, "training state", max_bytes=None)
     try:
         state = torch.load(path, map_location=device, weights_only=False)
     except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, UnpicklingError, ...
@@ -172,6 +174,8 @@ def setup(model_cfg: ModelConfig, train_cfg: TrainConfig, out: Path, world: Worl
           resume: bool, force: bool, tokenizer_path: str | None) -> Run:
     """Check every input, then (rank 0) create the output directory, and build the run."""
     check_fits(model_cfg)
+    if tokenizer_path is not None and not str(tokenizer_path).strip():
+        raise UserError("--tokenizer takes a tokenizer.json path, got an empty one")
     state = _load_state(out / STATE, device) if resume else {}
     check_dataset(train_cfg.dataset, train_cfg.text_column, train_cfg.seed)
     tok = _tokenizer(model_cfg, train_cfg, out, world, resume, tokenizer_path)

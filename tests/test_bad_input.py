@@ -204,6 +204,18 @@ CASES: list[tuple[str, list[str]]] = [
     ("train-out-exists", ["train", "--act", "gelu", "--dataset", "{corpus}", "--out", "{ckpt}"]),
     ("train-resume-nothing", ["train", "--resume", "--out", "{dir}"]),
     ("train-resume-truncated", ["train", "--resume", "--out", "{truncated_run}"]),
+    # a FIFO or a device where a file is read: refused before it is opened (a FIFO blocked, /dev/zero never ended)
+    ("train-tokenizer-fifo", ["train", "--act", "gelu", "--dataset", "{corpus}", "--tokenizer", "{fifo}",
+                              "--out", "{root}/run"]),
+    ("train-tokenizer-dev-zero", ["train", "--act", "gelu", "--dataset", "{corpus}", "--tokenizer", "/dev/zero",
+                                  "--out", "{root}/run"]),
+    ("train-tokenizer-empty", ["train", "--act", "gelu", "--dataset", "{corpus}", "--tokenizer", "",
+                               "--out", "{root}/run"]),
+    ("train-resume-config-fifo", ["train", "--resume", "--out", "{fifo_config}"]),
+    ("train-resume-state-fifo", ["train", "--resume", "--out", "{fifo_state}"]),
+    ("index-config-fifo", ["index", "{fifo_config}", "--db", "{root}/new.duckdb", "--dataset", "{corpus}"]),
+    ("index-tokenizer-fifo", ["index", "{fifo_tokenizer}", "--db", "{root}/new.duckdb", "--dataset", "{corpus}"]),
+    ("compare-config-fifo", ["compare", "{fifo_config}", "{ckpt}"]),
     ("train-resume-and-force", ["train", "--resume", "--force", "--out", "{ckpt}"]),
     ("train-resume-with-shape", ["train", "--resume", "--layers", "3", "--out", "{ckpt}"]),
     ("train-resume-fewer-tokens", ["train", "--resume", "--tokens", "1", "--out", "{ckpt}"]),
@@ -315,6 +327,14 @@ def paths(tmp_path_factory, tiny_checkpoints, tiny_corpus) -> dict[str, Path]:
         config = json.loads((p[name] / "config.json").read_text())
         config["model"] = change(config["model"])
         (p[name] / "config.json").write_text(json.dumps(config))
+    p["fifo"] = root / "a-fifo"
+    os.mkfifo(p["fifo"])
+    for name, file in (("fifo_config", "config.json"), ("fifo_tokenizer", "tokenizer.json"),
+                       ("fifo_state", "train_state.pt")):
+        p[name] = root / name.replace("_", "-")
+        shutil.copytree(tiny_checkpoints["gelu"], p[name])
+        (p[name] / file).unlink()
+        os.mkfifo(p[name] / file)
     p["truncated_run"] = root / "truncated-run"
     shutil.copytree(tiny_checkpoints["gelu"], p["truncated_run"])
     state = p["truncated_run"] / "train_state.pt"
@@ -342,7 +362,7 @@ def snapshot(root: Path) -> dict[str, str]:
     out = {}
     for path in sorted(root.rglob("*")):
         rel = str(path.relative_to(root))
-        out[rel] = "dir" if path.is_dir() else hashlib.sha256(path.read_bytes()).hexdigest()
+        out[rel] = "dir" if path.is_dir() else "fifo" if path.is_fifo() else hashlib.sha256(path.read_bytes()).hexdigest()
         out[rel] += oct(stat.S_IMODE(path.stat().st_mode))
     return out
 
