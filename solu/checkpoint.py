@@ -21,6 +21,7 @@ from solu.config import ModelConfig
 from solu.errors import UserError
 from solu.inputs import check_regular
 from solu.model import build_model
+from solu.outputs import disk_full
 from solu.tokenizer import load_tokenizer
 
 FORMAT = "solu-checkpoint"
@@ -43,9 +44,18 @@ class Checkpoint:
 
 
 def write_atomic(path: Path, write) -> None:
+    """write(tmp) beside `path`, then move it into place. A failure leaves no temporary
+    file; one on a full disk is a UserError (torch and safetensors raise their own types)."""
     tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    os.replace(tmp, path)
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        full = isinstance(e, Exception) and not isinstance(e, UserError) and disk_full(path.parent)
+        tmp.unlink(missing_ok=True)
+        if full:
+            raise UserError(f"cannot write {path}: no space left on the disk") from None
+        raise
 
 
 def save_checkpoint(out: Path, model: TransformerBridge, tokenizer: Tokenizer, meta: dict) -> None:

@@ -58,10 +58,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _is_duckdb_io_error(e: Exception) -> bool:
-    """DuckDB's I/O errors (a file cut short, a full disk) are not OSErrors; they come from
-    the file system, not from a bug here."""
+    """DuckDB's I/O errors (a file cut short, a full disk: an IOException, or a commit that
+    could not write its log) are not OSErrors; they come from the file system, not from a
+    bug here."""
     duckdb = sys.modules.get("duckdb")
-    return duckdb is not None and isinstance(e, duckdb.IOException)
+    if duckdb is None or not isinstance(e, duckdb.Error):
+        return False
+    return isinstance(e, duckdb.IOException) or "No space left on device" in str(e)
 
 
 def _one_line(text: str) -> str:

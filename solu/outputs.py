@@ -10,6 +10,7 @@ under a writable folder.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import tempfile
 from pathlib import Path
@@ -69,6 +70,14 @@ def write_text(path: Path, text: str, flag: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def disk_full(folder: Path, below: int = 2**20) -> bool:
+    """Whether the file system holding `folder` has less than `below` bytes free."""
+    try:
+        return shutil.disk_usage(folder).free < below
+    except OSError:
+        return False
 
 
 def check_out_dir(path: Path, flag: str) -> None:

@@ -145,18 +145,33 @@ def write_report(db: str | Path, model_a: str, model_b: str, out: str | Path, ru
     finally:
         con.close()
     out = Path(out)
+    created = not out.exists()
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise UserError(f"cannot create {out}: {e.strerror or e}") from None
-    images = {"sparsity": "sparsity.png"}
+    images = {"sparsity": "sparsity.png", "rule": "rule_by_layer.png", "best": "best_share.png",
+              "study": "study.png"}
+    fresh = [out / name for name in [*images.values(), "report.md"] if not (out / name).exists()]
+    try:
+        return _write_files(tables, models, rule, out, images)
+    except BaseException:  # a full disk: nothing this run began stays behind half-written
+        for path in fresh:
+            path.unlink(missing_ok=True)
+        if created:
+            out.rmdir()
+        raise
+
+
+def _write_files(tables: dict, models: list[str], rule: float, out: Path, names: dict[str, str]) -> Path:
+    images = {"sparsity": names["sparsity"]}
     plot_sparsity(tables["neuron_stats"], models, out / images["sparsity"])
     if not tables["best"].empty:
-        images |= {"rule": "rule_by_layer.png", "best": "best_share.png"}
+        images |= {"rule": names["rule"], "best": names["best"]}
         plot_rule_by_layer(tables["rule_by_layer"], models, rule, out / images["rule"])
         plot_best_share(tables["best"], models, rule, out / images["best"])
     if not tables["study"].empty:
-        images["study"] = "study.png"
+        images["study"] = names["study"]
         plot_study(tables["study"], out / images["study"])
     report = out / "report.md"
     report.write_text(render_markdown(tables, models, rule, images), encoding="utf-8")

@@ -167,6 +167,18 @@ def open_write(db: str | Path):
             yield con
         finally:
             con.close()
+            _drop_empty_wal(db)
+
+
+def _drop_empty_wal(db: Path) -> None:
+    """A commit that failed (a full disk) leaves an empty log beside the file: it holds
+    nothing, and no other writer can be between our close and this (we hold the lock)."""
+    wal = wal_path(db)
+    try:
+        if wal.stat().st_size == 0:
+            wal.unlink()
+    except FileNotFoundError:
+        pass
 
 
 def wal_path(db: str | Path) -> Path:

@@ -84,11 +84,11 @@ class IndexBuild:
         check_target(self.db)
         remove_stale_temps(self.db)
         _remove(self.tmp)
-        if self.db.exists():
-            with write_lock(self.db):
-                settle(self.db)  # the copy must hold what a killed writer's log holds
-                shutil.copyfile(self.db, self.tmp)
         try:
+            if self.db.exists():
+                with write_lock(self.db):
+                    settle(self.db)  # the copy must hold what a killed writer's log holds
+                    shutil.copyfile(self.db, self.tmp)
             self.con = duckdb.connect(str(self.tmp))
             migrate(self.con)
         except BaseException:
