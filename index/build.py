@@ -9,6 +9,7 @@ from pathlib import Path
 from index.engine.config import IndexConfig
 from index.engine.pipeline import InProcess, ModelIndex, index_model
 from index.store.rows import model_tables, run_tables
+from index.store.connection import open_read
 from index.store.writer import IndexBuild
 from solu.corpus import check_dataset
 from solu.errors import UserError
@@ -33,10 +34,10 @@ def build_index(models: list, cfg: IndexConfig, db: Path, progress: bool = True,
                         f"({', '.join(sorted({i for i in ids if ids.count(i) > 1}))}); index one with --name")
     # the dataset exists and holds text, before anything loads (each model's plan reads it once more, to its budget)
     check_dataset(cfg.dataset, cfg.text_column, cfg.seed, whole=False)
+    _check_same_models(Path(db), refs)
     lines = []
     with IndexBuild(db) as build, _executor(shards) as executor:
         for i, ref in enumerate(refs):
-            _check_same_model(build, ref.model_id, ref.source)
             result = index_model(ref, cfg, executor, progress=progress,
                                  position=f" (model {i + 1} of {len(refs)})" if len(refs) > 1 else "")
             write_s = build.write(result.model_id, model_tables(result))
@@ -61,13 +62,21 @@ def _executor(shards):
     return RayShards(shards)
 
 
-def _check_same_model(build: IndexBuild, model_id: str, source: str) -> None:
+def _check_same_models(db: Path, refs: list[ModelRef]) -> None:
     """A model_id already in the database must come from the same place (re-indexing it
-    replaces it); another model of that id is refused rather than overwritten."""
-    row = build.con.execute("SELECT source FROM models WHERE model_id = ?", [model_id]).fetchone()
-    if row is not None and row[0] not in (None, source):
-        raise UserError(f"model_id {model_id!r} is already in the database from {row[0]}, not {source}; "
-                        "pick another id with --name")
+    replaces it); another model of that id is refused rather than overwritten. Read-only,
+    before the build takes any lock (IndexBuild then checks the target itself)."""
+    if not db.is_file() or db.is_symlink():
+        return
+    con = open_read(db)
+    try:
+        for ref in refs:
+            row = con.execute("SELECT source FROM models WHERE model_id = ?", [ref.model_id]).fetchone()
+            if row is not None and row[0] not in (None, ref.source):
+                raise UserError(f"model_id {ref.model_id!r} is already in the database from {row[0]}, not "
+                                f"{ref.source}; pick another id with --name")
+    finally:
+        con.close()
 
 
 def report_line(result: ModelIndex, write_s: float) -> str:

@@ -276,6 +276,10 @@ CASES: list[tuple[str, list[str]]] = [
     ("fetch-invalid-utf8", ["fetch", "m\udcff"]),
     ("fetch-no-name", ["fetch"]),
     ("index-bands-101", ["index", "{ckpt}", "--db", "{root}/new.duckdb", "--dataset", "{corpus}", "--bands", "101"]),
+    ("index-name-held-by-another-source", ["index", "{ckpt}", "--db", "{db}", "--dataset", "{corpus}",
+                                           "--name", M]),
+    *[(f"index-{flag[2:]}-0", ["index", "{ckpt}", "--db", "{root}/new.duckdb", "--dataset", "{corpus}", flag, "0"])
+      for flag in ("--bands", "--band-candidates")],
     ("index-model-config-null", ["index", "{null_model}", "--db", "{root}/new.duckdb", "--dataset", "{corpus}"]),
     ("index-model-beyond-memory", ["index", "{huge_model}", "--db", "{root}/new.duckdb", "--dataset", "{corpus}"]),
     ("compare-model-config-null", ["compare", "{null_model}", "{ckpt}"]),

@@ -18,7 +18,7 @@ class IndexConfig:
     window_before: int = option(32, "tokens kept before an example's max")
     window_after: int = option(8, "tokens kept after it")
     bands: int = option(5, "equal-width activation bands in (0, max]")
-    per_band: int = option(3, "random segments per band")
+    per_band: int = option(3, "random segments per band (0: no interval samples)")
     band_candidates: int = option(32, "active segments per neuron, chosen by a hash, that the interval samples are "
                                       "drawn from (with the top-K) once the max is known")
     random: int = option(5, "random segments regardless of activation")
@@ -39,9 +39,10 @@ class IndexConfig:
     seed: int = option(0, "seed of the random samples (and the builtin corpus)")
 
     def __post_init__(self):
-        for name in ("tokens", "top_k", "hist_bins", "segment_tokens"):
+        # a zero count that would mean nothing is refused; --per-band 0 turns the interval samples off
+        for name in ("tokens", "top_k", "hist_bins", "segment_tokens", "bands", "band_candidates"):
             _check_int(self, name, minimum=1)
-        for name in ("window_before", "window_after", "bands", "per_band", "band_candidates", "random",
+        for name in ("window_before", "window_after", "per_band", "random",
                      "sample_tokens", "logit_k", "seed", "batch_size"):
             _check_int(self, name, minimum=0)
         if self.bands > 100:
