@@ -103,5 +103,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu") -> Che
         model.load_state_dict(state, strict=True)
     except RuntimeError:
         raise UserError(f"{path}/{WEIGHTS} does not match the model in {CONFIG}") from None
+    tokenizer = load_tokenizer(path / TOKENIZER)
+    if tokenizer.get_vocab_size() > model_cfg.d_vocab:  # its ids past d_vocab would index past the embedding
+        raise UserError(f"{path}/{TOKENIZER} has {tokenizer.get_vocab_size():,} tokens, more than the model's "
+                        f"d_vocab {model_cfg.d_vocab:,}: it is not this model's tokenizer")
     model.to(device).eval()
-    return Checkpoint(path, meta, model_cfg, model, load_tokenizer(path / TOKENIZER))
+    return Checkpoint(path, meta, model_cfg, model, tokenizer)

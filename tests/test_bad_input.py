@@ -213,6 +213,8 @@ CASES: list[tuple[str, list[str]]] = [
                                "--out", "{root}/run"]),
     ("train-resume-config-fifo", ["train", "--resume", "--out", "{fifo_config}"]),
     ("train-resume-state-fifo", ["train", "--resume", "--out", "{fifo_state}"]),
+    ("index-tokenizer-not-the-models", ["index", "{big_tokenizer}", "--db", "{root}/new.duckdb",
+                                        "--dataset", "{corpus}"]),
     ("index-config-fifo", ["index", "{fifo_config}", "--db", "{root}/new.duckdb", "--dataset", "{corpus}"]),
     ("index-tokenizer-fifo", ["index", "{fifo_tokenizer}", "--db", "{root}/new.duckdb", "--dataset", "{corpus}"]),
     ("compare-config-fifo", ["compare", "{fifo_config}", "{ckpt}"]),
@@ -331,6 +333,12 @@ def paths(tmp_path_factory, tiny_checkpoints, tiny_corpus) -> dict[str, Path]:
         config = json.loads((p[name] / "config.json").read_text())
         config["model"] = change(config["model"])
         (p[name] / "config.json").write_text(json.dumps(config))
+    from solu.tokenizer import train_tokenizer
+
+    p["big_tokenizer"] = root / "big-tokenizer"
+    shutil.copytree(tiny_checkpoints["gelu"], p["big_tokenizer"])
+    texts = [json.loads(line)["text"] for line in Path(tiny_corpus).read_text().splitlines()]
+    train_tokenizer(iter(texts), 600).save(str(p["big_tokenizer"] / "tokenizer.json"))
     p["fifo"] = root / "a-fifo"
     os.mkfifo(p["fifo"])
     for name, file in (("fifo_config", "config.json"), ("fifo_tokenizer", "tokenizer.json"),
