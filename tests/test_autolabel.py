@@ -232,6 +232,25 @@ def test_autolabel_user_regex_and_errors(measure_db):
         resolve_concepts(["base64", "base64"])
 
 
+def test_a_costly_user_regex_stops_at_its_time_budget(measure_db, tmp_path, monkeypatch, capsys):
+    """A user pattern's matching time in a run is bounded (here to next to nothing), and
+    hitting the bound is one line; the database is left as it was."""
+    from db_files import digest
+    from index.measure import concepts
+    from solu.cli import main
+
+    monkeypatch.setattr(concepts, "REGEX_BUDGET_S", 1e-9)
+    db = tmp_path / "m.duckdb"
+    db.write_bytes(measure_db.read_bytes())
+    before = digest(db)
+    code = main(["autolabel", "--db", str(db), "--concepts", "base64", "--regex", "slow=(.*a){400}$"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and "spent more than 1e-09s" in err[0] and "'slow'" in err[0], err
+    assert digest(db) == before
+    monkeypatch.setattr(concepts, "REGEX_BUDGET_S", 60.0)  # the bound, not the pattern, stopped it
+    assert main(["autolabel", "--db", str(db), "--concepts", "base64", "--regex", "cheap=\\bcat\\b"]) == 0
+
+
 def test_measure_db_threshold_is_sparse(measure_db):
     con = duckdb.connect(str(measure_db), read_only=True)
     low, total = con.execute(f"SELECT count(*) FILTER (WHERE act <= {THRESHOLD}), count(*) FROM activations").fetchall()[0]

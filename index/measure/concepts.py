@@ -19,6 +19,7 @@ import bisect
 import keyword
 import re
 import string
+import time
 import unicodedata
 from dataclasses import dataclass
 from typing import Callable, Iterable
@@ -335,6 +336,23 @@ def _re2_options():
 
 
 REGEX_MAX_MEM = 64 * 2**20
+REGEX_BUDGET_S = 120.0  # matching time one user pattern may spend in one run
+
+
+def _budgeted(name: str, pattern: str, find: Callable[[str], Spans]) -> Callable[[str], Spans]:
+    """find, stopped with one line once it has spent REGEX_BUDGET_S in all (RE2 is linear
+    in the text, but a pattern can cost microseconds per character: `(.*a){400}`)."""
+    spent = [0.0]
+
+    def timed(text: str) -> Spans:
+        start = time.perf_counter()
+        spans = find(text)
+        spent[0] += time.perf_counter() - start
+        if spent[0] > REGEX_BUDGET_S:
+            raise UserError(f"concept {name!r}: /{pattern}/ spent more than {REGEX_BUDGET_S:g}s matching; "
+                            "simplify the pattern (fewer repeated wildcards)")
+        return spans
+    return timed
 
 
 def regex_concept(name: str, pattern: str) -> Concept:
@@ -350,7 +368,7 @@ def regex_concept(name: str, pattern: str) -> Concept:
         reason = e.args[0].decode("utf-8", "replace") if e.args and isinstance(e.args[0], bytes) else str(e)
         raise UserError(f"concept {name!r}: bad regular expression {pattern!r}: {reason} (patterns run on RE2: "
                         f"no backreferences or lookaround)") from None
-    return Concept(name, f"matches /{pattern}/", _regex_spans(compiled), pattern)
+    return Concept(name, f"matches /{pattern}/", _budgeted(name, pattern, _regex_spans(compiled)), pattern)
 
 
 def concept(spec: str) -> Concept:
