@@ -37,6 +37,9 @@ CASES: list[tuple[str, list[str]]] = [
     ("sql-missing-db", ["sql", "--db", "{missing}", "SELECT 1"]),
     ("sql-junk-db", ["sql", "--db", "{junk}", "SELECT 1"]),
     ("sql-update-extensions", ["sql", "--db", "{db}", "UPDATE EXTENSIONS"]),
+    ("sql-corrupt-db", ["sql", "--db", "{corrupt}", "SELECT 1"]),
+    ("label-corrupt-db", ["label", "--db", "{corrupt}", M, "0", "0", "x"]),
+    ("export-corrupt-db", ["labels", "export", "--db", "{corrupt}"]),
     *[(f"{cmd[0]}-schema-version-not-a-number", [*cmd[1], "{bad_version}", *cmd[2]]) for cmd in (
         ("sql", ["sql", "--db"], ["SELECT 1"]), ("label", ["label", "--db"], [M, "0", "0", "x"]),
         ("index", ["index", "{ckpt}", "--dataset", "{corpus}", "--db"], []), ("app", ["app", "--db"], []))],
@@ -314,6 +317,11 @@ def paths(tmp_path_factory, tiny_checkpoints, tiny_corpus) -> dict[str, Path]:
     import duckdb
 
     duckdb.connect(str(p["empty_duckdb"])).close()
+    p["corrupt"] = root / "corrupt.duckdb"  # a damaged header block: DuckDB's checksum error names the "block"
+    shutil.copyfile(db, p["corrupt"])
+    with open(p["corrupt"], "r+b") as f:
+        f.seek(4096)
+        f.write(b"\xff" * 4096)
     p["bad_version"] = root / "bad-version.duckdb"
     shutil.copyfile(db, p["bad_version"])
     con = duckdb.connect(str(p["bad_version"]))

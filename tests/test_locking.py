@@ -190,3 +190,11 @@ def test_writers_refuse_a_database_reached_through_a_link(db, tmp_path, tiny_che
         assert code == 2 and len(err) == 1 and said, (args[0], err)
     assert link.is_symlink() and [p.name for p in folder.iterdir()] == ["link.duckdb"]
     assert digest(db) == before and sorted(p.name for p in db.parent.iterdir()) == beside
+
+
+def test_a_lock_conflict_is_the_word_not_the_letters():
+    """A damaged file's checksum error mentions a "block": it is refused at once as not a
+    database, not waited on for LOCK_WAIT_S as if a writer held the file."""
+    lock = 'IO Error: Could not set lock on file "x.duckdb": Conflicting lock is held in /usr/bin/python (PID 7)'
+    damaged = "Corrupt database file: computed checksum 1 does not match stored checksum 2 in block at location 4096"
+    assert connection.is_lock_conflict(Exception(lock)) and not connection.is_lock_conflict(Exception(damaged))

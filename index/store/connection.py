@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import re
 import time
 from pathlib import Path
 
@@ -33,8 +34,11 @@ WRITE_WAIT_S = 30.0  # writers wait this long for each other
 _POLL_S = 0.02
 
 
-def _is_lock_conflict(e: Exception) -> bool:
-    return "lock" in str(e).lower()
+def is_lock_conflict(e: Exception) -> bool:
+    """DuckDB's "Could not set lock on file ... Conflicting lock is held": another process
+    has the file open. The word, not the letters: a damaged file's "Could not read block"
+    is no lock."""
+    return re.search(r"\block\b", str(e).lower()) is not None
 
 
 def _connect(db: Path, read_only: bool, config: dict | None = None) -> duckdb.DuckDBPyConnection:
@@ -43,10 +47,10 @@ def _connect(db: Path, read_only: bool, config: dict | None = None) -> duckdb.Du
         try:
             return duckdb.connect(str(db), read_only=read_only, config=config or {})
         except duckdb.IOException as e:
-            if _is_lock_conflict(e) and time.monotonic() < deadline:
+            if is_lock_conflict(e) and time.monotonic() < deadline:
                 time.sleep(_POLL_S)
                 continue
-            if _is_lock_conflict(e):
+            if is_lock_conflict(e):
                 raise UserError(f"{db} is busy: another process kept it open for writing for {LOCK_WAIT_S:g}s; "
                                 f"try again") from None
             if isinstance(e, duckdb.PermissionException) or "permission" in str(e).lower():

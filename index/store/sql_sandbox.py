@@ -11,9 +11,10 @@ allocation, tracked by DuckDB's memory_limit or not, takes it past `memory_bytes
 The engine is an in-memory DuckDB with the index attached READ_ONLY, no temp
 directory (nothing spills), every file and network access and every extension switched
 off, the local file system disabled once the index is open (no file, not even a
-neighbour of the database, can be opened by a query), and its configuration locked. The parent enforces the wall-clock limit by killing this process; this process
-also dies with its parent (the kernel's parent-death signal) and at its own alarm just
-after the limit, so a query whose parent was killed never runs on.
+neighbour of the database, can be opened by a query), and its configuration locked.
+The parent enforces the wall-clock limit by killing this process; this process also
+dies with its parent (the kernel's parent-death signal) and at its own alarm just after
+the limit, so a query whose parent was killed never runs on.
 """
 from __future__ import annotations
 
@@ -52,7 +53,7 @@ def connect(db: str, memory_bytes: int, threads: int, lock_wait_s: float):
     import duckdb
 
     from index.store.schema import check_version
-    from index.store.connection import sql_path, wait_for_writers
+    from index.store.connection import is_lock_conflict, sql_path, wait_for_writers
     from pathlib import Path
     from solu.errors import UserError
 
@@ -70,7 +71,7 @@ def connect(db: str, memory_bytes: int, threads: int, lock_wait_s: float):
             con.execute(attach)
             break
         except duckdb.Error as e:
-            if "lock" not in str(e).lower():
+            if not is_lock_conflict(e):
                 raise Refused(f"{db} is not a DuckDB database") from None
             if time.monotonic() >= deadline:
                 raise Refused(f"{db} is busy: another process kept writing it for {lock_wait_s:g}s; "
