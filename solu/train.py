@@ -181,6 +181,9 @@ def setup(model_cfg: ModelConfig, train_cfg: TrainConfig, out: Path, world: Worl
     tok = _tokenizer(model_cfg, train_cfg, out, world, resume, tokenizer_path)
     eval_set = eval_rows(tok, train_cfg.dataset, train_cfg.text_column, train_cfg.seed,
                          model_cfg.n_ctx, train_cfg.eval_tokens)
+    if world.is_main and eval_set.numel() < train_cfg.eval_tokens:
+        print(f"solu train: the eval split of {train_cfg.dataset} holds {eval_set.numel():,} tokens in whole contexts "
+              f"({train_cfg.eval_tokens:,} asked); evaluating on those", file=sys.stderr)
     world.barrier()  # every rank has checked its inputs: from here on the output directory is written
     if world.is_main:
         if force and out.exists():

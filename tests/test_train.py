@@ -87,6 +87,15 @@ def test_existing_out_needs_resume_or_force(tmp_path, capsys, corpus):
     assert not (out / "precious.txt").exists() and json.loads((out / "config.json").read_text())["steps"] == 2
 
 
+def test_an_eval_split_shorter_than_asked_is_said(tmp_path, capsys, corpus):
+    code = main(["train", *TINY, "--act", "gelu", "--dataset", corpus, "--tokens", "256", "--eval-tokens", "100000000",
+                 "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 0 and "(100,000,000 asked); evaluating on those" in err
+    meta = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert 0 < meta["eval_tokens"] < 100_000_000 and f"holds {meta['eval_tokens']:,} tokens" in err
+
+
 def _train_cmd(corpus, out, *extra):
     return [sys.executable, "-m", "solu.cli", "train", *TINY, "--act", "solu_ln", "--dataset", corpus,
             "--tokens", str(120 * 8 * 32), "--checkpoint-every", "5", "--out", str(out), *extra]
