@@ -56,7 +56,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(full, capsys, args):
     db = full / "index.duckdb"
     before, db_digest = listing(full), digest(db)
     code = main([a.format(db=db, root=full) for a in args])
-    err = [line for line in capsys.readouterr().err.splitlines() if line.startswith("solu ")]
+    err = [line for line in capsys.readouterr().err.splitlines() if "error:" in line or "Traceback" in line]
     assert code == 2 and len(err) == 1 and "space" in err[0].lower(), err
     assert digest(db) == db_digest
     assert listing(full) == before  # no .wal, .tmp, .indexing, 0-byte PNG or state file
