@@ -191,4 +191,4 @@ def test_a_query_process_stops_at_its_own_alarm(db):
     proc = subprocess.run([sys.executable, "-m", "index.store.sql_sandbox"], input=json.dumps(request).encode() + b"\n",
                           capture_output=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == -14  # SIGALRM
-    assert time.monotonic() - start < 15
+    assert time.monotonic() - start < 30  # 1 s, its 5 s margin, and a start-up on a loaded machine

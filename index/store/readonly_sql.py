@@ -20,6 +20,7 @@ import math
 import os
 import pickle
 import queue
+import signal
 import subprocess
 import sys
 import threading
@@ -109,6 +110,11 @@ class Query:
             raise QueryStopped(f"the query took longer than {self.limits.timeout_s:g}s and was stopped "
                                f"by the time limit", "time", self.stats) from None
         if message is None:  # the child ended without a last word: killed by the kernel or crashed
+            self.proc.wait()
+            if self.proc.returncode == -signal.SIGALRM:  # its own alarm, when this process was too slow to kill it
+                self._finish(kill=False, stopped_by="time")
+                raise QueryStopped(f"the query took longer than {self.limits.timeout_s:g}s and was stopped "
+                                   f"by the time limit", "time", self.stats)
             self._finish(kill=False, stopped_by="memory")
             code = self.proc.returncode
             how = f"signal {-code}" if code and code < 0 else f"exit status {code}"

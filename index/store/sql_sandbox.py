@@ -159,11 +159,14 @@ def die_with_parent(parent_pid: int) -> None:
         os._exit(1)
 
 
+ALARM_MARGIN_S = 5  # the parent kills at the limit; this process's own alarm comes after
+
+
 def alarm_after(seconds: float) -> None:
-    """SIGALRM, whose default action ends the process, once `seconds` (rounded up, plus
-    one) have passed: the limit holds even if the parent cannot enforce it."""
+    """SIGALRM, whose default action ends the process, once `seconds` (rounded up) and
+    ALARM_MARGIN_S have passed: the limit holds even if the parent cannot enforce it."""
     signal.signal(signal.SIGALRM, signal.SIG_DFL)
-    signal.alarm(int(math.ceil(seconds)) + 1)
+    signal.alarm(int(math.ceil(seconds)) + ALARM_MARGIN_S)
 
 
 def main() -> int:
