@@ -21,7 +21,7 @@ from solu.config import ModelConfig
 from solu.errors import UserError
 from solu.inputs import check_regular
 from solu.model import build_model
-from solu.outputs import disk_full
+from solu.outputs import out_of_space
 from solu.tokenizer import load_tokenizer
 
 FORMAT = "solu-checkpoint"
@@ -51,7 +51,7 @@ def write_atomic(path: Path, write) -> None:
         write(tmp)
         os.replace(tmp, path)
     except BaseException as e:
-        full = isinstance(e, Exception) and not isinstance(e, UserError) and disk_full(path.parent)
+        full = isinstance(e, Exception) and out_of_space(e, path.parent)
         tmp.unlink(missing_ok=True)
         if full:
             raise UserError(f"cannot write {path}: no space left on the disk") from None

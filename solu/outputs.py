@@ -9,6 +9,7 @@ under a writable folder.
 """
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import stat
@@ -72,10 +73,22 @@ def write_text(path: Path, text: str, flag: str) -> None:
         raise
 
 
-def disk_full(folder: Path, below: int = 2**20) -> bool:
-    """Whether the file system holding `folder` has less than `below` bytes free."""
+def out_of_space(e: BaseException, folder: Path) -> bool:
+    """Whether a failed write ran out of space: ENOSPC in the error or its causes (an
+    OSError, or a library's "No space left on device" / "os error 28"). torch's errors
+    carry no code ("iostream error", "file write failed"), so for an error that is not an
+    OSError the file system holding `folder` must be full (under 1 MiB free)."""
+    seen = e
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno == errno.ENOSPC:
+            return True
+        if "No space left on device" in str(seen) or "os error 28" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    if isinstance(e, OSError):
+        return False
     try:
-        return shutil.disk_usage(folder).free < below
+        return shutil.disk_usage(folder).free < 2**20
     except OSError:
         return False
 

@@ -289,7 +289,7 @@ CASES: list[tuple[str, list[str]]] = [
     ("index-model-beyond-memory", ["index", "{huge_model}", "--db", "{root}/new.duckdb", "--dataset", "{corpus}"]),
     ("compare-model-config-null", ["compare", "{null_model}", "{ckpt}"]),
     ("train-beyond-memory", ["train", "--act", "gelu", "--d-model", "65536", "--d-mlp", "262144", "--heads", "1024",
-                             "--out", "{root}/huge-run", "--tokens", "1000"]),
+                             "--vocab", "300000", "--out", "{root}/huge-run", "--tokens", "1000"]),  # ~360 GB
 ]
 
 
@@ -335,7 +335,7 @@ def paths(tmp_path_factory, tiny_checkpoints, tiny_corpus) -> dict[str, Path]:
     shutil.copytree(tiny_checkpoints["gelu"], p["ckpt"])
     for name, change in (("null_model", lambda meta: None),
                          ("huge_model", lambda meta: {**meta, "d_model": 65536, "d_mlp": 262144, "n_heads": 1024,
-                                                      "n_layers": 1})):
+                                                      "n_layers": 1, "d_vocab": 300_000})):  # ~360 GB
         p[name] = root / name.replace("_", "-")
         shutil.copytree(tiny_checkpoints["gelu"], p[name])
         config = json.loads((p[name] / "config.json").read_text())

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import random
+import time
 
 import numpy as np
 import pytest
@@ -152,6 +153,15 @@ def test_a_costly_user_regex_is_stopped_at_its_budget(monkeypatch):
     with pytest.raises(UserError, match="'slow'.*spent more than 0.05s matching"):
         slow.find("a" * 20_000)
     monkeypatch.setattr(concepts, "REGEX_BUDGET_S", 5.0)
+    # the budget is for all of a run's matching, not per call: calls each well under it add up
+    probe = concepts.regex_concept("probe", "(.*a){400}$")
+    start = time.perf_counter()
+    probe.find("a" * 2_000)
+    monkeypatch.setattr(concepts, "REGEX_BUDGET_S", 5 * (time.perf_counter() - start))
+    many = concepts.regex_concept("many", "(.*a){400}$")
+    with pytest.raises(UserError, match="'many'"):
+        for _ in range(40):
+            many.find("a" * 2_000)
     cheap = concepts.regex_concept("cheap", "\\bcat\\b")
     for _ in range(50):
         cheap.find("a cat sat " * 100)  # well within it (about a millisecond in all), even on a loaded machine

@@ -40,7 +40,9 @@ def full(tmp_path_factory, tiny_checkpoints, tiny_corpus):
 
 
 def listing(root: Path) -> dict[str, int]:
-    return {str(p.relative_to(root)): p.stat().st_size for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file with its size, and every folder (train's empty --out folder aside)."""
+    return {str(p.relative_to(root)): p.stat().st_size if p.is_file() else -1 for p in sorted(root.rglob("*"))
+            if p.name != "run"}
 
 
 @pytest.mark.parametrize("args", [

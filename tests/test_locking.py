@@ -129,6 +129,7 @@ from index.store.connection import open_write
 with open_write(sys.argv[1]) as con:
     con.execute("INSERT INTO labels (label_id, model_id, layer, neuron, label, source) "
                 "VALUES (99, 'gelu-synth', 0, 3, 'kept', 'human')")
+    con.execute("INSERT INTO concepts (name, description, pattern) VALUES ('logged', 'only in the log', 'x')")
     print("written", flush=True)
     time.sleep(120)
 """
@@ -156,6 +157,8 @@ def test_a_killed_label_writer_never_locks_labels_out(db, tiny_checkpoints, tiny
     con = open_read(db)
     labels = con.execute("SELECT label FROM labels WHERE label IN ('kept', 'after') ORDER BY 1").fetchall()
     assert labels == [("after",), ("kept",)]
+    # not human data, so not carried over at the swap: it survives because the build's copy took the log along
+    assert con.execute("SELECT name FROM concepts WHERE name = 'logged'").fetchall() == [("logged",)]
     con.close()
 
 
@@ -197,4 +200,6 @@ def test_a_lock_conflict_is_the_word_not_the_letters():
     database, not waited on for LOCK_WAIT_S as if a writer held the file."""
     lock = 'IO Error: Could not set lock on file "x.duckdb": Conflicting lock is held in /usr/bin/python (PID 7)'
     damaged = "Corrupt database file: computed checksum 1 does not match stored checksum 2 in block at location 4096"
+    in_a_lock_folder = 'IO Error: Could not read from file "/data/lock/index.duckdb": not a database'
     assert connection.is_lock_conflict(Exception(lock)) and not connection.is_lock_conflict(Exception(damaged))
+    assert not connection.is_lock_conflict(Exception(in_a_lock_folder))

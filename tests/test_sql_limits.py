@@ -192,3 +192,15 @@ def test_a_query_process_stops_at_its_own_alarm(db):
                           capture_output=True, timeout=60, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == -14  # SIGALRM
     assert time.monotonic() - start < 30  # 1 s, its 5 s margin, and a start-up on a loaded machine
+
+
+def test_a_slow_reader_is_not_cut_off_by_the_query_process_alarm(db):
+    """Rows wait in the pipe while the reader works: the query process's own alarm does
+    not count that time (only the parent judges it), so a slow consumer gets every row."""
+    limits = SqlLimits(timeout_s=1.0, max_rows=100_000)
+    got = 0
+    with open_query(db, "SELECT range AS n FROM range(100000)", limits) as q:
+        for chunk in q.chunks():
+            got += len(chunk)
+            time.sleep(0.02)  # about 8 s for the 391 chunks: past the 1 s limit and the alarm's margin
+    assert got == 100_000 and not q.truncated

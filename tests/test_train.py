@@ -146,3 +146,20 @@ def test_compare_prints_checkpoints_side_by_side(tiny_checkpoints, capsys):
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split()[:3] == ["checkpoint", "act_fn", "shape"]
     assert "gelu" in lines[2] and "solu_ln" in lines[3]
+
+
+def test_a_model_is_refused_only_when_its_weights_cannot_fit(monkeypatch):
+    """check_fits compares the float32 weights with the memory available now; where that
+    is unknown it refuses nothing."""
+    from solu import model
+    from solu.config import ModelConfig
+    from solu.errors import UserError
+
+    cfg = ModelConfig(act_fn="gelu", n_layers=2, d_model=256, d_mlp=1024, n_heads=4, n_ctx=128, d_vocab=4096)
+    need = cfg.n_params_estimate() * 4
+    monkeypatch.setattr(model, "available_memory", lambda: need - 1)
+    with pytest.raises(UserError, match="needs about .* GB for its weights"):
+        model.check_fits(cfg)
+    for have in (need + 1, None):
+        monkeypatch.setattr(model, "available_memory", lambda have=have: have)
+        model.check_fits(cfg)

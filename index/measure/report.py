@@ -2,6 +2,8 @@
 as report.md with PNG plots."""
 from __future__ import annotations
 
+import contextlib
+
 import math
 from pathlib import Path
 
@@ -159,7 +161,8 @@ def write_report(db: str | Path, model_a: str, model_b: str, out: str | Path, ru
         for path in fresh:
             path.unlink(missing_ok=True)
         if created:
-            out.rmdir()
+            with contextlib.suppress(OSError):  # the first error is the one to report
+                out.rmdir()
         raise
 
 

@@ -36,9 +36,10 @@ _POLL_S = 0.02
 
 def is_lock_conflict(e: Exception) -> bool:
     """DuckDB's "Could not set lock on file ... Conflicting lock is held": another process
-    has the file open. The word, not the letters: a damaged file's "Could not read block"
-    is no lock."""
-    return re.search(r"\block\b", str(e).lower()) is not None
+    has the file open. The word, not the letters (a damaged file's "Could not read block"
+    is no lock), and not in a quoted path (a folder named lock)."""
+    text = re.sub(r'"[^"]*"', "", str(e).lower())
+    return re.search(r"\block\b", text) is not None
 
 
 def _connect(db: Path, read_only: bool, config: dict | None = None) -> duckdb.DuckDBPyConnection:
@@ -190,38 +191,14 @@ def wal_path(db: str | Path) -> Path:
     return Path(str(db) + ".wal")
 
 
-def settle(db: str | Path) -> None:
-    """Fold a write-ahead log left beside `db` into the file (a writer killed before its
-    checkpoint leaves one: the committed rows, labels among them, are only there). Call
-    under write_lock. Afterwards no log stands beside the file, so the file can be copied
-    or replaced whole; a log that stands beside no database is refused."""
-    db, wal = Path(db), wal_path(db)
-    if not wal.exists():
-        return
-    if not db.exists():
-        raise UserError(f"{wal} stands beside no database ({db} is missing); move it away first")
-    unreadable = UserError(f"{db}: its write-ahead log {wal.name} cannot be replayed; move {wal.name} aside to "
-                           "open the database without the writes it holds")
-    try:
-        con = _connect(db, read_only=False)  # DuckDB replays the log on opening
-    except UserError as e:
-        raise e if "busy" in str(e) else unreadable from None
-    try:
-        con.execute("CHECKPOINT")
-    except duckdb.Error:
-        raise unreadable from None
-    finally:
-        con.close()
-
-
 def replace_database(new: Path, db: Path) -> None:
     """Move a freshly built index `new` into place at `db`, first copying in the human
     data (HUMAN_TABLES: labels, studies, study answers) that `db` holds now. Readers with
-    the old file open keep reading the old file. The old file's write-ahead log is
-    settled first, so none is left beside the new file (DuckDB would replay it there)."""
+    the old file open keep reading the old file. A write-ahead log a killed writer left
+    beside the old file is read with it (the attach replays it) and then removed, so no
+    old log stands beside the new file (DuckDB would replay it there, and refuse it)."""
     db, new = Path(db), Path(new)
     with write_lock(db):
-        settle(db)
         if db.exists():
             con = _connect(new, read_only=False)
             try:
@@ -237,6 +214,7 @@ def replace_database(new: Path, db: Path) -> None:
                 con.execute("DETACH old")
             finally:
                 con.close()
+        wal_path(db).unlink(missing_ok=True)  # its human rows were just carried over; readers wait for the lock
         os.replace(new, db)
 
 

@@ -183,8 +183,11 @@ def main() -> int:
         if len(data) > MAX_CHUNK_BYTES:
             raise Refused(f"{CHUNK_ROWS} result rows take more than {MAX_CHUNK_BYTES // 2**20} MB; "
                           f"select fewer or shorter columns")
+        left = signal.alarm(0)  # time blocked on a slow reader is the parent's to judge, not this alarm's
         out.write(data)
         out.flush()
+        if left:
+            signal.alarm(left)
 
     try:
         con = connect(request["db"], memory, int(request["threads"]), float(request["lock_wait_s"]))

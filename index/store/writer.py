@@ -18,8 +18,7 @@ import duckdb
 import pyarrow as pa
 
 from index.store.schema import INDEX_TABLES, migrate
-from index.store.connection import (check_writable, open_read, refuse_link, replace_database, settle, wal_path,
-                                    write_lock)
+from index.store.connection import check_writable, open_read, refuse_link, replace_database, wal_path, write_lock
 from solu.errors import UserError
 from solu.outputs import writable
 
@@ -87,8 +86,9 @@ class IndexBuild:
         try:
             if self.db.exists():
                 with write_lock(self.db):
-                    settle(self.db)  # the copy must hold what a killed writer's log holds
                     shutil.copyfile(self.db, self.tmp)
+                    if wal_path(self.db).exists():  # a killed writer's log goes with the copy, which replays it
+                        shutil.copyfile(wal_path(self.db), wal_path(self.tmp))
             self.con = duckdb.connect(str(self.tmp))
             migrate(self.con)
         except BaseException:
