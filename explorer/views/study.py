@@ -22,7 +22,7 @@ def new_study_form(path, models: list[str], existing: int) -> None:
         cols = st.columns(3)
         per_model = cols[0].number_input("Neurons per model", min_value=1, max_value=5000, value=50)
         snippets = cols[1].number_input("Snippets per neuron", min_value=1, max_value=100, value=20)
-        seed = cols[2].number_input("Seed", min_value=0, max_value=2**31 - 1, value=0)
+        seed = cols[2].number_input("Seed", min_value=0, max_value=study.INT32_MAX, value=0)
         if st.form_submit_button("Create study"):
             try:
                 db.write(path, study.create_study, name, chosen, int(per_model), int(seed), int(snippets))
