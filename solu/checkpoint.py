@@ -7,7 +7,6 @@ into place, config.json last, so a reader never sees a half-written checkpoint.
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,7 +20,7 @@ from solu.config import ModelConfig
 from solu.errors import UserError
 from solu.inputs import check_regular
 from solu.model import build_model
-from solu.outputs import out_of_space
+from solu.outputs import write_atomic
 from solu.tokenizer import load_tokenizer
 
 FORMAT = "solu-checkpoint"
@@ -41,21 +40,6 @@ class Checkpoint:
     @property
     def name(self) -> str:
         return self.path.name
-
-
-def write_atomic(path: Path, write) -> None:
-    """write(tmp) beside `path`, then move it into place. A failure leaves no temporary
-    file; one on a full disk is a UserError (torch and safetensors raise their own types)."""
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException as e:
-        full = isinstance(e, Exception) and out_of_space(e, path.parent)
-        tmp.unlink(missing_ok=True)
-        if full:
-            raise UserError(f"cannot write {path}: no space left on the disk") from None
-        raise
 
 
 def save_checkpoint(out: Path, model: TransformerBridge, tokenizer: Tokenizer, meta: dict) -> None:

@@ -13,7 +13,6 @@ import errno
 import os
 import shutil
 import stat
-import tempfile
 from pathlib import Path
 
 from solu.errors import UserError
@@ -54,23 +53,34 @@ def _check_folder(folder: Path, flag: str, path: Path) -> None:
         raise UserError(f"{flag} {path}: folder {folder} is not writable")
 
 
-def write_text(path: Path, text: str, flag: str) -> None:
-    """Write `text` to `path` through a temporary file beside it; on any failure the
-    temporary file is removed and `path` is as it was."""
+def write_atomic(path: Path, write, flag: str | None = None) -> None:
+    """write(tmp) to a temporary file beside `path`, then move it into place: the one way
+    outputs are written. On any failure the temporary file is removed and `path` is as it
+    was; a full disk (and, for a user's --flag output, any OSError) is one UserError
+    (torch and safetensors raise their own types)."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="") as f:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException as e:
+        full = isinstance(e, Exception) and out_of_space(e, path.parent)
+        tmp.unlink(missing_ok=True)
+        if full:
+            raise UserError(f"cannot write {path}: no space left on the disk") from None
+        if flag and isinstance(e, OSError):
+            raise UserError(f"{flag} {path}: {e.strerror or e}; nothing was written") from None
+        raise
+
+
+def write_text(path: Path, text: str, flag: str) -> None:
+    """Write `text` to `path` (a user's --flag output) through write_atomic, synced."""
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        Path(tmp).unlink(missing_ok=True)
-        raise UserError(f"{flag} {path}: {e.strerror or e}; nothing was written") from None
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    write_atomic(path, write, flag)
 
 
 def out_of_space(e: BaseException, folder: Path) -> bool:

@@ -33,7 +33,7 @@ from tqdm import tqdm
 import solu
 from solu import data_parallel
 from solu.batches import TrainStream, eval_rows, training_texts
-from solu.checkpoint import LOSS_CSV, LOSS_PNG, STATE, TOKENIZER, read_meta, save_checkpoint, write_atomic
+from solu.checkpoint import LOSS_CSV, LOSS_PNG, STATE, TOKENIZER, read_meta, save_checkpoint
 from solu.config import ModelConfig, TrainConfig
 from solu.corpus import check_dataset
 from solu.data_parallel import World
@@ -41,6 +41,7 @@ from solu.device import autocast, enable_tf32, to_device
 from solu.errors import UserError
 from solu.inputs import check_regular
 from solu.model import build_model, check_fits, resolve_device
+from solu.outputs import write_atomic
 from solu.tokenizer import load_tokenizer, train_tokenizer
 
 LOG_EVERY = 10  # steps between rows of the loss curve

@@ -195,6 +195,20 @@ def test_writers_refuse_a_database_reached_through_a_link(db, tmp_path, tiny_che
     assert digest(db) == before and sorted(p.name for p in db.parent.iterdir()) == beside
 
 
+def test_a_damaged_database_is_refused_at_once(db, capsys):
+    """A damaged header block: `sql` and `label` say it is not a database, without first
+    waiting LOCK_WAIT_S as if a writer held it."""
+    with open(db, "r+b") as f:
+        f.seek(4096)
+        f.write(b"\xff" * 4096)
+    for args in (["sql", "--db", str(db), "SELECT 1"], ["label", "--db", str(db), "gelu-synth", "0", "1", "x"]):
+        start = time.monotonic()
+        code = main(args)
+        err = capsys.readouterr().err.strip().splitlines()
+        assert code == 2 and len(err) == 1 and ("not a DuckDB database" in err[0] or "Corrupt" in err[0]), err
+        assert time.monotonic() - start < connection.LOCK_WAIT_S / 2
+
+
 def test_a_lock_conflict_is_the_word_not_the_letters():
     """A damaged file's checksum error mentions a "block": it is refused at once as not a
     database, not waited on for LOCK_WAIT_S as if a writer held the file."""

@@ -31,6 +31,7 @@ from solu.sources import load_model, resolve
 from solu.cli import main
 from conftest import read_plan
 from db_files import digest
+from processes import descendants
 
 CFG = dict(tokens=3000, top_k=5, bands=3, per_band=2, random=3, sample_tokens=900, batch_size=4, device="cpu")
 # what sorts each table's rows into one order, whoever wrote them
@@ -218,31 +219,13 @@ def test_worker_user_errors_name_the_shard(ray_cluster, tiny_checkpoints, tiny_c
     assert not (tmp_path / "x.duckdb").exists()
 
 
-def _descends_from(pid: int, ancestor: int) -> bool:
-    while pid > 1:
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            return False
-        if pid == ancestor:
-            return True
-    return False
-
-
 def _kill_first_worker(killed: list, stop: threading.Event) -> None:
     """SIGKILL the first of this test's Ray workers seen indexing a shard."""
     while not stop.is_set():
-        for entry in Path("/proc").iterdir():
-            if not entry.name.isdigit():
-                continue
-            try:
-                cmd = (entry / "cmdline").read_bytes()
-            except OSError:
-                continue
-            if cmd.startswith(b"ray::ShardWorker.run") and _descends_from(int(entry.name), os.getpid()):
-                os.kill(int(entry.name), signal.SIGKILL)
-                killed.append(int(entry.name))
-                return
+        for pid in descendants(os.getpid(), b"ray::ShardWorker.run"):
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+            return
         time.sleep(0.02)
 
 

@@ -14,6 +14,7 @@ import pytest
 
 from index.store.readonly_sql import GB, QueryStopped, SqlLimits, open_query, run_query
 from solu.errors import UserError
+from processes import descendants, gone_within
 from synthetic_index import build_synthetic_index
 
 TIME_LIMIT_S = 3.0
@@ -134,34 +135,6 @@ def test_blobs_dates_and_nan_come_out_as_json_and_csv(db, capsys):
 ENDLESS = "SELECT count(*) FROM range(1000000) a, range(1000000) b"  # CPU for hours, little memory
 
 
-def _sandboxes_under(pid: int) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
-            continue
-        try:
-            cmd = (entry / "cmdline").read_bytes()
-            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        if b"index.store.sql_sandbox" in cmd and parent == pid:
-            found.append(int(entry.name))
-    return found
-
-
-def _gone_within(pid: int, seconds: float) -> bool:
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        try:
-            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            return True
-        if state == "Z":
-            return True
-        time.sleep(0.05)
-    return False
-
-
 def test_a_query_dies_with_its_parent(db):
     """Kill `solu sql` (in its own session, so no terminal signal reaches the child) while
     its query runs: the query process dies too, long before its 60 s limit."""
@@ -169,13 +142,13 @@ def test_a_query_dies_with_its_parent(db):
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + 30
-        while not (children := _sandboxes_under(parent.pid)) and time.monotonic() < deadline:
+        while not (children := descendants(parent.pid, b"index.store.sql_sandbox")) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert children, "no query process was seen"
         time.sleep(0.5)  # the query is running
         parent.kill()
         parent.wait()
-        assert _gone_within(children[0], 5.0)
+        assert gone_within(children[0], 5.0)
     finally:
         parent.kill()
         parent.wait()

@@ -64,7 +64,7 @@ def _alive(pid: int) -> bool:
 
 
 def _remove(path: Path) -> None:
-    for p in (path, Path(str(path) + ".wal")):
+    for p in (path, wal_path(path)):
         try:
             p.unlink()
         except FileNotFoundError:
