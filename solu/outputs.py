@@ -66,10 +66,10 @@ def write_atomic(path: Path, write, flag: str | None = None) -> None:
     except BaseException as e:
         full = isinstance(e, Exception) and out_of_space(e, path.parent)
         tmp.unlink(missing_ok=True)
-        if full:
-            raise UserError(f"cannot write {path}: no space left on the disk") from None
         if flag and isinstance(e, OSError):
             raise UserError(f"{flag} {path}: {e.strerror or e}; nothing was written") from None
+        if full:
+            raise UserError(f"cannot write {path}: no space left on the disk") from None
         raise
 
 
