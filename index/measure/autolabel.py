@@ -39,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from index.measure.concepts import CONCEPTS, Concept, concept, concept_masks
+from index.measure.explain import explain_model
 from index.measure.intervals import wilson
 from index.store.connection import check_writable, open_read, open_write
 from index.store.queries import latest_run, require_models
@@ -275,10 +276,11 @@ SCORE_COLUMNS = ["model_id", "layer", "neuron", "site", "concept", "score", "top
 # ---------------------------------------------------------------- writing scores and labels
 
 def autolabel(db: str | Path, models: list[str] | None = None, concepts: list[Concept] | None = None,
-              threshold: float = RULE_SHARE) -> pd.DataFrame:
+              threshold: float = RULE_SHARE, progress: bool = False, workers: int | None = None) -> pd.DataFrame:
     """Score every primary-site neuron of `models` (all by default) on `concepts`, store
     the scores, and suggest labels where the best concept's top share reaches the
-    threshold. Returns one row per model and concept (see summarise)."""
+    threshold; choose and score each neuron's explanation (index.measure.explain) and
+    store it. Returns one row per model and concept (see summarise)."""
     check_threshold(threshold)
     concepts = concepts or list(CONCEPTS.values())
     check_writable(db)  # the scores are written at the end: refuse a read-only index before the work
@@ -289,9 +291,11 @@ def autolabel(db: str | Path, models: list[str] | None = None, concepts: list[Co
         if not models:
             raise UserError("the index has no models to score")
         scores = pd.concat([score_model(con, m, concepts) for m in models], ignore_index=True)
+        explained = pd.concat([explain_model(con, m, concepts, latest_run(con, m), workers, progress=progress)
+                               for m in models], ignore_index=True)
     finally:
         con.close()
-    write_scores(db, scores, concepts, threshold)
+    write_scores(db, scores, concepts, threshold, explained)
     return summarise(scores, threshold)
 
 
@@ -316,9 +320,11 @@ def summarise(scores: pd.DataFrame, threshold: float) -> pd.DataFrame:
         ["model_id", "concept"]).reset_index(drop=True)
 
 
-def write_scores(db: str | Path, scores: pd.DataFrame, concepts: list[Concept], threshold: float) -> int:
-    """Replace the scores of these models and concepts, then append auto labels where a
-    neuron's best concept changed. One short transaction; returns the labels appended."""
+def write_scores(db: str | Path, scores: pd.DataFrame, concepts: list[Concept], threshold: float,
+                 explained: pd.DataFrame | None = None) -> int:
+    """Replace the scores of these models and concepts (and their explanations), then
+    append auto labels where a neuron's best concept changed. One short transaction;
+    returns the labels appended."""
     defs = pd.DataFrame({"name": [c.name for c in concepts], "description": [c.description for c in concepts],
                          "pattern": [c.pattern for c in concepts]})
     with open_write(db) as con:
@@ -330,6 +336,11 @@ def write_scores(db: str | Path, scores: pd.DataFrame, concepts: list[Concept], 
         con.execute("DELETE FROM concept_scores WHERE (model_id, concept) IN "
                     "(SELECT DISTINCT model_id, concept FROM new_scores)")
         con.execute("INSERT INTO concept_scores BY NAME SELECT * FROM new_scores")
+        if explained is not None:
+            con.register("new_explanations", explained)
+            con.execute("DELETE FROM explanations WHERE model_id IN (SELECT DISTINCT model_id FROM new_scores)")
+            con.execute("INSERT INTO explanations BY NAME SELECT * FROM new_explanations")
+            con.unregister("new_explanations")
         changes = label_changes(con, list(scores.model_id.unique()), threshold)
         con.register("new_labels", changes)
         con.execute("""

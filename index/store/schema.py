@@ -146,6 +146,18 @@ MIGRATIONS: list[str] = [
                                    ORDER BY s.score DESC NULLS LAST, s.sample_share DESC NULLS LAST,
                                             s.concept) = 1;
     """,
+    # 8: explanations (rebuilt by `solu autolabel`): each primary-site neuron's rule,
+    # chosen on half of its records and scored on the other half across its whole range
+    """
+    CREATE TABLE explanations(
+        model_id VARCHAR, layer INTEGER, neuron INTEGER, site VARCHAR, kind VARCHAR, explanation VARCHAR,
+        args VARCHAR[], score DOUBLE, score_low DOUBLE, score_high DOUBLE, fit_score DOUBLE, fit_mean DOUBLE,
+        top_share DOUBLE, sample_share DOUBLE, fit_tokens BIGINT, held_tokens BIGINT, held_records INTEGER,
+        run_id VARCHAR, PRIMARY KEY (model_id, layer, neuron, site));
+    CREATE VIEW current_explanations AS
+        SELECT e.* FROM explanations e LEFT JOIN latest_runs r USING (model_id)
+        WHERE e.run_id IS NOT DISTINCT FROM r.run_id;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

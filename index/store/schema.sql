@@ -1,4 +1,4 @@
--- The database as it is today (schema version 7). A new database is created from this
+-- The database as it is today (schema version 8). A new database is created from this
 -- file; an older one is brought here by the numbered steps in schema.py, and a test
 -- checks that migrating a version-1 database gives exactly this.
 --
@@ -7,7 +7,7 @@
 --
 -- Rebuildable index data, replaced whenever a model is re-indexed: models, index_runs,
 -- index_details, neurons, examples, logits, activations, tokens; concept_scores and
--- concepts, rebuilt by `solu autolabel`. Human data, never deleted by the indexer:
+-- concepts and explanations, rebuilt by `solu autolabel`. Human data, never deleted by the indexer:
 -- labels, studies, study_answers.
 
 CREATE TABLE meta(
@@ -140,6 +140,22 @@ CREATE TABLE concept_scores(      -- 2
     PRIMARY KEY (model_id, layer, neuron, site, concept)
 );
 
+CREATE TABLE explanations(        -- 8: each primary-site neuron's explanation (index.measure.explain)
+    model_id VARCHAR, layer INTEGER, neuron INTEGER, site VARCHAR,
+    kind VARCHAR,                 -- concept, tokens, context or word
+    explanation VARCHAR,          -- as shown: "base64", "`return`", "`str` after `sub`", "a piece of `substr`"
+    args VARCHAR[],               -- the rule: concept name, normalised tokens, [previous, token] or [word]
+    score DOUBLE,                 -- held-out: correlation of predicted and actual activations
+    score_low DOUBLE, score_high DOUBLE, -- its 95% bootstrap interval (held-out records resampled)
+    fit_score DOUBLE,             -- the same correlation on the fit records it was chosen on
+    fit_mean DOUBLE,              -- the prediction where the rule holds: its mean activation on the fit records
+    top_share DOUBLE,             -- the paper's rule read with this explanation: share of top examples peaking on it
+    sample_share DOUBLE,          -- share of the activation sample's recorded mass where it holds
+    fit_tokens BIGINT, held_tokens BIGINT, held_records INTEGER,
+    run_id VARCHAR,               -- the index run they were computed from
+    PRIMARY KEY (model_id, layer, neuron, site)
+);
+
 -- ------------------------------------------------------------------ views
 
 CREATE VIEW current_labels AS     -- the latest label per neuron and source
@@ -168,3 +184,7 @@ CREATE VIEW best_concepts AS      -- 7: each primary-site neuron's best concept 
     QUALIFY row_number() OVER (PARTITION BY s.model_id, s.layer, s.neuron
                                ORDER BY s.score DESC NULLS LAST, s.sample_share DESC NULLS LAST,
                                         s.concept) = 1;
+
+CREATE VIEW current_explanations AS  -- 8: the explanations of the latest run
+    SELECT e.* FROM explanations e LEFT JOIN latest_runs r USING (model_id)
+    WHERE e.run_id IS NOT DISTINCT FROM r.run_id;

@@ -1,0 +1,129 @@
+"""Explanations chosen on fit records and scored on held-out records (index.measure.explain),
+checked on planted neurons whose answers are known and against a brute force."""
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pytest
+
+from index.measure.concepts import CONCEPTS
+from index.measure.explain import INTERPRETABLE, Rule, explain_model, held_out, words
+from index.store.connection import open_read
+from planted_neurons import N_RANDOM, build_planted_neurons_db
+
+PURITIES = (1.0, 0.8, 0.6, 0.5, 0.4, 0.3)
+
+
+@pytest.fixture(scope="module")
+def planted(tmp_path_factory):
+    db = build_planted_neurons_db(tmp_path_factory.mktemp("planted") / "planted.duckdb", purities=PURITIES)
+    return db, explain(db)
+
+
+def explain(db, workers=1):
+    con = open_read(db)
+    try:
+        return explain_model(con, "planted", list(CONCEPTS.values()), None, workers=workers, chunk=7, boot=100)
+    finally:
+        con.close()
+
+
+def test_words_join_pieces_without_a_space():
+    assert words([" the", " sub", "str", " of"]) == [None, "substr", "substr", None]
+    assert words([" sub", " str", "."]) == [None, None, None]
+
+
+def test_planted_neurons_get_their_rule_and_a_high_score(planted):
+    _, df = planted
+    want = [("concept", ["base64"]), ("tokens", ["return"]), ("word", ["substr"])]
+    for neuron, (kind, args) in enumerate(want):
+        row = df.iloc[neuron]
+        assert (row.kind, list(row.args)) == (kind, args)
+        assert row.score > 0.9 and row.score_low >= INTERPRETABLE, row.to_dict()
+        assert row.top_share == 1.0 and row.sample_share > 0.95
+
+
+def test_a_neuron_busy_below_its_top_scores_low_although_it_passes_the_papers_rule(planted):
+    row = planted[1].iloc[3]
+    assert row.explanation == "base64" and row.top_share >= 0.8
+    assert row.sample_share < 0.4
+    assert row.score_high < INTERPRETABLE, row.to_dict()
+
+
+def test_random_neurons_score_near_zero(planted):
+    scores = planted[1].score.iloc[4:4 + N_RANDOM]
+    assert (scores.abs() < 0.1).all(), scores.tolist()
+    assert (planted[1].fit_score.iloc[4:4 + N_RANDOM] > scores).all()  # the fit split flatters; held-out does not
+
+
+def test_threshold_separates_planted_neurons(planted):
+    """INTERPRETABLE is calibrated here: a base64 neuron putting at least half of its
+    activation on base64 passes; one putting 40% or less fails."""
+    ladder = planted[1].iloc[4 + N_RANDOM:]
+    assert (ladder.explanation == "base64").all()
+    passes = dict(zip(PURITIES, ladder.score >= INTERPRETABLE))
+    assert passes == {q: q >= 0.5 for q in PURITIES}, ladder.score.tolist()
+    assert ladder.score.is_monotonic_decreasing
+
+
+def brute_force(db, neuron: int, rule: Rule, held: bool) -> float:
+    """The correlation of the rule's indicator with the activations over every token of the
+    chosen split's records: the neuron's windows and the activation sample's documents."""
+    con = duckdb.connect(str(db), read_only=True)
+    predicted, actual = [], []
+    for doc, tokens, acts in con.execute("SELECT doc_id, tokens, acts FROM examples WHERE neuron = ?",
+                                         [neuron]).fetchall():
+        if held_out(doc) == held:
+            predicted += list(rule.mask(tokens))
+            actual += list(acts)
+    recorded = {(d, p): a for d, p, a in con.execute("SELECT doc_id, pos, act FROM activations WHERE neuron = ?",
+                                                      [neuron]).fetchall()}
+    for doc, tokens, positions in con.execute("SELECT doc_id, list(token ORDER BY pos), list(pos ORDER BY pos) "
+                                              "FROM tokens GROUP BY doc_id").fetchall():
+        if held_out(doc) == held:
+            predicted += list(rule.mask(tokens))
+            actual += [recorded.get((doc, p), 0.0) for p in positions]
+    con.close()
+    return float(np.corrcoef(np.array(predicted, float), np.array(actual, float))[0, 1])
+
+
+@pytest.mark.parametrize("neuron", [0, 1, 2, 3, 4 + N_RANDOM + 3])
+def test_scores_equal_a_brute_force_on_each_split(planted, neuron):
+    db, df = planted
+    row = df.iloc[neuron]
+    rule = Rule(row.kind, tuple(row.args))
+    assert row.score == pytest.approx(brute_force(db, neuron, rule, held=True), abs=1e-9)
+    assert row.fit_score == pytest.approx(brute_force(db, neuron, rule, held=False), abs=1e-9)
+    assert row.score_low <= row.score <= row.score_high and row.score_high > row.score_low
+
+
+def test_fit_and_held_out_never_share_a_record(planted, tmp_path):
+    """Scrambling the held-out documents' activations changes the score and neither the
+    explanation nor the fit score; scrambling the fit documents' does the reverse."""
+    db, df = planted
+    for held in (True, False):
+        copy = tmp_path / f"scrambled-{held}.duckdb"
+        copy.write_bytes(db.read_bytes())
+        con = duckdb.connect(str(copy))
+        docs = [d for (d,) in con.execute("SELECT DISTINCT doc_id FROM tokens").fetchall() if held_out(d) == held]
+        assert 0 < len(docs) < con.execute("SELECT count(DISTINCT doc_id) FROM tokens").fetchone()[0]
+        con.execute("UPDATE activations SET act = act * (1 + (hash(pos) % 7)) WHERE list_contains(?, doc_id)", [docs])
+        con.execute("UPDATE examples SET acts = list_transform(acts, lambda a, i: a * (1 + (hash(i) % 7))) "
+                    "WHERE list_contains(?, doc_id)", [docs])
+        con.close()
+        got = explain(copy)
+        first = got.iloc[:3]
+        if held:
+            assert (first.explanation == df.explanation.iloc[:3]).all()
+            assert np.allclose(first.fit_score, df.fit_score.iloc[:3])
+            assert not np.allclose(first.score, df.score.iloc[:3])
+        else:
+            assert np.allclose(first.score[first.explanation == df.explanation.iloc[:3]],
+                               df.score.iloc[:3][first.explanation == df.explanation.iloc[:3]])
+            assert not np.allclose(first.fit_score, df.fit_score.iloc[:3])
+
+
+def test_a_pool_of_workers_gives_the_same_scores(planted):
+    db, df = planted
+    pooled = explain(db, workers=2)
+    assert pooled.drop(columns=["args"]).equals(df.drop(columns=["args"]))
