@@ -42,7 +42,8 @@ def register(sub) -> None:
     p = sub.add_parser("compare", help="print checkpoints side by side; with --db, report on two indexed models")
     p.add_argument("checkpoints", nargs="+", metavar="MODEL",
                    help="checkpoint directories or other MODEL specs (solu-2l, gpt2, ./my-model), "
-                        "or with --db two model ids")
+                        "or with --db two model ids, or two comma-separated groups of them (training seeds: "
+                        "gelu-s0,gelu-s1,gelu-s2 solu-s0,solu-s1,solu-s2)")
     p.add_argument("--db", type=Path, help="an index: write the interpretability report for MODEL_A MODEL_B")
     p.add_argument("--out", type=Path, help="with --db: report folder (default compare-A-vs-B)")
     p.add_argument("--threshold", type=float, default=RULE_SHARE,
@@ -168,16 +169,21 @@ def cmd_compare(args) -> int:
 
 
 def cmd_compare_report(args) -> int:
-    """`solu compare --db FILE MODEL_A MODEL_B [--out DIR]`: the markdown + PNG report."""
+    """`solu compare --db FILE A B [--out DIR]`: the markdown + PNG report; A and B are
+    model ids or comma-separated groups of them (training seeds)."""
     from index.measure.report import write_report
     from solu.outputs import check_out_dir
 
     if len(args.checkpoints) != 2:
-        raise UserError("with --db, compare takes two model ids: solu compare --db FILE MODEL_A MODEL_B")
-    a, b = (str(m) for m in args.checkpoints)
-    out = args.out or Path(f"compare-{a}-vs-{b}".replace("/", "_"))  # hub ids hold a slash
+        raise UserError("with --db, compare takes two model ids or two comma-separated groups of them: "
+                        "solu compare --db FILE MODEL_A MODEL_B (or A1,A2,A3 B1,B2,B3)")
+    groups = [[m for m in str(spec).split(",") if m] for spec in args.checkpoints]
+    if not all(groups):
+        raise UserError(f"an empty model group: {' '.join(map(str, args.checkpoints))!r}")
+    names = ["+".join(g) for g in groups]
+    out = args.out or Path(f"compare-{names[0]}-vs-{names[1]}".replace("/", "_"))  # hub ids hold a slash
     check_out_dir(out, "--out")
-    report = write_report(args.db, a, b, out, args.threshold)
+    report = write_report(args.db, groups, out, args.threshold)
     print(report.read_text(encoding="utf-8"))
     print(f"report written to {report} (plots beside it)")
     return 0

@@ -1,21 +1,34 @@
-"""Two models side by side: the SoLU paper's claim, measured on an index.
+"""Two groups of models side by side (one model each, or several training seeds each):
+the SoLU paper's claim, measured on an index.
 
 Loss (does SoLU cost much?), activation sparsity (density and kurtosis of each neuron's
-activations), the paper's rule automated (per model and layer, the fraction of neurons
-whose top examples peak on one concept at least 80% of the time, from `solu autolabel`,
-with a 95% Wilson interval, and the difference between the two models with Newcombe's
-interval and an exact permutation test), human labels, and the blinded study where one
-covers the models. Every function returns a DataFrame; `index.measure.report` renders
-them as markdown with PNG plots, and the app's Models page shows the same tables.
+activations), and two measures of interpretability, both from `solu autolabel`, per
+model and layer with 95% Wilson intervals:
+
+* the paper's rule automated: the fraction of neurons whose top examples peak on one
+  concept at least 80% of the time (it reads only the top of each neuron's range);
+* the held-out measure: the fraction of neurons whose explanation scores at least
+  explain.INTERPRETABLE on held-out records across the whole range.
+
+The difference between the groups (B minus A) comes with a 95% interval from a
+hierarchical bootstrap that resamples training runs within each group and then neurons
+within each run, because run-to-run variation is what can flip the answer; with one
+model per group only neurons vary, and the two-model tables add Newcombe's interval and
+an exact permutation test for the rule. A sentence says when the two measures disagree.
+Human labels and the blinded study follow. Every function returns a DataFrame;
+`index.measure.report` renders them as markdown with PNG plots, and the app's Models
+page shows the same tables.
 """
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import pandas as pd
 
 from index.measure import study as study_mod
 from index.measure.autolabel import AUTHOR, RULE_SHARE
+from index.measure.explain import INTERPRETABLE
 from index.measure.intervals import newcombe, permutation_p, wilson
 from index.store.queries import require_models
 from solu.errors import UserError
@@ -28,7 +41,8 @@ def _in(models: list[str]) -> str:
 def check_models(con, models: list[str]) -> None:
     require_models(con, models)
     if len(set(models)) != len(models):
-        raise UserError("compare two different models")
+        raise UserError("compare two different models" if len(models) == 2 else
+                        "a model appears twice among the groups; each model belongs to one group")
 
 
 def loss_table(con, models: list[str]) -> pd.DataFrame:
@@ -146,15 +160,111 @@ def study_table(con, models: list[str]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
-def compare_tables(con, models: list[str], rule: float = RULE_SHARE) -> dict[str, pd.DataFrame]:
-    """Everything the report and the Models page show, by section."""
+def explanations(con, models: list[str]) -> pd.DataFrame:
+    """Each primary-site neuron's explanation and held-out score (latest index run; empty
+    until `solu autolabel` has run)."""
+    return con.execute(f"""
+        SELECT e.model_id, e.layer, e.neuron, e.kind, e.explanation, e.score, e.score_low, e.score_high,
+               e.top_share, e.sample_share
+        FROM current_explanations e JOIN neurons n USING (model_id, layer, neuron, site)
+        WHERE n.is_primary AND e.model_id IN {_in(models)} ORDER BY e.model_id, e.layer, e.neuron""", models).df()
+
+
+def heldout_table(expl: pd.DataFrame, models: list[str], by_layer: bool) -> pd.DataFrame:
+    """Per model (and layer), neurons whose held-out score reaches INTERPRETABLE, their
+    fraction with its 95% Wilson interval, and the median score (a neuron without a
+    score, dead or with no held-out record, counts as not passing)."""
+    keys = ["model_id", "layer"] if by_layer else ["model_id"]
+    rows = []
+    for key, group in expl.groupby(keys, sort=False):
+        key = key if isinstance(key, tuple) else (key,)
+        rows.append(dict(zip(keys, key), neurons=len(group), passing=int((group.score >= INTERPRETABLE).sum()),
+                         median_score=group.score.median()))
+    out = pd.DataFrame(rows, columns=keys + ["neurons", "passing", "median_score"])
+    low, high = wilson(out.passing.to_numpy(), out.neurons.to_numpy())
+    out = out.assign(frac_passing=out.passing / out.neurons, ci_low=low, ci_high=high)
+    order = {m: i for i, m in enumerate(models)}
+    out = out.sort_values(keys, key=lambda c: c.map(order) if c.name == "model_id" else c)
+    return out[keys + ["neurons", "passing", "frac_passing", "ci_low", "ci_high", "median_score"]].reset_index(
+        drop=True)
+
+
+BOOTSTRAP = 4000
+
+
+def hierarchical_interval(passing: list[np.ndarray], draws: int = BOOTSTRAP, seed: int = 0) -> np.ndarray:
+    """Bootstrap draws of a group's pooled fraction: training runs resampled with
+    replacement, then each drawn run's neurons (a count `passing[i].sum()` of `len`)."""
+    rng = np.random.default_rng(seed)
+    n = np.array([len(p) for p in passing], dtype=np.int64)
+    frac = np.array([p.mean() if len(p) else 0.0 for p in passing])
+    runs = rng.integers(0, len(passing), size=(draws, len(passing)))
+    hits = rng.binomial(n[runs], frac[runs])
+    return hits.sum(axis=1) / np.maximum(n[runs].sum(axis=1), 1)
+
+
+def group_difference(best: pd.DataFrame, expl: pd.DataFrame, groups: list[list[str]], rule: float) -> pd.DataFrame:
+    """Group B minus group A in the fraction of neurons passing each measure, per shared
+    layer and over all layers, with a 95% hierarchical bootstrap interval."""
+    a, b = groups
+    measures = [("paper's rule", best.assign(passes=best.top_share >= rule)),
+                ("held-out score", expl.assign(passes=expl.score >= INTERPRETABLE))]
+    out = []
+    for name, df in measures:
+        if df.empty:
+            continue
+        layers = sorted(set(df.layer))
+        for layer in [*layers, "all"]:
+            rows = df if layer == "all" else df[df.layer == layer]
+            per = [[rows[rows.model_id == m].passes.to_numpy(bool) for m in g] for g in (a, b)]
+            if any(not any(len(p) for p in side) for side in per):
+                continue
+            frac = [sum(p.sum() for p in side) / sum(len(p) for p in side) for side in per]
+            draws = [hierarchical_interval(side, seed=i) for i, side in enumerate(per)]
+            low, high = np.percentile(draws[1] - draws[0], [2.5, 97.5])
+            out.append({"measure": name, "layer": str(layer), "runs_a": len(a), "runs_b": len(b),
+                        "frac_a": frac[0], "frac_b": frac[1], "difference": frac[1] - frac[0],
+                        "diff_low": low, "diff_high": high})
+    return pd.DataFrame(out)
+
+
+def disagreement(diff: pd.DataFrame) -> str:
+    """One sentence when the two measures point different ways over all layers (opposite
+    signs, at least one interval excluding 0); empty otherwise."""
+    if diff.empty:
+        return ""
+    rows = diff[diff.layer == "all"].set_index("measure")
+    if len(rows) < 2:
+        return ""
+    rule, held = rows.loc["paper's rule"], rows.loc["held-out score"]
+    clear = [(r.diff_low > 0) or (r.diff_high < 0) for r in (rule, held)]
+    if rule.difference * held.difference < 0 and any(clear):
+        return (f"The two measures disagree: the paper's rule gives B minus A = {rule.difference:+.3f} "
+                f"[{rule.diff_low:+.3f}, {rule.diff_high:+.3f}], the held-out score {held.difference:+.3f} "
+                f"[{held.diff_low:+.3f}, {held.diff_high:+.3f}]; the rule reads only the top examples, the "
+                "held-out score each neuron's whole range.")
+    return ""
+
+
+def compare_tables(con, models: list[str], rule: float = RULE_SHARE,
+                   groups: list[list[str]] | None = None) -> dict[str, pd.DataFrame]:
+    """Everything the report and the Models page show, by section. `groups` (A and B,
+    each a list of models, together `models`) default to one model each."""
+    groups = groups or [[models[0]], [models[1]]]
     check_models(con, models)
     best = best_concepts(con, models)
+    expl = explanations(con, models)
     by_layer, overall = rule_table(best, models, rule, True), rule_table(best, models, rule, False)
+    single = all(len(g) == 1 for g in groups)
+    diff = group_difference(best, expl, groups, rule)
     return {
         "loss": loss_table(con, models), "sparsity": sparsity_table(con, models),
         "neuron_stats": neuron_stats(con, models), "best": best, "rule": overall, "rule_by_layer": by_layer,
-        "rule_difference": rule_difference(by_layer, overall, models) if not best.empty else pd.DataFrame(),
+        "rule_difference": (rule_difference(by_layer, overall, [groups[0][0], groups[1][0]])
+                            if single and not best.empty else pd.DataFrame()),
+        "explanations": expl, "heldout": heldout_table(expl, models, False),
+        "heldout_by_layer": heldout_table(expl, models, True), "group_difference": diff,
+        "disagreement": pd.DataFrame({"sentence": [disagreement(diff)]}),
         "concepts": concept_counts(best, rule), "labels": label_table(con, models),
         "study": study_table(con, models),
     }
@@ -164,6 +274,7 @@ def headline(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per model: the numbers the paper's claim turns on."""
     stats, rule, labels, study = (tables["neuron_stats"], tables["rule"].set_index("model_id"),
                                   tables["labels"].set_index("model_id"), tables["study"])
+    held = tables["heldout"].set_index("model_id")
     rows = []
     for r in tables["loss"].itertuples():
         mine = stats[stats.model_id == r.model_id]
@@ -173,6 +284,9 @@ def headline(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
                "frac_rule": rule.frac_passing.get(r.model_id, math.nan),
                "rule_ci_low": rule.ci_low.get(r.model_id, math.nan),
                "rule_ci_high": rule.ci_high.get(r.model_id, math.nan),
+               "frac_heldout": held.frac_passing.get(r.model_id, math.nan),
+               "heldout_ci_low": held.ci_low.get(r.model_id, math.nan),
+               "heldout_ci_high": held.ci_high.get(r.model_id, math.nan),
                "frac_human_labeled": labels.frac_human_labeled.get(r.model_id, math.nan)}
         mine_study = study[study.model_id == r.model_id] if not study.empty else study
         if not mine_study.empty:

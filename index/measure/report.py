@@ -12,6 +12,7 @@ import pandas as pd
 
 from index.measure.autolabel import RULE_SHARE, check_threshold
 from index.measure.compare import compare_tables, headline
+from index.measure.explain import INTERPRETABLE
 from index.store.connection import open_read
 from solu.errors import UserError
 
@@ -59,8 +60,8 @@ def plot_best_share(best: pd.DataFrame, models: list[str], rule: float, path: Pa
     _save(fig, path)
 
 
-def plot_rule_by_layer(by_layer: pd.DataFrame, models: list[str], rule: float, path: Path) -> None:
-    """Per layer and model, the fraction passing the rule with its 95% Wilson interval."""
+def plot_by_layer(by_layer: pd.DataFrame, models: list[str], title: str, path: Path) -> None:
+    """Per layer and model, the fraction passing a measure with its 95% Wilson interval."""
     fig, ax = _pyplot().subplots(figsize=(6.4, 3.6))
     width = 0.8 / len(models)
     for i, m in enumerate(models):
@@ -68,9 +69,20 @@ def plot_rule_by_layer(by_layer: pd.DataFrame, models: list[str], rule: float, p
         y = rows.frac_passing.to_numpy(float)
         err = np.clip(np.vstack([y - rows.ci_low.to_numpy(float), rows.ci_high.to_numpy(float) - y]), 0, None)
         ax.bar(rows.layer + (i - (len(models) - 1) / 2) * width, y, width, yerr=err, capsize=4, label=m)
-    ax.set(xlabel="layer", ylabel="fraction of neurons", ylim=(0, 1),
-           title=f"One concept explains >= {rule:.0%} of the top examples (95% CI)")
+    ax.set(xlabel="layer", ylabel="fraction of neurons", ylim=(0, 1), title=title)
     ax.set_xticks(sorted(by_layer.layer.unique()))
+    ax.legend()
+    _save(fig, path)
+
+
+def plot_scores(expl: pd.DataFrame, models: list[str], path: Path) -> None:
+    fig, ax = _pyplot().subplots(figsize=(6.4, 3.6))
+    bins = np.linspace(-0.2, 1, 25)
+    for m in models:
+        ax.hist(expl[expl.model_id == m].score.dropna().clip(-0.2, 1), bins=bins, alpha=0.55, label=m)
+    ax.axvline(INTERPRETABLE, color="k", linestyle="--", linewidth=1, label=f"interpretable >= {INTERPRETABLE:g}")
+    ax.set(xlabel="held-out score (correlation of predicted and actual activations)", ylabel="neurons",
+           title="Explanations scored on held-out records")
     ax.legend()
     _save(fig, path)
 
@@ -100,33 +112,68 @@ def plot_study(summary: pd.DataFrame, path: Path) -> None:
 
 
 def rule_section(tables: dict[str, pd.DataFrame], models: list[str], rule: float, images: dict[str, str]) -> list[str]:
-    a, b = models
     if tables["best"].empty:
         return ["No concept scores for these models yet: run `solu autolabel --db FILE` first.\n"]
-    return [f"A neuron passes when one concept holds at least {rule:.0%} of its top examples' peak tokens "
-            "(the paper's rule, automated with the concept detectors of `solu autolabel`). Fractions with "
-            "95% Wilson intervals; median_sample_share: how much of the passing neurons' activation over the "
-            "index's activation sample falls on their concept (the second measure).\n",
-            markdown_table(tables["rule"]), "Per layer:\n", markdown_table(tables["rule_by_layer"]),
-            f"Difference ({b} minus {a}), with a 95% Newcombe interval and the exact two-sided permutation "
-            "p-value (neurons relabelled between the two models):\n",
-            markdown_table(tables["rule_difference"], 4),
-            f"Neurons passing the rule, by concept:\n", markdown_table(tables["concepts"]),
-            f"![per layer]({images['rule']})\n\n![best share]({images['best']})\n"]
+    parts = [f"A neuron passes when one concept holds at least {rule:.0%} of its top examples' peak tokens "
+             "(the paper's rule, automated with the concept detectors of `solu autolabel`). Fractions with "
+             "95% Wilson intervals; median_sample_share: how much of the passing neurons' activation over the "
+             "index's activation sample falls on their concept (the second measure).\n",
+             markdown_table(tables["rule"]), "Per layer:\n", markdown_table(tables["rule_by_layer"])]
+    if not tables["rule_difference"].empty:
+        a, b = models
+        parts += [f"Difference ({b} minus {a}), with a 95% Newcombe interval and the exact two-sided permutation "
+                  "p-value (neurons relabelled between the two models):\n",
+                  markdown_table(tables["rule_difference"], 4)]
+    return parts + [f"Neurons passing the rule, by concept:\n", markdown_table(tables["concepts"]),
+                    f"![per layer]({images['rule']})\n\n![best share]({images['best']})\n"]
 
 
-def render_markdown(tables: dict[str, pd.DataFrame], models: list[str], rule: float, images: dict[str, str]) -> str:
-    a, b = models
-    parts = [f"# {a} vs {b}\n",
+def heldout_section(tables: dict[str, pd.DataFrame], images: dict[str, str]) -> list[str]:
+    if tables["explanations"].empty:
+        return ["No explanations for these models yet: run `solu autolabel --db FILE` first.\n"]
+    return [f"Each neuron's explanation (a concept, a set of tokens, a token after a token, or a piece of a "
+            f"word) is chosen on half of its records and scored on the other half (split by document): the "
+            f"correlation between the activation it predicts and the actual one over every held-out token of "
+            f"its top examples, interval samples, random samples and the activation sample. A neuron counts "
+            f"as interpretable at a score of {INTERPRETABLE:g} or more (calibrated on planted neurons: about "
+            f"half of the activation explained). Fractions with 95% Wilson intervals.\n",
+            markdown_table(tables["heldout"]), "Per layer:\n", markdown_table(tables["heldout_by_layer"]),
+            f"![held-out per layer]({images['heldout']})\n\n![held-out scores]({images['scores']})\n"]
+
+
+def difference_section(tables: dict[str, pd.DataFrame], groups: list[list[str]]) -> list[str]:
+    diff = tables["group_difference"]
+    if diff.empty:
+        return ["No measure to compare yet: run `solu autolabel --db FILE` first.\n"]
+    a, b = (", ".join(g) for g in groups)
+    parts = [f"B minus A (A: {a}; B: {b}) in the fraction of neurons passing each measure, with a 95% "
+             "hierarchical bootstrap interval: training runs resampled within each group, then neurons within "
+             "each run.\n", markdown_table(diff, 4)]
+    if all(len(g) == 1 for g in groups):
+        parts.append("With one model per group the interval covers neuron-to-neuron variation only: a "
+                     "second training run of the same recipe can differ by more. Compare several seeds per "
+                     "group (`solu compare --db FILE A1,A2,A3 B1,B2,B3`).\n")
+    sentence = tables["disagreement"].sentence.iloc[0]
+    parts.append(f"**{sentence}**\n" if sentence else "The two measures do not point in opposite directions.\n")
+    return parts
+
+
+def render_markdown(tables: dict[str, pd.DataFrame], groups: list[list[str]], rule: float,
+                    images: dict[str, str]) -> str:
+    models = [m for g in groups for m in g]
+    parts = [f"# {', '.join(groups[0])} vs {', '.join(groups[1])}\n",
              "The SoLU paper's claim: SoLU makes more MLP neurons interpretable (about 35% to 60% by "
              "blinded human rating) at little cost in loss. Measured here on one index.\n",
              "## Summary\n", markdown_table(headline(tables)),
              f"frac_rule: share of primary-site neurons whose top examples peak on one concept at least "
-             f"{rule:.0%} of the time, with its 95% interval (rule_ci_low, rule_ci_high).\n",
+             f"{rule:.0%} of the time, with its 95% interval (rule_ci_low, rule_ci_high); frac_heldout: share "
+             f"whose explanation scores at least {INTERPRETABLE:g} on held-out records.\n",
+             "## The difference between the groups\n", *difference_section(tables, groups),
              "## Loss\n", markdown_table(tables["loss"], 4),
              "## Activation sparsity (primary site, per layer)\n", markdown_table(tables["sparsity"], 4),
              f"![sparsity]({images['sparsity']})\n", "## The paper's rule, automated\n"]
     parts += rule_section(tables, models, rule, images)
+    parts += ["## Explanations scored on held-out records\n", *heldout_section(tables, images)]
     parts += ["## Labels\n", markdown_table(tables["labels"]), "## Blinded study\n"]
     if tables["study"].empty:
         parts.append("No blinded study covers these models (start one on the app's Study page).\n")
@@ -137,13 +184,14 @@ def render_markdown(tables: dict[str, pd.DataFrame], models: list[str], rule: fl
     return "\n".join(parts)
 
 
-def write_report(db: str | Path, model_a: str, model_b: str, out: str | Path, rule: float = RULE_SHARE) -> Path:
-    """Write report.md and its PNG plots into `out`; returns the report's path."""
+def write_report(db: str | Path, groups: list[list[str]], out: str | Path, rule: float = RULE_SHARE) -> Path:
+    """Write report.md and its PNG plots into `out` for groups A and B (lists of model
+    ids); returns the report's path."""
     check_threshold(rule)
-    models = [model_a, model_b]
+    models = [m for g in groups for m in g]
     con = open_read(db)
     try:
-        tables = compare_tables(con, models, rule)
+        tables = compare_tables(con, models, rule, groups)
     finally:
         con.close()
     out = Path(out)
@@ -153,10 +201,10 @@ def write_report(db: str | Path, model_a: str, model_b: str, out: str | Path, ru
     except OSError as e:
         raise UserError(f"cannot create {out}: {e.strerror or e}") from None
     images = {"sparsity": "sparsity.png", "rule": "rule_by_layer.png", "best": "best_share.png",
-              "study": "study.png"}
+              "study": "study.png", "heldout": "heldout_by_layer.png", "scores": "heldout_scores.png"}
     fresh = [out / name for name in [*images.values(), "report.md"] if not (out / name).exists()]
     try:
-        return _write_files(tables, models, rule, out, images)
+        return _write_files(tables, groups, rule, out, images)
     except BaseException:  # a full disk: nothing this run began stays behind half-written
         for path in fresh:
             path.unlink(missing_ok=True)
@@ -166,16 +214,23 @@ def write_report(db: str | Path, model_a: str, model_b: str, out: str | Path, ru
         raise
 
 
-def _write_files(tables: dict, models: list[str], rule: float, out: Path, names: dict[str, str]) -> Path:
+def _write_files(tables: dict, groups: list[list[str]], rule: float, out: Path, names: dict[str, str]) -> Path:
+    models = [m for g in groups for m in g]
     images = {"sparsity": names["sparsity"]}
     plot_sparsity(tables["neuron_stats"], models, out / images["sparsity"])
     if not tables["best"].empty:
         images |= {"rule": names["rule"], "best": names["best"]}
-        plot_rule_by_layer(tables["rule_by_layer"], models, rule, out / images["rule"])
+        plot_by_layer(tables["rule_by_layer"], models,
+                      f"One concept explains >= {rule:.0%} of the top examples (95% CI)", out / images["rule"])
         plot_best_share(tables["best"], models, rule, out / images["best"])
     if not tables["study"].empty:
         images["study"] = names["study"]
         plot_study(tables["study"], out / images["study"])
+    if not tables["explanations"].empty:
+        images |= {"heldout": names["heldout"], "scores": names["scores"]}
+        plot_by_layer(tables["heldout_by_layer"], models,
+                      f"Held-out score >= {INTERPRETABLE:g} (95% CI)", out / images["heldout"])
+        plot_scores(tables["explanations"], models, out / images["scores"])
     report = out / "report.md"
-    report.write_text(render_markdown(tables, models, rule, images), encoding="utf-8")
+    report.write_text(render_markdown(tables, groups, rule, images), encoding="utf-8")
     return report
