@@ -9,33 +9,40 @@ import streamlit as st
 from explorer import data, db
 from index.measure import compare
 from index.measure.autolabel import RULE_SHARE
+from index.measure.explain import INTERPRETABLE
 
 PERCENT = st.column_config.NumberColumn(format="percent")
 
 
-def pick_models(models: pd.DataFrame) -> list[str] | None:
+def pick_models(models: pd.DataFrame) -> list[list[str]] | None:
+    """Groups A and B: one model each, or several training seeds each (default: the GELU
+    models against the others)."""
     ids = list(models.model_id)
     if len(ids) < 2:
         st.caption("Index two models to compare them.")
         return None
     gelu = [m for m, a in zip(models.model_id, models.act_fn) if a == "gelu"]
     solu = [m for m, a in zip(models.model_id, models.act_fn) if a != "gelu"]
-    first, second = (gelu[0], solu[0]) if gelu and solu else (ids[0], ids[1])
+    first, second = (gelu, solu) if gelu and solu else ([ids[0]], [ids[1]])
     a, b, c = st.columns([2, 2, 1])
-    model_a = a.selectbox("Model A", ids, index=ids.index(first), key="compare-a")
-    model_b = b.selectbox("Model B", ids, index=ids.index(second), key="compare-b")
+    group_a = a.multiselect("Group A", ids, default=first, key="compare-a",
+                            help="one model, or several training seeds of one recipe")
+    group_b = b.multiselect("Group B", ids, default=second, key="compare-b")
     c.number_input("Rule: share of top examples", 0.0, 1.0, RULE_SHARE, 0.05, key="compare-rule")
-    if model_a == model_b:
-        st.caption("Pick two different models.")
+    if not group_a or not group_b:
+        st.caption("Pick at least one model per group.")
         return None
-    return [model_a, model_b]
+    if set(group_a) & set(group_b):
+        st.caption("A model can be in one group only.")
+        return None
+    return [group_a, group_b]
 
 
-def rule_chart(by_layer: pd.DataFrame) -> alt.LayerChart:
-    """Per layer and model, the fraction passing the rule, with its 95% interval."""
+def rule_chart(by_layer: pd.DataFrame, title: str = "fraction passing the rule") -> alt.LayerChart:
+    """Per layer and model, the fraction passing a measure, with its 95% interval."""
     base = alt.Chart(by_layer).encode(x=alt.X("layer:O"), xOffset="model_id:N")
     bars = base.mark_bar().encode(
-        y=alt.Y("frac_passing:Q", scale=alt.Scale(domain=[0, 1]), title="fraction passing the rule"),
+        y=alt.Y("frac_passing:Q", scale=alt.Scale(domain=[0, 1]), title=title),
         color="model_id:N", tooltip=["model_id", "layer", "passing", "neurons",
                                      alt.Tooltip("frac_passing:Q", format=".1%"),
                                      alt.Tooltip("ci_low:Q", format=".1%"), alt.Tooltip("ci_high:Q", format=".1%")])
@@ -51,23 +58,40 @@ def share_histogram(best: pd.DataFrame) -> alt.Chart:
 def show() -> None:
     st.subheader("Interpretability: the paper's claim, measured")
     models = data.query("models")
-    chosen = pick_models(models)
-    if chosen is None:
+    groups = pick_models(models)
+    if groups is None:
         return
     rule = float(st.session_state.get("compare-rule", RULE_SHARE))
-    tables = db.read(data.db_path(), compare.compare_tables, chosen, rule)
+    tables = db.read(data.db_path(), compare.compare_tables, [m for g in groups for m in g], rule, groups)
     st.dataframe(compare.headline(tables), hide_index=True, column_config={
-        "frac_rule": PERCENT, "rule_ci_low": PERCENT, "rule_ci_high": PERCENT, "frac_human_labeled": PERCENT})
+        "frac_rule": PERCENT, "rule_ci_low": PERCENT, "rule_ci_high": PERCENT, "frac_heldout": PERCENT,
+        "heldout_ci_low": PERCENT, "heldout_ci_high": PERCENT, "frac_human_labeled": PERCENT})
     st.caption(f"frac_rule: neurons whose top examples peak on one concept at least {rule:.0%} of the time "
-               "(the paper's rule, automated by `solu autolabel`), with a 95% Wilson interval.")
+               f"(the paper's rule, automated by `solu autolabel`); frac_heldout: neurons whose explanation "
+               f"scores at least {INTERPRETABLE:g} on held-out records across their whole range. 95% Wilson "
+               "intervals.")
+    diff = tables["group_difference"]
+    if not diff.empty:
+        st.caption("Group B minus group A, with a 95% hierarchical bootstrap interval (training runs, then "
+                   "neurons, resampled)" + (": one model per group shows neuron-to-neuron variation only; "
+                   "compare several seeds per group." if all(len(g) == 1 for g in groups) else "."))
+        st.dataframe(diff, hide_index=True)
+        sentence = tables["disagreement"].sentence.iloc[0]
+        if sentence:
+            st.warning(sentence)
     if tables["best"].empty:
         st.info("No concept scores yet: run `solu autolabel --db FILE`.")
     else:
         st.altair_chart(rule_chart(tables["rule_by_layer"]), width="stretch")
-        st.caption(f"{chosen[1]} minus {chosen[0]}: 95% Newcombe interval, exact two-sided permutation p-value.")
-        st.dataframe(tables["rule_difference"], hide_index=True)
+        if not tables["rule_difference"].empty:
+            st.caption(f"{groups[1][0]} minus {groups[0][0]}: 95% Newcombe interval, exact two-sided "
+                       "permutation p-value.")
+            st.dataframe(tables["rule_difference"], hide_index=True)
         st.altair_chart(share_histogram(tables["best"]), width="stretch")
         st.dataframe(tables["concepts"], hide_index=True)
+    if not tables["explanations"].empty:
+        st.altair_chart(rule_chart(tables["heldout_by_layer"], f"held-out score >= {INTERPRETABLE:g}"),
+                        width="stretch")
     st.dataframe(tables["sparsity"], hide_index=True)
     st.dataframe(tables["labels"], hide_index=True, column_config={"frac_human_labeled": PERCENT})
     if tables["study"].empty:

@@ -56,12 +56,17 @@ def token_title(token: str, act: float) -> str:
     return html.escape(f"{token!r}  {act:+.3f}", quote=True)
 
 
-def heatmap(tokens, acts, scale: float, max_pos: int | None = None) -> str:
-    """One snippet as a row of coloured tokens; hover shows each token and its activation."""
+MARKS = {"miss": "border-bottom:3px solid #1f77b4;", "extra": "border-bottom:3px dotted #ff7f0e;"}
+
+
+def heatmap(tokens, acts, scale: float, max_pos: int | None = None, marks=None) -> str:
+    """One snippet as a row of coloured tokens; hover shows each token and its activation.
+    marks[i] ('miss', 'extra' or '') underlines a token where a prediction disagrees."""
     spans = []
     for i, (tok, act) in enumerate(zip(tokens, acts)):
         act = float(act) if act is not None else float("nan")
         mark = "outline:2px solid #c0392b;outline-offset:-1px;font-weight:600;" if i == max_pos else ""
+        mark += MARKS.get(marks[i], "") if marks is not None else ""
         if str(tok) and str(tok).strip(" ") == "":
             mark += SPACE_MARK
         spans.append(f'<span class="tok" data-act="{act:.4f}" title="{token_title(str(tok), act)}" '
@@ -70,18 +75,19 @@ def heatmap(tokens, acts, scale: float, max_pos: int | None = None) -> str:
     return f'<div class="heatmap" style="{TOKENS_CSS}">{"".join(spans)}</div>'
 
 
-def snippet_row(caption: str, tokens, acts, scale: float, max_pos: int | None) -> str:
+def snippet_row(caption: str, tokens, acts, scale: float, max_pos: int | None, marks=None) -> str:
     return ('<div class="snippet" style="display:flex;gap:0.8rem;padding:0.35rem 0;'
             'border-bottom:1px solid rgba(128,128,128,0.2)">'
             f'<div style="min-width:7.5rem;font-size:0.75rem;opacity:0.7;font-family:monospace">'
             f"{html.escape(caption)}</div>"
-            f'<div style="flex:1">{heatmap(tokens, acts, scale, max_pos)}</div></div>')
+            f'<div style="flex:1">{heatmap(tokens, acts, scale, max_pos, marks)}</div></div>')
 
 
 def snippets(rows, scale: float, caption) -> str:
     """Several snippets (dicts with tokens, acts, max_pos, start_pos) in one block;
-    caption(i, row) labels the i-th (from 0)."""
-    body = "".join(snippet_row(caption(i, r), list(r["tokens"]), list(r["acts"]), scale, peak_index(r))
+    caption(i, row) labels the i-th (from 0); a row's optional "marks" underline tokens."""
+    body = "".join(snippet_row(caption(i, r), list(r["tokens"]), list(r["acts"]), scale, peak_index(r),
+                               r.get("marks"))
                    for i, r in enumerate(rows))
     return f'<div class="snippets">{body}</div>'
 

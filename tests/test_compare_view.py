@@ -26,10 +26,14 @@ def test_compare_section_shows_the_report_tables(scored_db):
 
     at = AppTest.from_function(section, default_timeout=60).run()
     assert not at.exception, [e.value for e in at.exception]
-    assert [s.value for s in at.selectbox] == ["gelu-m", "solu-m"]
+    assert [s.value for s in at.multiselect] == [["gelu-m"], ["solu-m"]]
     headline = at.dataframe[0].value
     assert headline.model.tolist() == ["gelu-m", "solu-m"] and (headline.frac_rule == 0.25).all()
+    assert headline.frac_heldout.between(0, 1).all()
+    groups = [d.value for d in at.dataframe if "runs_a" in d.value.columns]
+    assert len(groups) == 1 and set(groups[0].measure) == {"paper's rule", "held-out score"}
+    assert any("neuron-to-neuron variation only" in c.value for c in at.caption)
     difference = [d.value for d in at.dataframe if "p_value" in d.value.columns]
     assert len(difference) == 1 and difference[0].layer.tolist() == ["0", "1", "all"]
-    at.selectbox[1].select("gelu-m").run()
-    assert any("two different models" in c.value for c in at.caption)
+    at.multiselect[1].select("gelu-m").run()
+    assert any("one group only" in c.value for c in at.caption)

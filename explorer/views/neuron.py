@@ -9,6 +9,7 @@ import streamlit as st
 
 from explorer import data, nav, render
 from explorer.nav import Address
+from index.measure.explain import INTERPRETABLE, Rule, held_out
 from solu.errors import UserError
 
 
@@ -154,6 +155,40 @@ def show_examples(stats: dict, examples: pd.DataFrame, run: dict) -> None:
         st.html(render.snippets(rand.to_dict("records"), scale, lambda i, r: f"max {r['max_act']:.3g}"))
 
 
+def disagreements(tokens, acts, holds, fit_mean: float) -> list[str]:
+    """Per token: 'miss' where the neuron fires (at least half the rule's fit mean) and the
+    rule does not hold, 'extra' where the rule holds and it fires at less than half."""
+    half = 0.5 * fit_mean
+    return ["extra" if h and a < half else "miss" if not h and a >= half else ""
+            for a, h in zip((float(x) for x in acts), holds)]
+
+
+def show_explanation(expl: pd.DataFrame, examples: pd.DataFrame, scale: float) -> None:
+    st.subheader("Explanation, scored on held-out records")
+    if expl.empty or pd.isna(expl.explanation.iloc[0]):
+        st.caption("No explanation yet: run `solu autolabel --db FILE`.")
+        return
+    e = expl.iloc[0]
+    verdict = "interpretable" if e.score >= INTERPRETABLE else "not interpretable"
+    st.markdown(f"**{render.md_escape(e.explanation)}** ({e.kind}) · held-out score **{e.score:.2f}** "
+                f"[{e.score_low:.2f}, {e.score_high:.2f}], {verdict} at {INTERPRETABLE:g} · paper's rule: "
+                f"top share {e.top_share:.2f} · sample share {e.sample_share:.2f} · fit score {e.fit_score:.2f}")
+    rule = Rule(e.kind, tuple(e.args))
+    held = examples[held_out(examples.doc_id.to_numpy())] if not examples.empty else examples
+    rows = []
+    for r in held.to_dict("records"):
+        tokens = list(r["tokens"])
+        r["marks"] = disagreements(tokens, r["acts"], rule.mask(tokens), float(e.fit_mean))
+        rows.append(r)
+    st.caption(f"The rule predicts {e.fit_mean:.3g} where it holds and 0 elsewhere (its mean on the fit records). "
+               "Below, the held-out windows (the score also reads the held-out half of the activation sample): "
+               "a solid blue underline marks a token that fires without the rule, a dotted orange one a token "
+               "where the rule holds and the neuron stays below half the prediction.")
+    if rows:
+        with st.expander(f"Held-out windows ({len(rows)}), marked where prediction and activation disagree"):
+            st.html(render.snippets(rows, scale, lambda i, r: f"{r['kind']} {r['max_act']:.3g}"))
+
+
 def show_bands(bands: pd.DataFrame, max_act: float, scale: float, run: dict) -> None:
     n = int(run["bands"]) if pd.notna(run.get("bands")) else int(bands.band.max()) + 1
     st.subheader("Across the activation range")
@@ -202,6 +237,9 @@ def page() -> None:
         show_logits(data.query("logits", addr.model_id, addr.layer, addr.neuron))
     with left:
         examples = data.query("examples", addr.model_id, addr.layer, addr.neuron, addr.site)
+        scale = max(float(stats["max_act"]), float(examples.max_act.max()) if not examples.empty else 0.0, 1e-6)
+        show_explanation(data.query("explanation", addr.model_id, addr.layer, addr.neuron, addr.site), examples,
+                         scale)
         show_examples(stats, examples, run)
 
 

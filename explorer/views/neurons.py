@@ -3,11 +3,13 @@ import streamlit as st
 
 from explorer import data, nav, render
 from explorer.nav import Address
+from index.measure.explain import INTERPRETABLE
 from index.store.queries import SORTS
 
 PAGE_SIZE = 100
 SORT_NAMES = {"max_act": "max activation", "density": "density", "mean_act": "mean activation",
-              "neuron": "model, layer, neuron", "labeled_at": "label time", "auto_score": "auto score"}
+              "neuron": "model, layer, neuron", "labeled_at": "label time", "auto_score": "auto score",
+              "heldout_score": "held-out score"}
 LABEL_NAMES = {"any": "all", "labeled": "labeled", "unlabeled": "unlabeled", "suggested": "with suggestion"}
 
 
@@ -25,8 +27,12 @@ def filters(sites) -> dict:
     sort = f.selectbox("Sort by", list(SORTS), format_func=SORT_NAMES.get)
     descending = g.toggle("Descending", value=sort != "neuron")
     concept = concept_filter(h)
+    interpretable = st.toggle(f"Interpretable only (held-out score >= {INTERPRETABLE:g})", key="interpretable",
+                              help="neurons whose explanation, chosen on half of their records, predicts the "
+                                   "other half's activations with this correlation or more (`solu autolabel`)")
     return dict(models=chosen, layers=layers, sites=site_pick, primary_only=not site_pick, search=search,
-                labeled=labeled, concept=concept, sort=sort, descending=descending)
+                labeled=labeled, concept=concept, min_score=INTERPRETABLE if interpretable else None, sort=sort,
+                descending=descending)
 
 
 def concept_filter(column) -> str | None:
@@ -50,6 +56,8 @@ def table(rows):
         "auto_score": st.column_config.NumberColumn("auto score", format="%.2f"),
         "auto_label": st.column_config.TextColumn("automatic label"),
         "top_token": st.column_config.TextColumn("peak token"),
+        "explanation": st.column_config.TextColumn("explanation"),
+        "heldout_score": st.column_config.NumberColumn("held-out score", format="%.2f"),
     }
     return st.dataframe(view, hide_index=True, column_config=config, on_select="rerun",
                         selection_mode="single-row", key="neuron_table", height=min(38 + 35 * len(view), 740))

@@ -22,6 +22,9 @@ def register(sub) -> None:
                    help="suggest a neuron's best concept when at least this share of its top examples peak on it "
                         f"(default {RULE_SHARE:g}, the paper's 80%% rule)")
     p.add_argument("--list", action="store_true", help="list the built-in concepts and exit")
+    p.add_argument("--workers", type=int, default=None,
+                   help="processes that score explanations (default: every core)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_autolabel)
 
     p = sub.add_parser("study", help="the blinded interpretability study: create one, or print its results")
@@ -58,6 +61,7 @@ def _table(df) -> str:
 
 
 def cmd_autolabel(args) -> int:
+    from index.measure.explain import INTERPRETABLE
     from index.measure.autolabel import autolabel, resolve_concepts
     from index.measure.concepts import CONCEPTS
 
@@ -68,16 +72,42 @@ def cmd_autolabel(args) -> int:
     if args.db is None:
         raise UserError("--db is required")
     concepts = resolve_concepts(args.concepts, args.regex)
-    summary = autolabel(args.db, args.models, concepts, args.threshold)
+    summary = autolabel(args.db, args.models, concepts, args.threshold, progress=not args.no_progress,
+                        workers=args.workers)
     print(_table(autolabel_table(summary)))
+    print(_table(explained_table(args.db, sorted(summary.model_id.unique()))))
     missing = summary[summary.in_sample == 0]
     if len(missing):
         pairs = ", ".join(f"{r.model_id}:{r.concept}" for r in missing.itertuples())
         print(f"no occurrence in the index's activation sample, so no sample share or AUROC (the top share "
               f"stands): {pairs}", file=sys.stderr)
     print(f"scores in concept_scores; a neuron whose best concept holds >= {args.threshold:.0%} of its top "
-          f"examples carries an automatic label (source 'auto') to accept or reject in the app")
+          f"examples carries an automatic label (source 'auto') to accept or reject in the app; explanations "
+          f"and their held-out scores in explanations (interpretable: score >= {INTERPRETABLE:g})")
     return 0
+
+
+def explained_table(db, models: list[str]):
+    """Per model: neurons whose explanation's held-out score reaches INTERPRETABLE, with a
+    95% Wilson interval, the median score and the most common kinds of explanation."""
+    from index.measure.compare import explanations, heldout_table
+    from index.measure.explain import INTERPRETABLE
+    from index.store.connection import open_read
+
+    con = open_read(db)
+    try:
+        expl = explanations(con, models)
+    finally:
+        con.close()
+    table = heldout_table(expl, models, by_layer=False)
+    kinds = (expl[expl.score >= INTERPRETABLE].groupby("model_id").kind.value_counts()
+             .groupby(level=0).apply(lambda s: ", ".join(f"{k[1]} {v}" for k, v in s.items())))
+    return table.assign(
+        interpretable=[f"{f:.1%} [{lo:.1%}, {hi:.1%}]" for f, lo, hi in zip(table.frac_passing, table.ci_low,
+                                                                          table.ci_high)],
+        median_score=table.median_score.map(lambda v: f"{v:.3f}" if v == v else "-"),
+        kinds=table.model_id.map(kinds).fillna("-"))[["model_id", "neurons", "passing", "interpretable",
+                                                      "median_score", "kinds"]]
 
 
 def autolabel_table(summary):

@@ -12,7 +12,8 @@ from solu.errors import UserError
 
 # sort keys the neuron table offers, mapped to SQL (never interpolate user text)
 SORTS = {"max_act": "n.max_act", "density": "n.frac_active", "mean_act": "n.mean_act",
-         "neuron": "n.model_id, n.layer, n.neuron", "labeled_at": "h.created_at", "auto_score": "a.score"}
+         "neuron": "n.model_id, n.layer, n.neuron", "labeled_at": "h.created_at", "auto_score": "a.score",
+         "heldout_score": "x.score"}
 LABEL_FILTERS = ("any", "labeled", "unlabeled", "suggested")
 
 _NEURON_KEY = "model_id = ? AND layer = ? AND neuron = ?"
@@ -56,9 +57,21 @@ def _current(source: str, alias: str) -> str:
             f"FROM current_labels WHERE source = '{source}') {alias} USING (model_id, layer, neuron)")
 
 
+def _explanations(con) -> str:
+    """The current explanations, or an empty stand-in for an index from before schema 8."""
+    if con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'current_explanations'").fetchone()[0]:
+        return "current_explanations"
+    return ("(SELECT NULL::VARCHAR AS model_id, NULL::INTEGER AS layer, NULL::INTEGER AS neuron, NULL::VARCHAR AS site, "
+            "NULL::VARCHAR AS explanation, NULL::DOUBLE AS score WHERE false)")
+
+
 def _table_filters(models_: list | None, layers: list | None, sites_: list | None, primary_only: bool,
-                   search: str, labeled: str, concept: str | None = None) -> tuple[str, list]:
+                   search: str, labeled: str, concept: str | None = None,
+                   min_score: float | None = None) -> tuple[str, list]:
     where, params = ["TRUE"], []
+    if min_score is not None:
+        where.append("x.score >= ?")
+        params.append(float(min_score))
     if concept:
         where.append("a.label = ? AND coalesce(a.status, '') <> 'rejected'")
         params.append(concept)
@@ -88,21 +101,25 @@ def _table_filters(models_: list | None, layers: list | None, sites_: list | Non
 
 def neuron_table(con, *, models: list | None = None, layers: list | None = None, sites: list | None = None,
                  primary_only: bool = True, search: str = "", labeled: str = "any", concept: str | None = None,
-                 sort: str = "max_act", descending: bool = True, limit: int = 100, offset: int = 0) -> pd.DataFrame:
+                 min_score: float | None = None, sort: str = "max_act", descending: bool = True, limit: int = 100,
+                 offset: int = 0) -> pd.DataFrame:
     """A page of the neuron table; the `total` column counts every matching row. `concept`
-    keeps the neurons whose automatic label (not rejected) is that concept."""
+    keeps the neurons whose automatic label (not rejected) is that concept, `min_score`
+    those whose explanation's held-out score reaches it."""
     if sort not in SORTS:
         raise ValueError(f"unknown sort {sort!r}; choose one of {', '.join(SORTS)}")
     if labeled not in LABEL_FILTERS:
         raise ValueError(f"unknown label filter {labeled!r}")
-    where, params = _table_filters(models, layers, sites, primary_only, search.strip(), labeled, concept)
+    where, params = _table_filters(models, layers, sites, primary_only, search.strip(), labeled, concept,
+                                   min_score)
     order = ", ".join(f"{c} {'DESC' if descending else 'ASC'} NULLS LAST" for c in SORTS[sort].split(", "))
     return con.execute(f"""
         SELECT n.model_id, n.layer, n.neuron, n.site, n.max_act, n.frac_active AS density, n.mean_act,
                n.max_tokens[1] AS top_token, nullif(h.label, '') AS label,
                CASE WHEN coalesce(a.status, '') <> 'rejected' THEN a.label END AS auto_label,
-               a.score AS auto_score, count(*) OVER () AS total
+               a.score AS auto_score, x.explanation, x.score AS heldout_score, count(*) OVER () AS total
         FROM neurons n {_current('human', 'h')} {_current('auto', 'a')}
+        LEFT JOIN {_explanations(con)} x USING (model_id, layer, neuron, site)
         WHERE {where}
         ORDER BY {order}, n.model_id, n.layer, n.neuron, n.site
         LIMIT ? OFFSET ?""", params + [int(limit), int(offset)]).df()
@@ -129,6 +146,12 @@ def examples(con, model_id: str, layer: int, neuron_: int, site: str) -> pd.Data
         SELECT kind, band, rank, doc_id, max_act, max_pos, start_pos, tokens, acts
         FROM examples WHERE {_NEURON_KEY} AND site = ?
         ORDER BY kind, band NULLS FIRST, rank""", [model_id, layer, neuron_, site]).df()
+
+
+def explanation(con, model_id: str, layer: int, neuron_: int, site: str) -> pd.DataFrame:
+    """The neuron's explanation and held-out score (empty before `solu autolabel`)."""
+    return con.execute(f"SELECT * FROM {_explanations(con)} WHERE {_NEURON_KEY} AND site = ?",
+                       [model_id, layer, neuron_, site]).df()
 
 
 def logits(con, model_id: str, layer: int, neuron_: int) -> pd.DataFrame:
