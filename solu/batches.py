@@ -37,10 +37,10 @@ def _encode_docs(tok: Tokenizer, docs: Iterator[Document]) -> Iterator[list[int]
         yield enc.ids + [eot]
 
 
-def training_texts(spec: str, text_column: str, seed: int, max_chars: int) -> Iterator[str]:
+def training_texts(spec: str, text_column: str, seed: int, max_chars: int, shuffle: bool = False) -> Iterator[str]:
     """Up to max_chars of training text, for fitting a tokenizer."""
     seen = 0
-    for doc in iter_documents(spec, text_column, seed=seed):
+    for doc in iter_documents(spec, text_column, seed=seed, shuffle=shuffle):
         if is_eval_document(doc.text):
             continue
         yield doc.text
@@ -49,11 +49,12 @@ def training_texts(spec: str, text_column: str, seed: int, max_chars: int) -> It
             return
 
 
-def eval_rows(tok: Tokenizer, spec: str, text_column: str, seed: int, n_ctx: int, n_tokens: int) -> torch.Tensor:
+def eval_rows(tok: Tokenizer, spec: str, text_column: str, seed: int, n_ctx: int, n_tokens: int,
+              shuffle: bool = False) -> torch.Tensor:
     """The held-out evaluation set: [rows, n_ctx] tokens from eval-split documents."""
     need = -(-n_tokens // n_ctx) * n_ctx
     buf: list[int] = []
-    docs = (d for d in iter_documents(spec, text_column, seed=seed) if is_eval_document(d.text))
+    docs = (d for d in iter_documents(spec, text_column, seed=seed, shuffle=shuffle) if is_eval_document(d.text))
     for ids in _encode_docs(tok, docs):
         buf.extend(ids)
         if len(buf) >= need:
@@ -72,11 +73,12 @@ class TrainStream:
     share = (rank, ranks)."""
 
     def __init__(self, tok: Tokenizer, spec: str, text_column: str, seed: int,
-                 batch_size: int, n_ctx: int, state: dict | None = None, share: tuple[int, int] = (0, 1)):
+                 batch_size: int, n_ctx: int, state: dict | None = None, share: tuple[int, int] = (0, 1),
+                 shuffle: bool = False):
         rank, ranks = share
         if batch_size % ranks or not 0 <= rank < ranks:
             raise ValueError(f"a batch of {batch_size} rows cannot be shared by rank {rank} of {ranks}")
-        self.tok, self.spec, self.text_column, self.seed = tok, spec, text_column, seed
+        self.tok, self.spec, self.text_column, self.seed, self.shuffle = tok, spec, text_column, seed, shuffle
         self.batch_size, self.n_ctx = batch_size, n_ctx
         rows = batch_size // ranks
         self.rows, self.first_token = rows, rank * rows * n_ctx
@@ -91,7 +93,7 @@ class TrainStream:
 
     def _epoch_docs(self) -> Iterator[Document]:
         skip = self.docs_done
-        for doc in iter_documents(self.spec, self.text_column, self.stats, self.seed):
+        for doc in iter_documents(self.spec, self.text_column, self.stats, self.seed, self.shuffle):
             if is_eval_document(doc.text):
                 continue
             if skip:

@@ -90,6 +90,8 @@ class TrainConfig:
     grad_clip: float = option(1.0, "gradient norm clip")
     eval_tokens: int = option(65_536, "held-out tokens for the eval loss")
     seed: int = option(0, "seed of initialisation and data order")
+    shuffle: bool = option(True, "shuffle a local or hub dataset's documents, seeded by --seed, through a buffer of "
+                                 "100,000 documents / 256 MB of text (off: file order; builtin is shuffled already)")
     device: str = option("auto", f"{', '.join(DEVICES)}")
     checkpoint_every: int = option(100, "steps between checkpoints")
     precision: str = option("auto", "auto (bf16 autocast on cuda, fp32 on cpu), fp32 or bf16")

@@ -26,6 +26,8 @@ from tqdm import tqdm
 from solu.errors import UserError, first_line
 
 BUILTIN_VERSION = 1
+SHUFFLE_DOCS = 100_000  # the shuffle buffer holds at most this many documents
+SHUFFLE_CHARS = 256 * 2**20  # and this much text
 TXT_CHUNK_CHARS = 64_000  # a .txt file longer than this is read as several documents
 LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
@@ -57,14 +59,45 @@ def cache_dir() -> Path:
 
 
 def iter_documents(spec: str, text_column: str = "text", stats: ReadStats | None = None,
-                   seed: int = 0) -> Iterator[Document]:
-    """Documents of a dataset SPEC, in a fixed order. Raises UserError for bad input."""
+                   seed: int = 0, shuffle: bool = False) -> Iterator[Document]:
+    """Documents of a dataset SPEC, in a fixed order: the file order, or with `shuffle`
+    an order seeded by `seed` (see shuffled; `builtin` is shuffled when it is built).
+    Raises UserError for bad input."""
     stats = stats if stats is not None else ReadStats()
     if spec == "builtin":
         return _iter_jsonl(builtin_path(seed), "text", stats)
-    if spec.startswith("hf:"):
-        return _iter_hf(spec[3:], text_column)
-    return _iter_local(spec, text_column, stats)
+    docs = _iter_hf(spec[3:], text_column) if spec.startswith("hf:") else _iter_local(spec, text_column, stats)
+    return shuffled(docs, seed) if shuffle else docs
+
+
+def shuffled(docs: Iterator[Document], seed: int, max_docs: int = SHUFFLE_DOCS,
+             max_chars: int = SHUFFLE_CHARS) -> Iterator[Document]:
+    """A seeded shuffle buffer: documents pass through a buffer of at most max_docs
+    documents and max_chars characters, and leave it at random. A dataset that fits the
+    buffer is shuffled whole; a longer one (or a streamed hub dataset) is mixed within
+    the buffer's reach, in memory bounded by it. Documents are renumbered in their new
+    order, so ids still count up from 0."""
+    rng = random.Random(f"shuffle:{seed}")
+    buffer: list[Document] = []
+    chars = 0
+    out = 0
+
+    def take() -> Document:
+        nonlocal chars, out
+        j = rng.randrange(len(buffer))
+        buffer[j], buffer[-1] = buffer[-1], buffer[j]
+        doc = buffer.pop()
+        chars -= len(doc.text)
+        out += 1
+        return Document(out - 1, doc.text, doc.source)
+
+    for doc in docs:
+        buffer.append(doc)
+        chars += len(doc.text)
+        while len(buffer) > max_docs or (chars > max_chars and len(buffer) > 1):
+            yield take()
+    while buffer:
+        yield take()
 
 
 def check_dataset(spec: str, text_column: str = "text", seed: int = 0, whole: bool = True) -> int:

@@ -13,7 +13,14 @@ from dataclasses import MISSING, fields
 
 from solu.errors import UserError
 
-PARSERS = {int: int, float: float, str: str}
+def on_off(text: str) -> bool:
+    value = {"on": True, "true": True, "yes": True, "1": True, "off": False, "false": False, "no": False, "0": False}
+    if text.lower() not in value:
+        raise argparse.ArgumentTypeError(f"expected on or off, got {text!r}")
+    return value[text.lower()]
+
+
+PARSERS = {int: int, float: float, str: str, bool: on_off}
 FLAGS: dict[str, str] = {}  # dest -> flag, for the fields whose flag is renamed (error messages)
 
 
@@ -31,11 +38,14 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, *, rename: dict[str, 
         default = None if f.default is MISSING else f.default
         leave_unset = unset is True or (unset and f.name in unset)
         help_text = f.metadata.get("help", "")
+        boolean = hints[f.name] is bool
         if default is not None:
-            help_text += f" (default {default:,})" if isinstance(default, int) else f" (default {default})"
+            help_text += (f" (default {'on' if default else 'off'})" if boolean else
+                          f" (default {default:,})" if isinstance(default, int) else f" (default {default})")
         FLAGS[f.name] = flag_name(f.name, rename)
         parser.add_argument(FLAGS[f.name], dest=f.name, type=PARSERS[hints[f.name]],
-                            default=None if leave_unset else default, help=help_text.strip())
+                            default=None if leave_unset else default, help=help_text.strip(),
+                            metavar="{on,off}" if boolean else None)
 
 
 def config_from_args(cls, args: argparse.Namespace, *, rename: dict[str, str] | None = None,

@@ -181,7 +181,7 @@ def setup(model_cfg: ModelConfig, train_cfg: TrainConfig, out: Path, world: Worl
     check_dataset(train_cfg.dataset, train_cfg.text_column, train_cfg.seed)
     tok = _tokenizer(model_cfg, train_cfg, out, world, resume, tokenizer_path)
     eval_set = eval_rows(tok, train_cfg.dataset, train_cfg.text_column, train_cfg.seed,
-                         model_cfg.n_ctx, train_cfg.eval_tokens)
+                         model_cfg.n_ctx, train_cfg.eval_tokens, train_cfg.shuffle)
     if world.is_main and eval_set.numel() < train_cfg.eval_tokens:
         print(f"solu train: the eval split of {train_cfg.dataset} holds {eval_set.numel():,} tokens in whole contexts "
               f"({train_cfg.eval_tokens:,} asked); evaluating on those", file=sys.stderr)
@@ -198,7 +198,8 @@ def setup(model_cfg: ModelConfig, train_cfg: TrainConfig, out: Path, world: Worl
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
     stream = TrainStream(tok, train_cfg.dataset, train_cfg.text_column, train_cfg.seed, train_cfg.batch_size,
-                         model_cfg.n_ctx, state.get("stream"), share=(world.rank, world.size))
+                         model_cfg.n_ctx, state.get("stream"), share=(world.rank, world.size),
+                         shuffle=train_cfg.shuffle)
     history = state.get("history", [])
     return Run(out, model_cfg, train_cfg, world, device, tok,
                eval_set=eval_set.tensor_split(world.size)[world.rank].to(device), eval_tokens=int(eval_set.numel()),
@@ -219,7 +220,7 @@ def _tokenizer(model_cfg: ModelConfig, train_cfg: TrainConfig, out: Path, world:
         if world.is_main:
             print(f"training a {model_cfg.d_vocab}-token byte-level BPE on {train_cfg.dataset}", file=sys.stderr)
             tok = train_tokenizer(training_texts(train_cfg.dataset, train_cfg.text_column, train_cfg.seed,
-                                                 TOKENIZER_CHARS), model_cfg.d_vocab)
+                                                 TOKENIZER_CHARS, train_cfg.shuffle), model_cfg.d_vocab)
         if world.size > 1:
             tok = Tokenizer.from_str(world.from_main(tok.to_str() if tok else None))
     if tok.get_vocab_size() > model_cfg.d_vocab:
@@ -355,7 +356,7 @@ class StopRequest:
 
 def _resumed_train_cfg(meta: dict, tokens: int | None) -> TrainConfig:
     """A resumed run keeps its saved config; only the token budget may be raised."""
-    saved = TrainConfig.from_dict(meta["train"])
+    saved = TrainConfig.from_dict({"shuffle": False, **meta["train"]})  # runs from before --shuffle read in order
     if tokens is None or tokens == saved.tokens:
         return saved
     if tokens < saved.tokens:

@@ -79,10 +79,10 @@ class Tally:
 
 
 def document_tokens(spec: str, text_column: str, tok: Tokenizer, budget: int, tally: Tally,
-                    seed: int = 0) -> Iterator[tuple[int, list[int]]]:
+                    seed: int = 0, shuffle: bool = False) -> Iterator[tuple[int, list[int]]]:
     """(doc_id, token ids) until `budget` tokens, the last document cut to fit."""
     group: list = []
-    for doc in iter_documents(spec, text_column, tally.read, seed):
+    for doc in iter_documents(spec, text_column, tally.read, seed, shuffle):
         group.append(doc)
         if len(group) == ENCODE_GROUP:
             yield from _emit(group, tok, budget, tally)

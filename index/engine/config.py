@@ -37,6 +37,8 @@ class IndexConfig:
     layers: str = option("", "layers to index, e.g. 0,2-3 (empty: all)")
     device: str = option("auto", ", ".join(DEVICES))
     seed: int = option(0, "seed of the random samples (and the builtin corpus)")
+    shuffle: bool = option(False, "read a local or hub dataset's documents in an order seeded by --seed (a buffer "
+                                  "of 100,000 documents / 256 MB), so --tokens covers more than its first sources")
 
     def __post_init__(self):
         # a zero count that would mean nothing is refused; --per-band 0 turns the interval samples off

@@ -66,7 +66,8 @@ class Plan:
 
 def planned(plan: Plan, cfg: IndexConfig, tokenizer) -> Iterator[tuple[int, list[int]]]:
     """The run's (doc_id, token ids), each added to the plan as it is read."""
-    for doc_id, ids in document_tokens(cfg.dataset, cfg.text_column, tokenizer, cfg.tokens, plan.tally, cfg.seed):
+    for doc_id, ids in document_tokens(cfg.dataset, cfg.text_column, tokenizer, cfg.tokens, plan.tally, cfg.seed,
+                                       cfg.shuffle):
         plan.add(doc_id, ids)
         yield doc_id, ids
 
@@ -77,7 +78,7 @@ def shard_documents(cfg: IndexConfig, tokenizer, shard: int, n_shards: int,
     other shards' documents are skipped before they are tokenized."""
     last_doc, last_len = stop
     group: list = []
-    for doc in iter_documents(cfg.dataset, cfg.text_column, ReadStats(), cfg.seed):
+    for doc in iter_documents(cfg.dataset, cfg.text_column, ReadStats(), cfg.seed, cfg.shuffle):
         if doc.id > last_doc:
             break
         if shard_of(doc.id, n_shards) != shard:

@@ -1,0 +1,80 @@
+"""The seeded document shuffle: a corpus sorted by source reaches training and indexing
+mixed, the same seed gives the same order, and memory stays within the buffer."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from solu.cli import main
+from solu.config import TrainConfig
+from solu.corpus import Document, iter_documents, shuffled
+from index.engine.config import IndexConfig
+
+
+def sorted_corpus(path, n=400):
+    """A corpus sorted by source: 380 prose documents, then 20 base64 ones."""
+    rows = [{"text": f"prose document {i} about cats.", "source": "prose"} for i in range(n - 20)]
+    rows += [{"text": f"key: QUJDREVGR0hJSktMTU5PUFFSU1RVVldY{i:04d}", "source": "b64"} for i in range(20)]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_shuffle_mixes_a_sorted_corpus_and_is_seeded(tmp_path):
+    path = sorted_corpus(tmp_path / "c.jsonl")
+    in_order = [d.text for d in iter_documents(str(path))]
+    mixed = [d.text for d in iter_documents(str(path), seed=3, shuffle=True)]
+    assert sorted(mixed) == sorted(in_order) and mixed != in_order
+    first_quarter = mixed[:100]
+    assert 1 <= sum("QUJD" in t for t in first_quarter) <= 15  # base64 is no longer all at the end
+    assert [d.text for d in iter_documents(str(path), seed=3, shuffle=True)] == mixed
+    assert [d.text for d in iter_documents(str(path), seed=4, shuffle=True)] != mixed
+    assert [d.id for d in iter_documents(str(path), seed=3, shuffle=True)] == list(range(400))
+
+
+def test_the_buffer_bounds_what_is_held():
+    held = []
+
+    def docs():
+        for i in range(1000):
+            held.append(i)
+            yield Document(i, "x" * 10, "s")
+
+    out = []
+    for doc in shuffled(docs(), seed=0, max_docs=50, max_chars=10**9):
+        out.append(doc)
+        assert len(held) - len(out) <= 50
+    assert len(out) == 1000
+    by_chars = list(shuffled(iter([Document(i, "y" * 100, "s") for i in range(30)]), 0, max_docs=10**6,
+                             max_chars=250))
+    assert len(by_chars) == 30
+
+
+def test_builtin_keeps_its_own_order():
+    assert IndexConfig().shuffle is False and TrainConfig().shuffle is True
+
+
+def test_the_flag_takes_on_or_off(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        main(["train", "--act", "gelu", "--shuffle", "maybe", "--out", str(tmp_path / "x")])
+    assert stop.value.code == 2 and "expected on or off" in capsys.readouterr().err
+
+
+def test_the_checkpoint_and_the_index_run_record_it(tiny_checkpoints, tiny_corpus, tmp_path):
+    import duckdb
+
+    from index.build import build_index
+
+    meta = json.loads((tiny_checkpoints["gelu"] / "config.json").read_text())
+    assert meta["train"]["shuffle"] is True
+    db = tmp_path / "s.duckdb"
+    for shuffle in (False, True):
+        cfg = IndexConfig(dataset=str(tiny_corpus), tokens=3000, device="cpu", shuffle=shuffle, sample_tokens=3000)
+        list(build_index([tiny_checkpoints["gelu"]], cfg, db, name=f"g-{shuffle}"))
+    con = duckdb.connect(str(db), read_only=True)
+    recorded = dict(con.execute("SELECT model_id, config->>'shuffle' FROM index_details").fetchall())
+    texts = {m: con.execute("SELECT list(token ORDER BY doc_id, pos) FROM tokens WHERE model_id = ?",
+                            [m]).fetchone()[0] for m in recorded}
+    con.close()
+    assert recorded == {"g-False": "false", "g-True": "true"}
+    assert texts["g-False"] != texts["g-True"]  # another order reaches the budget
