@@ -276,14 +276,16 @@ def test_scores_of_an_earlier_index_run_are_stale(measure_db):
 def test_pieces_of_one_document_are_detected_apart(tmp_path):
     """Two sampled segments of one document that are not adjacent: a base64 run is not
     made up across the gap, and each piece starts an occurrence of its own."""
-    from index.measure.autolabel import sampled_token_masks
+    from index.measure.autolabel import sample_starts
+    from index.measure.explain import read_positions, read_sample
     from index.store.schema import migrate
 
     con = duckdb.connect(str(tmp_path / "pieces.duckdb"))
     migrate(con)
     tokens = [(0, 0, "x"), (0, 1, " = "), (0, 2, "QUJDREVGR0"), (0, 50, "hJSktMTU5P"), (0, 51, " y")]
     con.executemany("INSERT INTO tokens (model_id, doc_id, pos, token) VALUES ('m', ?, ?, ?)", tokens)
-    masks, start = sampled_token_masks(con, "m", [CONCEPTS["base64"]])
+    positions = read_positions(con, "m", [CONCEPTS["base64"]])
+    sample = read_sample(con, "m", positions)
     con.close()
-    assert start.tolist() == [True, False, False, True, False]
-    assert not masks[:, 0].any()  # 10 characters on each side of the gap: no run of 16
+    assert sample_starts(positions, sample).tolist() == [True, False, False, True, False]
+    assert not positions.bits[sample.row, 0].any()  # 10 characters on each side of the gap: no run of 16

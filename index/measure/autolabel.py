@@ -25,6 +25,11 @@ primary site. Each answers its own question:
   that fires at random scores about 0.5, and one narrower than the detector (a base64
   neuron that fires on PEM certificates only) scores lower. Shown, never used to label.
 
+Concepts are detected once per position the index holds (on the longest stretch of
+consecutive positions its windows and sample cover), and neurons are scored a chunk at a
+time on every core, together with their explanations (index.measure.explain), so memory
+follows the chunk and not the size of the index.
+
 Every score is stored in `concept_scores` with the index run it was computed from (a
 re-index makes it stale, and `current_concept_scores` hides stale rows). Each neuron's
 best concept (the `best_concepts` view: highest top share, then sample share) becomes an
@@ -38,8 +43,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from index.measure.concepts import CONCEPTS, Concept, concept, concept_masks
-from index.measure.explain import explain_model
+from index.measure.concepts import CONCEPTS, Concept, concept
+from index.measure.explain import (Chunk, Context, Positions, Sample, chunk_plan, explain_chunk, explanation_rows,
+                                   finish_explanations, map_chunks, read_chunk, read_positions, read_sample)
 from index.measure.intervals import wilson
 from index.store.connection import check_writable, open_read, open_write
 from index.store.queries import latest_run, require_models
@@ -148,79 +154,15 @@ def resolve_concepts(specs: list[str] | None = None, regexes: list[str] | None =
     return chosen
 
 
-# ---------------------------------------------------------------- reading the index
+# ---------------------------------------------------------------- scoring, a chunk of neurons at a time
 
-_TOKEN_INDEX = """(SELECT doc_id, pos, row_number() OVER (ORDER BY doc_id, pos) - 1 AS idx
-                   FROM tokens WHERE model_id = ?)"""
-
-
-def primary_neurons(con, model_id: str) -> pd.DataFrame:
-    """(layer, neuron, site) of a model's primary-site neurons, in a fixed order."""
-    return con.execute("SELECT layer, neuron, site FROM neurons WHERE model_id = ? AND is_primary "
-                       "ORDER BY layer, neuron", [model_id]).df()
-
-
-def sampled_token_masks(con, model_id: str, concepts: list[Concept]) -> tuple[np.ndarray, np.ndarray]:
-    """(masks, doc_start): (n_tokens, n_concepts) concept masks over the sampled text,
-    rows in (doc_id, pos) order. The sample may hold several pieces of one document (the
-    indexer samples segments of long ones), so each contiguous run of positions is
-    joined and detected as one text; doc_start marks the first token of each run."""
-    docs = con.execute("SELECT list(token ORDER BY pos), list(pos ORDER BY pos) FROM tokens WHERE model_id = ? "
-                       "GROUP BY doc_id ORDER BY doc_id", [model_id]).fetchall()
-    parts, starts = [], []
-    for tokens, positions in docs:
-        cuts = np.flatnonzero(np.diff(np.asarray(positions)) != 1) + 1
-        for a, b in zip(np.concatenate(([0], cuts)), np.concatenate((cuts, [len(tokens)]))):
-            masks = concept_masks(tokens[a:b], concepts)
-            parts.append(np.stack([masks[c.name] for c in concepts], axis=1))
-            starts.append(np.arange(b - a) == 0)
-    if not parts:
-        return np.zeros((0, len(concepts)), dtype=bool), np.zeros(0, dtype=bool)
-    return np.concatenate(parts), np.concatenate(starts)
-
-
-def recorded_activations(con, model_id: str) -> pd.DataFrame:
-    """The sparse activation sample at primary sites, each row with its token's index."""
-    return con.execute(f"""
-        SELECT a.layer, a.neuron, a.act, t.idx
-        FROM activations a JOIN {_TOKEN_INDEX} t USING (doc_id, pos)
-        JOIN neurons n ON n.model_id = a.model_id AND n.layer = a.layer AND n.neuron = a.neuron
-                      AND n.site = a.site AND n.is_primary
-        WHERE a.model_id = ?""", [model_id, model_id]).df()
-
-
-def top_examples(con, model_id: str) -> pd.DataFrame:
-    return con.execute("""
-        SELECT e.layer, e.neuron, e.tokens, e.acts FROM examples e
-        JOIN neurons n USING (model_id, layer, neuron, site)
-        WHERE e.model_id = ? AND e.kind = 'top' AND n.is_primary""", [model_id]).df()
-
-
-# ---------------------------------------------------------------- scoring
-
-def _neuron_index(neurons: pd.DataFrame, layer: np.ndarray, neuron: np.ndarray) -> np.ndarray:
-    keys = pd.MultiIndex.from_arrays([neurons.layer.to_numpy(), neurons.neuron.to_numpy()])
-    found = keys.get_indexer(pd.MultiIndex.from_arrays([layer, neuron]))
-    if (found < 0).any():
-        raise UserError("the index has activations or examples for neurons missing from its neurons table")
-    return found
-
-
-def top_hit_matrix(examples: pd.DataFrame, index: np.ndarray, concepts: list[Concept],
-                   n_neurons: int) -> tuple[np.ndarray, np.ndarray]:
-    """(hits, n_top): per neuron and concept, how many of its top examples have their
-    max token in the concept (the concept detected on the example's window), and how
-    many top examples it has."""
-    hits = np.zeros((n_neurons, len(concepts)), dtype=np.int64)
-    counts = np.bincount(index, minlength=n_neurons)
-    for i, tokens, acts in zip(index, examples.tokens, examples.acts):
-        tokens = list(tokens)
-        if not tokens:
-            continue
-        peak = int(np.nanargmax(np.asarray(acts, dtype=np.float64)))
-        masks = concept_masks(tokens, concepts)
-        hits[i] += [bool(masks[c.name][peak]) for c in concepts]
-    return hits, counts
+def sample_starts(positions: Positions, sample: Sample) -> np.ndarray:
+    """True at the first token of each contiguous run of the activation sample (a
+    document, or a piece of one: the indexer samples segments of long documents)."""
+    doc, pos = positions.doc[sample.row], positions.pos[sample.row]
+    start = np.ones(len(doc), dtype=bool)
+    start[1:] = (doc[1:] != doc[:-1]) | (pos[1:] != pos[:-1] + 1)
+    return start
 
 
 def sample_share_matrix(group: np.ndarray, token: np.ndarray, acts: np.ndarray, masks: np.ndarray,
@@ -236,37 +178,73 @@ def sample_share_matrix(group: np.ndarray, token: np.ndarray, acts: np.ndarray, 
         return np.where(total[:, None] > 0, on / total[:, None], np.nan)
 
 
-def score_model(con, model_id: str, concepts: list[Concept]) -> pd.DataFrame:
-    """Every (neuron, concept) score of one model, as rows for `concept_scores`."""
-    neurons = primary_neurons(con, model_id)
+def concept_chunk(ctx: Context, chunk: Chunk) -> dict[str, np.ndarray]:
+    """A chunk's (n, n_concepts) concept measures: top hits (the top examples whose peak
+    token is in the concept), sample share and occurrence AUROC over the activation
+    sample; and each neuron's top examples and recorded activations."""
+    positions, sample, n = ctx.positions, ctx.sample, chunk.n
+    n_concepts = positions.bits.shape[1]
+    top = chunk.win_top
+    peak_bits = positions.bits[chunk.win_peak[top]]
+    hits = np.stack([np.bincount(chunk.win_neuron[top], weights=peak_bits[:, j], minlength=n)
+                     for j in range(n_concepts)], axis=1).reshape(n, n_concepts).astype(np.int64)
+    masks = positions.bits[sample.row]
+    token = np.searchsorted(sample.row, chunk.rec_row)
+    order = np.lexsort((token, chunk.rec_neuron))
+    group, token, value = chunk.rec_neuron[order], token[order], chunk.rec_act[order]
+    level = dense_rank(value)
+    starts = sample_starts(positions, sample)
+    auroc = np.stack([occurrence_auroc(group, token, level, masks[:, j], starts, n) for j in range(n_concepts)],
+                     axis=1).reshape(n, n_concepts)
+    return {"hits": hits, "n_top": np.bincount(chunk.win_neuron[top], minlength=n),
+            "sample_share": sample_share_matrix(group, token, value, masks, n), "auroc": auroc,
+            "recorded": np.bincount(group, minlength=n)}
+
+
+def score_chunk(ctx: Context, chunk: Chunk) -> tuple[dict, pd.DataFrame]:
+    """Both measures of a chunk: concept scores and explanations (one pool task)."""
+    return concept_chunk(ctx, chunk), explain_chunk(ctx, chunk)
+
+
+def score_model(con, model_id: str, concepts: list[Concept], workers: int | None = None,
+                progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Every (neuron, concept) score of one model, as rows for `concept_scores`, and every
+    neuron's explanation, as rows for `explanations`. Concepts are detected once per
+    position the index holds (index.measure.explain.Positions), then neurons are scored a
+    chunk at a time on every core, so memory follows the chunk, not the index."""
+    from tqdm import tqdm
+
+    neurons, parts = chunk_plan(con, model_id)
     if neurons.empty:
         raise UserError(f"model {model_id!r} has no indexed neurons")
-    masks, doc_start = sampled_token_masks(con, model_id, concepts)
-    acts = recorded_activations(con, model_id)
-    examples = top_examples(con, model_id)
-    n = len(neurons)
-    group = _neuron_index(neurons, acts.layer.to_numpy(), acts.neuron.to_numpy())
-    token, value = acts.idx.to_numpy(np.int64), acts.act.to_numpy(np.float64)
-    order = np.lexsort((token, group))  # once, for every concept
-    group, token, value = group[order], token[order], value[order]
-    level = dense_rank(value)
-    auroc = np.stack([occurrence_auroc(group, token, level, masks[:, j], doc_start, n)
-                      for j in range(len(concepts))], axis=1).reshape(n, len(concepts))
-    hits, n_top = top_hit_matrix(examples, _neuron_index(neurons, examples.layer.to_numpy(),
-                                                         examples.neuron.to_numpy()), concepts, n)
+    positions = read_positions(con, model_id, concepts)
+    sample = read_sample(con, model_id, positions)
+    ctx = Context.build(positions, sample)
+    chunks = (read_chunk(con, model_id, positions, layer, ids) for layer, ids in parts)
+    measures, explained = [], []
+    with tqdm(total=len(neurons), desc=f"autolabel {model_id}", unit="neuron", disable=not progress) as bar:
+        for (layer, ids), (measure, scored) in zip(parts, map_chunks(score_chunk, ctx, chunks, workers)):
+            measures.append(measure)
+            explained.append(explanation_rows(positions, scored, layer, ids))
+            bar.update(len(ids))
+    run_id = latest_run(con, model_id)
+    merged = {k: np.concatenate([m[k] for m in measures]) for k in measures[0]}
+    hits, n_top = merged["hits"], merged["n_top"]
     with np.errstate(invalid="ignore", divide="ignore"):
         share = hits / n_top[:, None]
     low, high = wilson(hits, n_top[:, None])
-    sample_share = sample_share_matrix(group, token, value, masks, n)
+    masks = positions.bits[sample.row]
     base_rate = masks.mean(axis=0) if len(masks) else np.full(len(concepts), np.nan)
-    recorded = np.bincount(group, minlength=n)
-    occurrences = [occurrence_units(masks[:, j], doc_start)[1] for j in range(len(concepts))]
+    starts = sample_starts(positions, sample)
+    occurrences = [occurrence_units(masks[:, j], starts)[1] for j in range(len(concepts))]
     frames = [neurons.assign(model_id=model_id, concept=c.name, score=share[:, j], top_share=share[:, j],
                              top_hits=hits[:, j], top_low=low[:, j], top_high=high[:, j],
-                             sample_share=sample_share[:, j], base_rate=base_rate[j], auroc=auroc[:, j],
-                             n_recorded=recorded, n_top=n_top, occurrences=occurrences[j])
+                             sample_share=merged["sample_share"][:, j], base_rate=base_rate[j],
+                             auroc=merged["auroc"][:, j], n_recorded=merged["recorded"], n_top=n_top,
+                             occurrences=occurrences[j])
               for j, c in enumerate(concepts)]
-    return pd.concat(frames, ignore_index=True)[SCORE_COLUMNS].assign(run_id=latest_run(con, model_id))
+    scores = pd.concat(frames, ignore_index=True)[SCORE_COLUMNS].assign(run_id=run_id)
+    return scores, finish_explanations(explained, neurons, model_id, run_id)
 
 
 SCORE_COLUMNS = ["model_id", "layer", "neuron", "site", "concept", "score", "top_share", "top_hits", "top_low",
@@ -290,9 +268,9 @@ def autolabel(db: str | Path, models: list[str] | None = None, concepts: list[Co
         models = models or known
         if not models:
             raise UserError("the index has no models to score")
-        scores = pd.concat([score_model(con, m, concepts) for m in models], ignore_index=True)
-        explained = pd.concat([explain_model(con, m, concepts, latest_run(con, m), workers, progress=progress)
-                               for m in models], ignore_index=True)
+        both = [score_model(con, m, concepts, workers, progress) for m in models]
+        scores = pd.concat([b[0] for b in both], ignore_index=True)
+        explained = pd.concat([b[1] for b in both], ignore_index=True)
     finally:
         con.close()
     write_scores(db, scores, concepts, threshold, explained)

@@ -210,7 +210,7 @@ class Chunk:
     win_neuron: np.ndarray      # (W,) per window
     win_doc: np.ndarray
     win_top: np.ndarray         # bool: a top example
-    win_peak: np.ndarray        # position row of the window's max
+    win_peak: np.ndarray        # position row of the window's largest activation
     tok_window: np.ndarray      # (T,) per window token
     tok_row: np.ndarray
     tok_act: np.ndarray
@@ -443,35 +443,51 @@ def _add(stats: np.ndarray, neuron: np.ndarray, slot: np.ndarray, count: np.ndar
 
 # ---------------------------------------------------------------- the pool
 
+@dataclass
+class Context:
+    """What every chunk of a model shares: its positions, its activation sample and the
+    sample's counts of each rule's keys (fit half, and per held-out record)."""
+    positions: Positions
+    sample: Sample
+    fit: tuple
+    held: tuple
+    boot: int = BOOTSTRAP
+
+    @classmethod
+    def build(cls, positions: Positions, sample: Sample, boot: int = BOOTSTRAP) -> "Context":
+        fit_rows = sample.row[~held_out(positions.doc[sample.row])]
+        return cls(positions, sample, _counts_table(positions, fit_rows, np.zeros(len(fit_rows), np.int64), 1),
+                   _counts_table(positions, sample.row, sample.record, len(sample.record_held)), boot)
+
+
+def explain_chunk(ctx: Context, chunk: Chunk) -> pd.DataFrame:
+    return score_chunk(ctx.positions, ctx.sample, chunk, ctx.fit, ctx.held, ctx.boot)
+
+
 _STATE: dict = {}
 
 
-def _init(positions: Positions, sample: Sample, boot: int) -> None:
-    _STATE.update(positions=positions, sample=sample, boot=boot,
-                  fit=_counts_table(positions, sample.row[~held_out(positions.doc[sample.row])],
-                                    np.zeros(int((~held_out(positions.doc[sample.row])).sum()), np.int64), 1),
-                  held=_counts_table(positions, sample.row, sample.record, len(sample.record_held)))
+def _init(ctx: Context, fn) -> None:
+    _STATE.update(ctx=ctx, fn=fn)
 
 
-def _run(chunk: Chunk) -> pd.DataFrame:
-    s = _STATE
-    return score_chunk(s["positions"], s["sample"], chunk, s["fit"], s["held"], s["boot"])
+def _run(chunk: Chunk):
+    return _STATE["fn"](_STATE["ctx"], chunk)
 
 
-def score_chunks(positions: Positions, sample: Sample, chunks, workers: int | None = None,
-                 boot: int = BOOTSTRAP, progress=None):
-    """Score every chunk (an iterable of Chunk), in order, on `workers` processes
-    (default: every core; 1 scores in this process)."""
+def map_chunks(fn, ctx: Context, chunks, workers: int | None = None):
+    """fn(ctx, chunk) for every chunk (an iterable of Chunk), results in order, on
+    `workers` processes (default: every core; 1 runs in this process). fn must be a
+    module-level function (workers receive it by name)."""
     workers = workers or os.cpu_count() or 1
     if workers == 1:
-        _init(positions, sample, boot)
         for chunk in chunks:
-            yield _run(chunk)
+            yield fn(ctx, chunk)
         return
     import multiprocessing
 
     with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("fork"), initializer=_init,
-                             initargs=(positions, sample, boot)) as pool:
+                             initargs=(ctx, fn)) as pool:
         pending = []
         for chunk in chunks:
             pending.append(pool.submit(_run, chunk))
@@ -510,9 +526,9 @@ def read_chunk(con, model_id: str, positions: Positions, layer: int, neurons: np
     """The windows and recorded activations of `neurons` (sorted) of one layer."""
     lo, hi = int(neurons[0]), int(neurons[-1])
     win = con.execute("""
-        SELECT e.neuron, e.kind = 'top' AS top, e.doc_id, e.start_pos, e.max_pos, e.acts
+        SELECT e.neuron, e.kind = 'top' AS top, e.doc_id, e.start_pos, e.acts
         FROM examples e JOIN neurons n USING (model_id, layer, neuron, site)
-        WHERE e.model_id = ? AND n.is_primary AND e.layer = ? AND e.neuron BETWEEN ? AND ?
+        WHERE e.model_id = ? AND n.is_primary AND e.layer = ? AND e.neuron BETWEEN ? AND ? AND len(e.acts) > 0
         ORDER BY e.neuron, e.kind, e.band, e.rank""", [model_id, layer, lo, hi]).fetchnumpy()
     rec = con.execute("""
         SELECT a.neuron, a.doc_id, a.pos, a.act
@@ -521,6 +537,7 @@ def read_chunk(con, model_id: str, positions: Positions, layer: int, neurons: np
                       [model_id, layer, lo, hi]).fetchnumpy()
     acts = [np.asarray(a, np.float64) for a in win["acts"]]
     lengths = np.array([len(a) for a in acts], np.int64)
+    peak = np.array([int(np.nanargmax(a)) if len(a) and not np.isnan(a).all() else 0 for a in acts], np.int64)
     tok_window = np.repeat(np.arange(len(acts)), lengths)
     offset = np.arange(len(tok_window)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     start, doc = np.asarray(win["start_pos"], np.int64), np.asarray(win["doc_id"], np.int64)
@@ -531,7 +548,7 @@ def read_chunk(con, model_id: str, positions: Positions, layer: int, neurons: np
         raise ValueError("examples of a neuron outside the chunk")
     return Chunk(
         n=len(neurons), win_neuron=local, win_doc=doc, win_top=np.asarray(win["top"], bool),
-        win_peak=positions.find(doc, start + np.asarray(win["max_pos"], np.int64)),
+        win_peak=positions.find(doc, start + peak),
         tok_window=tok_window, tok_row=positions.find(doc[tok_window], start[tok_window] + offset),
         tok_act=np.concatenate(acts) if acts else np.zeros(0), rec_neuron=rec_local,
         rec_row=positions.find(rec["doc_id"], rec["pos"]), rec_act=np.asarray(rec["act"], np.float64))
@@ -542,31 +559,38 @@ EXPLANATION_COLUMNS = ["model_id", "layer", "neuron", "site", "kind", "explanati
                        "held_tokens", "held_records", "run_id"]
 
 
-def explain_model(con, model_id: str, concepts: list[Concept], run_id: str | None, workers: int | None = None,
-                  chunk: int = CHUNK, boot: int = BOOTSTRAP, progress: bool = False) -> pd.DataFrame:
-    """Every primary-site neuron's explanation and held-out score: rows for `explanations`."""
+def chunk_plan(con, model_id: str, chunk: int = CHUNK) -> tuple[pd.DataFrame, list[tuple[int, np.ndarray]]]:
+    """A model's primary-site neurons, and (layer, neuron ids) chunks of at most `chunk`."""
     neurons = con.execute("SELECT layer, neuron, site FROM neurons WHERE model_id = ? AND is_primary "
                           "ORDER BY layer, neuron", [model_id]).df()
-    positions = read_positions(con, model_id, concepts)
-    sample = read_sample(con, model_id, positions)
     parts = [(int(layer), group.neuron.to_numpy(np.int64)[i:i + chunk])
              for layer, group in neurons.groupby("layer", sort=True) for i in range(0, len(group), chunk)]
-    from tqdm import tqdm
+    return neurons, parts
 
-    bar = tqdm(total=len(neurons), desc=f"explain {model_id}", unit="neuron", disable=not progress)
-    frames = []
-    try:
-        chunks = (read_chunk(con, model_id, positions, layer, ids) for layer, ids in parts)
-        for (layer, ids), scored in zip(parts, score_chunks(positions, sample, chunks, workers, boot)):
-            rules = [positions.rule(k, i).__dict__ if ok else None
-                     for k, i, ok in zip(scored.kind, scored.ids, scored.has_rule)]
-            frames.append(scored.drop(columns=["ids", "has_rule"]).assign(
-                layer=layer, neuron=ids, kind=[r["kind"] if r else None for r in rules],
-                explanation=[Rule(**r).text if r else None for r in rules],
-                args=[list(r["args"]) if r else None for r in rules]))
-            bar.update(len(ids))
-    finally:
-        bar.close()
+
+def explanation_rows(positions: Positions, scored: pd.DataFrame, layer: int, ids: np.ndarray) -> pd.DataFrame:
+    """score_chunk's result as rows for `explanations` (without model, site and run)."""
+    rules = [positions.rule(k, i) if ok else None for k, i, ok in zip(scored.kind, scored.ids, scored.has_rule)]
+    return scored.drop(columns=["ids", "has_rule"]).assign(
+        layer=layer, neuron=ids, kind=[r.kind if r else None for r in rules],
+        explanation=[r.text if r else None for r in rules], args=[list(r.args) if r else None for r in rules])
+
+
+def explain_model(con, model_id: str, concepts: list[Concept], run_id: str | None, workers: int | None = None,
+                  chunk: int = CHUNK, boot: int = BOOTSTRAP) -> pd.DataFrame:
+    """Every primary-site neuron's explanation and held-out score: rows for `explanations`.
+    (`solu autolabel` computes these together with the concept scores, in one pass.)"""
+    neurons, parts = chunk_plan(con, model_id, chunk)
+    positions = read_positions(con, model_id, concepts)
+    ctx = Context.build(positions, read_sample(con, model_id, positions), boot)
+    chunks = (read_chunk(con, model_id, positions, layer, ids) for layer, ids in parts)
+    frames = [explanation_rows(positions, scored, layer, ids)
+              for (layer, ids), scored in zip(parts, map_chunks(explain_chunk, ctx, chunks, workers))]
+    return finish_explanations(frames, neurons, model_id, run_id)
+
+
+def finish_explanations(frames: list[pd.DataFrame], neurons: pd.DataFrame, model_id: str,
+                        run_id: str | None) -> pd.DataFrame:
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=EXPLANATION_COLUMNS)
     site = neurons.set_index(["layer", "neuron"]).site
     out["site"] = site.loc[list(zip(out.layer, out.neuron))].to_numpy() if len(out) else []

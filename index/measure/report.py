@@ -124,7 +124,7 @@ def rule_section(tables: dict[str, pd.DataFrame], models: list[str], rule: float
         parts += [f"Difference ({b} minus {a}), with a 95% Newcombe interval and the exact two-sided permutation "
                   "p-value (neurons relabelled between the two models):\n",
                   markdown_table(tables["rule_difference"], 4)]
-    return parts + [f"Neurons passing the rule, by concept:\n", markdown_table(tables["concepts"]),
+    return parts + ["Neurons passing the rule, by concept:\n", markdown_table(tables["concepts"]),
                     f"![per layer]({images['rule']})\n\n![best share]({images['best']})\n"]
 
 
