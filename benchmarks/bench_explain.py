@@ -10,7 +10,10 @@ inside DuckDB, so the same arguments give the same file.
     python benchmarks/bench_explain.py [--layers 12 --d-mlp 3072] [--db FILE] [--workers N]
 
 It prints the wall time and the peak memory of the autolabel process and its workers
-together (proportional set size, sampled from /proc every 0.2 s).
+together (proportional set size, sampled from /proc every 0.2 s), and the ratio to the
+time indexing takes for a model of that size: a random-init GELU model of GPT-2 small's
+shape (12 layers, d_model 768, d_mlp 3072, ctx 1024) indexed with `solu index` on
+--index-tokens of `builtin`, its streaming rate projected to the default 1M tokens.
 """
 from __future__ import annotations
 
@@ -101,6 +104,32 @@ def process_tree_pss(root: int) -> int:
     return total
 
 
+def index_seconds(tokens: int, root: Path) -> tuple[float, float]:
+    """(tokens/s of `solu index` on a GPT-2-small-shaped random GELU model, projected
+    seconds for IndexConfig's default token budget)."""
+    from index.engine.config import IndexConfig
+    from solu.batches import training_texts
+    from solu.checkpoint import save_checkpoint
+    from solu.config import ModelConfig
+    from solu.model import build_model
+    from solu.tokenizer import train_tokenizer
+
+    tok = train_tokenizer(training_texts("builtin", "text", 0, 3_000_000), 4096)
+    cfg = ModelConfig(act_fn="gelu", n_layers=12, d_model=768, d_mlp=3072, n_heads=12, n_ctx=1024, d_vocab=4096)
+    model = build_model(cfg, seed=0)
+    meta = {"model": cfg.to_dict(), "act_fn": cfg.act_fn, "n_params": sum(p.numel() for p in model.parameters()),
+            "eval_loss": None, "tokens_seen": 0}
+    save_checkpoint(root / "gpt2-shape", model, tok, meta)
+    db = root / "index.duckdb"
+    subprocess.run([sys.executable, "-m", "solu.cli", "index", str(root / "gpt2-shape"), "--db", str(db),
+                    "--tokens", str(tokens), "--device", "cpu", "--no-progress"], check=True,
+                   stdout=subprocess.DEVNULL)
+    con = duckdb.connect(str(db), read_only=True)
+    rate = con.execute("SELECT tokens_per_s FROM index_runs").fetchone()[0]
+    con.close()
+    return rate, IndexConfig().tokens / rate
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--layers", type=int, default=12)
@@ -109,6 +138,8 @@ def main() -> None:
     p.add_argument("--db", type=Path, default=Path("/tmp/bench_explain.duckdb"))
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--rebuild", action="store_true")
+    p.add_argument("--index-tokens", type=int, default=32_768,
+                   help="tokens `solu index` reads to measure its rate (0: skip the comparison)")
     args = p.parse_args()
     if args.rebuild or not args.db.exists():
         start = time.perf_counter()
@@ -131,6 +162,13 @@ def main() -> None:
     con.close()
     print(f"neurons {args.layers * args.d_mlp:,} · explained {scored:,} · autolabel {seconds:.1f} s · "
           f"peak memory (PSS of the process tree) {peak / 2**30:.2f} GiB · cores {os.cpu_count()}")
+    if args.index_tokens:
+        import tempfile
+
+        with tempfile.TemporaryDirectory() as root:
+            rate, projected = index_seconds(args.index_tokens, Path(root))
+        print(f"solu index, 12L d_mlp 3072 random GELU: {rate:,.0f} tokens/s over {args.index_tokens:,} tokens; "
+              f"1M tokens would take {projected:,.0f} s · autolabel / indexing = {seconds / projected:.3f}")
 
 
 if __name__ == "__main__":

@@ -20,3 +20,28 @@ def test_neurons_page_filters_to_a_concept(tmp_path, monkeypatch):
     assert sorted(zip(table.model_id, table.layer, table.neuron)) == [
         ("gelu-m", 0, 0), ("gelu-m", 1, 0), ("solu-m", 0, 0), ("solu-m", 1, 0)]
     assert (table.auto_label == "base64").all() and "4 neurons match" in at.caption[0].value
+
+
+def test_neuron_page_shows_the_explanation_and_marks_held_out_disagreements(tmp_path, monkeypatch):
+    from explorer_fixtures import html_text
+
+    from index.measure.explain import INTERPRETABLE
+
+    db = build_measure_db(tmp_path / "explained.duckdb", top_k=20)
+    autolabel(db)
+    monkeypatch.setenv("SOLU_DB", str(db))
+    at = app_at("neuron", model="gelu-m", layer=0, neuron=1, site="post")
+    no_exception(at)
+    text = "\n".join(m.value for m in at.markdown)
+    assert "**people\\_count** (concept) · held-out score" in text and "interpretable at" in text
+    assert "paper's rule: top share 1.00" in text and "not interpretable" not in text
+    snippets = html_text(at)
+    # neuron 1 fires on half of the people-count tokens: held-out windows show where the rule holds and it stays quiet
+    assert "border-bottom:3px dotted" in snippets
+    # the Neurons page sorts by the held-out score and keeps the interpretable ones
+    at = app_at()
+    at.toggle(key="interpretable").set_value(True).run()
+    no_exception(at)
+    table = at.dataframe[0].value
+    assert len(table) >= 4 and (table.heldout_score >= INTERPRETABLE).all()
+    assert set(table.explanation) <= {"base64", "people_count"}

@@ -38,6 +38,7 @@ automatic label when its top share reaches the threshold (source 'auto', status
 """
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -262,19 +263,27 @@ def autolabel(db: str | Path, models: list[str] | None = None, concepts: list[Co
     check_threshold(threshold)
     concepts = concepts or list(CONCEPTS.values())
     check_writable(db)  # the scores are written at the end: refuse a read-only index before the work
-    con = open_read(db)
+    with tempfile.TemporaryDirectory(prefix="solu-autolabel-") as spill:
+        scores, explained = _score_models(db, models, concepts, workers, progress, spill)
+    write_scores(db, scores, concepts, threshold, explained)
+    return summarise(scores, threshold)
+
+
+READ_MEMORY = "512MB"  # DuckDB's share while autolabel reads; larger reads spill to a temporary folder
+
+
+def _score_models(db, models, concepts, workers, progress, spill: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    con = open_read(db, {"memory_limit": READ_MEMORY, "temp_directory": spill})
     try:
         known = require_models(con, models or [])
         models = models or known
         if not models:
             raise UserError("the index has no models to score")
         both = [score_model(con, m, concepts, workers, progress) for m in models]
-        scores = pd.concat([b[0] for b in both], ignore_index=True)
-        explained = pd.concat([b[1] for b in both], ignore_index=True)
+        return (pd.concat([b[0] for b in both], ignore_index=True),
+                pd.concat([b[1] for b in both], ignore_index=True))
     finally:
         con.close()
-    write_scores(db, scores, concepts, threshold, explained)
-    return summarise(scores, threshold)
 
 
 def check_threshold(threshold: float) -> None:
