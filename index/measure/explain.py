@@ -29,6 +29,7 @@ pool of processes (every core).
 from __future__ import annotations
 
 import os
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 
@@ -387,12 +388,9 @@ def score_chunk(positions: Positions, sample: Sample, chunk: Chunk, fit_table, h
     score = correlation(stats.sum(axis=1))
     weights = np.random.default_rng(_SEED).poisson(1.0, size=(boot, stats.shape[1])).astype(np.float64)
     draws = correlation(np.einsum("br,nrs->nbs", weights, stats))
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)
-            low, high = np.nanpercentile(draws, [2.5, 97.5], axis=1)
+    with warnings.catch_warnings():  # a dead neuron's draws are all NaN, and so is its interval
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = np.nanpercentile(draws, [2.5, 97.5], axis=1)
 
     # ---- the paper's rule, read with this explanation, and its share of the sample's mass
     top = chunk.win_top
