@@ -80,9 +80,13 @@ def rank_argv(args) -> list[str]:
     argv = ["train"]
     for action in args.parser._actions:
         value = getattr(args, action.dest, None)
-        if not action.option_strings or action.dest in ("help", "nproc") or value is None or value is False:
+        if not action.option_strings or action.dest in ("help", "nproc") or value is None:
             continue
-        argv += [action.option_strings[0]] if value is True else [action.option_strings[0], str(value)]
+        flag = action.option_strings[0]
+        if action.nargs == 0:  # a switch (--resume, --force)
+            argv += [flag] if value is True else []
+        else:  # a value; an on/off flag as on or off
+            argv += [flag, ("on" if value else "off") if isinstance(value, bool) else str(value)]
     return argv
 
 

@@ -119,7 +119,8 @@ def test_nproc_mistakes_are_one_line(tmp_path, capsys, one_process):
 
 
 def test_each_rank_runs_the_same_command_without_nproc():
-    argv = ["train", "--act", "gelu", "--lr", "0.001", "--nproc", "2", "--out", "runs/x", "--force", "--vocab", "512"]
+    argv = ["train", "--act", "gelu", "--lr", "0.001", "--nproc", "2", "--out", "runs/x", "--force", "--vocab", "512",
+            "--shuffle", "off"]
     args = build_parser().parse_args(argv)
     ranked = rank_argv(args)
     assert "--nproc" not in ranked and ranked[0] == "train"
