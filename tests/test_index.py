@@ -395,7 +395,8 @@ def shard_index(solu, cfg, docs, shards: int):
     return finish(solu, cfg, sites, plan, Execution(parts, "cpu"), datetime.now(timezone.utc), time.perf_counter())
 
 
-STAT_COLUMNS = ("mean_act", "std_act", "kurtosis")  # float64 sums: equal up to summation order
+# float32 power sums per batch, merged in float64 (index.engine.stats): equal up to float32 rounding
+STAT_COLUMNS = ("mean_act", "std_act", "kurtosis")
 
 
 def test_two_shards_merge_to_the_single_pass_table_by_table(solu, tiny_corpus):
@@ -411,7 +412,7 @@ def test_two_shards_merge_to_the_single_pass_table_by_table(solu, tiny_corpus):
         assert len(a) == len(b) and len(a) > 0, name
         for col in a.columns:
             if col in STAT_COLUMNS:
-                np.testing.assert_allclose(b[col], a[col], rtol=1e-6, atol=1e-9, err_msg=f"{name}.{col}")
+                np.testing.assert_allclose(b[col], a[col], rtol=1e-5, atol=1e-9, err_msg=f"{name}.{col}")
             else:
                 assert a[col].map(repr).tolist() == b[col].map(repr).tolist(), f"{name}.{col}"
     kinds = set(whole["examples"].column("kind").to_pylist())

@@ -138,8 +138,9 @@ def test_flags_are_the_config_fields(command, cls, rename, unset):
         else:
             assert action.default == f.default
         if f.default is not MISSING:
-            assert f"default {f.default:,}" in action.help if isinstance(f.default, int) \
-                else f"default {f.default}" in action.help
+            shown = (("on" if f.default else "off") if isinstance(f.default, bool) else
+                     f"{f.default:,}" if isinstance(f.default, int) else f"{f.default}")
+            assert f"default {shown}" in action.help
         assert f.metadata.get("help"), f"{cls.__name__}.{f.name} has no help text"
 
 
