@@ -84,25 +84,29 @@ def best_concepts(con, models: list[str]) -> pd.DataFrame:
         FROM best_concepts WHERE model_id IN {_in(models)} ORDER BY model_id, layer, neuron""", models).df()
 
 
-def rule_table(best: pd.DataFrame, models: list[str], rule: float, by_layer: bool) -> pd.DataFrame:
-    """Per model (and layer), neurons passing the rule (best top share >= rule), their
-    fraction with its 95% Wilson interval, and the median sample share of the passing
-    neurons' concept (the second measure, where the sample has any)."""
+def pass_table(df: pd.DataFrame, models: list[str], by_layer: bool, extra: str, measure) -> pd.DataFrame:
+    """Per model (and layer) of `df` (one row per neuron, `passes` saying whether it
+    passes a measure): neurons, those passing, their fraction with its 95% Wilson
+    interval, and the column `extra` = measure(rows of the group)."""
     keys = ["model_id", "layer"] if by_layer else ["model_id"]
-    df = best.assign(passes=best.top_share >= rule)
     rows = []
     for key, group in df.groupby(keys, sort=False):
         key = key if isinstance(key, tuple) else (key,)
-        passed = group[group.passes]
-        rows.append(dict(zip(keys, key), neurons=len(group), passing=int(group.passes.sum()),
-                         median_sample_share=passed.sample_share.median() if len(passed) else math.nan))
-    out = pd.DataFrame(rows, columns=keys + ["neurons", "passing", "median_sample_share"])
+        rows.append(dict(zip(keys, key), neurons=len(group), passing=int(group.passes.sum()), **{extra: measure(group)}))
+    out = pd.DataFrame(rows, columns=keys + ["neurons", "passing", extra])
     low, high = wilson(out.passing.to_numpy(), out.neurons.to_numpy())
     out = out.assign(frac_passing=out.passing / out.neurons, ci_low=low, ci_high=high)
     order = {m: i for i, m in enumerate(models)}
     out = out.sort_values(keys, key=lambda c: c.map(order) if c.name == "model_id" else c)
-    return out[keys + ["neurons", "passing", "frac_passing", "ci_low", "ci_high", "median_sample_share"]].reset_index(
-        drop=True)
+    return out[keys + ["neurons", "passing", "frac_passing", "ci_low", "ci_high", extra]].reset_index(drop=True)
+
+
+def rule_table(best: pd.DataFrame, models: list[str], rule: float, by_layer: bool) -> pd.DataFrame:
+    """Per model (and layer), neurons passing the rule (best top share >= rule), their
+    fraction with its 95% Wilson interval, and the median sample share of the passing
+    neurons' concept (the second measure, where the sample has any)."""
+    return pass_table(best.assign(passes=best.top_share >= rule), models, by_layer, "median_sample_share",
+                      lambda g: g[g.passes].sample_share.median() if g.passes.any() else math.nan)
 
 
 def rule_difference(by_layer: pd.DataFrame, overall: pd.DataFrame, models: list[str]) -> pd.DataFrame:
@@ -174,19 +178,8 @@ def heldout_table(expl: pd.DataFrame, models: list[str], by_layer: bool) -> pd.D
     """Per model (and layer), neurons whose held-out score reaches INTERPRETABLE, their
     fraction with its 95% Wilson interval, and the median score (a neuron without a
     score, dead or with no held-out record, counts as not passing)."""
-    keys = ["model_id", "layer"] if by_layer else ["model_id"]
-    rows = []
-    for key, group in expl.groupby(keys, sort=False):
-        key = key if isinstance(key, tuple) else (key,)
-        rows.append(dict(zip(keys, key), neurons=len(group), passing=int((group.score >= INTERPRETABLE).sum()),
-                         median_score=group.score.median()))
-    out = pd.DataFrame(rows, columns=keys + ["neurons", "passing", "median_score"])
-    low, high = wilson(out.passing.to_numpy(), out.neurons.to_numpy())
-    out = out.assign(frac_passing=out.passing / out.neurons, ci_low=low, ci_high=high)
-    order = {m: i for i, m in enumerate(models)}
-    out = out.sort_values(keys, key=lambda c: c.map(order) if c.name == "model_id" else c)
-    return out[keys + ["neurons", "passing", "frac_passing", "ci_low", "ci_high", "median_score"]].reset_index(
-        drop=True)
+    return pass_table(expl.assign(passes=expl.score >= INTERPRETABLE), models, by_layer, "median_score",
+                      lambda g: g.score.median())
 
 
 BOOTSTRAP = 4000
