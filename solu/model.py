@@ -126,6 +126,17 @@ def mlp_out_weights(model: TransformerBridge, layer: int) -> torch.Tensor:
     return mlp.W_out if hasattr(mlp, "W_out") else model.W_out[layer]
 
 
+def mlp_in_weights(model: TransformerBridge, layer: int) -> torch.Tensor:
+    """W_in of one layer as [d_model, d_mlp]."""
+    mlp = model.blocks[layer].mlp
+    return mlp.W_in if hasattr(mlp, "W_in") else model.W_in[layer]
+
+
+def mlp_norm_weight(model: TransformerBridge, layer: int) -> torch.Tensor | None:
+    """The weight over d_model of the norm in front of a layer's MLP (ln2), or None."""
+    return getattr(getattr(model.blocks[layer], "ln2", None), "weight", None)
+
+
 def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")

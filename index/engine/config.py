@@ -30,6 +30,8 @@ class IndexConfig:
                                        "tokens, rounded down to whole rows of the model's context")
     hist_bins: int = option(32, "histogram bins per neuron")
     logit_k: int = option(10, "top and bottom tokens of each neuron's direct logit effect")
+    connection_k: int = option(10, "strongest positive and negative partners kept per neuron, upstream and "
+                                   "downstream, by virtual weight (models of 2+ layers)")
     batch_size: int = option(0, "rows of n_ctx tokens per forward pass; 0: as many as fit, about 4096 tokens "
                                 "and 1 GiB of activations")
     dtype: str = option("float32", "dtype the model runs in: float32, bfloat16 or float16 (activations are "
@@ -45,7 +47,7 @@ class IndexConfig:
         for name in ("tokens", "top_k", "hist_bins", "segment_tokens", "bands", "band_candidates"):
             _check_int(self, name, minimum=1)
         for name in ("window_before", "window_after", "per_band", "random",
-                     "sample_tokens", "logit_k", "seed", "batch_size"):
+                     "sample_tokens", "logit_k", "connection_k", "seed", "batch_size"):
             _check_int(self, name, minimum=0)
         if self.bands > 100:
             raise ValueError(f"bands must be at most 100, got {self.bands}")

@@ -36,6 +36,7 @@ from index.engine.batching import Tally, segment_length
 from index.engine.config import IndexConfig
 from index.engine.hooks import site_key
 from index.engine.indexer import Indexer, pool_shape, run_sites
+from index.engine.connections import connections
 from index.engine.logits import direct_logits
 from index.engine.plan import Plan, planned, shard_documents
 from index.engine.sample import ActivationSample
@@ -167,6 +168,7 @@ class ModelIndex:
     segment_len: int  # tokens per segment, the unit of ranking
     activations: dict[str, np.ndarray]
     logits: dict[str, np.ndarray]
+    connections: dict[str, np.ndarray]  # index.engine.connections.COLUMNS
     started_at: datetime
     device: str
     timings: dict[str, float] = field(default_factory=dict)
@@ -227,11 +229,14 @@ def finish(ckpt: LoadedModel, cfg: IndexConfig, sites: list[Site], plan: Plan, r
     merge_s = time.perf_counter() - t0
     vocab = token_strings(ckpt.tokenizer, range(ckpt.tokenizer.get_vocab_size()))
     logits = direct_logits(ckpt, cfg.logit_k, len(vocab), sorted({s.layer for s in sites}), progress)
-    timings = {"merge_s": merge_s, **{k: sum(r.timings[k] for r in results)
+    t1 = time.perf_counter()
+    linked = connections(ckpt, cfg.connection_k, sorted({s.layer for s in sites}))
+    connections_s = time.perf_counter() - t1
+    timings = {"merge_s": merge_s, "connections_s": connections_s, **{k: sum(r.timings[k] for r in results)
                                       for k in ("forward_s", "accumulate_s", "sample_pass_s")}, **run.timings,
                "total_s": time.perf_counter() - begun}
     return ModelIndex(ckpt, cfg, sites, dict(zip(keys, rules.sites(gathered, len(sites)))), plan.tally, vocab,
-                      plan.sample, plan.segment_len, activations, logits, started_at, run.device, timings)
+                      plan.sample, plan.segment_len, activations, logits, linked, started_at, run.device, timings)
 
 
 ACTIVATION_COLUMNS = ("site", "neuron", "doc_id", "segment", "pos", "act")

@@ -53,6 +53,28 @@ def register(sub) -> None:
                    help=f"with --db: the rule's share of top examples (default {RULE_SHARE:g}, the paper's 80%%)")
     p.set_defaults(func=cmd_compare)
 
+    m = sub.add_parser("match", help="each neuron's best matches in another model indexed on the same tokens")
+    m.add_argument("--db", required=True, type=Path)
+    m.add_argument("models", nargs=2, metavar="MODEL", help="two model ids (same tokenizer and documents)")
+    m.add_argument("--top", type=int, default=3, help="matches kept per neuron (default 3)")
+    m.add_argument("--no-progress", action="store_true", help="no progress bar")
+    m.set_defaults(func=cmd_match)
+
+
+def cmd_match(args) -> int:
+    from index.measure.relations import match
+
+    a, b = args.models
+    rows = match(args.db, a, b, args.top, progress=not args.no_progress)
+    best = rows[rows["rank"] == 1]
+    summary = best.groupby("model_id", sort=False).r.agg(neurons="size", median_best_r="median",
+                                                          r_at_least_0_9=lambda r: int((r >= 0.9).sum()))
+    print(_table(summary.reset_index().assign(median_best_r=lambda d: d.median_best_r.map(lambda v: f"{v:.3f}"))))
+    for r in best[best.model_id == a].nlargest(5, "r").itertuples():
+        print(f"{a} L{r.layer}/N{r.neuron} <-> {b} L{r.other_layer}/N{r.other_neuron}, r = {r.r:.2f}")
+    print(f"{len(rows):,} matches in neuron_matches (both directions, best {args.top} each)")
+    return 0
+
 
 def _table(df) -> str:
     from solu.text_table import format_table

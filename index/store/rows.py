@@ -35,6 +35,7 @@ def model_tables(result: ModelIndex) -> dict[str, pa.Table]:
         "neurons": pa.concat_tables(neurons),
         "examples": pa.concat_tables(examples),
         "logits": logits_table(result, vocab),
+        "connections": connections_table(result),
         "activations": activations_table(result),
         "tokens": tokens_table(result, vocab),
     }
@@ -133,6 +134,22 @@ def logits_table(result: ModelIndex, vocab: pa.Array) -> pa.Table:
         "token": vocab.take(ids),
         "token_id": pa.array(np.asarray(lg["token_id"], np.int32)),
         "weight": pa.array(np.asarray(lg["weight"], np.float32)),
+    })
+
+
+def connections_table(result: ModelIndex) -> pa.Table:
+    c = result.connections
+    n = len(c["neuron"])
+    return pa.table({
+        "model_id": pa.array([result.model_id] * n, pa.string()),
+        "layer": pa.array(np.asarray(c["layer"], np.int32)),
+        "neuron": pa.array(np.asarray(c["neuron"], np.int32)),
+        "direction": pa.array(list(c["direction"]), pa.string()),
+        "sign": pa.array(list(c["sign"]), pa.string()),
+        "rank": pa.array(np.asarray(c["rank"], np.int32)),
+        "other_layer": pa.array(np.asarray(c["other_layer"], np.int32)),
+        "other_neuron": pa.array(np.asarray(c["other_neuron"], np.int32)),
+        "weight": pa.array(np.asarray(c["weight"], np.float32)),
     })
 
 

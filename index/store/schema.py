@@ -158,11 +158,35 @@ MIGRATIONS: list[str] = [
         SELECT e.* FROM explanations e LEFT JOIN latest_runs r USING (model_id)
         WHERE e.run_id IS NOT DISTINCT FROM r.run_id;
     """,
+    # 9: neuron relations. connections: each neuron's strongest partners by virtual weight
+    # (solu index); neuron_matches: the same neuron in another model (solu match); ln_agreement:
+    # how far a SoLU neuron's top examples after its LayerNorm agree with those before it
+    """
+    CREATE TABLE connections(
+        model_id VARCHAR, layer INTEGER, neuron INTEGER, direction VARCHAR, sign VARCHAR, rank INTEGER,
+        other_layer INTEGER, other_neuron INTEGER, weight FLOAT);
+    CREATE TABLE neuron_matches(
+        model_id VARCHAR, layer INTEGER, neuron INTEGER, other_model VARCHAR, other_layer INTEGER,
+        other_neuron INTEGER, rank INTEGER, r DOUBLE, tokens BIGINT, method VARCHAR);
+    CREATE VIEW ln_agreement AS
+        WITH pre AS (SELECT model_id, layer, neuron, doc_id, coalesce(segment, 0) AS segment, rank FROM examples
+                     WHERE kind = 'top' AND site = 'pre_ln'),
+             post AS (SELECT model_id, layer, neuron, doc_id, coalesce(segment, 0) AS segment, rank FROM examples
+                      WHERE kind = 'top' AND site = 'post_ln'),
+             joined AS (SELECT model_id, layer, neuron, pre.rank AS pre_rank, post.rank AS post_rank
+                        FROM pre FULL JOIN post USING (model_id, layer, neuron, doc_id, segment)),
+             sized AS (SELECT *, count(pre_rank) OVER (PARTITION BY model_id, layer, neuron) AS k FROM joined)
+        SELECT model_id, layer, neuron, max(k) AS top_k,
+               count(*) FILTER (WHERE pre_rank IS NOT NULL AND post_rank IS NOT NULL) / max(k) AS overlap,
+               corr(coalesce(pre_rank, k + 1), coalesce(post_rank, k + 1)) AS rank_corr
+        FROM sized GROUP BY model_id, layer, neuron;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
 SCHEMA_SQL = Path(__file__).with_name("schema.sql")
-INDEX_TABLES = ("models", "index_runs", "index_details", "neurons", "examples", "logits", "activations", "tokens")
+INDEX_TABLES = ("models", "index_runs", "index_details", "neurons", "examples", "logits", "activations", "tokens",
+                "connections")
 HUMAN_TABLES = ("labels", "studies", "study_answers")
 
 

@@ -1,4 +1,4 @@
--- The database as it is today (schema version 8). A new database is created from this
+-- The database as it is today (schema version 9). A new database is created from this
 -- file; an older one is brought here by the numbered steps in schema.py, and a test
 -- checks that migrating a version-1 database gives exactly this.
 --
@@ -6,7 +6,8 @@
 -- step comes last in its table, with the step that added it in a comment.
 --
 -- Rebuildable index data, replaced whenever a model is re-indexed: models, index_runs,
--- index_details, neurons, examples, logits, activations, tokens; concept_scores and
+-- index_details, neurons, examples, logits, activations, tokens, connections; neuron_matches,
+-- rebuilt by `solu match`; concept_scores and
 -- concepts and explanations, rebuilt by `solu autolabel`. Human data, never deleted by the indexer:
 -- labels, studies, study_answers.
 
@@ -99,6 +100,24 @@ CREATE TABLE index_details(       -- 4: all of a run's settings and where its ti
     stats_tokens BIGINT, config JSON, timings JSON
 );
 
+CREATE TABLE connections(         -- 9: each neuron's strongest partners by virtual weight (index.engine.connections)
+    model_id VARCHAR, layer INTEGER, neuron INTEGER,
+    direction VARCHAR,            -- 'downstream' (the neuron feeds other_layer > layer) or 'upstream'
+    sign VARCHAR,                 -- 'pos' or 'neg'
+    rank INTEGER,                 -- 1 = strongest
+    other_layer INTEGER, other_neuron INTEGER,
+    weight FLOAT                  -- W_out row, through the reading block's ln2 weight, into the W_in column
+);
+
+CREATE TABLE neuron_matches(      -- 9: the same neuron in another model (solu match)
+    model_id VARCHAR, layer INTEGER, neuron INTEGER,
+    other_model VARCHAR, other_layer INTEGER, other_neuron INTEGER,
+    rank INTEGER,                 -- 1 = best match
+    r DOUBLE,                     -- correlation of their activations over the activation sample's tokens
+    tokens BIGINT,                -- tokens it was computed over
+    method VARCHAR                -- 'activations'
+);
+
 -- ------------------------------------------------------------------ human data
 
 CREATE TABLE labels(              -- append-only: a neuron's history of labels
@@ -188,3 +207,16 @@ CREATE VIEW best_concepts AS      -- 7: each primary-site neuron's best concept 
 CREATE VIEW current_explanations AS  -- 8: the explanations of the latest run
     SELECT e.* FROM explanations e LEFT JOIN latest_runs r USING (model_id)
     WHERE e.run_id IS NOT DISTINCT FROM r.run_id;
+
+CREATE VIEW ln_agreement AS       -- 9: SoLU's LayerNorm caveat: top-K before (pre_ln) vs after (post_ln)
+    WITH pre AS (SELECT model_id, layer, neuron, doc_id, coalesce(segment, 0) AS segment, rank FROM examples
+                 WHERE kind = 'top' AND site = 'pre_ln'),
+         post AS (SELECT model_id, layer, neuron, doc_id, coalesce(segment, 0) AS segment, rank FROM examples
+                  WHERE kind = 'top' AND site = 'post_ln'),
+         joined AS (SELECT model_id, layer, neuron, pre.rank AS pre_rank, post.rank AS post_rank
+                    FROM pre FULL JOIN post USING (model_id, layer, neuron, doc_id, segment)),
+         sized AS (SELECT *, count(pre_rank) OVER (PARTITION BY model_id, layer, neuron) AS k FROM joined)
+    SELECT model_id, layer, neuron, max(k) AS top_k,   -- overlap: share of the pre-LN top-K also in the post-LN one
+           count(*) FILTER (WHERE pre_rank IS NOT NULL AND post_rank IS NOT NULL) / max(k) AS overlap,
+           corr(coalesce(pre_rank, k + 1), coalesce(post_rank, k + 1)) AS rank_corr  -- Spearman, absent = K + 1
+    FROM sized GROUP BY model_id, layer, neuron;

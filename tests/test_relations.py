@@ -1,0 +1,124 @@
+"""Neuron relations: connections by virtual weight, SoLU's LayerNorm agreement, and the
+same neuron in another model (solu match)."""
+from __future__ import annotations
+
+import duckdb
+import numpy as np
+import pytest
+import torch
+
+from index.build import build_index
+from index.engine.config import IndexConfig
+from solu.sources import load_model, resolve
+
+
+@pytest.fixture(scope="module")
+def related(tmp_path_factory, tiny_checkpoints, tiny_corpus):
+    db = tmp_path_factory.mktemp("rel") / "rel.duckdb"
+    cfg = IndexConfig(dataset=str(tiny_corpus), tokens=3000, sample_tokens=3000, device="cpu", connection_k=4)
+    build_index([tiny_checkpoints["gelu"], tiny_checkpoints["solu_ln"]], cfg, db, progress=False)
+    return db
+
+
+def brute_virtual(model, source: int, target: int) -> np.ndarray:
+    """W_out[source] centred, times ln2's weight of the target block, into W_in[target], by loops
+    over the state dict's own tensors (nn.Linear weights are [out, in])."""
+    sd = {k: v.double() for k, v in model.state_dict().items()}
+    w_out = sd[f"blocks.{source}.mlp.out.weight"].T  # [d_mlp, d_model]
+    w_in = sd[f"blocks.{target}.mlp.in.weight"].T    # [d_model, d_mlp]
+    ln = sd[f"blocks.{target}.ln2.weight"]
+    out = np.zeros((w_out.shape[0], w_in.shape[1]))
+    for i in range(w_out.shape[0]):
+        row = (w_out[i] - w_out[i].mean()) * ln
+        out[i] = (row[:, None] * w_in).sum(0).numpy()
+    return out
+
+
+def test_connections_are_the_top_virtual_weights(related, tiny_checkpoints):
+    model = load_model(resolve(str(tiny_checkpoints["gelu"])), torch.device("cpu")).model
+    v = brute_virtual(model, 0, 1)
+    con = duckdb.connect(str(related), read_only=True)
+    model_id = con.execute("SELECT model_id FROM models WHERE act_fn = 'gelu'").fetchone()[0]
+    rows = con.execute("SELECT layer, neuron, direction, sign, rank, other_layer, other_neuron, weight "
+                       "FROM connections WHERE model_id = ? ORDER BY ALL", [model_id]).df()
+    con.close()
+    d_mlp = v.shape[0]
+    assert len(rows) == 2 * d_mlp * 2 * 4  # two layers, one direction each, pos and neg, k = 4
+    for neuron in (0, 7, d_mlp - 1):
+        down = rows[(rows.layer == 0) & (rows.neuron == neuron) & (rows.direction == "downstream")]
+        pos = down[down.sign == "pos"].sort_values("rank")
+        assert pos.other_neuron.tolist() == list(np.argsort(-v[neuron])[:4])
+        assert np.allclose(pos.weight, np.sort(v[neuron])[::-1][:4], rtol=1e-4, atol=1e-6)
+        neg = down[down.sign == "neg"].sort_values("rank")
+        assert neg.other_neuron.tolist() == list(np.argsort(v[neuron])[:4])
+        up = rows[(rows.layer == 1) & (rows.neuron == neuron) & (rows.direction == "upstream") & (rows.sign == "pos")]
+        assert up.sort_values("rank").other_neuron.tolist() == list(np.argsort(-v[:, neuron])[:4])
+        assert (up.other_layer == 0).all()
+
+
+def test_ln_agreement_compares_the_two_top_lists(related):
+    con = duckdb.connect(str(related), read_only=True)
+    agree = con.execute("SELECT * FROM ln_agreement ORDER BY layer, neuron").df()
+    pre = con.execute("SELECT layer, neuron, list(doc_id || ':' || segment) AS units FROM examples "
+                      "WHERE kind = 'top' AND site = 'pre_ln' GROUP BY ALL").df().set_index(["layer", "neuron"])
+    post = con.execute("SELECT layer, neuron, list(doc_id || ':' || segment) AS units FROM examples "
+                       "WHERE kind = 'top' AND site = 'post_ln' GROUP BY ALL").df().set_index(["layer", "neuron"])
+    con.close()
+    assert len(agree) == len(pre) > 0 and agree.model_id.nunique() == 1  # SoLU only: GELU has one site
+    for r in agree.itertuples():
+        a, b = set(pre.units[(r.layer, r.neuron)]), set(post.units[(r.layer, r.neuron)])
+        assert r.overlap == pytest.approx(len(a & b) / len(a)) and r.top_k == len(a)
+    assert agree.overlap.between(0, 1).all() and agree.overlap.max() > 0
+
+
+def permuted_pair(path, shuffle_tokens: bool = False):
+    """Model 'orig' from the measure fixture and 'copy', the same activations with its
+    neurons permuted within each layer (and, if asked, different tokens)."""
+    import random
+
+    from measure_db import dense_activations, documents, insert_model
+    from index.store.schema import migrate
+
+    con = duckdb.connect(str(path))
+    migrate(con)
+    docs = documents(40, random.Random(0))
+    layers = [dense_activations(docs, 8, np.random.default_rng(layer)) for layer in range(2)]
+    perm = np.random.default_rng(5).permutation(8)
+    insert_model(con, "orig", "gelu", docs, layers, top_k=5)
+    copy_docs = [[t.upper() for t in d] for d in docs] if shuffle_tokens else docs
+    insert_model(con, "copy", "gelu", copy_docs, [[a[perm] for a in layer] for layer in layers], top_k=5)
+    con.close()
+    return perm
+
+
+def test_a_permuted_copy_is_matched_neuron_for_neuron(tmp_path, capsys):
+    from solu.cli import main
+
+    db = tmp_path / "perm.duckdb"
+    perm = permuted_pair(db)
+    assert main(["match", "--db", str(db), "orig", "copy", "--no-progress"]) == 0
+    assert "orig L" in capsys.readouterr().out
+    con = duckdb.connect(str(db), read_only=True)
+    best = con.execute("SELECT model_id, layer, neuron, other_layer, other_neuron, r FROM neuron_matches "
+                       "WHERE rank = 1 ORDER BY ALL").df()
+    con.close()
+    orig = best[best.model_id == "orig"]
+    assert len(orig) == 16 and (orig.layer == orig.other_layer).all()
+    # copy neuron j holds orig neuron perm[j]: orig neuron perm[j]'s best match is copy neuron j
+    assert all(perm[r.other_neuron] == r.neuron for r in orig.itertuples())
+    assert np.allclose(orig.r, 1.0)
+    back = best[best.model_id == "copy"]
+    assert all(perm[r.neuron] == r.other_neuron for r in back.itertuples())
+
+
+def test_match_refuses_models_whose_tokens_differ(tmp_path, capsys):
+    from solu.cli import main
+
+    db = tmp_path / "diff.duckdb"
+    permuted_pair(db, shuffle_tokens=True)
+    assert main(["match", "--db", str(db), "orig", "copy"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "different tokenizers" in err[0]
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT count(*) FROM neuron_matches").fetchone()[0] == 0
+    con.close()
