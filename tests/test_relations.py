@@ -122,3 +122,47 @@ def test_match_refuses_models_whose_tokens_differ(tmp_path, capsys):
     con = duckdb.connect(str(db), read_only=True)
     assert con.execute("SELECT count(*) FROM neuron_matches").fetchone()[0] == 0
     con.close()
+
+
+@pytest.fixture(scope="module")
+def ablated(tmp_path_factory, tiny_checkpoints, tiny_corpus):
+    db = tmp_path_factory.mktemp("abl") / "abl.duckdb"
+    cfg = IndexConfig(dataset=str(tiny_corpus), tokens=2000, sample_tokens=2000, device="cpu", ablation=True,
+                      layers="1")
+    build_index([tiny_checkpoints["solu_ln"]], cfg, db, progress=False, name="solu")
+    return db
+
+
+@pytest.mark.parametrize("neuron, rank", [(0, 1), (5, 3), (17, 2)])
+def test_ablation_equals_running_the_model_with_the_neuron_zeroed(ablated, tiny_checkpoints, neuron, rank):
+    import torch.nn.functional as F
+
+    loaded = load_model(resolve(str(tiny_checkpoints["solu_ln"])), torch.device("cpu"))
+    con = duckdb.connect(str(ablated), read_only=True)
+    rows = con.execute("SELECT window_pos, token_id, loss, delta_zero, delta_mean FROM ablations "
+                       "WHERE layer = 1 AND neuron = ? AND rank = ? ORDER BY window_pos", [neuron, rank]).df()
+    shown = con.execute("SELECT tokens FROM examples WHERE layer = 1 AND neuron = ? AND rank = ? AND kind = 'top' "
+                        "AND site = 'pre_ln'", [neuron, rank]).fetchone()[0]
+    mean = con.execute("SELECT mean_act FROM neurons WHERE layer = 1 AND neuron = ? AND site = 'post_ln'",
+                       [neuron]).fetchone()[0]
+    con.close()
+    assert len(rows) and (np.diff(rows.window_pos) == 1).all()
+    # the stored tokens are the example's own window (its last n_ctx - 1 tokens where it is longer)
+    assert [loaded.tokenizer.decode([t]) for t in rows.token_id] == list(shown)[rows.window_pos.iloc[0]:]
+    ids = torch.tensor([[loaded.bos_id, *rows.token_id.tolist()]])
+
+    def run(value=None):
+        def set_neuron(x, hook):
+            x = x.clone()
+            x[:, :, neuron] = value
+            return x
+        hooks = [("blocks.1.mlp.hook_post", set_neuron)] if value is not None else []
+        with torch.inference_mode(), loaded.model.hooks(fwd_hooks=hooks):
+            logits = loaded.model(ids)
+        return F.cross_entropy(logits[0, :-1].float(), ids[0, 1:], reduction="none").numpy()
+
+    clean, zero, held = run(), run(0.0), run(mean)
+    assert np.allclose(rows.loss, clean, atol=1e-4)
+    assert np.allclose(rows.delta_zero, zero - clean, atol=1e-4)
+    assert np.allclose(rows.delta_mean, held - clean, atol=1e-4)
+    assert np.abs(rows.delta_zero).max() > 0  # the ablation changes something

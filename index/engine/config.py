@@ -30,6 +30,9 @@ class IndexConfig:
                                        "tokens, rounded down to whole rows of the model's context")
     hist_bins: int = option(32, "histogram bins per neuron")
     logit_k: int = option(10, "top and bottom tokens of each neuron's direct logit effect")
+    ablation: bool = option(False, "also measure each neuron's effect on the next-token loss over its top "
+                                   "examples, zeroed and mean-ablated (3 forward passes over the top-K windows "
+                                   "per neuron)")
     connection_k: int = option(10, "strongest positive and negative partners kept per neuron, upstream and "
                                    "downstream, by virtual weight (models of 2+ layers)")
     batch_size: int = option(0, "rows of n_ctx tokens per forward pass; 0: as many as fit, about 4096 tokens "

@@ -36,6 +36,7 @@ from index.engine.batching import Tally, segment_length
 from index.engine.config import IndexConfig
 from index.engine.hooks import site_key
 from index.engine.indexer import Indexer, pool_shape, run_sites
+from index.engine.ablation import COLUMNS as ABLATION_COLUMNS, ablation_effects
 from index.engine.connections import connections
 from index.engine.logits import direct_logits
 from index.engine.plan import Plan, planned, shard_documents
@@ -169,6 +170,7 @@ class ModelIndex:
     activations: dict[str, np.ndarray]
     logits: dict[str, np.ndarray]
     connections: dict[str, np.ndarray]  # index.engine.connections.COLUMNS
+    ablations: dict[str, np.ndarray]  # index.engine.ablation.COLUMNS (empty without --ablation)
     started_at: datetime
     device: str
     timings: dict[str, float] = field(default_factory=dict)
@@ -232,11 +234,16 @@ def finish(ckpt: LoadedModel, cfg: IndexConfig, sites: list[Site], plan: Plan, r
     t1 = time.perf_counter()
     linked = connections(ckpt, cfg.connection_k, sorted({s.layer for s in sites}))
     connections_s = time.perf_counter() - t1
-    timings = {"merge_s": merge_s, "connections_s": connections_s, **{k: sum(r.timings[k] for r in results)
+    by_site = dict(zip(keys, rules.sites(gathered, len(sites))))
+    t1 = time.perf_counter()
+    ablations = (ablation_effects(ckpt, sites, by_site, next(ckpt.model.parameters()).device, progress) if cfg.ablation
+                 else {c: np.zeros(0) for c in ABLATION_COLUMNS})
+    ablation_s = time.perf_counter() - t1
+    timings = {"merge_s": merge_s, "connections_s": connections_s, "ablation_s": ablation_s, **{k: sum(r.timings[k] for r in results)
                                       for k in ("forward_s", "accumulate_s", "sample_pass_s")}, **run.timings,
                "total_s": time.perf_counter() - begun}
-    return ModelIndex(ckpt, cfg, sites, dict(zip(keys, rules.sites(gathered, len(sites)))), plan.tally, vocab,
-                      plan.sample, plan.segment_len, activations, logits, linked, started_at, run.device, timings)
+    return ModelIndex(ckpt, cfg, sites, by_site, plan.tally, vocab, plan.sample, plan.segment_len, activations,
+                      logits, linked, ablations, started_at, run.device, timings)
 
 
 ACTIVATION_COLUMNS = ("site", "neuron", "doc_id", "segment", "pos", "act")

@@ -36,6 +36,7 @@ def model_tables(result: ModelIndex) -> dict[str, pa.Table]:
         "examples": pa.concat_tables(examples),
         "logits": logits_table(result, vocab),
         "connections": connections_table(result),
+        "ablations": ablations_table(result),
         "activations": activations_table(result),
         "tokens": tokens_table(result, vocab),
     }
@@ -150,6 +151,22 @@ def connections_table(result: ModelIndex) -> pa.Table:
         "other_layer": pa.array(np.asarray(c["other_layer"], np.int32)),
         "other_neuron": pa.array(np.asarray(c["other_neuron"], np.int32)),
         "weight": pa.array(np.asarray(c["weight"], np.float32)),
+    })
+
+
+def ablations_table(result: ModelIndex) -> pa.Table:
+    a = result.ablations
+    n = len(a["neuron"])
+    return pa.table({
+        "model_id": pa.array([result.model_id] * n, pa.string()),
+        "layer": pa.array(np.asarray(a["layer"], np.int32)),
+        "neuron": pa.array(np.asarray(a["neuron"], np.int32)),
+        "rank": pa.array(np.asarray(a["rank"], np.int32)),
+        "window_pos": pa.array(np.asarray(a["window_pos"], np.int32)),
+        "token_id": pa.array(np.asarray(a["token_id"], np.int32)),
+        "loss": pa.array(np.asarray(a["loss"], np.float32)),
+        "delta_zero": pa.array(np.asarray(a["delta_zero"], np.float32)),
+        "delta_mean": pa.array(np.asarray(a["delta_mean"], np.float32)),
     })
 
 

@@ -159,12 +159,16 @@ MIGRATIONS: list[str] = [
         WHERE e.run_id IS NOT DISTINCT FROM r.run_id;
     """,
     # 9: neuron relations. connections: each neuron's strongest partners by virtual weight
-    # (solu index); neuron_matches: the same neuron in another model (solu match); ln_agreement:
+    # (solu index); ablations: the loss change on its top examples (solu index --ablation on);
+    # neuron_matches: the same neuron in another model (solu match); ln_agreement:
     # how far a SoLU neuron's top examples after its LayerNorm agree with those before it
     """
     CREATE TABLE connections(
         model_id VARCHAR, layer INTEGER, neuron INTEGER, direction VARCHAR, sign VARCHAR, rank INTEGER,
         other_layer INTEGER, other_neuron INTEGER, weight FLOAT);
+    CREATE TABLE ablations(
+        model_id VARCHAR, layer INTEGER, neuron INTEGER, rank INTEGER, window_pos INTEGER, token_id INTEGER,
+        loss FLOAT, delta_zero FLOAT, delta_mean FLOAT);
     CREATE TABLE neuron_matches(
         model_id VARCHAR, layer INTEGER, neuron INTEGER, other_model VARCHAR, other_layer INTEGER,
         other_neuron INTEGER, rank INTEGER, r DOUBLE, tokens BIGINT, method VARCHAR);
@@ -186,7 +190,7 @@ MIGRATIONS: list[str] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 SCHEMA_SQL = Path(__file__).with_name("schema.sql")
 INDEX_TABLES = ("models", "index_runs", "index_details", "neurons", "examples", "logits", "activations", "tokens",
-                "connections")
+                "connections", "ablations")
 HUMAN_TABLES = ("labels", "studies", "study_answers")
 
 

@@ -6,7 +6,7 @@
 -- step comes last in its table, with the step that added it in a comment.
 --
 -- Rebuildable index data, replaced whenever a model is re-indexed: models, index_runs,
--- index_details, neurons, examples, logits, activations, tokens, connections; neuron_matches,
+-- index_details, neurons, examples, logits, activations, tokens, connections, ablations; neuron_matches,
 -- rebuilt by `solu match`; concept_scores and
 -- concepts and explanations, rebuilt by `solu autolabel`. Human data, never deleted by the indexer:
 -- labels, studies, study_answers.
@@ -107,6 +107,16 @@ CREATE TABLE connections(         -- 9: each neuron's strongest partners by virt
     rank INTEGER,                 -- 1 = strongest
     other_layer INTEGER, other_neuron INTEGER,
     weight FLOAT                  -- W_out row, through the reading block's ln2 weight, into the W_in column
+);
+
+CREATE TABLE ablations(          -- 9: what zeroing a neuron costs on its top examples (solu index --ablation on)
+    model_id VARCHAR, layer INTEGER, neuron INTEGER,
+    rank INTEGER,                 -- the top example's rank (examples.rank, kind 'top', primary site)
+    window_pos INTEGER,           -- the token's place in the example's window (example_tokens.window_pos)
+    token_id INTEGER,
+    loss FLOAT,                   -- next-token loss of this token, the window (after BOS) as the context
+    delta_zero FLOAT,             -- its change with the neuron's output zeroed
+    delta_mean FLOAT              -- and with it held at its mean activation
 );
 
 CREATE TABLE neuron_matches(      -- 9: the same neuron in another model (solu match)
