@@ -92,6 +92,11 @@ def show() -> None:
     if not tables["explanations"].empty:
         st.altair_chart(rule_chart(tables["heldout_by_layer"], f"held-out score >= {INTERPRETABLE:g}"),
                         width="stretch")
+    if not tables["relations"].empty:
+        st.caption("Neuron relations per model: connections by virtual weight, the loss change of zeroing a "
+                   "neuron at its top examples' max token, best matches in other models, and SoLU's LayerNorm "
+                   "caveat (median overlap and rank correlation of the pre-LN and post-LN top-K).")
+        st.dataframe(tables["relations"], hide_index=True)
     st.dataframe(tables["sparsity"], hide_index=True)
     st.dataframe(tables["labels"], hide_index=True, column_config={"frac_human_labeled": PERCENT})
     if tables["study"].empty:

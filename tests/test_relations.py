@@ -166,3 +166,45 @@ def test_ablation_equals_running_the_model_with_the_neuron_zeroed(ablated, tiny_
     assert np.allclose(rows.delta_zero, zero - clean, atol=1e-4)
     assert np.allclose(rows.delta_mean, held - clean, atol=1e-4)
     assert np.abs(rows.delta_zero).max() > 0  # the ablation changes something
+
+
+def test_the_neuron_page_shows_every_relation(tmp_path, tiny_checkpoints, tiny_corpus, monkeypatch):
+    from explorer_fixtures import app_at, html_text, no_exception
+    from solu.cli import main
+
+    db = tmp_path / "page.duckdb"
+    cfg = IndexConfig(dataset=str(tiny_corpus), tokens=2000, sample_tokens=2000, device="cpu", ablation=True)
+    build_index([tiny_checkpoints["gelu"], tiny_checkpoints["solu_ln"]], cfg, db, progress=False,
+                name=None)
+    con = duckdb.connect(str(db), read_only=True)
+    gelu, solu = (con.execute("SELECT model_id FROM models WHERE act_fn = ?", [a]).fetchone()[0]
+                  for a in ("gelu", "solu_ln"))
+    con.close()
+    assert main(["match", "--db", str(db), gelu, solu, "--no-progress"]) == 0
+    monkeypatch.setenv("SOLU_DB", str(db))
+    at = app_at("neuron", model=solu, layer=0, neuron=3, site="pre_ln")
+    no_exception(at)
+    headers = [h.value for h in at.subheader]
+    assert {"Connections", "Matches in other models", "LayerNorm caveat", "Ablation effect"} <= set(headers)
+    text = "\n".join(m.value for m in at.markdown)
+    assert "**downstream**" in text and "L1/N" in text and "r = " in text and f"neuron?model={gelu}" in text
+    assert "Δloss" in html_text(at)
+    assert any("top examples before SoLU's LayerNorm" in c.value for c in at.caption)
+
+
+def test_compare_summarises_relations(related, tmp_path):
+    from solu.cli import main
+
+    con = duckdb.connect(str(related), read_only=True)
+    gelu, solu = (con.execute("SELECT model_id FROM models WHERE act_fn = ?", [a]).fetchone()[0]
+                  for a in ("gelu", "solu_ln"))
+    con.close()
+    assert main(["match", "--db", str(related), gelu, solu, "--no-progress"]) == 0
+    assert main(["compare", "--db", str(related), gelu, solu, "--out", str(tmp_path / "r")]) == 0
+    text = (tmp_path / "r" / "report.md").read_text()
+    section = text[text.index("## Neuron relations"):text.index("## Labels")]
+    assert "median_ln_overlap" in section and f"{solu}: median r" in section
+    con = duckdb.connect(str(related), read_only=True)
+    overlap = con.execute("SELECT median(overlap) FROM ln_agreement").fetchone()[0]
+    con.close()
+    assert f"{overlap:.3f}" in section

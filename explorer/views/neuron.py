@@ -189,6 +189,83 @@ def show_explanation(expl: pd.DataFrame, examples: pd.DataFrame, scale: float) -
             st.html(render.snippets(rows, scale, lambda i, r: f"{r['kind']} {r['max_act']:.3g}"))
 
 
+def neuron_link(model_id: str, layer: int, neuron: int, site) -> str:
+    """A markdown link to a neuron's page (its text escaped)."""
+    addr = Address(model_id, int(layer), int(neuron), site if isinstance(site, str) else "post")
+    return f"[{render.md_escape(f'{model_id} L{layer}/N{neuron}')}]({addr.url})"
+
+
+def show_connections(addr: Address, n_layers: int) -> None:
+    st.subheader("Connections")
+    if n_layers < 2:
+        st.caption("A one-layer model has no other MLP layer to connect to: no connections.")
+        return
+    rows = data.query("connections", addr.model_id, addr.layer, addr.neuron)
+    if rows.empty:
+        st.caption("No connections stored (index with `--connection-k` above 0).")
+        return
+    st.caption("Virtual weights: this neuron's output direction, through the reading block's LayerNorm "
+               "weight, into the other neuron's input (downstream), or the other way round (upstream).")
+    for direction in ("downstream", "upstream"):
+        mine = rows[rows.direction == direction]
+        if mine.empty:
+            continue
+        lines = [f"- {neuron_link(addr.model_id, r.other_layer, r.other_neuron, r.site)} {r.weight:+.3f}"
+                 for r in mine.sort_values("weight", key=abs, ascending=False).head(6).itertuples()]
+        st.markdown(f"**{direction}**\n" + "\n".join(lines))
+
+
+def show_matches(addr: Address) -> None:
+    rows = data.query("matches", addr.model_id, addr.layer, addr.neuron)
+    if rows.empty:
+        return
+    st.subheader("Matches in other models")
+    lines = [f"- {neuron_link(r.other_model, r.other_layer, r.other_neuron, r.site)}, r = {r.r:.2f}"
+             for r in rows.itertuples()]
+    st.markdown("\n".join(lines))
+    st.caption("Correlation of activations over the shared activation sample's tokens (`solu match`).")
+
+
+def show_ln_agreement(addr: Address) -> None:
+    rows = data.query("ln_agreement", addr.model_id, addr.layer, addr.neuron)
+    if rows.empty or pd.isna(rows.overlap.iloc[0]):
+        return
+    r = rows.iloc[0]
+    corr = f", rank correlation {r.rank_corr:.2f}" if pd.notna(r.rank_corr) else ""
+    st.subheader("LayerNorm caveat")
+    st.caption(f"{r.overlap * r.top_k:.0f} of the {r.top_k} top examples before SoLU's LayerNorm (pre_ln) are also "
+               f"top examples after it (post_ln){corr}. Low agreement: small activations carry other features "
+               "through the LayerNorm.")
+
+
+def show_ablation(addr: Address, examples: pd.DataFrame, scale: float) -> None:
+    effects = data.query("ablation", addr.model_id, addr.layer, addr.neuron)
+    if effects.empty:
+        st.caption("No ablation effect stored: index with `--ablation on` to measure it.")
+        return
+    st.subheader("Ablation effect")
+    mode = st.segmented_control("Colour the top examples by", ["activation", "loss effect (zeroed)",
+                                                               "loss effect (mean)"],
+                                default="loss effect (zeroed)", key=f"ablation|{addr.key}")
+    top = examples[examples.kind == "top"].set_index("rank")
+    rows = []
+    for e in effects.itertuples():
+        if e.rank not in top.index:
+            continue
+        ex = top.loc[e.rank].to_dict()
+        first = int(e.first_pos)
+        tokens = list(ex["tokens"])[first:first + len(e.delta_zero)]
+        values = list(ex["acts"])[first:] if mode == "activation" else list(
+            e.delta_mean if mode == "loss effect (mean)" else e.delta_zero)
+        rows.append({"tokens": tokens, "acts": values, "max_pos": int(ex["max_pos"]) - first,
+                     "max_act": ex["max_act"], "loss_change": float(np.nansum(e.delta_zero))})
+    effect_scale = max((abs(float(x)) for r in rows for x in r["acts"] if x == x), default=1e-6)
+    st.caption("Next-token loss change on each token when the neuron is ablated (orange: harder to predict, blue: easier; the "
+               "window after BOS is the context). Total per example beside it.")
+    st.html(render.snippets(rows, scale if mode == "activation" else effect_scale,
+                            lambda i, r: f"#{i + 1}  Δloss {r['loss_change']:+.3f}"))
+
+
 def show_bands(bands: pd.DataFrame, max_act: float, scale: float, run: dict) -> None:
     n = int(run["bands"]) if pd.notna(run.get("bands")) else int(bands.band.max()) + 1
     st.subheader("Across the activation range")
@@ -235,12 +312,16 @@ def page() -> None:
         show_stats(stats)
         st.subheader("Logit effects")
         show_logits(data.query("logits", addr.model_id, addr.layer, addr.neuron))
+        show_connections(addr, int(models.n_layers.get(addr.model_id, 1)))
+        show_matches(addr)
+        show_ln_agreement(addr)
     with left:
         examples = data.query("examples", addr.model_id, addr.layer, addr.neuron, addr.site)
         scale = max(float(stats["max_act"]), float(examples.max_act.max()) if not examples.empty else 0.0, 1e-6)
         show_explanation(data.query("explanation", addr.model_id, addr.layer, addr.neuron, addr.site), examples,
                          scale)
         show_examples(stats, examples, run)
+        show_ablation(addr, examples, scale)
 
 
 page()

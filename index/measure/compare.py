@@ -239,6 +239,43 @@ def disagreement(diff: pd.DataFrame) -> str:
     return ""
 
 
+def relations_table(con, models: list[str]) -> pd.DataFrame:
+    """Per model, its neuron relations in one row: connections kept per neuron and the
+    median strongest downstream virtual weight; ablation: top examples measured and the
+    mean loss change of zeroing the neuron at each example's max token; the best match in
+    each other model (median r of each neuron's best match, and the share at r >= 0.9);
+    SoLU's LayerNorm caveat: the median overlap of the pre-LN and post-LN top-K lists and
+    their median rank correlation."""
+    from index.store.queries import has_table
+
+    if not has_table(con, "connections"):
+        return pd.DataFrame()
+    base = con.execute(f"""
+        SELECT m.model_id,
+               (SELECT count(*) FROM connections c WHERE c.model_id = m.model_id)
+                 / nullif((SELECT count(*) FROM neurons n WHERE n.model_id = m.model_id AND n.is_primary), 0)
+                 AS connections_per_neuron,
+               (SELECT median(weight) FROM connections c WHERE c.model_id = m.model_id AND c.rank = 1
+                AND c.sign = 'pos' AND c.direction = 'downstream') AS median_top_downstream,
+               (SELECT count(DISTINCT (layer, neuron, rank)) FROM ablations a WHERE a.model_id = m.model_id)
+                 AS ablated_examples,
+               (SELECT avg(a.delta_zero) FROM ablations a JOIN examples e ON e.model_id = a.model_id
+                  AND e.layer = a.layer AND e.neuron = a.neuron AND e.rank = a.rank AND e.kind = 'top'
+                  JOIN neurons n ON n.model_id = e.model_id AND n.layer = e.layer AND n.neuron = e.neuron
+                  AND n.site = e.site AND n.is_primary
+                WHERE a.model_id = m.model_id AND a.window_pos = e.max_pos) AS mean_loss_change_at_max,
+               (SELECT median(overlap) FROM ln_agreement l WHERE l.model_id = m.model_id) AS median_ln_overlap,
+               (SELECT median(rank_corr) FROM ln_agreement l WHERE l.model_id = m.model_id) AS median_ln_rank_corr
+        FROM models m WHERE m.model_id IN {_in(models)} ORDER BY m.model_id""", models).df()
+    matched = con.execute(f"""
+        SELECT model_id, string_agg(other_model || ': median r ' || round(med, 3) || ', ' || round(100 * hi, 1)
+                                    || '% at r >= 0.9', '; ' ORDER BY other_model) AS best_matches
+        FROM (SELECT model_id, other_model, median(r) AS med, avg((r >= 0.9)::INT) AS hi
+              FROM neuron_matches WHERE rank = 1 AND model_id IN {_in(models)} GROUP BY ALL)
+        GROUP BY model_id""", models).df()
+    return base.merge(matched, on="model_id", how="left")
+
+
 def compare_tables(con, models: list[str], rule: float = RULE_SHARE,
                    groups: list[list[str]] | None = None) -> dict[str, pd.DataFrame]:
     """Everything the report and the Models page show, by section. `groups` (A and B,
@@ -259,6 +296,7 @@ def compare_tables(con, models: list[str], rule: float = RULE_SHARE,
         "heldout_by_layer": heldout_table(expl, models, True), "group_difference": diff,
         "disagreement": pd.DataFrame({"sentence": [disagreement(diff)]}),
         "concepts": concept_counts(best, rule), "labels": label_table(con, models),
+        "relations": relations_table(con, models),
         "study": study_table(con, models),
     }
 

@@ -174,6 +174,13 @@ def render_markdown(tables: dict[str, pd.DataFrame], groups: list[list[str]], ru
              f"![sparsity]({images['sparsity']})\n", "## The paper's rule, automated\n"]
     parts += rule_section(tables, models, rule, images)
     parts += ["## Explanations scored on held-out records\n", *heldout_section(tables, images)]
+    parts += ["## Neuron relations\n",
+              "Connections by virtual weight (`solu index`), the loss change of zeroing a neuron at its top "
+              "examples' max token (`solu index --ablation on`), each neuron's best match in the other models "
+              "(`solu match`), and SoLU's LayerNorm caveat: how far the top examples after the LayerNorm "
+              "(post_ln) agree with those before it (pre_ln), as the median share of the pre-LN top-K also in "
+              "the post-LN top-K and the median rank correlation.\n",
+              markdown_table(tables["relations"]) if not tables["relations"].empty else "_none_\n"]
     parts += ["## Labels\n", markdown_table(tables["labels"]), "## Blinded study\n"]
     if tables["study"].empty:
         parts.append("No blinded study covers these models (start one on the app's Study page).\n")

@@ -59,7 +59,7 @@ def _current(source: str, alias: str) -> str:
 
 def _explanations(con) -> str:
     """The current explanations, or an empty stand-in for an index from before schema 8."""
-    if con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = 'current_explanations'").fetchone()[0]:
+    if has_table(con, "current_explanations"):
         return "current_explanations"
     return ("(SELECT NULL::VARCHAR AS model_id, NULL::INTEGER AS layer, NULL::INTEGER AS neuron, NULL::VARCHAR AS site, "
             "NULL::VARCHAR AS explanation, NULL::DOUBLE AS score WHERE false)")
@@ -146,6 +146,54 @@ def examples(con, model_id: str, layer: int, neuron_: int, site: str) -> pd.Data
         SELECT kind, band, rank, doc_id, max_act, max_pos, start_pos, tokens, acts
         FROM examples WHERE {_NEURON_KEY} AND site = ?
         ORDER BY kind, band NULLS FIRST, rank""", [model_id, layer, neuron_, site]).df()
+
+
+def has_table(con, name: str) -> bool:
+    """Whether the index has this table or view (an index from before its schema step lacks it)."""
+    return bool(con.execute("SELECT count(*) FROM duckdb_tables() WHERE table_name = ?", [name]).fetchone()[0]
+                or con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [name]).fetchone()[0])
+
+
+def connections(con, model_id: str, layer: int, neuron_: int) -> pd.DataFrame:
+    """The neuron's strongest partners by virtual weight, with each partner's primary site."""
+    if not has_table(con, "connections"):
+        return pd.DataFrame(columns=["direction", "sign", "rank", "other_layer", "other_neuron", "weight", "site"])
+    return con.execute(f"""
+        SELECT c.direction, c.sign, c.rank, c.other_layer, c.other_neuron, c.weight, n.site
+        FROM connections c LEFT JOIN neurons n ON n.model_id = c.model_id AND n.layer = c.other_layer
+             AND n.neuron = c.other_neuron AND n.is_primary
+        WHERE c.{_NEURON_KEY.replace(" AND ", " AND c.")} ORDER BY c.direction, c.sign DESC, c.rank""",
+                       [model_id, layer, neuron_]).df()
+
+
+def matches(con, model_id: str, layer: int, neuron_: int) -> pd.DataFrame:
+    """The neuron's best matches in other models (solu match), with each one's primary site."""
+    if not has_table(con, "neuron_matches"):
+        return pd.DataFrame(columns=["other_model", "other_layer", "other_neuron", "rank", "r", "tokens", "site"])
+    return con.execute(f"""
+        SELECT m.other_model, m.other_layer, m.other_neuron, m.rank, m.r, m.tokens, n.site
+        FROM neuron_matches m LEFT JOIN neurons n ON n.model_id = m.other_model AND n.layer = m.other_layer
+             AND n.neuron = m.other_neuron AND n.is_primary
+        WHERE m.{_NEURON_KEY.replace(" AND ", " AND m.")} ORDER BY m.other_model, m.rank""",
+                       [model_id, layer, neuron_]).df()
+
+
+def ablation(con, model_id: str, layer: int, neuron_: int) -> pd.DataFrame:
+    """The loss changes on the neuron's top examples (solu index --ablation on), one row per example."""
+    if not has_table(con, "ablations"):
+        return pd.DataFrame(columns=["rank", "first_pos", "delta_zero", "delta_mean", "loss"])
+    return con.execute(f"""
+        SELECT rank, min(window_pos) AS first_pos, list(delta_zero ORDER BY window_pos) AS delta_zero,
+               list(delta_mean ORDER BY window_pos) AS delta_mean, list(loss ORDER BY window_pos) AS loss
+        FROM ablations WHERE {_NEURON_KEY} GROUP BY rank ORDER BY rank""", [model_id, layer, neuron_]).df()
+
+
+def ln_agreement(con, model_id: str, layer: int, neuron_: int) -> pd.DataFrame:
+    """How far a SoLU neuron's post-LN top examples agree with its pre-LN ones."""
+    if not has_table(con, "ln_agreement"):
+        return pd.DataFrame(columns=["top_k", "overlap", "rank_corr"])
+    return con.execute(f"SELECT top_k, overlap, rank_corr FROM ln_agreement WHERE {_NEURON_KEY}",
+                       [model_id, layer, neuron_]).df()
 
 
 def explanation(con, model_id: str, layer: int, neuron_: int, site: str) -> pd.DataFrame:
