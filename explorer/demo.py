@@ -73,7 +73,7 @@ def index_models(checkpoints: list[Path], db: Path, plan: DemoPlan, force: bool)
         print(f"{db} already indexes these checkpoints; skipping (--force re-indexes; labels are kept)",
               file=sys.stderr)
         return
-    cfg = IndexConfig(dataset="builtin", tokens=plan.index_tokens, device="cpu", seed=0)
+    cfg = IndexConfig(dataset="builtin", tokens=plan.index_tokens, device="cpu", seed=0, ablation=True)
     for line in build_index(checkpoints, cfg, db, progress=True):
         print(line, file=sys.stderr)
 
@@ -93,9 +93,19 @@ def label_models(db: Path, force: bool) -> None:
     if not unscored and not force:
         print(f"{db} is already labelled; skipping (--force relabels; human labels are kept)", file=sys.stderr)
     else:
-        autolabel(db)
+        autolabel(db, progress=True)
+        match_models(db)
     for line in base64_neurons(db):
         print(line, file=sys.stderr)
+
+
+def match_models(db: Path) -> None:
+    """`solu match` on the GELU and SoLU model: each neuron's best matches in the other."""
+    from index.measure.relations import match
+
+    rows = match(db, MODELS[0][1], MODELS[1][1], progress=True)
+    best = rows[rows["rank"] == 1]
+    print(f"matched {MODELS[0][1]} and {MODELS[1][1]}: median best r {best.r.median():.2f}", file=sys.stderr)
 
 
 def base64_neurons(db: Path, limit: int = 3) -> list[str]:
@@ -164,7 +174,8 @@ def run_demo(out: Path, *, quick: bool = False, tokens: int | None = None, index
     db = out / "index.duckdb"
     step(4, 5, f"indexing both models ({plan.index_tokens:,} tokens each) into {db}")
     index_models(checkpoints, db, plan, force)
-    step(5, 5, "automatic labels: the concept each neuron's top examples peak on (solu autolabel)")
+    step(5, 5, "automatic labels and explanations (solu autolabel), and each neuron's match in the other model "
+               "(solu match)")
     label_models(db, force)
     print(f"\ndemo ready in {time.perf_counter() - start:,.0f} s", file=sys.stderr)
     return db

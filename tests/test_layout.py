@@ -156,6 +156,7 @@ CONTRACT = {
     "autolabel": {"--db", "--models", "--concepts", "--regex", "--threshold"},
     "label": {"--db", "--note", "--author"},
     "corpus": {"--seed"},
+    "match": {"--db", "--top"},
 }
 
 
@@ -164,7 +165,7 @@ def test_cli_keeps_its_commands_and_flags():
         assert flags <= set(options(subparser(command))), command
     action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert {"train", "index", "sql", "app", "demo", "compare", "autolabel", "study", "label", "labels",
-            "corpus"} <= set(action.choices)
+            "corpus", "match"} <= set(action.choices)
 
 
 def test_value_errors_name_the_flag_the_user_typed(tmp_path, capsys):

@@ -13,6 +13,29 @@ from solu.cli import main
 from solu.errors import UserError
 
 README_QUERIES = {  # the README's example queries, verbatim
+    "heldout_explanations": """
+        -- neurons whose explanation predicts their held-out activations best (solu autolabel)
+        SELECT model_id, layer, neuron, kind, explanation, round(score, 3) AS score,
+               round(score_low, 3) AS low, round(score_high, 3) AS high, round(top_share, 2) AS top_share
+        FROM current_explanations WHERE score IS NOT NULL
+        ORDER BY score DESC, model_id, layer, neuron LIMIT 10""",
+    "connections": """
+        -- the strongest connections between layers, by virtual weight (solu index)
+        SELECT model_id, layer, neuron, other_layer, other_neuron, round(weight, 4) AS weight
+        FROM connections WHERE direction = 'downstream' AND rank = 1
+        ORDER BY abs(weight) DESC, model_id, layer, neuron LIMIT 10""",
+    "ablation": """
+        -- neurons whose zeroing hurts their own top examples most (solu index --ablation on)
+        SELECT model_id, layer, neuron, round(sum(delta_zero) / count(DISTINCT rank), 3) AS loss_change_per_example
+        FROM ablations GROUP BY ALL ORDER BY loss_change_per_example DESC NULLS LAST, 1, 2, 3 LIMIT 10""",
+    "matches": """
+        -- the same neuron in another model (solu match): best matches, strongest first
+        SELECT model_id, layer, neuron, other_model, other_layer, other_neuron, round(r, 3) AS r
+        FROM neuron_matches WHERE rank = 1 ORDER BY r DESC, model_id, layer, neuron LIMIT 10""",
+    "ln_agreement": """
+        -- SoLU neurons whose top examples change most across the LayerNorm
+        SELECT model_id, layer, neuron, top_k, round(overlap, 2) AS overlap, round(rank_corr, 2) AS rank_corr
+        FROM ln_agreement ORDER BY overlap, model_id, layer, neuron LIMIT 10""",
     "base64": r"""
         -- neurons whose top examples are mostly base64: the 8 tokens around the max are base64 characters
         SELECT model_id, layer, neuron, site,

@@ -1,0 +1,75 @@
+"""What each neuron relation costs, as a ratio to indexing the same models.
+
+Two pairs of random-init models (the weights do not change the cost): the demo's shape
+(1 layer, d_model 128, d_mlp 512, ctx 128; GELU and SoLU) and a 4-layer one (d_model
+512, d_mlp 2048, ctx 256; GELU and SoLU). Each pair is indexed with `--ablation on` over
+the same --tokens of `builtin`, and then matched (`solu match`). Printed per model: the
+index time without the ablation, the connections' and the ablation's time (from
+index_details.timings) and their ratios to it; per pair: the match time and its ratio to
+indexing both models.
+
+    python benchmarks/bench_relations.py [--tokens 65536]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import duckdb
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from index.build import build_index  # noqa: E402
+from index.engine.config import IndexConfig  # noqa: E402
+from index.measure.relations import match  # noqa: E402
+from solu.batches import training_texts  # noqa: E402
+from solu.checkpoint import save_checkpoint  # noqa: E402
+from solu.config import ModelConfig  # noqa: E402
+from solu.model import build_model  # noqa: E402
+from solu.tokenizer import train_tokenizer  # noqa: E402
+
+PAIRS = {"demo (1L, d_mlp 512)": dict(n_layers=1, d_model=128, d_mlp=512, n_heads=4, n_ctx=128),
+         "4L, d_mlp 2048": dict(n_layers=4, d_model=512, d_mlp=2048, n_heads=8, n_ctx=256)}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--tokens", type=int, default=65_536)
+    args = p.parse_args()
+    tok = train_tokenizer(training_texts("builtin", "text", 0, 3_000_000), 4096)
+    print("| pair | model | index s | connections s (ratio) | ablation s (ratio) | match s (ratio to both indexes) |")
+    print("|---|---|---:|---:|---:|---:|")
+    with tempfile.TemporaryDirectory() as root:
+        root = Path(root)
+        for pair, shape in PAIRS.items():
+            ckpts = []
+            for act in ("gelu", "solu_ln"):
+                cfg = ModelConfig(act_fn=act, d_vocab=4096, **shape)
+                model = build_model(cfg, seed=0)
+                path = root / f"{act}-{shape['n_layers']}l"
+                save_checkpoint(path, model, tok, {"model": cfg.to_dict(), "act_fn": act, "eval_loss": None,
+                                                   "n_params": sum(x.numel() for x in model.parameters()),
+                                                   "tokens_seen": 0})
+                ckpts.append(path)
+            db = root / f"{shape['n_layers']}l.duckdb"
+            build_index(ckpts, IndexConfig(tokens=args.tokens, device="cpu", ablation=True), db, progress=False)
+            con = duckdb.connect(str(db), read_only=True)
+            timings = {m: json.loads(t) for m, t in con.execute("SELECT model_id, timings FROM index_details")
+                       .fetchall()}
+            con.close()
+            start = time.perf_counter()
+            match(db, ckpts[0].name, ckpts[1].name)
+            match_s = time.perf_counter() - start
+            both = sum(t["total_s"] - t["ablation_s"] for t in timings.values())
+            for i, (model, t) in enumerate(sorted(timings.items())):
+                index_s = t["total_s"] - t["ablation_s"]
+                matched = f"{match_s:.1f} ({match_s / both:.3f})" if i == 0 else ""
+                print(f"| {pair} | {model} | {index_s:.1f} | {t['connections_s']:.2f} ({t['connections_s'] / index_s:.3f}) "
+                      f"| {t['ablation_s']:.1f} ({t['ablation_s'] / index_s:.2f}) | {matched} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
