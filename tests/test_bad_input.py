@@ -154,7 +154,25 @@ CASES: list[tuple[str, list[str]]] = [
     ("autolabel-concept-regex-bad", ["autolabel", "--db", "{db}", "--concepts", "regex:(("]),
     *[(f"autolabel-threshold-{v}", ["autolabel", "--db", "{db}", "--threshold", v])
       for v in ("nan", "inf", "-0.5", "2", HUGE)],
+    # ---------------------------------------------------------------- match
+    ("match-no-db", ["match", M, "solu-synth"]),
+    ("match-one-model", ["match", "--db", "{db}", M]),
+    ("match-missing-db", ["match", "--db", "{missing}", M, "solu-synth"]),
+    ("match-junk-db", ["match", "--db", "{junk}", M, "solu-synth"]),
+    ("match-same-model", ["match", "--db", "{db}", M, M]),
+    ("match-unknown-model", ["match", "--db", "{db}", M, "nosuch"]),
+    ("match-no-sample", ["match", "--db", "{db}", M, "solu-synth"]),
+    ("match-read-only-db", ["match", "--db", "{ro_db}", M, "solu-synth"]),
+    *[(f"match-top-{v}", ["match", "--db", "{db}", M, "solu-synth", "--top", v]) for v in ("0", "-1", "x", HUGE)],
+    # ---------------------------------------------------------------- shuffle, connections, ablation flags
+    *[(f"index-{flag[2:]}-{v}", ["index", "{ckpt}", "--dataset", "{corpus}", "--db", "{root}/new.duckdb", flag, v])
+      for flag, v in (("--shuffle", "maybe"), ("--shuffle", ""), ("--ablation", "2"), ("--connection-k", "-1"),
+                      ("--connection-k", "x"))],
+    ("train-shuffle-maybe", ["train", "--act", "gelu", "--dataset", "{corpus}", "--out", "{root}/run",
+                             "--shuffle", "maybe"]),
     # ---------------------------------------------------------------- compare
+    ("compare-db-group-overlap", ["compare", "--db", "{db}", f"{M},solu-synth", "solu-synth", "--out", "{root}/r"]),
+    ("compare-db-empty-group", ["compare", "--db", "{db}", ",", "solu-synth", "--out", "{root}/r"]),
     ("compare-missing-checkpoint", ["compare", "{root}/nope"]),
     ("compare-file-checkpoint", ["compare", "{existing}"]),
     ("compare-dir-not-checkpoint", ["compare", "{dir}"]),
