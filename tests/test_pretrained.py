@@ -401,3 +401,22 @@ def test_automatic_batch_size_keeps_activations_within_budget():
     assert [fit_batch_size(gpt2, 12), fit_batch_size(solu_12l, 24), fit_batch_size(ours, 2)] == [3, 1, 32]
     rows = fit_batch_size(gpt2, 12)
     assert 2 * rows * 1024 * 3072 * 12 * 4 <= BATCH_BYTES < 2 * (rows + 1) * 1024 * 3072 * 12 * 4
+
+
+def test_on_cuda_the_batch_fills_the_device(monkeypatch):
+    """The rule for a GPU, without one: torch.cuda.mem_get_info answers what a device would."""
+    import torch
+
+    from index.engine.pipeline import GPU_BATCH_TOKENS, fit_batch_size
+    from solu.sources import ModelShape
+
+    gpt2 = ModelShape("gelu_new", 12, 768, 3072, 12, 1024, 50257)
+    ours = ModelShape("solu_ln", 1, 128, 512, 4, 128, 4096)
+    cuda = torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (130 * 2**30, 140 * 2**30))
+    assert fit_batch_size(ours, 2, cuda) == GPU_BATCH_TOKENS // 128 == 512  # the token target
+    assert fit_batch_size(gpt2, 12, cuda) == 64
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (8 * 2**30, 140 * 2**30))
+    rows = fit_batch_size(gpt2, 12, cuda)  # a busy device: the memory bound
+    assert 2 * rows * 1024 * 3072 * 12 * 4 <= 2 * 2**30 < 2 * (rows + 1) * 1024 * 3072 * 12 * 4
+    assert fit_batch_size(ours, 2, torch.device("cpu")) == fit_batch_size(ours, 2) == 32  # CPU keeps its rule

@@ -48,6 +48,8 @@ from solu.tokenizer import token_strings
 
 BATCH_TOKENS = 4096  # tokens per forward pass when the batch size is chosen automatically
 BATCH_BYTES = 1 << 30  # and at most this much float32 activation memory (two batches are held)
+GPU_BATCH_TOKENS = 65_536  # on CUDA: a GPU idles on 4,096-token batches (issue 17's table)
+GPU_MEMORY_SHARE = 4  # on CUDA: the two batches held take at most 1/4 of the device's free memory
 
 
 @dataclass
@@ -195,7 +197,7 @@ def index_model(ref: ModelRef, cfg: IndexConfig, executor=None, progress: bool =
     ckpt = load_model(ref, device, cfg.dtype)
     sites = run_sites(ckpt, cfg)
     if cfg.batch_size == 0:
-        cfg = replace(cfg, batch_size=fit_batch_size(ckpt.model_cfg, len(sites)))
+        cfg = replace(cfg, batch_size=fit_batch_size(ckpt.model_cfg, len(sites), device))
     check_window(cfg, ckpt)
     plan = Plan(executor.shards, segment_length(cfg.segment_tokens, ckpt.model_cfg.n_ctx),
                 ActivationSample(cfg.sample_tokens, cfg.seed))
@@ -270,10 +272,15 @@ def check_counts(results: list[ShardResult], plan: Plan) -> None:
                             "see the same dataset and checkpoint?")
 
 
-def fit_batch_size(shape, n_sites: int) -> int:
+def fit_batch_size(shape, n_sites: int, device: torch.device | None = None) -> int:
     """Rows per batch: about BATCH_TOKENS tokens, and the two batches of float32
-    activations the indexer holds within BATCH_BYTES; at least one row."""
+    activations the indexer holds within BATCH_BYTES; at least one row. On CUDA about
+    GPU_BATCH_TOKENS tokens, the two batches within 1/GPU_MEMORY_SHARE of the device's
+    free memory."""
     row_bytes = 2 * shape.n_ctx * shape.d_mlp * n_sites * 4
+    if device is not None and device.type == "cuda":
+        free, _ = torch.cuda.mem_get_info(device)
+        return max(1, min(GPU_BATCH_TOKENS // shape.n_ctx, free // GPU_MEMORY_SHARE // row_bytes))
     return max(1, min(BATCH_TOKENS // shape.n_ctx, BATCH_BYTES // row_bytes))
 
 
