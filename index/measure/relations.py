@@ -9,7 +9,8 @@ table records what exceeds the index threshold, and a token it does not record c
 the other, written to `neuron_matches` (the pair's earlier matches are replaced).
 
 The work is a correlation matrix between the two models' neurons, computed in blocks of
-neurons so that memory stays at a few hundred MB whatever the models' size.
+neurons (the product of the raw activations in float32, centred afterwards) so that
+memory stays under about 1 GB whatever the models' size.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from index.store.queries import require_models
 from solu.errors import UserError
 
 BLOCK_BYTES = 128 * 2**20  # one dense block of activations (tokens x neurons, float32)
+CACHE_BYTES = 1 << 30  # the other model's blocks are kept between passes when they fit in this
 METHOD = "activations"
 
 
@@ -70,11 +72,23 @@ def dense_block(con, model_id: str, neurons: pd.DataFrame, keys: np.ndarray) -> 
     return out
 
 
-def _standardise(block: np.ndarray) -> torch.Tensor:
-    x = torch.from_numpy(block).double()
-    x = x - x.mean(0, keepdim=True)
-    norm = x.norm(dim=0, keepdim=True)
-    return x / torch.where(norm > 0, norm, torch.ones_like(norm))  # a dead neuron correlates 0 with all
+def _moments(block: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(activations, mean, standard deviation) of each neuron (column) of a block."""
+    x = torch.from_numpy(block)
+    mean = x.double().mean(0)
+    std = (x.double().pow(2).mean(0) - mean * mean).clamp_min(0).sqrt()
+    return x, mean, std
+
+
+def _correlate(a, b, tokens: int) -> torch.Tensor:
+    """Pearson r between every column of a and of b ((x, mean, std) each): the product of
+    the raw activations in float32 (most are 0), centred afterwards in float64. A dead
+    neuron (std 0) correlates 0 with every other."""
+    xa, mean_a, std_a = a
+    xb, mean_b, std_b = b
+    cov = (xa.T @ xb).double() / tokens - mean_a[:, None] * mean_b[None, :]
+    scale = std_a[:, None] * std_b[None, :]
+    return torch.where(scale > 0, cov / torch.where(scale > 0, scale, torch.ones_like(scale)), torch.zeros_like(cov))
 
 
 def best_matches(con, a: str, b: str, top: int, progress: bool = False) -> pd.DataFrame:
@@ -89,20 +103,28 @@ def best_matches(con, a: str, b: str, top: int, progress: bool = False) -> pd.Da
     best = {a: [], b: []}  # per model: (scores [n, top], index [n, top]) per block
     running_b = [(torch.full((len(nb), top), -2.0, dtype=torch.float64), torch.zeros((len(nb), top), dtype=torch.long))]
     blocks_b = [(j, nb.iloc[j:j + width]) for j in range(0, len(nb), width)]
+    kept: dict[int, tuple] = {}  # b's blocks, read once when they all fit in CACHE_BYTES
+
+    def cached(j, part):
+        if j in kept:
+            return kept[j]
+        block = _moments(dense_block(con, b, part, keys))
+        if len(blocks_b) * BLOCK_BYTES <= CACHE_BYTES:
+            kept[j] = block
+        return block
     with tqdm(total=len(na), desc=f"match {a} / {b}", unit="neuron", disable=not progress) as bar:
-        for i in range(0, len(na), width):
-            xa = _standardise(dense_block(con, a, na.iloc[i:i + width], keys))
-            score_a = torch.full((xa.shape[1], top), -2.0, dtype=torch.float64)
-            index_a = torch.zeros((xa.shape[1], top), dtype=torch.long)
+        for i in range(0, len(na), 4 * width):  # a's blocks are 4x wider: b's are read a quarter as often
+            xa = _moments(dense_block(con, a, na.iloc[i:i + 4 * width], keys))
+            score_a = torch.full((xa[0].shape[1], top), -2.0, dtype=torch.float64)
+            index_a = torch.zeros((xa[0].shape[1], top), dtype=torch.long)
             for j, part in blocks_b:
-                xb = _standardise(dense_block(con, b, part, keys))
-                r = xa.T @ xb  # [block of a, block of b]
+                r = _correlate(xa, cached(j, part), len(keys))  # [block of a, block of b]
                 score_a, index_a = _merge_top(score_a, index_a, r, j, top)
                 s_b, i_b = running_b[0]
                 s_b[j:j + len(part)], i_b[j:j + len(part)] = _merge_top(s_b[j:j + len(part)], i_b[j:j + len(part)],
                                                                         r.T, i, top)
             best[a].append((score_a, index_a))
-            bar.update(xa.shape[1])
+            bar.update(xa[0].shape[1])
     best[b] = running_b
     return pd.concat([_rows(a, na, b, nb, *map(torch.cat, zip(*best[a])), len(keys)),
                       _rows(b, nb, a, na, *running_b[0], len(keys))], ignore_index=True)
