@@ -233,7 +233,7 @@ def show_ln_agreement(addr: Address) -> None:
     r = rows.iloc[0]
     corr = f", rank correlation {r.rank_corr:.2f}" if pd.notna(r.rank_corr) else ""
     st.subheader("LayerNorm caveat")
-    st.caption(f"{r.overlap * r.top_k:.0f} of the {r.top_k} top examples before SoLU's LayerNorm (pre_ln) are also "
+    st.caption(f"{r.overlap * r.top_k:.0f} of the {int(r.top_k)} top examples before SoLU's LayerNorm (pre_ln) are also "
                f"top examples after it (post_ln){corr}. Low agreement: small activations carry other features "
                "through the LayerNorm.")
 
