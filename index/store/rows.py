@@ -138,36 +138,26 @@ def logits_table(result: ModelIndex, vocab: pa.Array) -> pa.Table:
     })
 
 
+def _flat_table(model_id: str, data: dict[str, np.ndarray], types: dict[str, object]) -> pa.Table:
+    """A table of model_id and `data`'s columns, each cast to its type in `types` (a
+    numpy dtype, or str for text)."""
+    n = len(next(iter(data.values()))) if data else 0
+    cols = {"model_id": pa.array([model_id] * n, pa.string())}
+    for name, kind in types.items():
+        cols[name] = pa.array(list(data[name]), pa.string()) if kind is str else pa.array(np.asarray(data[name], kind))
+    return pa.table(cols)
+
+
 def connections_table(result: ModelIndex) -> pa.Table:
-    c = result.connections
-    n = len(c["neuron"])
-    return pa.table({
-        "model_id": pa.array([result.model_id] * n, pa.string()),
-        "layer": pa.array(np.asarray(c["layer"], np.int32)),
-        "neuron": pa.array(np.asarray(c["neuron"], np.int32)),
-        "direction": pa.array(list(c["direction"]), pa.string()),
-        "sign": pa.array(list(c["sign"]), pa.string()),
-        "rank": pa.array(np.asarray(c["rank"], np.int32)),
-        "other_layer": pa.array(np.asarray(c["other_layer"], np.int32)),
-        "other_neuron": pa.array(np.asarray(c["other_neuron"], np.int32)),
-        "weight": pa.array(np.asarray(c["weight"], np.float32)),
-    })
+    return _flat_table(result.model_id, result.connections, {
+        "layer": np.int32, "neuron": np.int32, "direction": str, "sign": str, "rank": np.int32,
+        "other_layer": np.int32, "other_neuron": np.int32, "weight": np.float32})
 
 
 def ablations_table(result: ModelIndex) -> pa.Table:
-    a = result.ablations
-    n = len(a["neuron"])
-    return pa.table({
-        "model_id": pa.array([result.model_id] * n, pa.string()),
-        "layer": pa.array(np.asarray(a["layer"], np.int32)),
-        "neuron": pa.array(np.asarray(a["neuron"], np.int32)),
-        "rank": pa.array(np.asarray(a["rank"], np.int32)),
-        "window_pos": pa.array(np.asarray(a["window_pos"], np.int32)),
-        "token_id": pa.array(np.asarray(a["token_id"], np.int32)),
-        "loss": pa.array(np.asarray(a["loss"], np.float32)),
-        "delta_zero": pa.array(np.asarray(a["delta_zero"], np.float32)),
-        "delta_mean": pa.array(np.asarray(a["delta_mean"], np.float32)),
-    })
+    return _flat_table(result.model_id, result.ablations, {
+        "layer": np.int32, "neuron": np.int32, "rank": np.int32, "window_pos": np.int32, "token_id": np.int32,
+        "loss": np.float32, "delta_zero": np.float32, "delta_mean": np.float32})
 
 
 def activations_table(result: ModelIndex) -> pa.Table:
