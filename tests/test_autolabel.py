@@ -276,7 +276,6 @@ def test_scores_of_an_earlier_index_run_are_stale(measure_db):
 def test_pieces_of_one_document_are_detected_apart(tmp_path):
     """Two sampled segments of one document that are not adjacent: a base64 run is not
     made up across the gap, and each piece starts an occurrence of its own."""
-    from index.measure.autolabel import sample_starts
     from index.measure.explain import read_positions, read_sample
     from index.store.schema import migrate
 
@@ -287,5 +286,5 @@ def test_pieces_of_one_document_are_detected_apart(tmp_path):
     positions = read_positions(con, "m", [CONCEPTS["base64"]])
     sample = read_sample(con, "m", positions)
     con.close()
-    assert sample_starts(positions, sample).tolist() == [True, False, False, True, False]
+    assert sample.starts.tolist() == [True, False, False, True, False]
     assert not positions.bits[sample.row, 0].any()  # 10 characters on each side of the gap: no run of 16

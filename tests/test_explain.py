@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from index.measure.concepts import CONCEPTS
-from index.measure.explain import INTERPRETABLE, Rule, explain_model, held_out, words
+from index.measure.autolabel import score_model
+from index.measure.explain import INTERPRETABLE, Rule, held_out, words
 from index.store.connection import open_read
 from planted_neurons import N_RANDOM, build_planted_neurons_db
 
@@ -23,7 +24,7 @@ def planted(tmp_path_factory):
 def explain(db, workers=1):
     con = open_read(db)
     try:
-        return explain_model(con, "planted", list(CONCEPTS.values()), None, workers=workers, chunk=7, boot=100)
+        return score_model(con, "planted", list(CONCEPTS.values()), workers, chunk=7, boot=100)[1]
     finally:
         con.close()
 
@@ -127,3 +128,17 @@ def test_a_pool_of_workers_gives_the_same_scores(planted):
     db, df = planted
     pooled = explain(db, workers=2)
     assert pooled.drop(columns=["args"]).equals(df.drop(columns=["args"]))
+
+
+def test_a_user_regex_explanation_can_be_evaluated_again():
+    """The app re-evaluates stored rules on windows: a user regex's rule carries its pattern."""
+    import numpy as np
+
+    from index.measure.concepts import regex_concept
+    from index.measure.explain import build_positions
+
+    tokens = [" fix", " TODO", ":", " later", " TODO"]
+    positions = build_positions(np.zeros(5, np.int64), np.arange(5), tokens, [regex_concept("todo", "TODO")])
+    rule = positions.rule(0, np.array([0, -1, -1]))
+    assert rule.args == ("todo", "TODO") and rule.text == "todo"
+    assert Rule(*[rule.kind, tuple(rule.args)]).mask(tokens).tolist() == [False, True, False, False, True]

@@ -45,7 +45,7 @@ import numpy as np
 import pandas as pd
 
 from index.measure.concepts import CONCEPTS, Concept, concept
-from index.measure.explain import (Chunk, Context, Positions, Sample, chunk_plan, explain_chunk, explanation_rows,
+from index.measure.explain import (BOOTSTRAP, CHUNK, Chunk, Context, chunk_plan, explain_chunk, explanation_rows,
                                    finish_explanations, map_chunks, read_chunk, read_positions, read_sample)
 from index.measure.intervals import wilson
 from index.store.connection import check_writable, open_read, open_write
@@ -157,15 +157,6 @@ def resolve_concepts(specs: list[str] | None = None, regexes: list[str] | None =
 
 # ---------------------------------------------------------------- scoring, a chunk of neurons at a time
 
-def sample_starts(positions: Positions, sample: Sample) -> np.ndarray:
-    """True at the first token of each contiguous run of the activation sample (a
-    document, or a piece of one: the indexer samples segments of long documents)."""
-    doc, pos = positions.doc[sample.row], positions.pos[sample.row]
-    start = np.ones(len(doc), dtype=bool)
-    start[1:] = (doc[1:] != doc[:-1]) | (pos[1:] != pos[:-1] + 1)
-    return start
-
-
 def sample_share_matrix(group: np.ndarray, token: np.ndarray, acts: np.ndarray, masks: np.ndarray,
                         n_neurons: int) -> np.ndarray:
     """Per neuron and concept, the share of the neuron's recorded activation (every
@@ -189,13 +180,12 @@ def concept_chunk(ctx: Context, chunk: Chunk) -> dict[str, np.ndarray]:
     peak_bits = positions.bits[chunk.win_peak[top]]
     hits = np.stack([np.bincount(chunk.win_neuron[top], weights=peak_bits[:, j], minlength=n)
                      for j in range(n_concepts)], axis=1).reshape(n, n_concepts).astype(np.int64)
-    masks = positions.bits[sample.row]
+    masks = ctx.masks
     token = np.searchsorted(sample.row, chunk.rec_row)
     order = np.lexsort((token, chunk.rec_neuron))
     group, token, value = chunk.rec_neuron[order], token[order], chunk.rec_act[order]
     level = dense_rank(value)
-    starts = sample_starts(positions, sample)
-    auroc = np.stack([occurrence_auroc(group, token, level, masks[:, j], starts, n) for j in range(n_concepts)],
+    auroc = np.stack([occurrence_auroc(group, token, level, masks[:, j], sample.starts, n) for j in range(n_concepts)],
                      axis=1).reshape(n, n_concepts)
     return {"hits": hits, "n_top": np.bincount(chunk.win_neuron[top], minlength=n),
             "sample_share": sample_share_matrix(group, token, value, masks, n), "auroc": auroc,
@@ -208,19 +198,19 @@ def score_chunk(ctx: Context, chunk: Chunk) -> tuple[dict, pd.DataFrame]:
 
 
 def score_model(con, model_id: str, concepts: list[Concept], workers: int | None = None,
-                progress: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
+                progress: bool = False, chunk: int = CHUNK, boot: int = BOOTSTRAP) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every (neuron, concept) score of one model, as rows for `concept_scores`, and every
     neuron's explanation, as rows for `explanations`. Concepts are detected once per
     position the index holds (index.measure.explain.Positions), then neurons are scored a
     chunk at a time on every core, so memory follows the chunk, not the index."""
     from tqdm import tqdm
 
-    neurons, parts = chunk_plan(con, model_id)
+    neurons, parts = chunk_plan(con, model_id, chunk)
     if neurons.empty:
         raise UserError(f"model {model_id!r} has no indexed neurons")
     positions = read_positions(con, model_id, concepts)
     sample = read_sample(con, model_id, positions)
-    ctx = Context.build(positions, sample)
+    ctx = Context.build(positions, sample, boot)
     chunks = (read_chunk(con, model_id, positions, layer, ids) for layer, ids in parts)
     measures, explained = [], []
     with tqdm(total=len(neurons), desc=f"autolabel {model_id}", unit="neuron", disable=not progress) as bar:
@@ -234,10 +224,9 @@ def score_model(con, model_id: str, concepts: list[Concept], workers: int | None
     with np.errstate(invalid="ignore", divide="ignore"):
         share = hits / n_top[:, None]
     low, high = wilson(hits, n_top[:, None])
-    masks = positions.bits[sample.row]
+    masks = ctx.masks
     base_rate = masks.mean(axis=0) if len(masks) else np.full(len(concepts), np.nan)
-    starts = sample_starts(positions, sample)
-    occurrences = [occurrence_units(masks[:, j], starts)[1] for j in range(len(concepts))]
+    occurrences = [occurrence_units(masks[:, j], sample.starts)[1] for j in range(len(concepts))]
     frames = [neurons.assign(model_id=model_id, concept=c.name, score=share[:, j], top_share=share[:, j],
                              top_hits=hits[:, j], top_low=low[:, j], top_high=high[:, j],
                              sample_share=merged["sample_share"][:, j], base_rate=base_rate[j],

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import numpy as np
 import pandas as pd
 
-from index.measure.concepts import Concept, concept_masks
+from index.measure.concepts import Concept, concept, concept_masks, regex_concept
 
 KINDS = ("concept", "tokens", "context", "word")  # a rule's kind is its index here
 MAX_TOKENS = 3  # a token rule holds at most this many tokens
@@ -86,7 +86,7 @@ def words(tokens: list[str]) -> list[str | None]:
 @dataclass(frozen=True)
 class Rule:
     """One explanation: kind in KINDS, and its arguments (normalised tokens: the token set,
-    [previous, token], [word], or [concept name])."""
+    [previous, token], [word], or [concept name] / [name, pattern] for a user regex)."""
     kind: str
     args: tuple[str, ...]
 
@@ -101,16 +101,12 @@ class Rule:
             return f"`{quoted[1]}` after `{quoted[0]}`"
         return f"a piece of `{quoted[0]}`"
 
-    def mask(self, tokens: list[str], concepts: list[Concept] | None = None) -> np.ndarray:
+    def mask(self, tokens: list[str]) -> np.ndarray:
         """Where the rule holds on a text's tokens (the definition the scorer vectorises)."""
         norm = [normalise(t) for t in tokens]
         if self.kind == "concept":
-            found = [c for c in concepts or [] if c.name == self.args[0]]
-            if not found:
-                from index.measure.concepts import concept
-
-                found = [concept(self.args[0])]
-            return concept_masks(tokens, found)[self.args[0]]
+            found = regex_concept(*self.args) if len(self.args) == 2 else concept(self.args[0])
+            return found.mask(tokens)
         if self.kind == "tokens":
             return np.array([n in self.args for n in norm], dtype=bool)
         if self.kind == "context":
@@ -135,6 +131,7 @@ class Positions:
     pairs: np.ndarray      # (n_pairs, 2): (previous token id, token id)
     word_names: list[str]
     concept_names: list[str]
+    concept_patterns: list[str | None]  # a user regex's pattern; None for a built-in detector
 
     def find(self, doc: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """Row of each (doc, pos); every one must be present."""
@@ -150,7 +147,8 @@ class Positions:
     def rule(self, kind: int, ids: np.ndarray) -> Rule:
         ids = [int(i) for i in ids if i >= 0]
         if kind == 0:
-            return Rule("concept", (self.concept_names[ids[0]],))
+            pattern = self.concept_patterns[ids[0]]
+            return Rule("concept", (self.concept_names[ids[0]],) + ((pattern,) if pattern is not None else ()))
         if kind == 1:
             return Rule("tokens", tuple(self.token_names[i] for i in ids))
         if kind == 2:
@@ -197,7 +195,7 @@ def build_positions(doc: np.ndarray, pos: np.ndarray, token: list[str], concepts
     word_id[has_word] = np.asarray(inverse).reshape(-1)
     features = np.stack([token_id, pair_id, word_id], axis=1) if n else np.zeros((0, 3), np.int64)
     return Positions(doc, pos, features.astype(np.int64), bits, [str(t) for t in token_names], pairs,
-                     [str(w) for w in word_names], [c.name for c in concepts])
+                     [str(w) for w in word_names], [c.name for c in concepts], [c.pattern for c in concepts])
 
 
 # ---------------------------------------------------------------- a chunk of neurons
@@ -222,10 +220,18 @@ class Chunk:
 
 @dataclass
 class Sample:
-    """The activation sample's positions: their rows and the record (segment) of each."""
+    """The activation sample's positions: their rows, the record (segment) of each, and
+    where each contiguous run of positions starts (a document, or a piece of one: the
+    indexer samples segments of long documents)."""
     row: np.ndarray
     record: np.ndarray          # record index, 0..n_records-1
     record_held: np.ndarray     # (n_records,) bool
+    starts: np.ndarray          # (S,) bool
+
+    @property
+    def held(self) -> np.ndarray:
+        """Whether each position's record is held out."""
+        return self.record_held[self.record]
 
 
 def _counts_table(positions: Positions, rows: np.ndarray, record: np.ndarray, n_records: int):
@@ -330,7 +336,7 @@ def score_chunk(positions: Positions, sample: Sample, chunk: Chunk, fit_table, h
     fit_win = ~win_held
     tok_fit = fit_win[chunk.tok_window]
     rec_held = held_out(positions.doc[chunk.rec_row])
-    sample_doc_held = held_out(positions.doc[sample.row])
+    sample_doc_held = sample.held
     n_sample_fit = float((~sample_doc_held).sum())
 
     kinds, ids = candidates(positions, chunk, fit_win)
@@ -451,9 +457,14 @@ class Context:
     held: tuple
     boot: int = BOOTSTRAP
 
+    @property
+    def masks(self) -> np.ndarray:
+        """(S, n_concepts): each sample position's concept bits."""
+        return self.positions.bits[self.sample.row]
+
     @classmethod
     def build(cls, positions: Positions, sample: Sample, boot: int = BOOTSTRAP) -> "Context":
-        fit_rows = sample.row[~held_out(positions.doc[sample.row])]
+        fit_rows = sample.row[~sample.held]
         return cls(positions, sample, _counts_table(positions, fit_rows, np.zeros(len(fit_rows), np.int64), 1),
                    _counts_table(positions, sample.row, sample.record, len(sample.record_held)), boot)
 
@@ -517,7 +528,10 @@ def read_sample(con, model_id: str, positions: Positions) -> Sample:
     keys = np.stack([np.asarray(rows["doc_id"], np.int64), np.asarray(rows["segment"], np.int64)], axis=1)
     unique, record = np.unique(keys, axis=0, return_inverse=True) if len(row) else (np.zeros((0, 2), np.int64),
                                                                                   np.zeros(0, np.int64))
-    return Sample(row, np.asarray(record, np.int64).reshape(-1), held_out(unique[:, 0]))
+    doc, pos = np.asarray(rows["doc_id"], np.int64), np.asarray(rows["pos"], np.int64)
+    starts = np.ones(len(doc), dtype=bool)
+    starts[1:] = (doc[1:] != doc[:-1]) | (pos[1:] != pos[:-1] + 1)
+    return Sample(row, np.asarray(record, np.int64).reshape(-1), held_out(unique[:, 0]), starts)
 
 
 def read_chunk(con, model_id: str, positions: Positions, layer: int, neurons: np.ndarray) -> Chunk:
@@ -572,19 +586,6 @@ def explanation_rows(positions: Positions, scored: pd.DataFrame, layer: int, ids
     return scored.drop(columns=["ids", "has_rule"]).assign(
         layer=layer, neuron=ids, kind=[r.kind if r else None for r in rules],
         explanation=[r.text if r else None for r in rules], args=[list(r.args) if r else None for r in rules])
-
-
-def explain_model(con, model_id: str, concepts: list[Concept], run_id: str | None, workers: int | None = None,
-                  chunk: int = CHUNK, boot: int = BOOTSTRAP) -> pd.DataFrame:
-    """Every primary-site neuron's explanation and held-out score: rows for `explanations`.
-    (`solu autolabel` computes these together with the concept scores, in one pass.)"""
-    neurons, parts = chunk_plan(con, model_id, chunk)
-    positions = read_positions(con, model_id, concepts)
-    ctx = Context.build(positions, read_sample(con, model_id, positions), boot)
-    chunks = (read_chunk(con, model_id, positions, layer, ids) for layer, ids in parts)
-    frames = [explanation_rows(positions, scored, layer, ids)
-              for (layer, ids), scored in zip(parts, map_chunks(explain_chunk, ctx, chunks, workers))]
-    return finish_explanations(frames, neurons, model_id, run_id)
 
 
 def finish_explanations(frames: list[pd.DataFrame], neurons: pd.DataFrame, model_id: str,
