@@ -51,7 +51,12 @@ def test_the_buffer_bounds_what_is_held():
 
 
 def test_builtin_keeps_its_own_order():
+    """builtin is shuffled when built; --shuffle does not shuffle it again."""
+    import itertools
+
     assert IndexConfig().shuffle is False and TrainConfig().shuffle is True
+    first = [d.text for d in itertools.islice(iter_documents("builtin", shuffle=False), 50)]
+    assert [d.text for d in itertools.islice(iter_documents("builtin", shuffle=True), 50)] == first
 
 
 def test_the_flag_takes_on_or_off(tmp_path, capsys):
