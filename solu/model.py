@@ -126,15 +126,20 @@ def mlp_out_weights(model: TransformerBridge, layer: int) -> torch.Tensor:
     return mlp.W_out if hasattr(mlp, "W_out") else model.W_out[layer]
 
 
-def mlp_in_weights(model: TransformerBridge, layer: int) -> torch.Tensor:
-    """W_in of one layer as [d_model, d_mlp]."""
+def mlp_written(model: TransformerBridge, layer: int, norm: str) -> torch.Tensor:
+    """W_out of a layer as later LayerNorms see it ([d_mlp, d_model], float32): centred
+    over d_model when the model's norm is a LayerNorm (`final_norm`'s kind), which
+    subtracts the mean; as it is for an RMSNorm or none."""
+    w_out = mlp_out_weights(model, layer).float()
+    return w_out - w_out.mean(1, keepdim=True) if norm == "LN" else w_out
+
+
+def mlp_read(model: TransformerBridge, layer: int) -> torch.Tensor:
+    """W_in of a layer through the norm in front of its MLP (ln2): [d_model, d_mlp], float32."""
     mlp = model.blocks[layer].mlp
-    return mlp.W_in if hasattr(mlp, "W_in") else model.W_in[layer]
-
-
-def mlp_norm_weight(model: TransformerBridge, layer: int) -> torch.Tensor | None:
-    """The weight over d_model of the norm in front of a layer's MLP (ln2), or None."""
-    return getattr(getattr(model.blocks[layer], "ln2", None), "weight", None)
+    w_in = (mlp.W_in if hasattr(mlp, "W_in") else model.W_in[layer]).float()
+    scale = getattr(getattr(model.blocks[layer], "ln2", None), "weight", None)
+    return w_in * scale.float()[:, None] if scale is not None else w_in
 
 
 def resolve_device(device: str) -> torch.device:

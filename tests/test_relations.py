@@ -34,6 +34,32 @@ def brute_virtual(model, source: int, target: int) -> np.ndarray:
     return out
 
 
+def test_connections_of_three_layers_merge_every_later_and_earlier_layer():
+    """A 3-layer model: layer 0's downstream partners come from layers 1 and 2 together,
+    layer 2's upstream ones from layers 0 and 1, each the top k of the joined products."""
+    from types import SimpleNamespace
+
+    from index.engine.connections import connections
+    from solu.config import ModelConfig
+    from solu.model import build_model
+
+    cfg = ModelConfig(act_fn="gelu", n_layers=3, d_model=16, d_mlp=12, n_heads=2, n_ctx=8, d_vocab=300)
+    model = build_model(cfg, seed=3)
+    rows = connections(SimpleNamespace(model=model, model_cfg=cfg), 5, [0, 1, 2])
+    v = {(l, m): brute_virtual(model, l, m) for l, m in ((0, 1), (0, 2), (1, 2))}
+    for layer, direction, joined, others in (
+            (0, "downstream", np.concatenate([v[0, 1], v[0, 2]], 1), [1, 2]),
+            (2, "upstream", np.concatenate([v[0, 2].T, v[1, 2].T], 1), [0, 1])):
+        for neuron in range(12):
+            mine = ((rows["layer"] == layer) & (rows["neuron"] == neuron) & (rows["direction"] == direction))
+            for sign, order in (("pos", np.argsort(-joined[neuron])), ("neg", np.argsort(joined[neuron]))):
+                sel = mine & (rows["sign"] == sign)
+                want = order[:5]
+                assert rows["other_layer"][sel].tolist() == [others[i // 12] for i in want]
+                assert rows["other_neuron"][sel].tolist() == [i % 12 for i in want]
+                assert np.allclose(rows["weight"][sel], joined[neuron][want], rtol=1e-4, atol=1e-6)
+
+
 def test_connections_are_the_top_virtual_weights(related, tiny_checkpoints):
     model = load_model(resolve(str(tiny_checkpoints["gelu"])), torch.device("cpu")).model
     v = brute_virtual(model, 0, 1)
@@ -69,6 +95,17 @@ def test_ln_agreement_compares_the_two_top_lists(related):
         a, b = set(pre.units[(r.layer, r.neuron)]), set(post.units[(r.layer, r.neuron)])
         assert r.overlap == pytest.approx(len(a & b) / len(a)) and r.top_k == len(a)
     assert agree.overlap.between(0, 1).all() and agree.overlap.max() > 0
+    con = duckdb.connect(str(related), read_only=True)
+    ranks = con.execute("SELECT layer, neuron, site, doc_id || ':' || segment AS unit, rank FROM examples "
+                        "WHERE kind = 'top' AND site IN ('pre_ln', 'post_ln')").df()
+    con.close()
+    r = agree.iloc[0]
+    mine = ranks[(ranks.layer == r.layer) & (ranks.neuron == r.neuron)]
+    pre, post = (dict(zip(mine[mine.site == s].unit, mine[mine.site == s]["rank"])) for s in ("pre_ln", "post_ln"))
+    union = sorted(set(pre) | set(post))  # Spearman over both lists, a rank missing from one counted as K + 1
+    x = [pre.get(u, r.top_k + 1) for u in union]
+    y = [post.get(u, r.top_k + 1) for u in union]
+    assert r.rank_corr == pytest.approx(np.corrcoef(x, y)[0, 1])
 
 
 def permuted_pair(path, shuffle_tokens: bool = False):
@@ -91,11 +128,21 @@ def permuted_pair(path, shuffle_tokens: bool = False):
     return perm
 
 
-def test_a_permuted_copy_is_matched_neuron_for_neuron(tmp_path, capsys):
+@pytest.mark.parametrize("block_neurons", [None, 3])
+def test_a_permuted_copy_is_matched_neuron_for_neuron(tmp_path, capsys, monkeypatch, block_neurons):
+    """In one block, and in blocks of 3 neurons (b's read again for each of a's blocks, the
+    running top-k merged across blocks)."""
+    from index.measure import relations
     from solu.cli import main
 
     db = tmp_path / "perm.duckdb"
     perm = permuted_pair(db)
+    if block_neurons:
+        con = duckdb.connect(str(db), read_only=True)
+        tokens = con.execute("SELECT count(*) FROM tokens WHERE model_id = 'orig'").fetchone()[0]
+        con.close()
+        monkeypatch.setattr(relations, "BLOCK_BYTES", 4 * tokens * block_neurons)
+        monkeypatch.setattr(relations, "CACHE_BYTES", 0)
     assert main(["match", "--db", str(db), "orig", "copy", "--no-progress"]) == 0
     assert "orig L" in capsys.readouterr().out
     con = duckdb.connect(str(db), read_only=True)

@@ -18,7 +18,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from solu.model import final_norm, mlp_in_weights, mlp_norm_weight, mlp_out_weights
+from index.engine.topk import merge_top
+from solu.model import final_norm, mlp_read, mlp_written
 from solu.sources import LoadedModel
 
 COLUMNS = ("layer", "neuron", "direction", "sign", "rank", "other_layer", "other_neuron", "weight")
@@ -27,45 +28,41 @@ COLUMNS = ("layer", "neuron", "direction", "sign", "rank", "other_layer", "other
 def virtual_weights(model, source: int, target: int) -> torch.Tensor:
     """[d_mlp of source, d_mlp of target]: each source neuron's virtual weight into each
     target neuron (target > source)."""
-    kind, _ = final_norm(model)
-    w_out = mlp_out_weights(model, source).float()
-    if kind == "LN":
-        w_out = w_out - w_out.mean(1, keepdim=True)
-    scale = mlp_norm_weight(model, target)
-    if scale is not None:
-        w_out = w_out * scale.float()
-    return w_out @ mlp_in_weights(model, target).float()
+    return mlp_written(model, source, final_norm(model)[0]) @ mlp_read(model, target)
 
 
 def connections(ckpt: LoadedModel, k: int, layers: list[int]) -> dict[str, np.ndarray]:
-    """Each neuron's top and bottom k partners, downstream and upstream, among `layers`."""
-    rows: dict[str, list] = {c: [] for c in COLUMNS}
+    """Each neuron's top and bottom k partners, downstream and upstream, among `layers`:
+    each pair of layers' product once, kept as a running top-k per (layer, direction,
+    sign), so memory stays at one [d_mlp, d_mlp] block."""
     layers = sorted(layers)
     if k == 0 or len(layers) < 2:
         return {c: np.zeros(0) for c in COLUMNS}
-    model = ckpt.model
+    model, d_mlp = ckpt.model, ckpt.model_cfg.d_mlp
+    kept: dict[tuple, tuple] = {}
     with torch.inference_mode():
-        for layer in layers:
-            down = [virtual_weights(model, layer, m) for m in layers if m > layer]
-            up = [virtual_weights(model, m, layer).T for m in layers if m < layer]
-            for direction, blocks, others in (("downstream", down, [m for m in layers if m > layer]),
-                                              ("upstream", up, [m for m in layers if m < layer])):
-                if not blocks:
-                    continue
-                weights = torch.cat(blocks, dim=1)  # [d_mlp, sum of the other layers' d_mlp]
-                other_layer = np.concatenate([np.full(b.shape[1], m) for b, m in zip(blocks, others)])
-                other_neuron = np.concatenate([np.arange(b.shape[1]) for b in blocks])
-                top = min(k, weights.shape[1])
-                for sign, largest in (("pos", True), ("neg", False)):
-                    value, index = torch.topk(weights, top, dim=1, largest=largest)
-                    index = index.cpu().numpy()
-                    n = weights.shape[0]
-                    rows["layer"].append(np.full(n * top, layer))
-                    rows["neuron"].append(np.repeat(np.arange(n), top))
-                    rows["direction"].append(np.full(n * top, direction, dtype=object))
-                    rows["sign"].append(np.full(n * top, sign, dtype=object))
-                    rows["rank"].append(np.tile(np.arange(1, top + 1), n))
-                    rows["other_layer"].append(other_layer[index].ravel())
-                    rows["other_neuron"].append(other_neuron[index].ravel())
-                    rows["weight"].append(value.cpu().numpy().ravel())
+        norm = final_norm(model)[0]
+        reads = {m: mlp_read(model, m) for m in layers[1:]}
+        for i, source in enumerate(layers):
+            written = mlp_written(model, source, norm)
+            for target in layers[i + 1:]:
+                block = written @ reads[target]
+                for layer, direction, weights, other in ((source, "downstream", block, target),
+                                                         (target, "upstream", block.T, source)):
+                    label = (other * d_mlp + torch.arange(weights.shape[1]))[None, :].expand_as(weights)
+                    for sign, flip in (("pos", 1.0), ("neg", -1.0)):
+                        key = (layer, direction, sign)
+                        kept[key] = merge_top(*kept.get(key, (None, None)), flip * weights, label, k)
+    rows: dict[str, list] = {c: [] for c in COLUMNS}
+    for (layer, direction, sign), (value, label) in sorted(kept.items()):
+        n, top = value.shape
+        label = label.numpy()
+        rows["layer"].append(np.full(n * top, layer))
+        rows["neuron"].append(np.repeat(np.arange(n), top))
+        rows["direction"].append(np.full(n * top, direction, dtype=object))
+        rows["sign"].append(np.full(n * top, sign, dtype=object))
+        rows["rank"].append(np.tile(np.arange(1, top + 1), n))
+        rows["other_layer"].append((label // d_mlp).ravel())
+        rows["other_neuron"].append((label % d_mlp).ravel())
+        rows["weight"].append((value.numpy() * (1.0 if sign == "pos" else -1.0)).ravel())
     return {c: np.concatenate(v) for c, v in rows.items()}

@@ -4,7 +4,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from solu.model import final_norm, mlp_out_weights, unembed
+from solu.model import final_norm, mlp_written, unembed
 from solu.sources import LoadedModel
 
 
@@ -30,10 +30,7 @@ def direct_logits(ckpt: LoadedModel, k: int, n_vocab: int, layers: list[int] | N
     with torch.inference_mode():
         for layer in _layer_progress(progress, layers if layers is not None else range(ckpt.model_cfg.n_layers),
                                      ckpt.name):
-            w_out = mlp_out_weights(model, layer).float()
-            if norm == "LN":
-                w_out = w_out - w_out.mean(1, keepdim=True)
-            effect = (w_out * w_ln) @ w_u  # [d_mlp, vocab]
+            effect = (mlp_written(model, layer, norm) * w_ln) @ w_u  # [d_mlp, vocab]
             for sign, largest in (("pos", True), ("neg", False)):
                 weight, token = torch.topk(effect, k, dim=1, largest=largest)
                 d_mlp = effect.shape[0]

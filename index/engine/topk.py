@@ -109,3 +109,13 @@ def unit_priority(units: torch.Tensor, neuron_keys: torch.Tensor, seed: int) -> 
     unit_hash = mix32(mix32(units & _LOW32) ^ (units >> 32) ^ mix32(torch.tensor(seed)))
     neuron_hash = mix32(neuron_keys.to(torch.int64) + 0x9E3779B9)
     return mix32(unit_hash ^ neuron_hash[:, None])
+
+
+def merge_top(values: torch.Tensor | None, labels: torch.Tensor | None, new_values: torch.Tensor,
+              new_labels: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per row, the k largest of the kept (values, labels) and the new candidates
+    ([rows, m] each): a running top-k over candidates that arrive in blocks."""
+    if values is not None:
+        new_values, new_labels = torch.cat([values, new_values], 1), torch.cat([labels, new_labels], 1)
+    top, at = torch.topk(new_values, min(k, new_values.shape[1]), dim=1)
+    return top, torch.gather(new_labels, 1, at)

@@ -135,14 +135,14 @@ class Positions:
 
     def find(self, doc: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """Row of each (doc, pos); every one must be present."""
-        key = _key(np.asarray(doc, np.int64), np.asarray(pos, np.int64))
+        key = position_key(np.asarray(doc, np.int64), np.asarray(pos, np.int64))
         rows = np.searchsorted(self._keys, key)
         if len(key) and (rows.max(initial=0) >= len(self._keys) or (self._keys[rows] != key).any()):
             raise ValueError("a record holds a position the positions table lacks")
         return rows
 
     def __post_init__(self):
-        self._keys = _key(self.doc, self.pos)
+        self._keys = position_key(self.doc, self.pos)
 
     def rule(self, kind: int, ids: np.ndarray) -> Rule:
         ids = [int(i) for i in ids if i >= 0]
@@ -157,7 +157,8 @@ class Positions:
         return Rule("word", (self.word_names[ids[0]],))
 
 
-def _key(doc: np.ndarray, pos: np.ndarray) -> np.ndarray:
+def position_key(doc: np.ndarray, pos: np.ndarray) -> np.ndarray:
+    """One sortable int64 per (doc_id, pos) (positions below 2^24, checked by build_positions)."""
     return (doc.astype(np.int64) << 24) + pos.astype(np.int64)
 
 

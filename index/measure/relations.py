@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from index.engine.topk import merge_top
+from index.measure.explain import position_key
 from index.store.connection import check_writable, open_read, open_write
 from index.store.queries import require_models
 from solu.errors import UserError
@@ -67,8 +69,11 @@ def dense_block(con, model_id: str, neurons: pd.DataFrame, keys: np.ndarray) -> 
         WHERE a.model_id = ? AND n.is_primary""", [model_id]).fetchnumpy()
     con.unregister("wanted")
     out = np.zeros((len(keys), len(neurons)), np.float32)
-    key = (np.asarray(rows["doc_id"], np.int64) << 24) + np.asarray(rows["pos"], np.int64)
-    out[np.searchsorted(keys, key), np.asarray(rows["col"], np.int64)] = rows["act"]
+    key = position_key(np.asarray(rows["doc_id"], np.int64), np.asarray(rows["pos"], np.int64))
+    at = np.minimum(np.searchsorted(keys, key), max(len(keys) - 1, 0))
+    if len(key) and (keys[at] != key).any():
+        raise UserError(f"model {model_id!r} has activations outside its activation sample; re-index it")
+    out[at, np.asarray(rows["col"], np.int64)] = rows["act"]
     return out
 
 
@@ -93,64 +98,50 @@ def _correlate(a, b, tokens: int) -> torch.Tensor:
 
 def best_matches(con, a: str, b: str, top: int, progress: bool = False) -> pd.DataFrame:
     """Each primary-site neuron of a's `top` best matches among b's, and b's among a's."""
-    ta, tb = sample_tokens(con, a), sample_tokens(con, b)
-    check_same_tokens(a, b, ta, tb)
-    keys = (ta.doc_id.to_numpy(np.int64) << 24) + ta.pos.to_numpy(np.int64)
-    na, nb = neuron_list(con, a), neuron_list(con, b)
-    width = max(1, BLOCK_BYTES // (4 * max(len(keys), 1)))
     from tqdm import tqdm
 
-    best = {a: [], b: []}  # per model: (scores [n, top], index [n, top]) per block
-    running_b = [(torch.full((len(nb), top), -2.0, dtype=torch.float64), torch.zeros((len(nb), top), dtype=torch.long))]
-    blocks_b = [(j, nb.iloc[j:j + width]) for j in range(0, len(nb), width)]
-    kept: dict[int, tuple] = {}  # b's blocks, read once when they all fit in CACHE_BYTES
-
-    def cached(j, part):
-        if j in kept:
-            return kept[j]
-        block = _moments(dense_block(con, b, part, keys))
-        if len(blocks_b) * BLOCK_BYTES <= CACHE_BYTES:
-            kept[j] = block
-        return block
+    ta, tb = sample_tokens(con, a), sample_tokens(con, b)
+    check_same_tokens(a, b, ta, tb)
+    keys = position_key(ta.doc_id.to_numpy(np.int64), ta.pos.to_numpy(np.int64))
+    na, nb = neuron_list(con, a), neuron_list(con, b)
+    if na.empty or nb.empty:
+        raise UserError(f"model {a if na.empty else b!r} has no indexed neurons to match")
+    width = max(1, BLOCK_BYTES // (4 * max(len(keys), 1)))
+    starts_b = range(0, len(nb), width)
+    keep_b = len(starts_b) * BLOCK_BYTES <= CACHE_BYTES  # b's blocks stay in memory between a's blocks
+    blocks_b: dict[int, tuple] = {}
+    best_a, best_b = [], {}  # a: (values, labels) per a-block; b: the same per b-block, running over a
     with tqdm(total=len(na), desc=f"match {a} / {b}", unit="neuron", disable=not progress) as bar:
         for i in range(0, len(na), 4 * width):  # a's blocks are 4x wider: b's are read a quarter as often
             xa = _moments(dense_block(con, a, na.iloc[i:i + 4 * width], keys))
-            score_a = torch.full((xa[0].shape[1], top), -2.0, dtype=torch.float64)
-            index_a = torch.zeros((xa[0].shape[1], top), dtype=torch.long)
-            for j, part in blocks_b:
-                r = _correlate(xa, cached(j, part), len(keys))  # [block of a, block of b]
-                score_a, index_a = _merge_top(score_a, index_a, r, j, top)
-                s_b, i_b = running_b[0]
-                s_b[j:j + len(part)], i_b[j:j + len(part)] = _merge_top(s_b[j:j + len(part)], i_b[j:j + len(part)],
-                                                                        r.T, i, top)
-            best[a].append((score_a, index_a))
+            kept = (None, None)
+            for j in starts_b:
+                xb = blocks_b.get(j) or _moments(dense_block(con, b, nb.iloc[j:j + width], keys))
+                if keep_b:
+                    blocks_b[j] = xb
+                r = _correlate(xa, xb, len(keys))  # [block of a, block of b]
+                kept = merge_top(*kept, r, _labels(j, r), top)
+                best_b[j] = merge_top(*best_b.get(j, (None, None)), r.T, _labels(i, r.T), top)
+            best_a.append(kept)
             bar.update(xa[0].shape[1])
-    best[b] = running_b
-    return pd.concat([_rows(a, na, b, nb, *map(torch.cat, zip(*best[a])), len(keys)),
-                      _rows(b, nb, a, na, *running_b[0], len(keys))], ignore_index=True)
+    joined_b = [best_b[j] for j in starts_b]
+    return pd.concat([_rows(a, na, b, nb, *map(torch.cat, zip(*best_a)), len(keys)),
+                      _rows(b, nb, a, na, *map(torch.cat, zip(*joined_b)), len(keys))], ignore_index=True)
 
 
-def _merge_top(score, index, r, offset, top):
-    """Keep the `top` largest of (score, index) and the new candidates r (columns offset...)."""
-    k = min(top, r.shape[1])
-    new_score, new_index = torch.topk(r, k, dim=1)
-    both_s = torch.cat([score, new_score], dim=1)
-    both_i = torch.cat([index, new_index + offset], dim=1)
-    keep_s, keep = torch.topk(both_s, top, dim=1)
-    return keep_s, torch.gather(both_i, 1, keep)
+def _labels(offset: int, r: torch.Tensor) -> torch.Tensor:
+    """The other model's neuron index of each column of r (its first column is `offset`)."""
+    return (offset + torch.arange(r.shape[1]))[None, :].expand_as(r)
 
 
 def _rows(model, neurons, other, others, score, index, tokens) -> pd.DataFrame:
     n, top = score.shape
-    found = score.numpy() > -2
-    idx = index.numpy()
+    idx = index.numpy().ravel()
     return pd.DataFrame({
-        "model_id": model, "layer": np.repeat(neurons.layer.to_numpy(), top)[found.ravel()],
-        "neuron": np.repeat(neurons.neuron.to_numpy(), top)[found.ravel()], "other_model": other,
-        "other_layer": others.layer.to_numpy()[idx].ravel()[found.ravel()],
-        "other_neuron": others.neuron.to_numpy()[idx].ravel()[found.ravel()],
-        "rank": np.tile(np.arange(1, top + 1), n)[found.ravel()], "r": score.numpy().ravel()[found.ravel()],
-        "tokens": tokens, "method": METHOD})
+        "model_id": model, "layer": np.repeat(neurons.layer.to_numpy(), top),
+        "neuron": np.repeat(neurons.neuron.to_numpy(), top), "other_model": other,
+        "other_layer": others.layer.to_numpy()[idx], "other_neuron": others.neuron.to_numpy()[idx],
+        "rank": np.tile(np.arange(1, top + 1), n), "r": score.numpy().ravel(), "tokens": tokens, "method": METHOD})
 
 
 def match(db: str | Path, a: str, b: str, top: int = 3, progress: bool = False) -> pd.DataFrame:
