@@ -58,3 +58,19 @@ def test_compare_groups_end_to_end(tmp_path, capsys):
     assert (out / "heldout_scores.png").stat().st_size > 1000 and (out / "heldout_by_layer.png").exists()
     assert main(["compare", "--db", str(db), "gelu-a,gelu-b", "solu-a,gelu-a", "--out", str(tmp_path / "x")]) == 2
     assert "appears twice" in capsys.readouterr().err
+
+
+def test_an_index_from_before_explanations_compares_with_none():
+    """compare reads an index from schema 7 (not migrated: it is opened read-only)."""
+    import duckdb
+
+    from index.measure.compare import compare_tables
+    from index.store.schema import MIGRATIONS
+
+    con = duckdb.connect(":memory:")
+    for step in MIGRATIONS[:7]:
+        con.execute(step)
+    con.execute("INSERT INTO meta VALUES ('schema_version', '7')")
+    con.execute("INSERT INTO models (model_id, act_fn) VALUES ('a', 'gelu'), ('b', 'solu_ln')")
+    tables = compare_tables(con, ["a", "b"])
+    assert tables["explanations"].empty and tables["heldout"].empty and tables["relations"].empty

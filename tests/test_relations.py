@@ -237,6 +237,11 @@ def test_the_neuron_page_shows_every_relation(tmp_path, tiny_checkpoints, tiny_c
     assert "**downstream**" in text and "L1/N" in text and "r = " in text and f"neuron?model={gelu}" in text
     assert "Δloss" in html_text(at)
     assert any("top examples before SoLU's LayerNorm" in c.value for c in at.caption)
+    # the ablation was measured on the primary site's windows: the post_ln page does not draw it over its own
+    at = app_at("neuron", model=solu, layer=0, neuron=3, site="post_ln")
+    no_exception(at)
+    assert "Ablation effect" not in [h.value for h in at.subheader]
+    assert any("primary site" in c.value for c in at.caption) and "Δloss" not in html_text(at)
 
 
 def test_compare_summarises_relations(related, tmp_path):

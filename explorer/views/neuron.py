@@ -1,6 +1,7 @@
 """One neuron: label, stats, histogram, snippets as token heatmaps, logits, label editor."""
 import html
 import random
+from urllib.parse import urlencode
 
 import altair as alt
 import numpy as np
@@ -8,7 +9,7 @@ import pandas as pd
 import streamlit as st
 
 from explorer import data, nav, render
-from explorer.nav import Address
+from explorer.nav import NEURON_PATH, Address
 from index.measure.explain import INTERPRETABLE, Rule, held_out
 from solu.errors import UserError
 
@@ -189,10 +190,10 @@ def show_explanation(expl: pd.DataFrame, examples: pd.DataFrame, scale: float) -
             st.html(render.snippets(rows, scale, lambda i, r: f"{r['kind']} {r['max_act']:.3g}"))
 
 
-def neuron_link(model_id: str, layer: int, neuron: int, site) -> str:
-    """A markdown link to a neuron's page (its text escaped)."""
-    addr = Address(model_id, int(layer), int(neuron), site if isinstance(site, str) else "post")
-    return f"[{render.md_escape(f'{model_id} L{layer}/N{neuron}')}]({addr.url})"
+def neuron_link(model_id: str, layer: int, neuron: int) -> str:
+    """A markdown link to a neuron's page at its primary site (the page's default)."""
+    query = urlencode({"model": model_id, "layer": layer, "neuron": neuron})
+    return f"[{render.md_escape(f'{model_id} L{layer}/N{neuron}')}]({NEURON_PATH}?{query})"
 
 
 def show_connections(addr: Address, n_layers: int) -> None:
@@ -210,7 +211,7 @@ def show_connections(addr: Address, n_layers: int) -> None:
         mine = rows[rows.direction == direction]
         if mine.empty:
             continue
-        lines = [f"- {neuron_link(addr.model_id, r.other_layer, r.other_neuron, r.site)} {r.weight:+.3f}"
+        lines = [f"- {neuron_link(addr.model_id, r.other_layer, r.other_neuron)} {r.weight:+.3f}"
                  for r in mine.sort_values("weight", key=abs, ascending=False).head(6).itertuples()]
         st.markdown(f"**{direction}**\n" + "\n".join(lines))
 
@@ -220,7 +221,7 @@ def show_matches(addr: Address) -> None:
     if rows.empty:
         return
     st.subheader("Matches in other models")
-    lines = [f"- {neuron_link(r.other_model, r.other_layer, r.other_neuron, r.site)}, r = {r.r:.2f}"
+    lines = [f"- {neuron_link(r.other_model, r.other_layer, r.other_neuron)}, r = {r.r:.2f}"
              for r in rows.itertuples()]
     st.markdown("\n".join(lines))
     st.caption("Correlation of activations over the shared activation sample's tokens (`solu match`).")
@@ -238,8 +239,12 @@ def show_ln_agreement(addr: Address) -> None:
                "through the LayerNorm.")
 
 
-def show_ablation(addr: Address, examples: pd.DataFrame, scale: float) -> None:
+def show_ablation(addr: Address, examples: pd.DataFrame, scale: float, primary: bool) -> None:
     effects = data.query("ablation", addr.model_id, addr.layer, addr.neuron)
+    if not primary and not effects.empty:  # measured on the primary site's top examples, not this site's
+        st.caption("The ablation effect is measured on the top examples of this neuron's primary site: open "
+                   "its page without a site to see it.")
+        return
     if effects.empty:
         st.caption("No ablation effect stored: index with `--ablation on` to measure it.")
         return
@@ -321,7 +326,7 @@ def page() -> None:
         show_explanation(data.query("explanation", addr.model_id, addr.layer, addr.neuron, addr.site), examples,
                          scale)
         show_examples(stats, examples, run)
-        show_ablation(addr, examples, scale)
+        show_ablation(addr, examples, scale, addr.site == nav.primary_site(sites, addr.model_id))
 
 
 page()

@@ -30,7 +30,7 @@ from index.measure import study as study_mod
 from index.measure.autolabel import AUTHOR, RULE_SHARE
 from index.measure.explain import INTERPRETABLE
 from index.measure.intervals import newcombe, permutation_p, wilson
-from index.store.queries import require_models
+from index.store.queries import explanations_source, has_table, require_models
 from solu.errors import UserError
 
 
@@ -170,7 +170,7 @@ def explanations(con, models: list[str]) -> pd.DataFrame:
     return con.execute(f"""
         SELECT e.model_id, e.layer, e.neuron, e.kind, e.explanation, e.score, e.score_low, e.score_high,
                e.top_share, e.sample_share
-        FROM current_explanations e JOIN neurons n USING (model_id, layer, neuron, site)
+        FROM {explanations_source(con)} e JOIN neurons n USING (model_id, layer, neuron, site)
         WHERE n.is_primary AND e.model_id IN {_in(models)} ORDER BY e.model_id, e.layer, e.neuron""", models).df()
 
 
@@ -246,8 +246,6 @@ def relations_table(con, models: list[str]) -> pd.DataFrame:
     each other model (median r of each neuron's best match, and the share at r >= 0.9);
     SoLU's LayerNorm caveat: the median overlap of the pre-LN and post-LN top-K lists and
     their median rank correlation."""
-    from index.store.queries import has_table
-
     if not has_table(con, "connections"):
         return pd.DataFrame()
     base = con.execute(f"""

@@ -57,12 +57,14 @@ def _current(source: str, alias: str) -> str:
             f"FROM current_labels WHERE source = '{source}') {alias} USING (model_id, layer, neuron)")
 
 
-def _explanations(con) -> str:
+def explanations_source(con) -> str:
     """The current explanations, or an empty stand-in for an index from before schema 8."""
     if has_table(con, "current_explanations"):
         return "current_explanations"
-    return ("(SELECT NULL::VARCHAR AS model_id, NULL::INTEGER AS layer, NULL::INTEGER AS neuron, NULL::VARCHAR AS site, "
-            "NULL::VARCHAR AS explanation, NULL::DOUBLE AS score WHERE false)")
+    columns = [("model_id", "VARCHAR"), ("layer", "INTEGER"), ("neuron", "INTEGER"), ("site", "VARCHAR"),
+               ("kind", "VARCHAR"), ("explanation", "VARCHAR"), ("score", "DOUBLE"), ("score_low", "DOUBLE"),
+               ("score_high", "DOUBLE"), ("top_share", "DOUBLE"), ("sample_share", "DOUBLE")]
+    return f"(SELECT {', '.join(f'NULL::{kind} AS {name}' for name, kind in columns)} WHERE false)"
 
 
 def _table_filters(models_: list | None, layers: list | None, sites_: list | None, primary_only: bool,
@@ -119,7 +121,7 @@ def neuron_table(con, *, models: list | None = None, layers: list | None = None,
                CASE WHEN coalesce(a.status, '') <> 'rejected' THEN a.label END AS auto_label,
                a.score AS auto_score, x.explanation, x.score AS heldout_score, count(*) OVER () AS total
         FROM neurons n {_current('human', 'h')} {_current('auto', 'a')}
-        LEFT JOIN {_explanations(con)} x USING (model_id, layer, neuron, site)
+        LEFT JOIN {explanations_source(con)} x USING (model_id, layer, neuron, site)
         WHERE {where}
         ORDER BY {order}, n.model_id, n.layer, n.neuron, n.site
         LIMIT ? OFFSET ?""", params + [int(limit), int(offset)]).df()
@@ -154,28 +156,23 @@ def has_table(con, name: str) -> bool:
                 or con.execute("SELECT count(*) FROM duckdb_views() WHERE view_name = ?", [name]).fetchone()[0])
 
 
+def _neuron_rows(con, table: str, columns: list[str], order: str, key: list) -> pd.DataFrame:
+    """A neuron's rows of a relation table (none before the schema step that added it)."""
+    if not has_table(con, table):
+        return pd.DataFrame(columns=columns)
+    return con.execute(f"SELECT {', '.join(columns)} FROM {table} WHERE {_NEURON_KEY} ORDER BY {order}", key).df()
+
+
 def connections(con, model_id: str, layer: int, neuron_: int) -> pd.DataFrame:
-    """The neuron's strongest partners by virtual weight, with each partner's primary site."""
-    if not has_table(con, "connections"):
-        return pd.DataFrame(columns=["direction", "sign", "rank", "other_layer", "other_neuron", "weight", "site"])
-    return con.execute(f"""
-        SELECT c.direction, c.sign, c.rank, c.other_layer, c.other_neuron, c.weight, n.site
-        FROM connections c LEFT JOIN neurons n ON n.model_id = c.model_id AND n.layer = c.other_layer
-             AND n.neuron = c.other_neuron AND n.is_primary
-        WHERE c.{_NEURON_KEY.replace(" AND ", " AND c.")} ORDER BY c.direction, c.sign DESC, c.rank""",
-                       [model_id, layer, neuron_]).df()
+    """The neuron's strongest partners by virtual weight."""
+    return _neuron_rows(con, "connections", ["direction", "sign", "rank", "other_layer", "other_neuron", "weight"],
+                        "direction, sign DESC, rank", [model_id, layer, neuron_])
 
 
 def matches(con, model_id: str, layer: int, neuron_: int) -> pd.DataFrame:
-    """The neuron's best matches in other models (solu match), with each one's primary site."""
-    if not has_table(con, "neuron_matches"):
-        return pd.DataFrame(columns=["other_model", "other_layer", "other_neuron", "rank", "r", "tokens", "site"])
-    return con.execute(f"""
-        SELECT m.other_model, m.other_layer, m.other_neuron, m.rank, m.r, m.tokens, n.site
-        FROM neuron_matches m LEFT JOIN neurons n ON n.model_id = m.other_model AND n.layer = m.other_layer
-             AND n.neuron = m.other_neuron AND n.is_primary
-        WHERE m.{_NEURON_KEY.replace(" AND ", " AND m.")} ORDER BY m.other_model, m.rank""",
-                       [model_id, layer, neuron_]).df()
+    """The neuron's best matches in other models (solu match)."""
+    return _neuron_rows(con, "neuron_matches", ["other_model", "other_layer", "other_neuron", "rank", "r", "tokens"],
+                        "other_model, rank", [model_id, layer, neuron_])
 
 
 def ablation(con, model_id: str, layer: int, neuron_: int) -> pd.DataFrame:
@@ -190,15 +187,12 @@ def ablation(con, model_id: str, layer: int, neuron_: int) -> pd.DataFrame:
 
 def ln_agreement(con, model_id: str, layer: int, neuron_: int) -> pd.DataFrame:
     """How far a SoLU neuron's post-LN top examples agree with its pre-LN ones."""
-    if not has_table(con, "ln_agreement"):
-        return pd.DataFrame(columns=["top_k", "overlap", "rank_corr"])
-    return con.execute(f"SELECT top_k, overlap, rank_corr FROM ln_agreement WHERE {_NEURON_KEY}",
-                       [model_id, layer, neuron_]).df()
+    return _neuron_rows(con, "ln_agreement", ["top_k", "overlap", "rank_corr"], "top_k", [model_id, layer, neuron_])
 
 
 def explanation(con, model_id: str, layer: int, neuron_: int, site: str) -> pd.DataFrame:
     """The neuron's explanation and held-out score (empty before `solu autolabel`)."""
-    return con.execute(f"SELECT * FROM {_explanations(con)} WHERE {_NEURON_KEY} AND site = ?",
+    return con.execute(f"SELECT * FROM {explanations_source(con)} WHERE {_NEURON_KEY} AND site = ?",
                        [model_id, layer, neuron_, site]).df()
 
 
