@@ -260,3 +260,24 @@ def test_compare_summarises_relations(related, tmp_path):
     overlap = con.execute("SELECT median(overlap) FROM ln_agreement").fetchone()[0]
     con.close()
     assert f"{overlap:.3f}" in section
+
+
+def test_a_re_index_drops_the_models_matches_both_ways(related, tmp_path, tiny_checkpoints, tiny_corpus):
+    import shutil
+
+    from solu.cli import main
+
+    db = tmp_path / "again.duckdb"
+    shutil.copy(related, db)
+    con = duckdb.connect(str(db), read_only=True)
+    gelu, solu = (con.execute("SELECT model_id FROM models WHERE act_fn = ?", [a]).fetchone()[0]
+                  for a in ("gelu", "solu_ln"))
+    con.close()
+    assert main(["match", "--db", str(db), gelu, solu, "--no-progress"]) == 0
+    cfg = IndexConfig(dataset=str(tiny_corpus), tokens=2000, sample_tokens=2000, device="cpu")
+    build_index([tiny_checkpoints["gelu"]], cfg, db, progress=False)
+    con = duckdb.connect(str(db), read_only=True)
+    left = con.execute("SELECT count(*) FROM neuron_matches WHERE model_id = ? OR other_model = ?",
+                       [gelu, gelu]).fetchone()[0]
+    con.close()
+    assert left == 0

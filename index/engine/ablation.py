@@ -53,44 +53,44 @@ def ablation_effects(ckpt, sites, by_site: dict, device: torch.device, progress:
     from tqdm import tqdm
 
     out: dict[str, list] = {c: [] for c in COLUMNS}
-    post = {s.layer: s for s in sites if s.name in ("post", "post_ln")}
+    # the site that reads hook_post (where the activation enters W_out) holds the mean to ablate to
+    post = {s.layer: s for s in sites if s.hook == f"blocks.{s.layer}.mlp.hook_post"}
     primary = [s for s in sites if s.primary and s.layer in post]
-    todo = []
+    room = ckpt.model_cfg.n_ctx - 1  # a BOS token comes first
+    per_layer = {}
     for site in primary:
         pool = by_site[site_key(site)].top
-        _, win_tokens = pool.windows()
-        means = by_site[site_key(post[site.layer])].stats.moments.mean.float().cpu()
-        room = ckpt.model_cfg.n_ctx - 1  # a BOS token comes first
-        for neuron, rank, first, ids in window_rows(pool.valid.cpu().numpy(), win_tokens.cpu().numpy(), room):
-            todo.append((site.layer, neuron, rank, ids, float(means[neuron]), first))
-    width = 1 + max((len(t[3]) for t in todo), default=0)
-    per_batch = max(1, ROW_TOKENS // max(width, 1))
-    model = ckpt.model
-    with tqdm(total=len(todo), desc=f"ablation {ckpt.name}", unit="window", disable=not progress, leave=False) as bar:
-        for layer in sorted({t[0] for t in todo}):
-            mine = [t for t in todo if t[0] == layer]
-            hook = post[layer].hook
-            for i in range(0, len(mine), per_batch):
-                batch = mine[i:i + per_batch]
+        per_layer[site.layer] = list(window_rows(pool.valid.cpu().numpy(), pool.windows()[1].cpu().numpy(), room))
+    total = sum(len(w) for w in per_layer.values())
+    with tqdm(total=total, desc=f"ablation {ckpt.name}", unit="window", disable=not progress, leave=False) as bar:
+        for layer, windows in per_layer.items():
+            means = by_site[site_key(post[layer])].stats.moments.mean.float().cpu().numpy()
+            width = 1 + max((len(w[3]) for w in windows), default=0)
+            per_batch = max(1, ROW_TOKENS // width)
+            for i in range(0, len(windows), per_batch):
+                batch = windows[i:i + per_batch]
                 rows = torch.zeros((len(batch), width), dtype=torch.long)
                 rows[:, 0] = ckpt.bos_id
-                lengths = torch.tensor([len(t[3]) + 1 for t in batch])
-                for r, t in enumerate(batch):
-                    rows[r, 1:len(t[3]) + 1] = torch.from_numpy(t[3].astype(np.int64))
-                rows, lengths = rows.to(device), lengths.to(device)
-                neurons = torch.tensor([t[1] for t in batch], device=device)
-                clean = losses(model, rows, lengths)
-                zero = losses(model, rows, lengths, hook, neurons, torch.zeros(len(batch), device=device))
-                mean = losses(model, rows, lengths, hook, neurons, torch.tensor([t[4] for t in batch], device=device))
-                for r, t in enumerate(batch):
-                    n = len(t[3])
+                for r, (_, _, _, ids) in enumerate(batch):
+                    rows[r, 1:len(ids) + 1] = torch.from_numpy(ids.astype(np.int64))
+                lengths = torch.tensor([len(w[3]) + 1 for w in batch])
+                neurons = np.array([w[0] for w in batch])
+                rows, lengths, held = rows.to(device), lengths.to(device), torch.from_numpy(neurons).to(device)
+                clean = losses(ckpt.model, rows, lengths)
+                zero = losses(ckpt.model, rows, lengths, post[layer].hook, held,
+                              torch.zeros(len(batch), device=device))
+                mean = losses(ckpt.model, rows, lengths, post[layer].hook, held,
+                              torch.from_numpy(means[neurons]).to(device))
+                clean, zero, mean = (x.cpu().numpy() for x in (clean, zero, mean))  # one transfer per batch
+                for r, (neuron, rank, first, ids) in enumerate(batch):
+                    n = len(ids)
                     out["layer"].append(np.full(n, layer))
-                    out["neuron"].append(np.full(n, t[1]))
-                    out["rank"].append(np.full(n, t[2]))
-                    out["window_pos"].append(t[5] + np.arange(n))
-                    out["token_id"].append(t[3])
-                    out["loss"].append(clean[r, :n].cpu().numpy())
-                    out["delta_zero"].append((zero[r, :n] - clean[r, :n]).cpu().numpy())
-                    out["delta_mean"].append((mean[r, :n] - clean[r, :n]).cpu().numpy())
+                    out["neuron"].append(np.full(n, neuron))
+                    out["rank"].append(np.full(n, rank))
+                    out["window_pos"].append(first + np.arange(n))
+                    out["token_id"].append(ids)
+                    out["loss"].append(clean[r, :n])
+                    out["delta_zero"].append(zero[r, :n] - clean[r, :n])
+                    out["delta_mean"].append(mean[r, :n] - clean[r, :n])
                 bar.update(len(batch))
     return {c: np.concatenate(v) if v else np.zeros(0) for c, v in out.items()}

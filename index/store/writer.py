@@ -105,6 +105,8 @@ class IndexBuild:
             for name in INDEX_TABLES:
                 if name in tables:
                     con.execute(f"DELETE FROM {name} WHERE model_id = ?", [model_id])
+            # matches were computed from the activations being replaced, both ways
+            con.execute("DELETE FROM neuron_matches WHERE model_id = ? OR other_model = ?", [model_id, model_id])
             for name, table in tables.items():
                 con.register("new_rows", table)
                 con.execute(f"INSERT INTO {name} BY NAME SELECT * FROM new_rows")
