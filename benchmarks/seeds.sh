@@ -12,14 +12,17 @@ tok="$out/gelu-s$first/tokenizer.json"  # the first run trains the tokenizer; th
 for seed in $seeds; do
   for act in gelu solu_ln; do
     name="${act%_ln}-s$seed"
-    [ -f "$out/$name/config.json" ] && continue
+    grep -qs '"complete": true' "$out/$name/config.json" && continue  # a finished run (an interrupted one resumes from scratch)
     if [ -f "$tok" ]; then shared=(--tokenizer "$tok"); else shared=(); fi
     solu train --act "$act" --seed "$seed" --device cpu --out "$out/$name" --force "${shared[@]}"
   done
 done
 ckpts=()
 for seed in $seeds; do for act in gelu solu; do ckpts+=("$out/$act-s$seed"); done; done
-[ -f "$out/index.duckdb" ] || solu index "${ckpts[@]}" --db "$out/index.duckdb" --device cpu
+# (re)index when there is no index yet or a checkpoint is newer than it
+if [ ! -f "$out/index.duckdb" ] || [ -n "$(find "${ckpts[@]}" -name config.json -newer "$out/index.duckdb")" ]; then
+  solu index "${ckpts[@]}" --db "$out/index.duckdb" --device cpu
+fi
 solu autolabel --db "$out/index.duckdb"
 groups_gelu=$(for s in $seeds; do printf 'gelu-s%s,' "$s"; done)
 groups_solu=$(for s in $seeds; do printf 'solu-s%s,' "$s"; done)

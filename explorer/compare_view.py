@@ -16,14 +16,14 @@ PERCENT = st.column_config.NumberColumn(format="percent")
 
 def pick_models(models: pd.DataFrame) -> list[list[str]] | None:
     """Groups A and B: one model each, or several training seeds each (default: the GELU
-    models against the others)."""
+    models against the SoLU ones; otherwise the first two models)."""
     ids = list(models.model_id)
     if len(ids) < 2:
         st.caption("Index two models to compare them.")
         return None
     gelu = [m for m, a in zip(models.model_id, models.act_fn) if a == "gelu"]
-    solu = [m for m, a in zip(models.model_id, models.act_fn) if a != "gelu"]
-    first, second = (gelu, solu) if gelu and solu else ([ids[0]], [ids[1]])
+    solu = [m for m, a in zip(models.model_id, models.act_fn) if a == "solu_ln"]
+    first, second = (gelu, solu) if gelu and solu else ([ids[0]], [ids[1]])  # other activations: pick by hand
     a, b, c = st.columns([2, 2, 1])
     group_a = a.multiselect("Group A", ids, default=first, key="compare-a",
                             help="one model, or several training seeds of one recipe")
@@ -62,7 +62,7 @@ def show() -> None:
     if groups is None:
         return
     rule = float(st.session_state.get("compare-rule", RULE_SHARE))
-    tables = db.read(data.db_path(), compare.compare_tables, [m for g in groups for m in g], rule, groups)
+    tables = db.read(data.db_path(), compare.compare_tables, groups, rule)
     st.dataframe(compare.headline(tables), hide_index=True, column_config={
         "frac_rule": PERCENT, "rule_ci_low": PERCENT, "rule_ci_high": PERCENT, "frac_heldout": PERCENT,
         "heldout_ci_low": PERCENT, "heldout_ci_high": PERCENT, "frac_human_labeled": PERCENT})

@@ -40,8 +40,10 @@ def test_neuron_page_shows_the_explanation_and_marks_held_out_disagreements(tmp_
     assert "border-bottom:3px dotted" in snippets
     # the Neurons page sorts by the held-out score and keeps the interpretable ones
     at = app_at()
+    next(s for s in at.selectbox if s.label == "Sort by").select("heldout_score").run()
     at.toggle(key="interpretable").set_value(True).run()
     no_exception(at)
     table = at.dataframe[0].value
     assert len(table) >= 4 and (table.heldout_score >= INTERPRETABLE).all()
+    assert table.heldout_score.is_monotonic_decreasing
     assert set(table.explanation) <= {"base64", "people_count"}

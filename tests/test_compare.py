@@ -69,7 +69,7 @@ def test_compare_tables_for_the_app(db):
     autolabel(db)
     con = open_read(db)
     try:
-        tables = compare_tables(con, ["solu-m", "gelu-m"])
+        tables = compare_tables(con, [["solu-m"], ["gelu-m"]])
     finally:
         con.close()
     assert list(tables["loss"].model_id) == ["solu-m", "gelu-m"] and tables["loss"].loss_ratio.iloc[0] == 1.0

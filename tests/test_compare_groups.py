@@ -54,7 +54,10 @@ def test_compare_groups_end_to_end(tmp_path, capsys):
     assert main(["compare", "--db", str(db), "gelu-a,gelu-b", "solu-a,solu-b", "--out", str(out)]) == 0
     text = (out / "report.md").read_text()
     assert "# gelu-a, gelu-b vs solu-a, solu-b" in text and "hierarchical bootstrap" in text
-    assert "held-out score" in text and "paper's rule" in text
+    section = text[text.index("## The difference between the groups"):text.index("## Loss")]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "| all |" in line]
+    assert len(rows) == 2 and {r.split(" | ")[0][2:] for r in rows} == {"paper's rule", "held-out score"}
+    assert all(r.split(" | ")[2:4] == ["2", "2"] for r in rows)  # two runs per group
     assert (out / "heldout_scores.png").stat().st_size > 1000 and (out / "heldout_by_layer.png").exists()
     assert main(["compare", "--db", str(db), "gelu-a,gelu-b", "solu-a,gelu-a", "--out", str(tmp_path / "x")]) == 2
     assert "appears twice" in capsys.readouterr().err
@@ -72,5 +75,5 @@ def test_an_index_from_before_explanations_compares_with_none():
         con.execute(step)
     con.execute("INSERT INTO meta VALUES ('schema_version', '7')")
     con.execute("INSERT INTO models (model_id, act_fn) VALUES ('a', 'gelu'), ('b', 'solu_ln')")
-    tables = compare_tables(con, ["a", "b"])
+    tables = compare_tables(con, [["a"], ["b"]])
     assert tables["explanations"].empty and tables["heldout"].empty and tables["relations"].empty

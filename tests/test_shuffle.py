@@ -45,9 +45,18 @@ def test_the_buffer_bounds_what_is_held():
         out.append(doc)
         assert len(held) - len(out) <= 50
     assert len(out) == 1000
-    by_chars = list(shuffled(iter([Document(i, "y" * 100, "s") for i in range(30)]), 0, max_docs=10**6,
-                             max_chars=250))
-    assert len(by_chars) == 30
+    held.clear()
+
+    def long_docs():
+        for i in range(30):
+            held.append(i)
+            yield Document(i, "y" * 100, "s")
+
+    out = []
+    for doc in shuffled(long_docs(), 0, max_docs=10**6, max_chars=250):  # 250 characters: at most 2 such documents
+        out.append(doc)
+        assert len(held) - len(out) <= 2
+    assert len(out) == 30
 
 
 def test_builtin_keeps_its_own_order():

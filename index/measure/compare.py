@@ -274,11 +274,10 @@ def relations_table(con, models: list[str]) -> pd.DataFrame:
     return base.merge(matched, on="model_id", how="left")
 
 
-def compare_tables(con, models: list[str], rule: float = RULE_SHARE,
-                   groups: list[list[str]] | None = None) -> dict[str, pd.DataFrame]:
-    """Everything the report and the Models page show, by section. `groups` (A and B,
-    each a list of models, together `models`) default to one model each."""
-    groups = groups or [[models[0]], [models[1]]]
+def compare_tables(con, groups: list[list[str]], rule: float = RULE_SHARE) -> dict[str, pd.DataFrame]:
+    """Everything the report and the Models page show, by section, for groups A and B
+    (each a list of model ids: one model, or several training seeds)."""
+    models = [m for g in groups for m in g]
     check_models(con, models)
     best = best_concepts(con, models)
     expl = explanations(con, models)
@@ -288,8 +287,8 @@ def compare_tables(con, models: list[str], rule: float = RULE_SHARE,
     return {
         "loss": loss_table(con, models), "sparsity": sparsity_table(con, models),
         "neuron_stats": neuron_stats(con, models), "best": best, "rule": overall, "rule_by_layer": by_layer,
-        "rule_difference": (rule_difference(by_layer, overall, [groups[0][0], groups[1][0]])
-                            if single and not best.empty else pd.DataFrame()),
+        "rule_difference": (rule_difference(by_layer, overall, models) if single and not best.empty
+                            else pd.DataFrame()),
         "explanations": expl, "heldout": heldout_table(expl, models, False),
         "heldout_by_layer": heldout_table(expl, models, True), "group_difference": diff,
         "disagreement": pd.DataFrame({"sentence": [disagreement(diff)]}),

@@ -195,10 +195,9 @@ def write_report(db: str | Path, groups: list[list[str]], out: str | Path, rule:
     """Write report.md and its PNG plots into `out` for groups A and B (lists of model
     ids); returns the report's path."""
     check_threshold(rule)
-    models = [m for g in groups for m in g]
     con = open_read(db)
     try:
-        tables = compare_tables(con, models, rule, groups)
+        tables = compare_tables(con, groups, rule)
     finally:
         con.close()
     out = Path(out)
