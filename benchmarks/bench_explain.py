@@ -107,19 +107,12 @@ def process_tree_pss(root: int) -> int:
 def index_seconds(tokens: int, root: Path) -> tuple[float, float]:
     """(tokens/s of `solu index` on a GPT-2-small-shaped random GELU model, projected
     seconds for IndexConfig's default token budget)."""
+    from bench_index import builtin_tokenizer, random_checkpoint
     from index.engine.config import IndexConfig
-    from solu.batches import training_texts
-    from solu.checkpoint import save_checkpoint
     from solu.config import ModelConfig
-    from solu.model import build_model
-    from solu.tokenizer import train_tokenizer
 
-    tok = train_tokenizer(training_texts("builtin", "text", 0, 3_000_000), 4096)
     cfg = ModelConfig(act_fn="gelu", n_layers=12, d_model=768, d_mlp=3072, n_heads=12, n_ctx=1024, d_vocab=4096)
-    model = build_model(cfg, seed=0)
-    meta = {"model": cfg.to_dict(), "act_fn": cfg.act_fn, "n_params": sum(p.numel() for p in model.parameters()),
-            "eval_loss": None, "tokens_seen": 0}
-    save_checkpoint(root / "gpt2-shape", model, tok, meta)
+    random_checkpoint(root / "gpt2-shape", cfg, builtin_tokenizer())
     db = root / "index.duckdb"
     subprocess.run([sys.executable, "-m", "solu.cli", "index", str(root / "gpt2-shape"), "--db", str(db),
                     "--tokens", str(tokens), "--device", "cpu", "--no-progress"], check=True,

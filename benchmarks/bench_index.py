@@ -59,20 +59,28 @@ from solu.model import build_model  # noqa: E402
 SHAPES = {"solu-1l-512": dict(n_layers=1, d_mlp=512), "solu-2l-1024": dict(n_layers=2, d_mlp=1024)}
 
 
-def make_checkpoints(root: Path, dataset: str) -> list[Path]:
+def builtin_tokenizer():
+    """A 4096-token BPE trained on 3M characters of builtin (what every benchmark model uses)."""
     from solu.batches import training_texts
     from solu.tokenizer import train_tokenizer
 
-    tok = train_tokenizer(training_texts(dataset, "text", 0, 3_000_000), 4096)
-    out = []
-    for name, shape in SHAPES.items():
-        cfg = ModelConfig(act_fn="solu_ln", d_model=128, n_heads=4, n_ctx=128, d_vocab=4096, **shape)
-        model = build_model(cfg, seed=0)
-        meta = {"model": cfg.to_dict(), "act_fn": cfg.act_fn, "n_params": sum(p.numel() for p in model.parameters()),
-                "eval_loss": None, "tokens_seen": 0}
-        save_checkpoint(root / name, model, tok, meta)
-        out.append(root / name)
-    return out
+    return train_tokenizer(training_texts("builtin", "text", 0, 3_000_000), 4096)
+
+
+def random_checkpoint(path: Path, cfg: ModelConfig, tok) -> Path:
+    """A checkpoint of shape `cfg` with random weights (speed does not depend on them)."""
+    model = build_model(cfg, seed=0)
+    meta = {"model": cfg.to_dict(), "act_fn": cfg.act_fn, "n_params": sum(p.numel() for p in model.parameters()),
+            "eval_loss": None, "tokens_seen": 0}
+    save_checkpoint(path, model, tok, meta)
+    return path
+
+
+def make_checkpoints(root: Path, dataset: str) -> list[Path]:
+    tok = builtin_tokenizer()
+    return [random_checkpoint(root / name, ModelConfig(act_fn="solu_ln", d_model=128, n_heads=4, n_ctx=128,
+                                                       d_vocab=4096, **shape), tok)
+            for name, shape in SHAPES.items()]
 
 
 def bare_forward(model, batches) -> float:

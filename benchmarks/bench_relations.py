@@ -7,8 +7,8 @@ Two pairs of random-init models (the weights do not change the cost): the demo's
 model's last layer alone with `--ablation on` and taking the time its ablation step took
 times the number of layers (every layer's ablation runs the whole model over the same
 number of windows); for the 4-layer pair with --top-k 2 on that layer, times 10 more
-(the cost is linear in windows: the default --top-k is 20). Printed per model: the index time, the connections' time (from
-index_details.timings) and the ablation's, and their ratios to the index time; per pair:
+(the cost is linear in windows: the default --top-k is 20). Printed per model: the index
+time, the connections' time (from index_details.timings) and the ablation's, and their ratios to the index time; per pair:
 the match time and its ratio to indexing both models. The ablation does not grow with
 --tokens and indexing does, so its ratio falls as --tokens grows.
 
@@ -26,14 +26,11 @@ from pathlib import Path
 import duckdb
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench_index import builtin_tokenizer, random_checkpoint  # noqa: E402
 from index.build import build_index  # noqa: E402
 from index.engine.config import IndexConfig  # noqa: E402
 from index.measure.relations import match  # noqa: E402
-from solu.batches import training_texts  # noqa: E402
-from solu.checkpoint import save_checkpoint  # noqa: E402
 from solu.config import ModelConfig  # noqa: E402
-from solu.model import build_model  # noqa: E402
-from solu.tokenizer import train_tokenizer  # noqa: E402
 
 PAIRS = {"demo (1L, d_mlp 512)": dict(n_layers=1, d_model=128, d_mlp=512, n_heads=4, n_ctx=128),
          "4L, d_mlp 2048": dict(n_layers=4, d_model=512, d_mlp=2048, n_heads=8, n_ctx=256)}
@@ -45,21 +42,15 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--tokens", type=int, default=262_144)
     args = p.parse_args()
-    tok = train_tokenizer(training_texts("builtin", "text", 0, 3_000_000), 4096)
+    tok = builtin_tokenizer()
     print("| pair | model | index s | connections s (ratio) | ablation s (ratio) | match s (ratio to both indexes) |")
     print("|---|---|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as root:
         root = Path(root)
         for pair, shape in PAIRS.items():
-            ckpts = []
-            for act in ("gelu", "solu_ln"):
-                cfg = ModelConfig(act_fn=act, d_vocab=4096, **shape)
-                model = build_model(cfg, seed=0)
-                path = root / f"{act}-{shape['n_layers']}l"
-                save_checkpoint(path, model, tok, {"model": cfg.to_dict(), "act_fn": act, "eval_loss": None,
-                                                   "n_params": sum(x.numel() for x in model.parameters()),
-                                                   "tokens_seen": 0})
-                ckpts.append(path)
+            ckpts = [random_checkpoint(root / f"{act}-{shape['n_layers']}l",
+                                       ModelConfig(act_fn=act, d_vocab=4096, **shape), tok)
+                     for act in ("gelu", "solu_ln")]
             db = root / f"{shape['n_layers']}l.duckdb"
             build_index(ckpts, IndexConfig(tokens=args.tokens, device="cpu"), db, progress=False)
             timings = read_timings(db)
