@@ -234,7 +234,8 @@ def show_ln_agreement(addr: Address) -> None:
     r = rows.iloc[0]
     corr = f", rank correlation {r.rank_corr:.2f}" if pd.notna(r.rank_corr) else ""
     st.subheader("LayerNorm caveat")
-    st.caption(f"{r.overlap * r.top_k:.0f} of the {int(r.top_k)} top examples before SoLU's LayerNorm (pre_ln) are also "
+    st.caption(f"{r.overlap * r.top_k:.0f} of the {int(r.top_k)} top examples before SoLU's LayerNorm (pre_ln) "
+               "are also "
                f"top examples after it (post_ln){corr}. Low agreement: small activations carry other features "
                "through the LayerNorm.")
 
@@ -265,7 +266,8 @@ def show_ablation(addr: Address, examples: pd.DataFrame, scale: float, primary: 
         rows.append({"tokens": tokens, "acts": values, "max_pos": int(ex["max_pos"]) - first,
                      "max_act": ex["max_act"], "loss_change": float(np.nansum(e.delta_zero))})
     effect_scale = max((abs(float(x)) for r in rows for x in r["acts"] if x == x), default=1e-6)
-    st.caption("Next-token loss change on each token when the neuron is ablated (orange: harder to predict, blue: easier; the "
+    st.caption("Next-token loss change on each token when the neuron is ablated (orange: harder to predict, "
+               "blue: easier; the "
                "window after BOS is the context). Total per example beside it.")
     st.html(render.snippets(rows, scale if mode == "activation" else effect_scale,
                             lambda i, r: f"#{i + 1}  Δloss {r['loss_change']:+.3f}"))

@@ -92,7 +92,8 @@ def pass_table(df: pd.DataFrame, models: list[str], by_layer: bool, extra: str, 
     rows = []
     for key, group in df.groupby(keys, sort=False):
         key = key if isinstance(key, tuple) else (key,)
-        rows.append(dict(zip(keys, key), neurons=len(group), passing=int(group.passes.sum()), **{extra: measure(group)}))
+        rows.append(dict(zip(keys, key), neurons=len(group), passing=int(group.passes.sum()),
+                         **{extra: measure(group)}))
     out = pd.DataFrame(rows, columns=keys + ["neurons", "passing", extra])
     low, high = wilson(out.passing.to_numpy(), out.neurons.to_numpy())
     out = out.assign(frac_passing=out.passing / out.neurons, ci_low=low, ci_high=high)
