@@ -214,6 +214,32 @@ def find_all_caps(text: str) -> Spans:
     return [m.span() for m in _ALL_CAPS.finditer(text)]
 
 
+_CAPS_WORD = r"[A-Z][A-Z'-]*[A-Z]|[A-Z]"
+_CAPS_RUN_WORD = re.compile(_CAPS_WORD)
+_CAPS_PROSE = re.compile(rf"(?<![\w])(?:{_CAPS_WORD})(?:[ \t,;:.!?()\"-]+(?:{_CAPS_WORD})){{3,}}(?![\w])")
+
+
+def find_caps_prose(text: str) -> Spans:
+    """The words of a stretch of four or more words in capitals with nothing but spaces and
+    sentence punctuation between them, read as running text: THE SOFTWARE IS PROVIDED "AS IS".
+    Not: a lone acronym (NASA) or a constant (MAX_SIZE) in ordinary prose or code."""
+    spans = []
+    for m in _CAPS_PROSE.finditer(text):
+        found = [(m.start() + w.start(), m.start() + w.end()) for w in _CAPS_RUN_WORD.finditer(m.group())]
+        if sum(b - a >= 2 for a, b in found) >= 3:
+            spans += found
+    return spans
+
+
+_COPYRIGHT = re.compile(r"^[^\n]*(?:\bcopyright\b|\(c\)|©)[^\n]*", re.IGNORECASE | re.MULTILINE)
+
+
+def find_copyright(text: str) -> Spans:
+    """A line that states a copyright: it holds "Copyright", "(c)" or "©" (the whole line,
+    from its first to its last character)."""
+    return [m.span() for m in _COPYRIGHT.finditer(text)]
+
+
 def find_urls(text: str) -> Spans:
     """http(s)/ftp/file URLs and www. addresses, without trailing sentence punctuation."""
     spans = []
@@ -321,6 +347,9 @@ CONCEPTS: dict[str, Concept] = {c.name: c for c in (
     Concept("all_caps", "a word of 2+ capital letters and no lower case: NASA, MAX_SIZE", find_all_caps),
     Concept("code_keyword", "a keyword on a line that reads as code: def, return, for ... in", find_code_keywords),
     Concept("indentation", "leading whitespace of a non-blank line (a tab or 2+ spaces)", find_indentation),
+    Concept("caps_prose", "running text in capitals: four or more capitalised words, as in THE SOFTWARE IS PROVIDED",
+            find_caps_prose),
+    Concept("copyright", "a line stating a copyright: it holds Copyright, (c) or ©", find_copyright),
     Concept("url", "an http(s)/ftp/file URL or a www. address", find_urls),
     Concept("punctuation", "punctuation and ASCII symbols, not an apostrophe in a word or a decimal point", find_punctuation),
 )}

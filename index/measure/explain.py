@@ -32,23 +32,41 @@ import os
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from enum import IntEnum
 
 import numpy as np
 import pandas as pd
 
 from index.measure.concepts import Concept, concept, concept_masks, regex_concept
+from index.measure.verdict import TOP_SHARE
 
-KINDS = ("concept", "tokens", "context", "word")  # a rule's kind is its index here
+class RuleKind(IntEnum):
+    """A rule's kind. Kinds 1-7 read one feature column of Positions.features (column
+    kind - 1); CONCEPT reads a concept bit; IN_CONCEPT a concept bit and the token."""
+    CONCEPT = 0      # a concept detector or user regex holds at the token
+    TOKENS = 1       # the token is one of 1-3 given tokens
+    CONTEXT = 2      # a given token right after a given token
+    WORD = 3         # the token is a piece of a given word of two or more tokens
+    LINE_END = 4     # a given token ending a line (the next token starts a new line)
+    LINE_START = 5   # a given token starting a line (the first non-blank token after a newline)
+    AFTER_CLASS = 6  # a given token right after a newline, a number, punctuation or a capitalised word
+    CONTEXT2 = 7     # a given token right after two given tokens
+    IN_CONCEPT = 8   # a given token where a concept holds (a digit inside a copyright line)
+
+    @property
+    def label(self) -> str:
+        return self.name.lower()
+
+
+N_KINDS = len(RuleKind)
+N_FEATURES = 7  # feature columns: one per kind from TOKENS to CONTEXT2
 MAX_TOKENS = 3  # a token rule holds at most this many tokens
 BOOTSTRAP = 200
 CHUNK = 256  # neurons scored together
-# "Interpretable": a held-out score at or above this. For a rare concept and activations
-# of one size, the score squared is about the share of the neuron's activation that falls
-# where its rule holds; planted neurons (tests/test_explain.py) that put half of their
-# activation on their rule score about 0.64 and pass, those that put 40% score about 0.55
-# and fail, as does a neuron whose top examples are all base64 but 70% of whose
-# activation lies elsewhere.
-INTERPRETABLE = 0.6
+# An explanation is chosen, on the fit records, among the candidates that account for at
+# least the verdict's share of the neuron's fit top examples when any does.
+TOP_PREFERENCE = TOP_SHARE
+CLASSES = ("newline", "number", "punctuation", "capitalised word")  # what AFTER_CLASS reads before a token
 _SEED = 0x5EED
 
 
@@ -83,36 +101,114 @@ def words(tokens: list[str]) -> list[str | None]:
     return out
 
 
+def line_ends(tokens: list[str]) -> np.ndarray:
+    """Tokens that end a line: not blank, and the next token holds a newline with only
+    spaces before it. The last token of a stretch is not known to end one."""
+    out = np.zeros(len(tokens), dtype=bool)
+    for i in range(len(tokens) - 1):
+        head, newline, _ = tokens[i + 1].partition("\n")
+        out[i] = bool(tokens[i].strip()) and bool(newline) and not head.strip()
+    return out
+
+
+def line_starts(tokens: list[str]) -> np.ndarray:
+    """Tokens that start a line: the first token that is not blank after a newline (and
+    nothing but spaces between). Before a stretch's first newline none is known."""
+    out = np.zeros(len(tokens), dtype=bool)
+    fresh = False
+    for i, t in enumerate(tokens):
+        if "\n" in t:
+            out[i] = False
+            fresh = not t.rpartition("\n")[2].strip()
+        elif t.strip():
+            out[i], fresh = fresh, False
+    return out
+
+
+def token_class(token: str, word: str | None) -> int:
+    """The CLASSES index of a token (read with the word it is a piece of), or -1."""
+    if "\n" in token:
+        return 0
+    text = (word or token).strip()
+    if not text:
+        return -1
+    if text.replace(".", "").replace(",", "").isdigit():
+        return 1
+    if not any(c.isalnum() for c in text):
+        return 2
+    if len(text) >= 2 and text.isalpha() and text[0].isupper() and any(c.islower() for c in text[1:]):
+        return 3
+    return -1
+
+
+def previous_classes(tokens: list[str]) -> np.ndarray:
+    """For each token, the class of the token before it (-1: none, or the stretch starts)."""
+    word = words(tokens)
+    out = np.full(len(tokens), -1, np.int64)
+    for i in range(1, len(tokens)):
+        out[i] = token_class(tokens[i - 1], word[i - 1])
+    return out
+
+
 @dataclass(frozen=True)
 class Rule:
-    """One explanation: kind in KINDS, and its arguments (normalised tokens: the token set,
-    [previous, token], [word], or [concept name] / [name, pattern] for a user regex)."""
+    """One explanation: its kind (a RuleKind's label) and its arguments, normalised tokens
+    and names: the token set; [previous, token]; [word]; [token] for line_end and
+    line_start; [class, token] for after_class; [first, second, token] for context2;
+    [concept name] or [name, pattern] for a user regex; [token, concept name] or
+    [token, name, pattern] for in_concept."""
     kind: str
     args: tuple[str, ...]
 
     @property
     def text(self) -> str:
-        quoted = [repr(a)[1:-1] for a in self.args]
-        if self.kind == "concept":
+        q = [f"`{repr(a)[1:-1]}`" for a in self.args]
+        kind = RuleKind[self.kind.upper()]
+        if kind == RuleKind.CONCEPT:
             return self.args[0]
-        if self.kind == "tokens":
-            return " / ".join(f"`{a}`" for a in quoted)
-        if self.kind == "context":
-            return f"`{quoted[1]}` after `{quoted[0]}`"
-        return f"a piece of `{quoted[0]}`"
+        if kind == RuleKind.TOKENS:
+            return " / ".join(q)
+        if kind == RuleKind.CONTEXT:
+            return f"{q[1]} after {q[0]}"
+        if kind == RuleKind.WORD:
+            return f"a piece of {q[0]}"
+        if kind == RuleKind.LINE_END:
+            return f"{q[0]} at a line end"
+        if kind == RuleKind.LINE_START:
+            return f"{q[0]} at a line start"
+        if kind == RuleKind.AFTER_CLASS:
+            return f"{q[1]} after a {self.args[0]}"
+        if kind == RuleKind.CONTEXT2:
+            return f"{q[2]} after {q[0]} {q[1]}"
+        return f"{q[0]} inside {self.args[1]}"
+
+    def _concept(self, args: tuple[str, ...]) -> Concept:
+        return regex_concept(*args) if len(args) == 2 else concept(args[0])
 
     def mask(self, tokens: list[str]) -> np.ndarray:
-        """Where the rule holds on a text's tokens (the definition the scorer vectorises)."""
+        """Where the rule holds on a stretch of consecutive tokens (the definition the
+        scorer vectorises over Positions)."""
         norm = [normalise(t) for t in tokens]
-        if self.kind == "concept":
-            found = regex_concept(*self.args) if len(self.args) == 2 else concept(self.args[0])
-            return found.mask(tokens)
-        if self.kind == "tokens":
-            return np.array([n in self.args for n in norm], dtype=bool)
-        if self.kind == "context":
-            prev = [None] + norm[:-1]
-            return np.array([(p, n) == self.args for p, n in zip(prev, norm)], dtype=bool)
-        return np.array([w == self.args[0] for w in words(tokens)], dtype=bool)
+        kind, a = RuleKind[self.kind.upper()], self.args
+        token_is = np.array([n == a[-1] for n in norm], dtype=bool)
+        if kind == RuleKind.CONCEPT:
+            return self._concept(a).mask(tokens)
+        if kind == RuleKind.TOKENS:
+            return np.array([n in a for n in norm], dtype=bool)
+        if kind == RuleKind.CONTEXT:
+            return token_is & np.array([i > 0 and norm[i - 1] == a[0] for i in range(len(norm))], dtype=bool)
+        if kind == RuleKind.WORD:
+            return np.array([w == a[0] for w in words(tokens)], dtype=bool)
+        if kind == RuleKind.LINE_END:
+            return token_is & line_ends(tokens)
+        if kind == RuleKind.LINE_START:
+            return token_is & line_starts(tokens)
+        if kind == RuleKind.AFTER_CLASS:
+            return token_is & (previous_classes(tokens) == CLASSES.index(a[0]))
+        if kind == RuleKind.CONTEXT2:
+            return token_is & np.array([i > 1 and (norm[i - 2], norm[i - 1]) == a[:2] for i in range(len(norm))],
+                                       dtype=bool)
+        return np.array([n == a[0] for n in norm], dtype=bool) & self._concept(a[1:]).mask(tokens)
 
 
 # ---------------------------------------------------------------- the positions a model's records cover
@@ -120,15 +216,16 @@ class Rule:
 @dataclass
 class Positions:
     """Every (doc_id, pos) that a model's records cover, sorted, with what rules read:
-    feature ids (token, context pair, word; -1 for none) and concept bits. Concepts and
-    words are detected on the longest known stretch of consecutive positions, so a
-    window sees the context the index holds around it."""
+    a feature id per position for each kind from TOKENS to CONTEXT2 (column kind - 1;
+    -1 where it has none) and concept bits. Features and concepts are read on the
+    longest known stretch of consecutive positions, so a window sees the context the
+    index holds around it."""
     doc: np.ndarray        # (P,) doc_id
     pos: np.ndarray        # (P,) position in the document
-    features: np.ndarray   # (P, 3) int64: token id, pair id, word id
+    features: np.ndarray   # (P, N_FEATURES) int64
     bits: np.ndarray       # (P, C) bool: concept masks
     token_names: list[str]
-    pairs: np.ndarray      # (n_pairs, 2): (previous token id, token id)
+    parts: dict            # feature column -> (n_ids, k) array: what a composite id is made of
     word_names: list[str]
     concept_names: list[str]
     concept_patterns: list[str | None]  # a user regex's pattern; None for a built-in detector
@@ -144,22 +241,50 @@ class Positions:
     def __post_init__(self):
         self._keys = position_key(self.doc, self.pos)
 
+    @property
+    def n_tokens(self) -> int:
+        return max(len(self.token_names), 1)
+
+    def _concept_args(self, c: int) -> tuple[str, ...]:
+        pattern = self.concept_patterns[c]
+        return (self.concept_names[c],) + ((pattern,) if pattern is not None else ())
+
     def rule(self, kind: int, ids: np.ndarray) -> Rule:
+        kind = RuleKind(int(kind))
         ids = [int(i) for i in ids if i >= 0]
-        if kind == 0:
-            pattern = self.concept_patterns[ids[0]]
-            return Rule("concept", (self.concept_names[ids[0]],) + ((pattern,) if pattern is not None else ()))
-        if kind == 1:
-            return Rule("tokens", tuple(self.token_names[i] for i in ids))
-        if kind == 2:
-            prev, tok = self.pairs[ids[0]]
-            return Rule("context", (self.token_names[prev], self.token_names[tok]))
-        return Rule("word", (self.word_names[ids[0]],))
+        names = self.token_names
+        if kind == RuleKind.CONCEPT:
+            return Rule(kind.label, self._concept_args(ids[0]))
+        if kind == RuleKind.TOKENS:
+            return Rule(kind.label, tuple(names[i] for i in ids))
+        if kind == RuleKind.WORD:
+            return Rule(kind.label, (self.word_names[ids[0]],))
+        if kind in (RuleKind.LINE_END, RuleKind.LINE_START):
+            return Rule(kind.label, (names[ids[0]],))
+        if kind == RuleKind.IN_CONCEPT:
+            c, t = divmod(ids[0], self.n_tokens)
+            return Rule(kind.label, (names[t],) + self._concept_args(c))
+        parts = self.parts[kind - 1][ids[0]]
+        if kind == RuleKind.AFTER_CLASS:
+            return Rule(kind.label, (CLASSES[parts[0]], names[parts[1]]))
+        return Rule(kind.label, tuple(names[i] for i in parts))
 
 
 def position_key(doc: np.ndarray, pos: np.ndarray) -> np.ndarray:
     """One sortable int64 per (doc_id, pos) (positions below 2^24, checked by build_positions)."""
     return (doc.astype(np.int64) << 24) + pos.astype(np.int64)
+
+
+def _composite(columns: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """Ids for tuples of non-negative ids (a row with any -1 gets -1), and each id's parts."""
+    stacked = np.stack(columns, axis=1)
+    ok = (stacked >= 0).all(axis=1)
+    out = np.full(len(stacked), -1, np.int64)
+    if not ok.any():
+        return out, np.zeros((0, len(columns)), np.int64)
+    parts, inverse = np.unique(stacked[ok], axis=0, return_inverse=True)
+    out[ok] = np.asarray(inverse).reshape(-1)
+    return out, parts
 
 
 def build_positions(doc: np.ndarray, pos: np.ndarray, token: list[str], concepts: list[Concept]) -> Positions:
@@ -177,25 +302,32 @@ def build_positions(doc: np.ndarray, pos: np.ndarray, token: list[str], concepts
     ends = np.append(starts[1:], n)
     bits = np.zeros((n, len(concepts)), dtype=bool)
     word_of: list[str | None] = [None] * n
+    at_end, at_start = np.zeros(n, bool), np.zeros(n, bool)
+    prev_class = np.full(n, -1, np.int64)
     for a, b in zip(starts, ends):
         piece = list(token[a:b])
         masks = concept_masks(piece, concepts)
         for j, c in enumerate(concepts):
             bits[a:b, j] = masks[c.name]
         word_of[a:b] = words(piece)
+        at_end[a:b], at_start[a:b], prev_class[a:b] = line_ends(piece), line_starts(piece), previous_classes(piece)
     prev = np.where(new, -1, np.roll(token_id, 1))
-    pair_key = np.where(prev >= 0, prev * max(len(token_names), 1) + token_id, -1)
-    pair_values, pair_id = np.unique(pair_key, return_inverse=True)
-    pair_id = pair_id.reshape(-1) - (1 if len(pair_values) and pair_values[0] == -1 else 0)
-    known = pair_values[pair_values >= 0]
-    pairs = np.stack([known // max(len(token_names), 1), known % max(len(token_names), 1)], axis=1)
+    new2 = new | np.roll(new, 1)
+    prev2 = np.where(new2, -1, np.roll(token_id, 2))
+    pair_id, pairs = _composite([prev, token_id])
+    class_id, classes = _composite([prev_class, token_id])
+    context2_id, contexts2 = _composite([prev2, prev, token_id])
     has_word = np.array([w is not None for w in word_of], dtype=bool)
     word_names, inverse = np.unique(np.array([w for w in word_of if w is not None], dtype=object),
                                     return_inverse=True) if has_word.any() else ([], np.zeros(0, np.int64))
     word_id = np.full(n, -1, np.int64)
     word_id[has_word] = np.asarray(inverse).reshape(-1)
-    features = np.stack([token_id, pair_id, word_id], axis=1) if n else np.zeros((0, 3), np.int64)
-    return Positions(doc, pos, features.astype(np.int64), bits, [str(t) for t in token_names], pairs,
+    columns = [token_id, pair_id, word_id, np.where(at_end, token_id, -1), np.where(at_start, token_id, -1),
+               class_id, context2_id]
+    features = np.stack(columns, axis=1) if n else np.zeros((0, N_FEATURES), np.int64)
+    return Positions(doc, pos, features.astype(np.int64), bits, [str(t) for t in token_names],
+                     {RuleKind.CONTEXT - 1: pairs, RuleKind.AFTER_CLASS - 1: classes,
+                      RuleKind.CONTEXT2 - 1: contexts2},
                      [str(w) for w in word_names], [c.name for c in concepts], [c.pattern for c in concepts])
 
 
@@ -235,17 +367,29 @@ class Sample:
         return self.record_held[self.record]
 
 
+def _in_concept_ids(positions: Positions, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(index into rows, IN_CONCEPT id = concept * n_tokens + token) for every concept bit set."""
+    r, c = np.nonzero(positions.bits[rows])
+    return r, c.astype(np.int64) * positions.n_tokens + positions.features[rows[r], 0]
+
+
+def _span(positions: Positions) -> int:
+    return max(int(positions.features.max(initial=0)) + 1, positions.bits.shape[1] * positions.n_tokens, 1)
+
+
 def _counts_table(positions: Positions, rows: np.ndarray, record: np.ndarray, n_records: int):
     """Sorted keys and counts of (record, kind, id) over the given positions: how often each
-    token, pair, word and concept occurs in each record."""
-    span = max(int(positions.features.max(initial=0)) + 1, positions.bits.shape[1], 1)
+    feature, concept and (concept, token) occurs in each record."""
+    span = _span(positions)
     keys = []
-    for kind in (1, 2, 3):
+    for kind in range(1, N_FEATURES + 1):
         f = positions.features[rows, kind - 1]
         ok = f >= 0
-        keys.append((record[ok] * 4 + kind) * span + f[ok])
+        keys.append((record[ok] * N_KINDS + kind) * span + f[ok])
     r, c = np.nonzero(positions.bits[rows])
-    keys.append((record[r] * 4) * span + c)
+    keys.append((record[r] * N_KINDS + RuleKind.CONCEPT) * span + c)
+    r, ids = _in_concept_ids(positions, rows)
+    keys.append((record[r] * N_KINDS + RuleKind.IN_CONCEPT) * span + ids)
     values, counts = np.unique(np.concatenate(keys).astype(np.int64), return_counts=True)
     return values, counts, span
 
@@ -256,8 +400,8 @@ def _lookup(table, record: np.ndarray, kind: np.ndarray, ids: np.ndarray) -> np.
     total = np.zeros((len(kind), len(record)), dtype=np.float64)
     for j in range(ids.shape[1]):
         i = ids[:, j]
-        use = (i >= 0) & ((kind > 0) | (j == 0))
-        key = (record[None, :] * 4 + kind[:, None]) * span + np.maximum(i, 0)[:, None]
+        use = (i >= 0) & ((kind == RuleKind.TOKENS) | (j == 0))
+        key = (record[None, :] * N_KINDS + kind[:, None]) * span + np.maximum(i, 0)[:, None]
         at = np.minimum(np.searchsorted(values, key), len(values) - 1) if len(values) else np.zeros_like(key)
         found = (values[at] == key) if len(values) else np.zeros(key.shape, bool)
         total += np.where(found & use[:, None], counts[at] if len(values) else 0, 0)
@@ -266,13 +410,16 @@ def _lookup(table, record: np.ndarray, kind: np.ndarray, ids: np.ndarray) -> np.
 
 def _holds(positions: Positions, rows: np.ndarray, kind: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Whether each entry's rule (kind (E,), ids (E, 3)) holds at its position row."""
-    feature = positions.features[rows, np.clip(kind - 1, 0, 2)]
+    feature = positions.features[rows, np.clip(kind - 1, 0, N_FEATURES - 1)]
     match = (feature >= 0) & (feature[:, None] == ids).any(axis=1)
-    if positions.bits.shape[1]:
-        concept = positions.bits[rows, np.clip(ids[:, 0], 0, positions.bits.shape[1] - 1)] & (ids[:, 0] >= 0)
+    n_concepts = positions.bits.shape[1]
+    if n_concepts:
+        c = np.where(kind == RuleKind.IN_CONCEPT, np.maximum(ids[:, 0], 0) // positions.n_tokens, ids[:, 0])
+        bit = positions.bits[rows, np.clip(c, 0, n_concepts - 1)] & (ids[:, 0] >= 0)
     else:
-        concept = np.zeros(len(rows), bool)
-    return np.where(kind == 0, concept, match)
+        bit = np.zeros(len(rows), bool)
+    token = positions.features[rows, 0] == np.maximum(ids[:, 0], 0) % positions.n_tokens
+    return np.select([kind == RuleKind.CONCEPT, kind == RuleKind.IN_CONCEPT], [bit, bit & token], match)
 
 
 def _top_ids(neuron: np.ndarray, ids: np.ndarray, n: int, k: int) -> np.ndarray:
@@ -292,26 +439,30 @@ def _top_ids(neuron: np.ndarray, ids: np.ndarray, n: int, k: int) -> np.ndarray:
 
 
 def candidates(positions: Positions, chunk: Chunk, fit_win: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Each neuron's candidate rules, kind (N, M) and ids (N, M, 3), from its fit top
-    examples' peak tokens, plus every concept. Unusable candidates have ids -1."""
+    """Each neuron's candidate rules, kind (N, M) and ids (N, M, 3): every concept, and for
+    each other kind the ids most frequent at its fit top examples' peaks (1-3 token sets,
+    three (concept, token) pairs, one of each other kind). Unusable candidates have ids -1."""
     n, n_concepts = chunk.n, positions.bits.shape[1]
     peaks = chunk.win_top & fit_win
     neuron, rows = chunk.win_neuron[peaks], chunk.win_peak[peaks]
-    tops = _top_ids(neuron, positions.features[rows, 0], n, MAX_TOKENS)
-    pairs = _top_ids(neuron, positions.features[rows, 1], n, 1)
-    word = _top_ids(neuron, positions.features[rows, 2], n, 1)
     kinds, ids = [], []
+
+    def add(kind: RuleKind, found: np.ndarray) -> None:
+        kinds.append(np.full(n, int(kind), np.int64))
+        ids.append(np.concatenate([found, np.full((n, 3 - found.shape[1]), -1)], axis=1))
+
     for c in range(n_concepts):
-        kinds.append(np.zeros(n, np.int64))
-        ids.append(np.stack([np.full(n, c), np.full(n, -1), np.full(n, -1)], axis=1))
+        add(RuleKind.CONCEPT, np.full((n, 1), c))
+    tops = _top_ids(neuron, positions.features[rows, 0], n, MAX_TOKENS)
     for k in range(1, MAX_TOKENS + 1):
         chosen = np.where(np.arange(MAX_TOKENS)[None, :] < k, tops, -1)
         chosen[(tops[:, k - 1] < 0)] = -1  # the set of k tokens exists only if the k-th does
-        kinds.append(np.ones(n, np.int64))
-        ids.append(chosen)
-    for kind, found in ((2, pairs), (3, word)):
-        kinds.append(np.full(n, kind, np.int64))
-        ids.append(np.concatenate([found, np.full((n, 2), -1)], axis=1))
+        add(RuleKind.TOKENS, chosen)
+    for kind in range(RuleKind.CONTEXT, RuleKind.CONTEXT2 + 1):
+        add(RuleKind(kind), _top_ids(neuron, positions.features[rows, kind - 1], n, 1))
+    r, in_concept = _in_concept_ids(positions, rows)  # a token often lies in several concepts: try three
+    for found in _top_ids(neuron[r], in_concept, n, MAX_TOKENS).T:
+        add(RuleKind.IN_CONCEPT, found[:, None])
     return np.stack(kinds, axis=1), np.stack(ids, axis=1)
 
 
@@ -326,6 +477,30 @@ def correlation(stats: np.ndarray) -> np.ndarray:
         r = (spa / n - mp * ma) / np.sqrt(np.maximum(var_p * var_a, 1e-300))
     scale = np.maximum(saa / np.maximum(n, 1), 1e-30)  # relative tolerance for a constant
     return np.where(var_a > 1e-9 * scale, np.where(var_p > 1e-12, np.clip(r, -1, 1), 0.0), np.nan)
+
+
+def fit_top_share(positions: Positions, chunk: Chunk, fit_win: np.ndarray, kinds: np.ndarray,
+                  ids: np.ndarray) -> np.ndarray:
+    """(N, M): the share of each neuron's fit top examples whose peak token each candidate holds at."""
+    peaks = chunk.win_top & fit_win
+    neuron, rows = chunk.win_neuron[peaks], chunk.win_peak[peaks]
+    n_top = np.bincount(neuron, minlength=chunk.n)
+    out = np.zeros(kinds.shape)
+    for j in range(kinds.shape[1]):
+        on = _holds(positions, rows, kinds[neuron, j], ids[neuron, j])
+        out[:, j] = np.bincount(neuron, weights=on, minlength=chunk.n)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return out / n_top[:, None]
+
+
+def choose(fit_r: np.ndarray, top_share: np.ndarray) -> np.ndarray:
+    """Each neuron's explanation: the candidate with the best fit score among those that
+    account for at least TOP_PREFERENCE of its fit top examples (and correlate positively),
+    or among all when none does."""
+    valid = ~np.isnan(fit_r)
+    preferred = valid & (fit_r > 0) & (top_share >= TOP_PREFERENCE)
+    pool = np.where(preferred.any(axis=1, keepdims=True), preferred, valid)
+    return np.where(pool.any(axis=1), np.argmax(np.where(pool, fit_r, -np.inf), axis=1), 0)
 
 
 def score_chunk(positions: Positions, sample: Sample, chunk: Chunk, fit_table, held_table,
@@ -365,7 +540,7 @@ def score_chunk(positions: Positions, sample: Sample, chunk: Chunk, fit_table, h
         fit_sum_on[:, j], fit_count_on[:, j] = act_on, count_tok + in_sample
     usable = (ids >= 0).any(axis=2)
     fit_r = np.where(usable, correlation(fit_stats), np.nan)
-    best = np.where(np.isnan(fit_r).all(axis=1), 0, np.nanargmax(np.where(np.isnan(fit_r), -np.inf, fit_r), axis=1))
+    best = choose(fit_r, fit_top_share(positions, chunk, fit_win, kinds, ids))
     pick = np.arange(n)
     kind, rule_ids = kinds[pick, best], ids[pick, best]
     has_rule = ~np.isnan(fit_r[pick, best])
