@@ -9,7 +9,6 @@ import streamlit as st
 from explorer import data, db
 from index.measure import compare
 from index.measure.autolabel import RULE_SHARE
-from index.measure.explain import INTERPRETABLE
 
 PERCENT = st.column_config.NumberColumn(format="percent")
 
@@ -49,6 +48,25 @@ def rule_chart(by_layer: pd.DataFrame, title: str = "fraction passing the rule")
     return (bars + base.mark_errorbar().encode(y="ci_low:Q", y2="ci_high:Q")).properties(height=220)
 
 
+def curve_chart(curves: pd.DataFrame) -> alt.LayerChart:
+    """Each group's share of neurons with held-out score >= c, with its band, per view."""
+    base = alt.Chart(curves).encode(x=alt.X("cut:Q", title="score cut c"), color=alt.Color("group:N", title="group"),
+                                    strokeDash=alt.StrokeDash("view:N", title="view"))
+    band = base.mark_area(opacity=0.15).encode(y=alt.Y("low:Q", title="share with held-out score >= c"),
+                                               y2="high:Q")
+    line = base.mark_line().encode(y="share:Q", tooltip=["group", "view", "cut", alt.Tooltip("share:Q", format=".1%"),
+                                                          alt.Tooltip("low:Q", format=".1%"),
+                                                          alt.Tooltip("high:Q", format=".1%")])
+    return (band + line).properties(height=260)
+
+
+def difference_chart(diff: pd.DataFrame) -> alt.LayerChart:
+    base = alt.Chart(diff).encode(x=alt.X("cut:Q", title="score cut c"), color=alt.Color("view:N", title="view"))
+    band = base.mark_area(opacity=0.15).encode(y=alt.Y("low:Q", title="B minus A"), y2="high:Q")
+    zero = alt.Chart(pd.DataFrame({"y": [0]})).mark_rule(color="black").encode(y="y:Q")
+    return (band + base.mark_line().encode(y="difference:Q") + zero).properties(height=220)
+
+
 def share_histogram(best: pd.DataFrame) -> alt.Chart:
     return alt.Chart(best).mark_bar(opacity=0.55, binSpacing=0).encode(
         x=alt.X("top_share:Q", bin=alt.Bin(extent=[0, 1], step=0.05), title="best concept's share of the top examples"),
@@ -63,13 +81,28 @@ def show() -> None:
         return
     rule = float(st.session_state.get("compare-rule", RULE_SHARE))
     tables = db.read(data.db_path(), compare.compare_tables, groups, rule)
+    cut = tables["verdict_cut"].iloc[0]
     st.dataframe(compare.headline(tables), hide_index=True, column_config={
-        "frac_rule": PERCENT, "rule_ci_low": PERCENT, "rule_ci_high": PERCENT, "frac_heldout": PERCENT,
-        "heldout_ci_low": PERCENT, "heldout_ci_high": PERCENT, "frac_human_labeled": PERCENT})
+        "frac_rule": PERCENT, "rule_ci_low": PERCENT, "rule_ci_high": PERCENT, "frac_verdict": PERCENT,
+        "verdict_ci_low": PERCENT, "verdict_ci_high": PERCENT, "frac_human_labeled": PERCENT,
+        "mean_score": st.column_config.NumberColumn(format="%.3f")})
     st.caption(f"frac_rule: neurons whose top examples peak on one concept at least {rule:.0%} of the time "
-               f"(the paper's rule, automated by `solu autolabel`); frac_heldout: neurons whose explanation "
-               f"scores at least {INTERPRETABLE:g} on held-out records across their whole range. 95% Wilson "
-               "intervals.")
+               f"(the paper's rule, automated by `solu autolabel`); frac_verdict: neurons whose explanation holds "
+               f"at {cut.top_share:.0%} or more of their top examples and scores at least {cut.score:g} on "
+               f"held-out records across their whole range"
+               + (" (score cut calibrated on the blinded study's answers)" if cut.calibrated else "")
+               + "; mean_score: the mean held-out score. 95% Wilson intervals.")
+    if not tables["curves"].empty:
+        st.markdown("**The whole curve**: share of neurons with held-out score >= c for every c, with 95% "
+                    "hierarchical bootstrap bands (primary: SoLU before its LayerNorm; output: what the MLP "
+                    "writes out).")
+        st.altair_chart(curve_chart(tables["curves"]), width="stretch")
+        st.altair_chart(difference_chart(tables["curve_difference"]), width="stretch")
+        for sentence in tables["crossing"].sentence:
+            st.info(sentence)
+        st.caption("Mean held-out score (no score counts 0), with the same bootstrap; the last row of each view "
+                   "is B minus A.")
+        st.dataframe(tables["mean_score"], hide_index=True)
     diff = tables["group_difference"]
     if not diff.empty:
         st.caption("Group B minus group A, with a 95% hierarchical bootstrap interval (training runs, then "
@@ -90,8 +123,11 @@ def show() -> None:
         st.altair_chart(share_histogram(tables["best"]), width="stretch")
         st.dataframe(tables["concepts"], hide_index=True)
     if not tables["explanations"].empty:
-        st.altair_chart(rule_chart(tables["heldout_by_layer"], f"held-out score >= {INTERPRETABLE:g}"),
-                        width="stretch")
+        st.altair_chart(rule_chart(tables["verdict_by_layer"], "fraction interpretable (verdict)"), width="stretch")
+    if not tables["calibration"].empty:
+        st.caption("Agreement of the raters' answers with the automated measures: the held-out score's AUROC, "
+                   "Cohen's kappa of the verdict, and the score cut that agrees best, with its 95% interval.")
+        st.dataframe(tables["calibration"], hide_index=True)
     if not tables["relations"].empty:
         st.caption("Neuron relations per model: connections by virtual weight, the loss change of zeroing a "
                    "neuron at its top examples' max token, best matches in other models, and SoLU's LayerNorm "

@@ -25,7 +25,7 @@ def test_neurons_page_filters_to_a_concept(tmp_path, monkeypatch):
 def test_neuron_page_shows_the_explanation_and_marks_held_out_disagreements(tmp_path, monkeypatch):
     from explorer_fixtures import html_text
 
-    from index.measure.explain import INTERPRETABLE
+    from index.measure import verdict
 
     db = build_measure_db(tmp_path / "explained.duckdb", top_k=20)
     autolabel(db)
@@ -33,7 +33,7 @@ def test_neuron_page_shows_the_explanation_and_marks_held_out_disagreements(tmp_
     at = app_at("neuron", model="gelu-m", layer=0, neuron=1, site="post")
     no_exception(at)
     text = "\n".join(m.value for m in at.markdown)
-    assert "**people\\_count** (concept) · held-out score" in text and "interpretable at" in text
+    assert "**people\\_count** (concept) · held-out score" in text and "**interpretable**" in text
     assert "paper's rule: top share 1.00" in text and "not interpretable" not in text
     snippets = html_text(at)
     # neuron 1 fires on half of the people-count tokens: held-out windows show where the rule holds and it stays quiet
@@ -44,6 +44,7 @@ def test_neuron_page_shows_the_explanation_and_marks_held_out_disagreements(tmp_
     at.toggle(key="interpretable").set_value(True).run()
     no_exception(at)
     table = at.dataframe[0].value
-    assert len(table) >= 4 and (table.heldout_score >= INTERPRETABLE).all()
+    assert len(table) >= 4 and (table.heldout_score >= verdict.SCORE).all()
+    assert (table.explained_top_share >= verdict.TOP_SHARE).all()
     assert table.heldout_score.is_monotonic_decreasing
     assert set(table.explanation) <= {"base64", "people_count"}

@@ -33,12 +33,12 @@ def test_group_difference_per_layer_and_overall():
         for layer in (0, 1):
             for n in range(100):
                 passes = n < frac * 100
-                rows.append({"model_id": m, "layer": layer, "neuron": n, "top_share": 0.9 if passes else 0.1,
+                rows.append({"model_id": m, "layer": layer, "neuron": n, "top_share": 0.9 if passes else 0.6,
                              "score": 0.1 if passes else 0.9})
     df = pd.DataFrame(rows)
     diff = group_difference(df, df, [["a1", "a2"], ["b1", "b2"]], 0.8).set_index(["measure", "layer"])
     assert list(diff.index.get_level_values(1).unique()) == ["0", "1", "all"]
-    rule, held = diff.loc[("paper's rule", "all")], diff.loc[("held-out score", "all")]
+    rule, held = diff.loc[("paper's rule", "all")], diff.loc[("verdict", "all")]
     assert rule.difference == pytest.approx(0.3) and rule.diff_low > 0 and (rule.runs_a, rule.runs_b) == (2, 2)
     assert held.difference == pytest.approx(-0.3) and held.diff_high < 0
     assert "disagree" in disagreement(diff.reset_index())
@@ -56,9 +56,11 @@ def test_compare_groups_end_to_end(tmp_path, capsys):
     assert "# gelu-a, gelu-b vs solu-a, solu-b" in text and "hierarchical bootstrap" in text
     section = text[text.index("## The difference between the groups"):text.index("## Loss")]
     rows = [line for line in section.splitlines() if line.startswith("| ") and "| all |" in line]
-    assert len(rows) == 2 and {r.split(" | ")[0][2:] for r in rows} == {"paper's rule", "held-out score"}
+    assert len(rows) == 2 and {r.split(" | ")[0][2:] for r in rows} == {"paper's rule", "verdict"}
     assert all(r.split(" | ")[2:4] == ["2", "2"] for r in rows)  # two runs per group
-    assert (out / "heldout_scores.png").stat().st_size > 1000 and (out / "heldout_by_layer.png").exists()
+    assert (out / "heldout_scores.png").stat().st_size > 1000 and (out / "verdict_by_layer.png").exists()
+    assert (out / "score_curves.png").stat().st_size > 1000 and "### The whole curve" in text
+    assert "primary: " in text and "output: " in text  # a sentence on each view's curves
     assert main(["compare", "--db", str(db), "gelu-a,gelu-b", "solu-a,gelu-a", "--out", str(tmp_path / "x")]) == 2
     assert "appears twice" in capsys.readouterr().err
 
@@ -76,4 +78,5 @@ def test_an_index_from_before_explanations_compares_with_none():
     con.execute("INSERT INTO meta VALUES ('schema_version', '7')")
     con.execute("INSERT INTO models (model_id, act_fn) VALUES ('a', 'gelu'), ('b', 'solu_ln')")
     tables = compare_tables(con, [["a"], ["b"]])
-    assert tables["explanations"].empty and tables["heldout"].empty and tables["relations"].empty
+    assert tables["explanations"].empty and tables["verdict"].empty and tables["relations"].empty
+    assert tables["curves"].empty and tables["calibration"].empty

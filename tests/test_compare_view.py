@@ -29,9 +29,10 @@ def test_compare_section_shows_the_report_tables(scored_db):
     assert [s.value for s in at.multiselect] == [["gelu-m"], ["solu-m"]]
     headline = at.dataframe[0].value
     assert headline.model.tolist() == ["gelu-m", "solu-m"] and (headline.frac_rule == 0.25).all()
-    assert headline.frac_heldout.between(0, 1).all()
+    assert headline.frac_verdict.between(0, 1).all() and headline.mean_score.between(-1, 1).all()
     groups = [d.value for d in at.dataframe if "runs_a" in d.value.columns]
-    assert len(groups) == 1 and set(groups[0].measure) == {"paper's rule", "held-out score"}
+    assert len(groups) == 1 and set(groups[0].measure) == {"paper's rule", "verdict"}
+    assert any("leads at every cut" in i.value or "cross" in i.value for i in at.info)  # the curve's sentence
     assert any("neuron-to-neuron variation only" in c.value for c in at.caption)
     difference = [d.value for d in at.dataframe if "p_value" in d.value.columns]
     assert len(difference) == 1 and difference[0].layer.tolist() == ["0", "1", "all"]

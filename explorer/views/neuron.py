@@ -10,7 +10,8 @@ import streamlit as st
 
 from explorer import data, nav, render
 from explorer.nav import NEURON_PATH, Address
-from index.measure.explain import INTERPRETABLE, Rule, held_out
+from index.measure import verdict
+from index.measure.explain import Rule, held_out
 from solu.errors import UserError
 
 
@@ -170,10 +171,11 @@ def show_explanation(expl: pd.DataFrame, examples: pd.DataFrame, scale: float) -
         st.caption("No explanation yet: run `solu autolabel --db FILE`.")
         return
     e = expl.iloc[0]
-    verdict = "interpretable" if e.score >= INTERPRETABLE else "not interpretable"
-    st.markdown(f"**{render.md_escape(e.explanation)}** ({e.kind}) · held-out score **{e.score:.2f}** "
-                f"[{e.score_low:.2f}, {e.score_high:.2f}], {verdict} at {INTERPRETABLE:g} · paper's rule: "
-                f"top share {e.top_share:.2f} · sample share {e.sample_share:.2f} · fit score {e.fit_score:.2f}")
+    says = "interpretable" if verdict.interpretable(e.top_share, e.score) else "not interpretable"
+    st.markdown(f"**{render.md_escape(e.explanation)}** ({e.kind.replace('_', ' ')}) · held-out score "
+                f"**{e.score:.2f}** [{e.score_low:.2f}, {e.score_high:.2f}] · paper's rule: top share "
+                f"{e.top_share:.2f} · sample share {e.sample_share:.2f} · fit score {e.fit_score:.2f} · **{says}** "
+                f"(top share >= {verdict.TOP_SHARE:g} and held-out score >= {verdict.SCORE:g})")
     rule = Rule(e.kind, tuple(e.args))
     held = examples[held_out(examples.doc_id.to_numpy())] if not examples.empty else examples
     rows = []

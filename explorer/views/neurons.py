@@ -3,7 +3,7 @@ import streamlit as st
 
 from explorer import data, nav, render
 from explorer.nav import Address
-from index.measure.explain import INTERPRETABLE
+from index.measure import verdict
 from index.store.queries import SORTS
 
 PAGE_SIZE = 100
@@ -27,11 +27,13 @@ def filters(sites) -> dict:
     sort = f.selectbox("Sort by", list(SORTS), format_func=SORT_NAMES.get)
     descending = g.toggle("Descending", value=sort != "neuron")
     concept = concept_filter(h)
-    interpretable = st.toggle(f"Interpretable only (held-out score >= {INTERPRETABLE:g})", key="interpretable",
-                              help="neurons whose explanation, chosen on half of their records, predicts the "
-                                   "other half's activations with this correlation or more (`solu autolabel`)")
+    interpretable = st.toggle(f"Interpretable only (explanation at >= {verdict.TOP_SHARE:.0%} of the top examples, "
+                              f"held-out score >= {verdict.SCORE:g})", key="interpretable",
+                              help="neurons whose explanation, chosen on half of their records, holds at most of "
+                                   "their top examples and predicts the other half's activations with this "
+                                   "correlation or more (`solu autolabel`)")
     return dict(models=chosen, layers=layers, sites=site_pick, primary_only=not site_pick, search=search,
-                labeled=labeled, concept=concept, min_score=INTERPRETABLE if interpretable else None, sort=sort,
+                labeled=labeled, concept=concept, verdict=(verdict.TOP_SHARE, verdict.SCORE) if interpretable else None, sort=sort,
                 descending=descending)
 
 
@@ -57,6 +59,8 @@ def table(rows):
         "auto_label": st.column_config.TextColumn("automatic label"),
         "top_token": st.column_config.TextColumn("peak token"),
         "explanation": st.column_config.TextColumn("explanation"),
+        "explained_top_share": st.column_config.NumberColumn("top share", format="%.2f",
+                                                             help="share of the top examples the explanation holds at"),
         "heldout_score": st.column_config.NumberColumn("held-out score", format="%.2f"),
     }
     return st.dataframe(view, hide_index=True, column_config=config, on_select="rerun",

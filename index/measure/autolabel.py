@@ -211,12 +211,12 @@ def score_model(con, model_id: str, concepts: list[Concept], workers: int | None
     positions = read_positions(con, model_id, concepts)
     sample = read_sample(con, model_id, positions)
     ctx = Context.build(positions, sample, boot)
-    chunks = (read_chunk(con, model_id, positions, layer, ids) for layer, ids in parts)
+    chunks = (read_chunk(con, model_id, positions, site, layer, ids) for site, layer, ids in parts)
     measures, explained = [], []
     with tqdm(total=len(neurons), desc=f"autolabel {model_id}", unit="neuron", disable=not progress) as bar:
-        for (layer, ids), (measure, scored) in zip(parts, map_chunks(score_chunk, ctx, chunks, workers)):
+        for (site, layer, ids), (measure, scored) in zip(parts, map_chunks(score_chunk, ctx, chunks, workers)):
             measures.append(measure)
-            explained.append(explanation_rows(positions, scored, layer, ids))
+            explained.append(explanation_rows(positions, scored, site, layer, ids))
             bar.update(len(ids))
     run_id = latest_run(con, model_id)
     merged = {k: np.concatenate([m[k] for m in measures]) for k in measures[0]}
@@ -234,7 +234,7 @@ def score_model(con, model_id: str, concepts: list[Concept], workers: int | None
                              occurrences=occurrences[j])
               for j, c in enumerate(concepts)]
     scores = pd.concat(frames, ignore_index=True)[SCORE_COLUMNS].assign(run_id=run_id)
-    return scores, finish_explanations(explained, neurons, model_id, run_id)
+    return scores, finish_explanations(explained, model_id, run_id)
 
 
 SCORE_COLUMNS = ["model_id", "layer", "neuron", "site", "concept", "score", "top_share", "top_hits", "top_low",

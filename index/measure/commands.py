@@ -83,7 +83,7 @@ def _table(df) -> str:
 
 
 def cmd_autolabel(args) -> int:
-    from index.measure.explain import INTERPRETABLE
+    from index.measure import verdict
     from index.measure.autolabel import autolabel, resolve_concepts
     from index.measure.concepts import CONCEPTS
 
@@ -105,15 +105,17 @@ def cmd_autolabel(args) -> int:
               f"stands): {pairs}", file=sys.stderr)
     print(f"scores in concept_scores; a neuron whose best concept holds >= {args.threshold:.0%} of its top "
           f"examples carries an automatic label (source 'auto') to accept or reject in the app; explanations "
-          f"and their held-out scores in explanations (interpretable: score >= {INTERPRETABLE:g})")
+          f"and their held-out scores in explanations, at every site (interpretable: the explanation holds at "
+          f">= {verdict.TOP_SHARE:.0%} of the top examples and scores >= {verdict.SCORE:g} held out)")
     return 0
 
 
 def explained_table(db, models: list[str]):
-    """Per model: neurons whose explanation's held-out score reaches INTERPRETABLE, with a
-    95% Wilson interval, the median score and the most common kinds of explanation."""
-    from index.measure.compare import explanations, heldout_table
-    from index.measure.explain import INTERPRETABLE
+    """Per model: neurons the verdict calls interpretable (primary site), with a 95% Wilson
+    interval, the mean and median held-out score and the most common kinds of explanation."""
+    from index.measure import verdict
+    from index.measure.compare import explanations, primary, verdict_table
+    from index.measure.curves import curve_mean
     from index.store.connection import open_read
 
     con = open_read(db)
@@ -121,15 +123,18 @@ def explained_table(db, models: list[str]):
         expl = explanations(con, models)
     finally:
         con.close()
-    table = heldout_table(expl, models, by_layer=False)
-    kinds = (expl[expl.score >= INTERPRETABLE].groupby("model_id").kind.value_counts()
+    table = verdict_table(expl, models, False, verdict.SCORE)
+    expl = primary(expl)
+    means = expl.groupby("model_id").score.agg(curve_mean)
+    kinds = (expl[verdict.interpretable(expl.top_share, expl.score)].groupby("model_id").kind.value_counts()
              .groupby(level=0).apply(lambda s: ", ".join(f"{k[1]} {v}" for k, v in s.items())))
     return table.assign(
         interpretable=[f"{f:.1%} [{lo:.1%}, {hi:.1%}]" for f, lo, hi in zip(table.frac_passing, table.ci_low,
                                                                           table.ci_high)],
+        mean_score=table.model_id.map(means).map(lambda v: f"{v:.3f}" if v == v else "-"),
         median_score=table.median_score.map(lambda v: f"{v:.3f}" if v == v else "-"),
         kinds=table.model_id.map(kinds).fillna("-"))[["model_id", "neurons", "passing", "interpretable",
-                                                      "median_score", "kinds"]]
+                                                      "mean_score", "median_score", "kinds"]]
 
 
 def autolabel_table(summary):
@@ -161,7 +166,8 @@ def cmd_study_create(args) -> int:
 
 def cmd_study_summary(args) -> int:
     from index.store.connection import open_read
-    from index.measure.study import summary
+    from index.measure.study import calibrated, calibration, summary, summary_models
+    from index.measure.verdict import TOP_SHARE
 
     con = open_read(args.db)
     try:
@@ -171,6 +177,22 @@ def cmd_study_summary(args) -> int:
     for col in ("frac_interpretable", "ci_low", "ci_high"):
         df[col] = df[col].map(lambda v: f"{v:.3f}" if v == v else "-")
     print(_table(df))
+    con = open_read(args.db)
+    try:
+        models = sorted(set(summary_models(con, args.name)))
+        cal = calibration(con, models, args.name)
+    finally:
+        con.close()
+    if cal.empty:
+        print("no answer meets an explained neuron yet: run `solu autolabel` for the agreement with the raters")
+        return 0
+    row = cal.iloc[0]
+    print(f"agreement with the automated measures over {row['items']} answers ({row.yes} yes) on "
+          f"{row.neurons} neurons: held-out score AUROC {row.auroc:.3f}; default verdict (top share >= "
+          f"{TOP_SHARE:.0%}, score >= {row.default_cut:g}) kappa {row.kappa_default:.3f}, accepts "
+          f"{row.accepts_yes:.0%} of yes and {row.accepts_no:.0%} of no; best score cut {row.best_cut:g} "
+          f"[{row.best_cut_low:g}, {row.best_cut_high:g}], kappa {row.kappa_best:.3f}"
+          + ("" if calibrated(cal) else " (too few answers for compare to recalibrate)"))
     return 0
 
 

@@ -28,7 +28,7 @@ import pandas as pd
 
 from index.measure import study as study_mod
 from index.measure.autolabel import AUTHOR, RULE_SHARE
-from index.measure.explain import INTERPRETABLE
+from index.measure import curves, verdict
 from index.measure.intervals import newcombe, permutation_p, wilson
 from index.store.queries import explanations_source, has_table, require_models
 from solu.errors import UserError
@@ -166,21 +166,33 @@ def study_table(con, models: list[str]) -> pd.DataFrame:
 
 
 def explanations(con, models: list[str]) -> pd.DataFrame:
-    """Each primary-site neuron's explanation and held-out score (latest index run; empty
-    until `solu autolabel` has run)."""
-    return con.execute(f"""
-        SELECT e.model_id, e.layer, e.neuron, e.kind, e.explanation, e.score, e.score_low, e.score_high,
-               e.top_share, e.sample_share
+    """Each neuron's explanation and held-out score (latest index run; empty until `solu
+    autolabel` has run), at every site, with its view: 'primary' for the primary site and
+    'output' for the site the MLP writes out (SoLU's post_ln; a GELU model's one site is
+    both), so rows of a one-site model appear under both views."""
+    df = con.execute(f"""
+        SELECT e.model_id, e.layer, e.neuron, e.site, n.is_primary, e.kind, e.explanation, e.score, e.score_low,
+               e.score_high, e.top_share, e.sample_share
         FROM {explanations_source(con)} e JOIN neurons n USING (model_id, layer, neuron, site)
-        WHERE n.is_primary AND e.model_id IN {_in(models)} ORDER BY e.model_id, e.layer, e.neuron""", models).df()
+        WHERE e.model_id IN {_in(models)} ORDER BY e.model_id, e.layer, e.neuron, e.site""", models).df()
+    two_sites = set(df[~df.is_primary.astype(bool)].model_id)
+    output = df[~df.is_primary.astype(bool) | ~df.model_id.isin(two_sites)]
+    return pd.concat([df[df.is_primary.astype(bool)].assign(view="primary"), output.assign(view="output")],
+                     ignore_index=True)
 
 
-def heldout_table(expl: pd.DataFrame, models: list[str], by_layer: bool) -> pd.DataFrame:
-    """Per model (and layer), neurons whose held-out score reaches INTERPRETABLE, their
-    fraction with its 95% Wilson interval, and the median score (a neuron without a
-    score, dead or with no held-out record, counts as not passing)."""
-    return pass_table(expl.assign(passes=expl.score >= INTERPRETABLE), models, by_layer, "median_score",
-                      lambda g: g.score.median())
+def primary(expl: pd.DataFrame) -> pd.DataFrame:
+    return expl[expl.view == "primary"] if "view" in expl else expl
+
+
+def verdict_table(expl: pd.DataFrame, models: list[str], by_layer: bool, cut: float) -> pd.DataFrame:
+    """Per model (and layer), neurons the verdict calls interpretable (explanation at
+    verdict.TOP_SHARE of the top examples and held-out score >= cut), their fraction with
+    its 95% Wilson interval, and the median score (a neuron without a score, dead or with
+    no held-out record, counts as not passing). Primary site."""
+    rows = primary(expl)
+    return pass_table(rows.assign(passes=verdict.interpretable(rows.top_share, rows.score, cut)), models,
+                      by_layer, "median_score", lambda g: g.score.median())
 
 
 BOOTSTRAP = 4000
@@ -197,12 +209,15 @@ def hierarchical_interval(passing: list[np.ndarray], draws: int = BOOTSTRAP, see
     return hits.sum(axis=1) / np.maximum(n[runs].sum(axis=1), 1)
 
 
-def group_difference(best: pd.DataFrame, expl: pd.DataFrame, groups: list[list[str]], rule: float) -> pd.DataFrame:
-    """Group B minus group A in the fraction of neurons passing each measure, per shared
-    layer and over all layers, with a 95% hierarchical bootstrap interval."""
+def group_difference(best: pd.DataFrame, expl: pd.DataFrame, groups: list[list[str]], rule: float,
+                     cut: float = verdict.SCORE) -> pd.DataFrame:
+    """Group B minus group A in the fraction of neurons passing each measure (the paper's
+    rule, and the verdict at score cut `cut`), per shared layer and over all layers, with a
+    95% hierarchical bootstrap interval. Primary site."""
     a, b = groups
+    expl = primary(expl)
     measures = [("paper's rule", best.assign(passes=best.top_share >= rule)),
-                ("held-out score", expl.assign(passes=expl.score >= INTERPRETABLE))]
+                ("verdict", expl.assign(passes=verdict.interpretable(expl.top_share, expl.score, cut)))]
     out = []
     for name, df in measures:
         if df.empty:
@@ -230,13 +245,13 @@ def disagreement(diff: pd.DataFrame) -> str:
     rows = diff[diff.layer == "all"].set_index("measure")
     if len(rows) < 2:
         return ""
-    rule, held = rows.loc["paper's rule"], rows.loc["held-out score"]
+    rule, held = rows.loc["paper's rule"], rows.loc["verdict"]
     clear = [(r.diff_low > 0) or (r.diff_high < 0) for r in (rule, held)]
     if rule.difference * held.difference < 0 and any(clear):
         return (f"The two measures disagree: the paper's rule gives B minus A = {rule.difference:+.3f} "
-                f"[{rule.diff_low:+.3f}, {rule.diff_high:+.3f}], the held-out score {held.difference:+.3f} "
+                f"[{rule.diff_low:+.3f}, {rule.diff_high:+.3f}], the verdict {held.difference:+.3f} "
                 f"[{held.diff_low:+.3f}, {held.diff_high:+.3f}]; the rule reads only the top examples, the "
-                "held-out score each neuron's whole range.")
+                "verdict also each neuron's held-out range.")
     return ""
 
 
@@ -275,24 +290,40 @@ def relations_table(con, models: list[str]) -> pd.DataFrame:
     return base.merge(matched, on="model_id", how="left")
 
 
+def group_name(group: list[str]) -> str:
+    return ",".join(group)
+
+
 def compare_tables(con, groups: list[list[str]], rule: float = RULE_SHARE) -> dict[str, pd.DataFrame]:
     """Everything the report and the Models page show, by section, for groups A and B
-    (each a list of model ids: one model, or several training seeds)."""
+    (each a list of model ids: one model, or several training seeds). The verdict's score
+    cut is calibrated on the blinded study's answers when the index has enough of them."""
     models = [m for g in groups for m in g]
     check_models(con, models)
     best = best_concepts(con, models)
     expl = explanations(con, models)
+    calibration = study_mod.calibration(con, models)
+    cut = float(calibration.best_cut.iloc[0]) if study_mod.calibrated(calibration) else verdict.SCORE
     by_layer, overall = rule_table(best, models, rule, True), rule_table(best, models, rule, False)
     single = all(len(g) == 1 for g in groups)
-    diff = group_difference(best, expl, groups, rule)
+    diff = group_difference(best, expl, groups, rule, cut)
+    names = [group_name(g) for g in groups]
+    curve = curves.group_curves(expl[["model_id", "view", "score"]], dict(zip(names, groups)))
+    sentences = [f"{view}: {curves.crossing(rows, *names)}"
+                 for view, rows in curve["curve_difference"].groupby("view", sort=False)]
     return {
         "loss": loss_table(con, models), "sparsity": sparsity_table(con, models),
         "neuron_stats": neuron_stats(con, models), "best": best, "rule": overall, "rule_by_layer": by_layer,
         "rule_difference": (rule_difference(by_layer, overall, models) if single and not best.empty
                             else pd.DataFrame()),
-        "explanations": expl, "heldout": heldout_table(expl, models, False),
-        "heldout_by_layer": heldout_table(expl, models, True), "group_difference": diff,
+        "explanations": expl, "verdict": verdict_table(expl, models, False, cut),
+        "verdict_by_layer": verdict_table(expl, models, True, cut),
+        "verdict_cut": pd.DataFrame({"top_share": [verdict.TOP_SHARE], "score": [cut],
+                                     "calibrated": [study_mod.calibrated(calibration)]}),
+        "calibration": calibration, "group_difference": diff,
         "disagreement": pd.DataFrame({"sentence": [disagreement(diff)]}),
+        "curves": curve["curves"], "curve_difference": curve["curve_difference"], "mean_score": curve["mean_score"],
+        "crossing": pd.DataFrame({"sentence": sentences}),
         "concepts": concept_counts(best, rule), "labels": label_table(con, models),
         "relations": relations_table(con, models),
         "study": study_table(con, models),
@@ -303,7 +334,8 @@ def headline(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
     """One row per model: the numbers the paper's claim turns on."""
     stats, rule, labels, study = (tables["neuron_stats"], tables["rule"].set_index("model_id"),
                                   tables["labels"].set_index("model_id"), tables["study"])
-    held = tables["heldout"].set_index("model_id")
+    held = tables["verdict"].set_index("model_id")
+    expl = tables["explanations"]
     rows = []
     for r in tables["loss"].itertuples():
         mine = stats[stats.model_id == r.model_id]
@@ -313,9 +345,11 @@ def headline(tables: dict[str, pd.DataFrame]) -> pd.DataFrame:
                "frac_rule": rule.frac_passing.get(r.model_id, math.nan),
                "rule_ci_low": rule.ci_low.get(r.model_id, math.nan),
                "rule_ci_high": rule.ci_high.get(r.model_id, math.nan),
-               "frac_heldout": held.frac_passing.get(r.model_id, math.nan),
-               "heldout_ci_low": held.ci_low.get(r.model_id, math.nan),
-               "heldout_ci_high": held.ci_high.get(r.model_id, math.nan),
+               "frac_verdict": held.frac_passing.get(r.model_id, math.nan),
+               "verdict_ci_low": held.ci_low.get(r.model_id, math.nan),
+               "verdict_ci_high": held.ci_high.get(r.model_id, math.nan),
+               "mean_score": (curves.curve_mean(expl[(expl.model_id == r.model_id) & (expl.view == "primary")].score)
+                              if not expl.empty else math.nan),
                "frac_human_labeled": labels.frac_human_labeled.get(r.model_id, math.nan)}
         mine_study = study[study.model_id == r.model_id] if not study.empty else study
         if not mine_study.empty:

@@ -685,12 +685,12 @@ def map_chunks(fn, ctx: Context, chunks, workers: int | None = None):
 # ---------------------------------------------------------------- reading the index
 
 def read_positions(con, model_id: str, concepts: list[Concept]) -> Positions:
-    """Every position a model's primary-site windows and activation sample cover."""
+    """Every position a model's windows (at every site) and activation sample cover."""
     rows = con.execute("""
         WITH covered AS (
             SELECT e.doc_id, e.start_pos + i - 1 AS pos, e.tokens[i] AS token
-            FROM examples e JOIN neurons n USING (model_id, layer, neuron, site), range(1, len(e.tokens) + 1) r(i)
-            WHERE e.model_id = ? AND n.is_primary
+            FROM examples e, range(1, len(e.tokens) + 1) r(i)
+            WHERE e.model_id = ?
             UNION ALL SELECT doc_id, pos, token FROM tokens WHERE model_id = ?)
         SELECT doc_id, pos, any_value(token) AS token FROM covered GROUP BY doc_id, pos ORDER BY doc_id, pos""",
                        [model_id, model_id]).fetchnumpy()
@@ -710,19 +710,19 @@ def read_sample(con, model_id: str, positions: Positions) -> Sample:
     return Sample(row, np.asarray(record, np.int64).reshape(-1), held_out(unique[:, 0]), starts)
 
 
-def read_chunk(con, model_id: str, positions: Positions, layer: int, neurons: np.ndarray) -> Chunk:
-    """The windows and recorded activations of `neurons` (sorted) of one layer."""
+def read_chunk(con, model_id: str, positions: Positions, site: str, layer: int, neurons: np.ndarray) -> Chunk:
+    """The windows and recorded activations of `neurons` (sorted) of one layer at one site."""
     lo, hi = int(neurons[0]), int(neurons[-1])
     win = con.execute("""
         SELECT e.neuron, e.kind = 'top' AS top, e.doc_id, e.start_pos, e.acts
-        FROM examples e JOIN neurons n USING (model_id, layer, neuron, site)
-        WHERE e.model_id = ? AND n.is_primary AND e.layer = ? AND e.neuron BETWEEN ? AND ? AND len(e.acts) > 0
-        ORDER BY e.neuron, e.kind, e.band, e.rank""", [model_id, layer, lo, hi]).fetchnumpy()
+        FROM examples e
+        WHERE e.model_id = ? AND e.site = ? AND e.layer = ? AND e.neuron BETWEEN ? AND ? AND len(e.acts) > 0
+        ORDER BY e.neuron, e.kind, e.band, e.rank""", [model_id, site, layer, lo, hi]).fetchnumpy()
     rec = con.execute("""
         SELECT a.neuron, a.doc_id, a.pos, a.act
-        FROM activations a JOIN neurons n USING (model_id, layer, neuron, site)
-        WHERE a.model_id = ? AND n.is_primary AND a.layer = ? AND a.neuron BETWEEN ? AND ?""",
-                      [model_id, layer, lo, hi]).fetchnumpy()
+        FROM activations a
+        WHERE a.model_id = ? AND a.site = ? AND a.layer = ? AND a.neuron BETWEEN ? AND ?""",
+                      [model_id, site, layer, lo, hi]).fetchnumpy()
     acts = [np.asarray(a, np.float64) for a in win["acts"]]
     lengths = np.array([len(a) for a in acts], np.int64)
     peak = np.array([int(np.nanargmax(a)) if len(a) and not np.isnan(a).all() else 0 for a in acts], np.int64)
@@ -747,26 +747,26 @@ EXPLANATION_COLUMNS = ["model_id", "layer", "neuron", "site", "kind", "explanati
                        "held_tokens", "held_records", "run_id"]
 
 
-def chunk_plan(con, model_id: str, chunk: int = CHUNK) -> tuple[pd.DataFrame, list[tuple[int, np.ndarray]]]:
-    """A model's primary-site neurons, and (layer, neuron ids) chunks of at most `chunk`."""
-    neurons = con.execute("SELECT layer, neuron, site FROM neurons WHERE model_id = ? AND is_primary "
-                          "ORDER BY layer, neuron", [model_id]).df()
-    parts = [(int(layer), group.neuron.to_numpy(np.int64)[i:i + chunk])
-             for layer, group in neurons.groupby("layer", sort=True) for i in range(0, len(group), chunk)]
+def chunk_plan(con, model_id: str, chunk: int = CHUNK) -> tuple[pd.DataFrame, list[tuple[str, int, np.ndarray]]]:
+    """A model's neurons at every site (SoLU: pre_ln, the primary site, and post_ln), and
+    (site, layer, neuron ids) chunks of at most `chunk`, in the same order."""
+    neurons = con.execute("SELECT layer, neuron, site FROM neurons WHERE model_id = ? "
+                          "ORDER BY NOT is_primary, site, layer, neuron", [model_id]).df()
+    parts = [(str(site), int(layer), group.neuron.to_numpy(np.int64)[i:i + chunk])
+             for (site, layer), group in neurons.groupby(["site", "layer"], sort=False)
+             for i in range(0, len(group), chunk)]
     return neurons, parts
 
 
-def explanation_rows(positions: Positions, scored: pd.DataFrame, layer: int, ids: np.ndarray) -> pd.DataFrame:
-    """score_chunk's result as rows for `explanations` (without model, site and run)."""
+def explanation_rows(positions: Positions, scored: pd.DataFrame, site: str, layer: int,
+                     ids: np.ndarray) -> pd.DataFrame:
+    """score_chunk's result as rows for `explanations` (without model and run)."""
     rules = [positions.rule(k, i) if ok else None for k, i, ok in zip(scored.kind, scored.ids, scored.has_rule)]
     return scored.drop(columns=["ids", "has_rule"]).assign(
-        layer=layer, neuron=ids, kind=[r.kind if r else None for r in rules],
+        site=site, layer=layer, neuron=ids, kind=[r.kind if r else None for r in rules],
         explanation=[r.text if r else None for r in rules], args=[list(r.args) if r else None for r in rules])
 
 
-def finish_explanations(frames: list[pd.DataFrame], neurons: pd.DataFrame, model_id: str,
-                        run_id: str | None) -> pd.DataFrame:
+def finish_explanations(frames: list[pd.DataFrame], model_id: str, run_id: str | None) -> pd.DataFrame:
     out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=EXPLANATION_COLUMNS)
-    site = neurons.set_index(["layer", "neuron"]).site
-    out["site"] = site.loc[list(zip(out.layer, out.neuron))].to_numpy() if len(out) else []
     return out.assign(model_id=model_id, run_id=run_id)[EXPLANATION_COLUMNS]

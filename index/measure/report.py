@@ -12,7 +12,6 @@ import pandas as pd
 
 from index.measure.autolabel import RULE_SHARE, check_threshold
 from index.measure.compare import compare_tables, headline
-from index.measure.explain import INTERPRETABLE
 from index.store.connection import open_read
 from solu.errors import UserError
 
@@ -75,15 +74,38 @@ def plot_by_layer(by_layer: pd.DataFrame, models: list[str], title: str, path: P
     _save(fig, path)
 
 
-def plot_scores(expl: pd.DataFrame, models: list[str], path: Path) -> None:
+def plot_scores(expl: pd.DataFrame, models: list[str], cut: float, path: Path) -> None:
     fig, ax = _pyplot().subplots(figsize=(6.4, 3.6))
     bins = np.linspace(-0.2, 1, 25)
+    rows = expl[expl.view == "primary"]
     for m in models:
-        ax.hist(expl[expl.model_id == m].score.dropna().clip(-0.2, 1), bins=bins, alpha=0.55, label=m)
-    ax.axvline(INTERPRETABLE, color="k", linestyle="--", linewidth=1, label=f"interpretable >= {INTERPRETABLE:g}")
+        ax.hist(rows[rows.model_id == m].score.dropna().clip(-0.2, 1), bins=bins, alpha=0.55, label=m)
+    ax.axvline(cut, color="k", linestyle="--", linewidth=1, label=f"verdict's score cut {cut:g}")
     ax.set(xlabel="held-out score (correlation of predicted and actual activations)", ylabel="neurons",
-           title="Explanations scored on held-out records")
+           title="Explanations scored on held-out records (primary site)")
     ax.legend()
+    _save(fig, path)
+
+
+def plot_curves(curve: pd.DataFrame, diff: pd.DataFrame, path: Path) -> None:
+    """Left: each group's share of neurons with score >= c, with its seed-level band, per
+    view (solid: primary site; dashed: output site). Right: B minus A with its band."""
+    fig, (left, right) = _pyplot().subplots(1, 2, figsize=(12, 3.8))
+    colours = {}
+    for (view, group), rows in curve.groupby(["view", "group"], sort=False):
+        style = "-" if view == "primary" else "--"
+        line, = left.plot(rows.cut, rows.share, style, color=colours.get(group), label=f"{group} ({view})")
+        colours[group] = line.get_color()
+        left.fill_between(rows.cut, rows.low, rows.high, color=line.get_color(), alpha=0.15)
+    left.set(xlabel="score cut c", ylabel="share of neurons with held-out score >= c", ylim=(0, 1),
+             title="The whole curve (95% hierarchical bootstrap bands)")
+    left.legend(fontsize=8)
+    for view, rows in diff.groupby("view", sort=False):
+        line, = right.plot(rows.cut, rows.difference, "-" if view == "primary" else "--", label=view)
+        right.fill_between(rows.cut, rows.low, rows.high, color=line.get_color(), alpha=0.15)
+    right.axhline(0, color="k", linewidth=0.8)
+    right.set(xlabel="score cut c", ylabel="B minus A", title="Difference of the curves (95% band)")
+    right.legend(fontsize=8)
     _save(fig, path)
 
 
@@ -131,14 +153,44 @@ def rule_section(tables: dict[str, pd.DataFrame], models: list[str], rule: float
 def heldout_section(tables: dict[str, pd.DataFrame], images: dict[str, str]) -> list[str]:
     if tables["explanations"].empty:
         return ["No explanations for these models yet: run `solu autolabel --db FILE` first.\n"]
-    return [f"Each neuron's explanation (a concept, a set of tokens, a token after a token, or a piece of a "
-            f"word) is chosen on half of its records and scored on the other half (split by document): the "
-            f"correlation between the activation it predicts and the actual one over every held-out token of "
-            f"its top examples, interval samples, random samples and the activation sample. A neuron counts "
-            f"as interpretable at a score of {INTERPRETABLE:g} or more (calibrated on planted neurons: about "
-            f"half of the activation explained). Fractions with 95% Wilson intervals.\n",
-            markdown_table(tables["heldout"]), "Per layer:\n", markdown_table(tables["heldout_by_layer"]),
-            f"![held-out per layer]({images['heldout']})\n\n![held-out scores]({images['scores']})\n"]
+    cut = tables["verdict_cut"].iloc[0]
+    how = ("calibrated on the blinded study's answers (below)" if cut.calibrated else
+           "the default, chosen against blinded readers of demo neurons (docs: measuring interpretability)")
+    return [
+        "Each neuron's explanation (a concept, a set of tokens, a token after a token or two, a token at a line "
+        "end or start, after a token class or inside a concept, or a piece of a word) is chosen on half of its "
+        "records and scored on the other half (split by document): the correlation between the activation it "
+        "predicts and the actual one over every held-out token of its top examples, interval samples, random "
+        "samples and the activation sample.\n",
+        "### The whole curve\n",
+        "Share of neurons whose held-out score is at least c, for every c from 0 to 1, per group, with 95% "
+        "hierarchical bootstrap bands (training runs, then neurons, resampled). The primary view reads SoLU "
+        "before its LayerNorm (pre_ln), as the paper does; the output view reads what each MLP writes out "
+        "(SoLU's post_ln; a GELU model's one site is both).\n",
+        *[f"- {s}\n" for s in tables["crossing"].sentence],
+        f"\n![curves]({images['curves']})\n",
+        "The threshold-free headline, the mean held-out score (a neuron without a score counts 0), with the "
+        "same bootstrap:\n", markdown_table(tables["mean_score"], 4),
+        "### The verdict\n",
+        f"A neuron is interpretable when its explanation holds at the peak of at least "
+        f"{cut.top_share:.0%} of its top examples (the paper's rule, read with the explanation) and its "
+        f"held-out score is at least {cut.score:g}: {how}. Primary site; fractions with 95% Wilson "
+        "intervals.\n",
+        markdown_table(tables["verdict"]), "Per layer:\n", markdown_table(tables["verdict_by_layer"]),
+        f"![verdict per layer]({images['heldout']})\n\n![held-out scores]({images['scores']})\n"]
+
+
+def calibration_section(tables: dict[str, pd.DataFrame]) -> list[str]:
+    cal = tables["calibration"]
+    if cal.empty:
+        return ["No study answers on these models' explained neurons: the verdict keeps its default cuts.\n"]
+    row = cal.iloc[0]
+    used = ("Compare uses the best cut above." if tables["verdict_cut"].calibrated.iloc[0] else
+            "Too few answers to recalibrate (at least 20, with 5 yes and 5 no): compare keeps the default cut.")
+    return ["Agreement between the raters' answers ('yes' against 'no' or 'unsure') and the automated measures: "
+            "the held-out score's AUROC, Cohen's kappa of the default verdict, the share of yes and of no it "
+            "accepts, and the score cut whose verdict agrees best (kappa) with a 95% bootstrap interval over "
+            f"answers. {used}\n", markdown_table(cal)]
 
 
 def difference_section(tables: dict[str, pd.DataFrame], groups: list[list[str]]) -> list[str]:
@@ -166,14 +218,15 @@ def render_markdown(tables: dict[str, pd.DataFrame], groups: list[list[str]], ru
              "blinded human rating) at little cost in loss. Measured here on one index.\n",
              "## Summary\n", markdown_table(headline(tables)),
              f"frac_rule: share of primary-site neurons whose top examples peak on one concept at least "
-             f"{rule:.0%} of the time, with its 95% interval (rule_ci_low, rule_ci_high); frac_heldout: share "
-             f"whose explanation scores at least {INTERPRETABLE:g} on held-out records.\n",
+             f"{rule:.0%} of the time, with its 95% interval (rule_ci_low, rule_ci_high); frac_verdict: share "
+             f"the verdict calls interpretable (below); mean_score: the mean held-out score.\n",
              "## The difference between the groups\n", *difference_section(tables, groups),
              "## Loss\n", markdown_table(tables["loss"], 4),
              "## Activation sparsity (primary site, per layer)\n", markdown_table(tables["sparsity"], 4),
              f"![sparsity]({images['sparsity']})\n", "## The paper's rule, automated\n"]
     parts += rule_section(tables, models, rule, images)
     parts += ["## Explanations scored on held-out records\n", *heldout_section(tables, images)]
+    parts += ["## Calibration against the blinded study\n", *calibration_section(tables)]
     parts += ["## Neuron relations\n",
               "Connections by virtual weight (`solu index`), the loss change of zeroing a neuron at its top "
               "examples' max token (`solu index --ablation on`), each neuron's best match in the other models "
@@ -207,7 +260,8 @@ def write_report(db: str | Path, groups: list[list[str]], out: str | Path, rule:
     except OSError as e:
         raise UserError(f"cannot create {out}: {e.strerror or e}") from None
     images = {"sparsity": "sparsity.png", "rule": "rule_by_layer.png", "best": "best_share.png",
-              "study": "study.png", "heldout": "heldout_by_layer.png", "scores": "heldout_scores.png"}
+              "study": "study.png", "heldout": "verdict_by_layer.png", "scores": "heldout_scores.png",
+              "curves": "score_curves.png"}
     fresh = [out / name for name in [*images.values(), "report.md"] if not (out / name).exists()]
     try:
         return _write_files(tables, groups, rule, out, images)
@@ -233,10 +287,13 @@ def _write_files(tables: dict, groups: list[list[str]], rule: float, out: Path, 
         images["study"] = names["study"]
         plot_study(tables["study"], out / images["study"])
     if not tables["explanations"].empty:
-        images |= {"heldout": names["heldout"], "scores": names["scores"]}
-        plot_by_layer(tables["heldout_by_layer"], models,
-                      f"Held-out score >= {INTERPRETABLE:g} (95% CI)", out / images["heldout"])
-        plot_scores(tables["explanations"], models, out / images["scores"])
+        images |= {"heldout": names["heldout"], "scores": names["scores"], "curves": names["curves"]}
+        cut = tables["verdict_cut"].iloc[0]
+        plot_by_layer(tables["verdict_by_layer"], models,
+                      f"Interpretable: top share >= {cut.top_share:g}, score >= {cut.score:g} (95% CI)",
+                      out / images["heldout"])
+        plot_scores(tables["explanations"], models, float(cut.score), out / images["scores"])
+        plot_curves(tables["curves"], tables["curve_difference"], out / images["curves"])
     report = out / "report.md"
     report.write_text(render_markdown(tables, groups, rule, images), encoding="utf-8")
     return report

@@ -157,6 +157,10 @@ def latest_answers(con, study: str) -> pd.DataFrame:
                                    ORDER BY created_at DESC, answer_id DESC) = 1""", [study]).df()
 
 
+def summary_models(con, study: str) -> list[str]:
+    return list(_settings(con, study)[0])
+
+
 def summary(con, study: str) -> pd.DataFrame:
     """Unblinded: per model, answers, yes/no/unsure, fraction interpretable and its 95% CI."""
     models, _, _, _ = _settings(con, study)
@@ -173,3 +177,39 @@ def summary(con, study: str) -> pd.DataFrame:
                      "answers": n, "yes": yes, "no": int(counts.get("no", 0)), "unsure": int(counts.get("unsure", 0)),
                      "frac_interpretable": yes / n if n else math.nan, "ci_low": lo, "ci_high": hi})
     return pd.DataFrame(rows)
+
+
+MIN_ANSWERS = 20  # a calibration needs this many answers, with at least MIN_EACH yes and MIN_EACH no
+MIN_EACH = 5
+
+
+def calibration(con, models: list[str], study: str | None = None) -> pd.DataFrame:
+    """Agreement between raters and the automated measures (index.measure.verdict.calibrate)
+    over every latest answer on these models' neurons (of one study, or of all): one row,
+    or none when no answer meets an explanation. Each rater's answer is one observation;
+    'unsure' counts as not yes."""
+    from index.measure.verdict import calibrate
+    from index.store.queries import explanations_source, has_table
+
+    if not has_table(con, "study_answers"):
+        return pd.DataFrame()
+    names = [study] if study else list(studies(con).study)
+    answers = pd.concat([latest_answers(con, s) for s in names], ignore_index=True) if names else pd.DataFrame()
+    if answers.empty:
+        return pd.DataFrame()
+    answers = answers[answers.model_id.isin(models)]
+    expl = con.execute(f"SELECT model_id, layer, neuron, site, top_share, score FROM {explanations_source(con)}").df()
+    rated = answers.merge(expl, on=ITEM_COLUMNS, how="inner")
+    if rated.empty:
+        return pd.DataFrame()
+    found = calibrate(rated.top_share.to_numpy(), rated.score.to_numpy(), (rated.answer == "yes").to_numpy())
+    return pd.DataFrame([{"studies": ", ".join(sorted(set(rated.study))), "raters": rated.rater.nunique(),
+                          "neurons": len(rated[ITEM_COLUMNS].drop_duplicates()), **found}])
+
+
+def calibrated(table: pd.DataFrame) -> bool:
+    """Whether a calibration has enough answers to set the verdict's score cut."""
+    if table.empty:
+        return False
+    row = table.iloc[0]
+    return bool(row["items"] >= MIN_ANSWERS and MIN_EACH <= row["yes"] <= row["items"] - MIN_EACH)

@@ -69,11 +69,11 @@ def explanations_source(con) -> str:
 
 def _table_filters(models_: list | None, layers: list | None, sites_: list | None, primary_only: bool,
                    search: str, labeled: str, concept: str | None = None,
-                   min_score: float | None = None) -> tuple[str, list]:
+                   verdict: tuple[float, float] | None = None) -> tuple[str, list]:
     where, params = ["TRUE"], []
-    if min_score is not None:
-        where.append("x.score >= ?")
-        params.append(float(min_score))
+    if verdict is not None:
+        where.append("x.top_share >= ? AND x.score >= ?")
+        params += [float(v) for v in verdict]
     if concept:
         where.append("a.label = ? AND coalesce(a.status, '') <> 'rejected'")
         params.append(concept)
@@ -103,23 +103,25 @@ def _table_filters(models_: list | None, layers: list | None, sites_: list | Non
 
 def neuron_table(con, *, models: list | None = None, layers: list | None = None, sites: list | None = None,
                  primary_only: bool = True, search: str = "", labeled: str = "any", concept: str | None = None,
-                 min_score: float | None = None, sort: str = "max_act", descending: bool = True, limit: int = 100,
+                 verdict: tuple[float, float] | None = None, sort: str = "max_act", descending: bool = True, limit: int = 100,
                  offset: int = 0) -> pd.DataFrame:
     """A page of the neuron table; the `total` column counts every matching row. `concept`
-    keeps the neurons whose automatic label (not rejected) is that concept, `min_score`
-    those whose explanation's held-out score reaches it."""
+    keeps the neurons whose automatic label (not rejected) is that concept, `verdict` =
+    (top share, score) those whose explanation holds at that share of the top examples and
+    whose held-out score reaches that score (index.measure.verdict's cuts)."""
     if sort not in SORTS:
         raise ValueError(f"unknown sort {sort!r}; choose one of {', '.join(SORTS)}")
     if labeled not in LABEL_FILTERS:
         raise ValueError(f"unknown label filter {labeled!r}")
     where, params = _table_filters(models, layers, sites, primary_only, search.strip(), labeled, concept,
-                                   min_score)
+                                   verdict)
     order = ", ".join(f"{c} {'DESC' if descending else 'ASC'} NULLS LAST" for c in SORTS[sort].split(", "))
     return con.execute(f"""
         SELECT n.model_id, n.layer, n.neuron, n.site, n.max_act, n.frac_active AS density, n.mean_act,
                n.max_tokens[1] AS top_token, nullif(h.label, '') AS label,
                CASE WHEN coalesce(a.status, '') <> 'rejected' THEN a.label END AS auto_label,
-               a.score AS auto_score, x.explanation, x.score AS heldout_score, count(*) OVER () AS total
+               a.score AS auto_score, x.explanation, x.top_share AS explained_top_share, x.score AS heldout_score,
+               count(*) OVER () AS total
         FROM neurons n {_current('human', 'h')} {_current('auto', 'a')}
         LEFT JOIN {explanations_source(con)} x USING (model_id, layer, neuron, site)
         WHERE {where}
