@@ -101,3 +101,60 @@ def test_reindex_keeps_studies_and_answers(db, tmp_path):
     replace_database(fresh, db)
     assert read(db, study.studies).study.tolist() == ["pilot"]
     assert len(read(db, study.latest_answers, "pilot")) == 1
+
+
+def test_a_sheet_shows_every_kind_of_window_and_nothing_that_names_the_model(db, tmp_path, capsys):
+    from solu.cli import main
+
+    out = tmp_path / "ana.md"
+    assert main(["study", "sheet", "--db", str(db), "pilot", "--rater", "ana", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.count("## Neuron ") == 10 and "Top examples:" in text and "|10]" in text
+    for secret in ("gelu", "solu", "layer", "L0", "L1"):
+        assert secret not in text.lower().replace("layernorm", ""), secret
+    assert main(["study", "sheet", "--db", str(db), "pilot", "--rater", "ana", "--out", str(out)]) == 2
+    assert "already exists" in capsys.readouterr().err
+
+
+def test_answers_from_a_csv_follow_the_raters_sheet_order(db, tmp_path, capsys):
+    from solu.cli import main
+
+    queue = read(db, study.rater_queue, "pilot", "ana")
+    rows = ["item,answer,label"] + [f"{i},{'yes' if m == 'solu-m' else 'no'},r{i}"
+                                    for i, m in zip(queue.item, queue.model_id)]
+    answers = tmp_path / "a.csv"
+    answers.write_text("\n".join(rows) + "\n")
+    assert main(["study", "answer", "--db", str(db), "pilot", "--rater", "ana", "--file", str(answers)]) == 0
+    summary = read(db, study.summary, "pilot").set_index("model_id")
+    assert summary.yes.to_dict() == {"gelu-m": 0, "solu-m": 5}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("item,answer\n1,yes\n99,no\n")
+    assert main(["study", "answer", "--db", str(db), "pilot", "--rater", "ben", "--file", str(bad)]) == 2
+    assert "no item 99" in capsys.readouterr().err
+    assert read(db, study.latest_answers, "pilot").rater.tolist().count("ben") == 0  # nothing half-recorded
+
+
+def test_summary_and_compare_calibrate_on_answers_that_follow_a_rule(tmp_path, capsys):
+    """A rater who says yes exactly where the held-out score is at least 0.5 (and the
+    explanation holds at the top): summary reports the agreement, and compare uses the
+    calibrated cut and says so."""
+    from index.measure.autolabel import autolabel
+    from index.measure.verdict import interpretable
+    from solu.cli import main
+
+    path = build_measure_db(tmp_path / "cal.duckdb", top_k=20, d_mlp=16)
+    autolabel(path)
+    study.create_study(path, "cal", ["gelu-m", "solu-m"], per_model=32, seed=1)
+    expl = read(path, lambda con: con.execute("SELECT model_id, layer, neuron, top_share, score "
+                                              "FROM explanations").df()).set_index(["model_id", "layer", "neuron"])
+    while (item := read(path, study.next_item, "cal", "ana")) is not None:
+        row = expl.loc[(item["model_id"], item["layer"], item["neuron"])]
+        yes = bool(interpretable(row.top_share, row.score, 0.5))
+        study.record_answer(path, "cal", "ana", item, "yes" if yes else "no")
+    assert main(["study", "summary", "--db", str(path), "cal"]) == 0
+    out = capsys.readouterr().out
+    assert "agreement with the automated measures over 64 answers" in out and "kappa 1.000" in out
+    report = tmp_path / "r"
+    assert main(["compare", "--db", str(path), "gelu-m", "solu-m", "--out", str(report)]) == 0
+    text = (report / "report.md").read_text()
+    assert "calibrated on the blinded study's answers" in text and "## Calibration against the blinded study" in text

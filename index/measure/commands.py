@@ -37,7 +37,21 @@ def register(sub) -> None:
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--snippets", type=int, default=20, help="top snippets shown per neuron (default 20)")
     c.set_defaults(func=cmd_study_create)
-    s = ssub.add_parser("summary", help="unblind: fraction interpretable per model with a 95%% CI")
+    h = ssub.add_parser("sheet", help="write a rater's blinded sheet (markdown) for rating offline")
+    h.add_argument("--db", required=True, type=Path)
+    h.add_argument("name")
+    h.add_argument("--rater", required=True, help="the rater's name: the sheet is in their own order")
+    h.add_argument("--out", required=True, type=Path, help="the sheet's file (a new file; --force replaces one)")
+    h.add_argument("--force", action="store_true", help="replace --out if it exists")
+    h.set_defaults(func=cmd_study_sheet)
+    w = ssub.add_parser("answer", help="record a rater's answers from a CSV of item,answer[,label] (sheet numbers)")
+    w.add_argument("--db", required=True, type=Path)
+    w.add_argument("name")
+    w.add_argument("--rater", required=True)
+    w.add_argument("--file", required=True, type=Path, help="CSV with a header: item,answer[,label]")
+    w.set_defaults(func=cmd_study_answer)
+    s = ssub.add_parser("summary", help="unblind: fraction interpretable per model with a 95%% CI, and the "
+                                        "agreement of the answers with the automated measures")
     s.add_argument("--db", required=True, type=Path)
     s.add_argument("name")
     s.set_defaults(func=cmd_study_summary)
@@ -161,6 +175,40 @@ def cmd_study_create(args) -> int:
     finally:
         con.close()
     print(f"study {args.name!r}: {n} neurons from {len(set(args.models))} models; rate them on the app's Study page")
+    return 0
+
+
+def cmd_study_sheet(args) -> int:
+    from index.measure.study import sheet_text
+    from index.store.connection import open_read
+    from solu.outputs import check_out_file, write_text
+
+    if not args.rater.strip():
+        raise UserError("--rater needs a name")
+    check_out_file(args.out, "--out", force=args.force, inputs=(args.db,))
+    con = open_read(args.db)
+    try:
+        text = sheet_text(con, args.name, args.rater.strip())
+    finally:
+        con.close()
+    write_text(args.out, text, "--out")
+    print(f"sheet for {args.rater.strip()!r} written to {args.out}; answer with "
+          f"`solu study answer --db {args.db} {args.name!r} --rater {args.rater.strip()!r} --file ANSWERS.csv`")
+    return 0
+
+
+def cmd_study_answer(args) -> int:
+    import csv
+
+    from index.measure.study import import_answers
+
+    try:
+        with open(args.file, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"cannot read {args.file}: {e}") from None
+    n = import_answers(args.db, args.name, args.rater, rows)
+    print(f"{n} answers of {args.rater.strip()!r} recorded in study {args.name!r}")
     return 0
 
 

@@ -109,11 +109,13 @@ def crossing(diff: pd.DataFrame, name_a: str, name_b: str) -> str:
     if (sign >= 0).all() or (sign <= 0).all():
         leader = name_b if (sign >= 0).all() else name_a
         return f"{leader} leads at every cut from {cuts[0]:.2f} to {cuts[-1]:.2f}; {tail}"
+    nonzero = sign != 0
+    sign, at = sign[nonzero], cuts[nonzero]
     changes = np.flatnonzero(np.diff(sign) != 0)
-    where = ", ".join(f"{cuts[i]:.2f}-{cuts[i + 1]:.2f}" for i in changes if sign[i] != 0 and sign[i + 1] != 0)
+    where = ", ".join(f"{at[i]:.2f}-{at[i + 1]:.2f}" for i in changes)
     below = name_b if sign[0] > 0 else name_a
-    return (f"The curves cross (between cuts {where or 'where one side ties'}): {below} leads at the lowest "
-            f"cuts, the other side above; {tail}")
+    return (f"The curves cross (between cuts {where}): {below} leads at the lowest cuts, the other side "
+            f"above{' them' if len(changes) == 1 else ', and they cross again'}; {tail}")
 
 
 def _ranges(cuts: np.ndarray) -> str:

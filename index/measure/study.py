@@ -7,6 +7,10 @@ names the model: no model id, no layer or neuron number, activations scaled to t
 neuron's own maximum. The question is the paper's: does one rule explain 80% or more
 of the strongest firings? (yes / no / unsure, and an optional label.)
 
+Raters who work offline get the same thing as a blinded sheet (`solu study sheet`: top
+examples, interval samples and random samples, as the neuron page shows them) and hand
+back their answers by item number (`solu study answer`).
+
 Answers are stored per rater, append-only; a rater's latest answer for a neuron counts.
 `summary` unblinds: per model, the fraction of answers that are "yes" (unsure counts as
 not yes) with a 95% Wilson interval. Every rater's answer is one observation, so with
@@ -19,6 +23,7 @@ import random
 import re
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 from index.measure.intervals import wilson
@@ -213,3 +218,92 @@ def calibrated(table: pd.DataFrame) -> bool:
         return False
     row = table.iloc[0]
     return bool(row["items"] >= MIN_ANSWERS and MIN_EACH <= row["yes"] <= row["items"] - MIN_EACH)
+
+
+# ---------------------------------------------------------------- sheets for raters who work offline
+
+SHEET_CONTEXT = (16, 4)  # tokens shown before and after each window's strongest token
+
+
+def blinded_windows(con, item: dict, snippets: int) -> pd.DataFrame:
+    """What the neuron page shows of an item, blinded: its top examples (up to `snippets`),
+    every interval sample and its random samples, activations divided by the neuron's
+    largest top activation."""
+    df = con.execute("""
+        SELECT kind, band, rank, tokens, acts, max_pos, max_act FROM examples
+        WHERE model_id = ? AND layer = ? AND neuron = ? AND site = ? AND len(tokens) > 0
+          AND (kind <> 'top' OR rank < ?)
+        ORDER BY CASE kind WHEN 'top' THEN 0 WHEN 'interval' THEN 1 ELSE 2 END, band DESC, rank""",
+                     [item["model_id"], int(item["layer"]), int(item["neuron"]), item["site"], snippets]).df()
+    top = df[df.kind == "top"]
+    scale = max(float(top.max_act.max()), 1e-12) if not top.empty else 1.0
+    df["acts"] = [[float(a) / scale for a in acts] for acts in df.acts]
+    return df.drop(columns=["max_act"])
+
+
+def _shown(token: str) -> str:
+    return token.replace("\n", "⏎").replace("\t", "⇥").replace("`", "'")
+
+
+def window_text(tokens, acts, peak: int, context: tuple[int, int] = SHEET_CONTEXT) -> str:
+    """Tokens around the peak; a token firing at 10% of the neuron's max or more is shown
+    as [token|k] with k its activation in tenths of the max (10 = the max)."""
+    lo, hi = max(0, peak - context[0]), min(len(tokens), peak + context[1] + 1)
+    parts = []
+    for t, a in zip(tokens[lo:hi], acts[lo:hi]):
+        level = int(round(10 * a)) if a == a else 0
+        parts.append(f"[{_shown(t)}|{level}]" if level >= 1 else _shown(t))
+    return "".join(parts)
+
+
+def sheet_text(con, study: str, rater: str) -> str:
+    """A blinded sheet of the study for one rater, in their own order: per item its top
+    examples, interval samples and random samples, as the neuron page shows them, and
+    nothing that names the model, the layer or the neuron."""
+    _, _, seed, snippets = _settings(con, study)
+    items = rater_order(study_items(con, study), rater, seed)
+    lines = [f"# Study sheet: {len(items)} neurons", "",
+             f"For each neuron answer: {QUESTION} (yes / no / unsure), and name the rule in a few words.",
+             "Each line is a window of text around the token where the neuron fired most; [token|k] marks a "
+             "token firing at k tenths of the neuron's largest activation (⏎ is a newline).", ""]
+    for item in items.to_dict("records"):
+        lines += [f"## Neuron {item['item']}", ""]
+        windows = blinded_windows(con, item, snippets)
+        for kind, title in (("top", "Top examples"), ("interval", "Interval samples (strongest band first)"),
+                            ("random", "Random samples")):
+            rows = windows[windows.kind == kind]
+            if rows.empty:
+                continue
+            lines.append(f"{title}:")
+            for r in rows.itertuples():
+                tokens, acts = list(r.tokens), list(r.acts)
+                peak = int(np.nanargmax(acts)) if kind != "top" else int(r.max_pos)
+                lines.append(f"- `{window_text(tokens, acts, peak)}`")
+            lines.append("")
+    return "\n".join(lines) + "\n"
+
+
+def import_answers(db: str | Path, study: str, rater: str, rows: list[dict]) -> int:
+    """Record a rater's answers by item number of their sheet (rows of item, answer and an
+    optional label); everything is checked before the first answer is written."""
+    con = open_read(db)
+    try:
+        _, _, seed, _ = _settings(con, study)
+        items = rater_order(study_items(con, study), rater.strip(), seed).set_index("item")
+    finally:
+        con.close()
+    checked = []
+    for n, row in enumerate(rows, start=1):
+        try:
+            number = int(str(row.get("item", "")).strip())
+        except ValueError:
+            raise UserError(f"answers row {n}: item must be a number, got {row.get('item')!r}") from None
+        answer = str(row.get("answer", "")).strip().lower()
+        if number not in items.index:
+            raise UserError(f"answers row {n}: the sheet has no item {number} (1-{len(items)})")
+        if answer not in ANSWERS:
+            raise UserError(f"answers row {n}: answer must be one of {', '.join(ANSWERS)}, got {answer!r}")
+        checked.append((items.loc[number][ITEM_COLUMNS].to_dict(), answer, str(row.get("label") or "")))
+    for item, answer, label in checked:
+        record_answer(db, study, rater, item, answer, label)
+    return len(checked)
