@@ -6,7 +6,7 @@ as it writes each line, the tokens every planted neuron fires on, so the answers
 not come from the rule definitions under test:
 
 * `line_end`: the "." that ends a line (prose also has a "." inside a line);
-* `line_start`: "So" as the first token of a line, indented or not (" so" inside lines);
+* `line_start`: "So" as the first token of a line, indented or not (" so" and " So" inside lines);
 * `after_class`: ":" after a capitalised field name (`key:` and `ratio:` do not count);
 * `context2`: " people" after " number of" (not after " lots of", nor " cats" after it);
 * `in_concept`: "20" inside a copyright line (not "20" in "in 2019 we");
@@ -45,7 +45,7 @@ def _line(rng: random.Random) -> tuple[list[str], dict[str, list[int]]]:
         first = rng.choice(["So", "It"])
         indent = ["  "] if rng.random() < 0.4 else []
         toks = indent + [first] + [rng.choice(WORDS) for _ in range(rng.randint(1, 3))] + ["."]
-        toks += [" so"] + [rng.choice(WORDS) for _ in range(rng.randint(1, 3))]
+        toks += [rng.choice([" so", " So"])] + [rng.choice(WORDS) for _ in range(rng.randint(1, 3))]
         toks += [" NASA", " sat", "."] if rng.random() < 0.3 else ["."]
         marks["line_start"] = [len(indent)] if first == "So" else []
         marks["line_end"] = [len(toks) - 1]

@@ -33,8 +33,8 @@ def test_group_difference_per_layer_and_overall():
         for layer in (0, 1):
             for n in range(100):
                 passes = n < frac * 100
-                rows.append({"model_id": m, "layer": layer, "neuron": n, "top_share": 0.9 if passes else 0.6,
-                             "score": 0.1 if passes else 0.9})
+                rows.append({"model_id": m, "layer": layer, "neuron": n, "top_share": 0.9 if passes else 0.78,
+                             "score": 0.0 if passes else 0.9})
     df = pd.DataFrame(rows)
     diff = group_difference(df, df, [["a1", "a2"], ["b1", "b2"]], 0.8).set_index(["measure", "layer"])
     assert list(diff.index.get_level_values(1).unique()) == ["0", "1", "all"]

@@ -9,7 +9,7 @@ import pytest
 from index.measure.concepts import CONCEPTS
 from index.measure.autolabel import score_model
 from index.measure.explain import Rule, held_out, words
-from index.measure.verdict import interpretable
+from index.measure.verdict import TOP_SHARE, interpretable
 
 INTERPRETABLE = 0.6  # a high held-out score, for the tests of the score itself
 from index.store.connection import open_read
@@ -62,23 +62,25 @@ def test_random_neurons_score_near_zero(planted):
 
 
 def test_the_verdict_separates_the_purity_ladder(planted):
-    """A base64 neuron putting 60% or more of its activation on base64 is interpretable:
-    base64 holds at most of its top examples and predicts its held-out range. At 50% or
-    less, base64 is still its explanation (down to 40%) but holds at a minority of its top
-    examples, so the verdict says no however well the rule correlates."""
+    """A base64 neuron putting 80% or more of its activation on base64 is interpretable:
+    base64 holds at the peak of most of its top examples (TOP_SHARE) and predicts its
+    held-out range. At 60% or less base64 is still its explanation, and it still
+    correlates with the range (score 0.44-0.74), but it holds at a minority of the top
+    examples, so the verdict says no."""
     ladder = planted[1].iloc[4 + N_RANDOM:]
-    assert (ladder.explanation.iloc[:-1] == "base64").all(), ladder.explanation.tolist()
+    assert (ladder.explanation == "base64").all(), ladder.explanation.tolist()
     verdict = dict(zip(PURITIES, interpretable(ladder.top_share, ladder.score)))
-    assert verdict == {q: q >= 0.6 for q in PURITIES}, ladder[["top_share", "score"]].to_dict("list")
-    assert ladder.score.iloc[:-1].is_monotonic_decreasing
+    assert verdict == {q: q >= 0.8 for q in PURITIES}, ladder[["top_share", "score"]].to_dict("list")
+    assert ladder.score.is_monotonic_decreasing and (ladder.score > 0.4).all()
 
 
 def test_an_explanation_absent_from_the_top_examples_cannot_pass():
     """A dense neuron somewhat more active on base64 everywhere, whose top examples peak
-    elsewhere: base64 correlates with its range, yet it is not interpretable."""
-    top_share, score = np.array([0.0, 0.1, 0.45]), np.array([0.5, 0.45, 0.9])
+    elsewhere: base64 correlates with its range, yet it is not interpretable; one that
+    holds at the top but predicts nothing held out is not either."""
+    top_share, score = np.array([0.0, 0.1, 0.45, 1.0]), np.array([0.5, 0.45, 0.9, 0.0])
     assert not interpretable(top_share, score).any()
-    assert interpretable(np.array([0.5, 1.0]), np.array([0.9, 0.9])).all()
+    assert interpretable(np.array([TOP_SHARE, 1.0]), np.array([0.9, 0.9])).all()
 
 
 @pytest.fixture(scope="module")

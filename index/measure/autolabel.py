@@ -1,7 +1,7 @@
 """Automatic concept labels: which rule explains each neuron's strongest firings.
 
-Three measurements per (neuron, concept), from what the index stored, at the neuron's
-primary site. Each answers its own question:
+Three measurements per (neuron, concept), from what the index stored, at each of the
+neuron's sites (labels read the primary site). Each answers its own question:
 
 * top_share, the score (primary): does one rule explain the strongest firings? The
   share of the neuron's top-K examples (its K strongest documents) whose max token is

@@ -2,13 +2,15 @@
 the SoLU paper's claim, measured on an index.
 
 Loss (does SoLU cost much?), activation sparsity (density and kurtosis of each neuron's
-activations), and two measures of interpretability, both from `solu autolabel`, per
-model and layer with 95% Wilson intervals:
+activations), and the measures of interpretability, all from `solu autolabel`:
 
 * the paper's rule automated: the fraction of neurons whose top examples peak on one
   concept at least 80% of the time (it reads only the top of each neuron's range);
-* the held-out measure: the fraction of neurons whose explanation scores at least
-  explain.INTERPRETABLE on held-out records across the whole range.
+* the held-out score as a whole curve (index.measure.curves): the share of neurons whose
+  explanation scores at least c on held-out records, for every c, and the mean score,
+  at the primary site and at the site the MLP writes out;
+* the verdict (index.measure.verdict): explanation at the top and held-out score at its
+  cut, the cut recalibrated on the blinded study's answers when the index has them.
 
 The difference between the groups (B minus A) comes with a 95% interval from a
 hierarchical bootstrap that resamples training runs within each group and then neurons

@@ -85,6 +85,7 @@ def _regex_spans(pattern, group: int = 0) -> Callable[[str], Spans]:
 
 _B64_RUN = re.compile(r"(?<![\w+/])[A-Za-z0-9+/]{16,}={0,2}(?![\w+/=])")
 _B64_WORD = re.compile(r"[A-Z]?[a-z]{3,}")
+_B64_NEXT_LINE = re.compile(r"\r?\n[A-Za-z0-9+/]{4,}={0,2}(?![\w+/=])")
 
 
 def _char_class(c: str) -> str:
@@ -110,7 +111,27 @@ def looks_base64(run: str) -> bool:
 
 
 def find_base64(text: str) -> Spans:
-    return [m.span() for m in _B64_RUN.finditer(text) if looks_base64(m.group())]
+    """Base64 runs; a line break between two runs of one block (a PEM body, a MIME part)
+    belongs to the block, so a neuron that fires there fires inside base64."""
+    spans = []
+    for m in _B64_RUN.finditer(text):
+        if looks_base64(m.group()):
+            more = _B64_NEXT_LINE.match(text, m.end())  # the block goes on (its next line may be cut short)
+            spans.append((m.start(), more.end() if more else m.end()))
+    return _join(spans, text, ("", "\n", "\r\n"))
+
+
+def _join(spans: Spans, text: str, gaps: tuple[str, ...] | None) -> Spans:
+    """Sorted spans with the gaps between them merged where the gap's text is one of `gaps`
+    (None: any whitespace)."""
+    joined: Spans = []
+    for start, end in spans:
+        gap = text[joined[-1][1]:start] if joined else None
+        if gap is not None and (not gap.strip() if gaps is None else gap in gaps):
+            joined[-1] = (joined[-1][0], max(end, joined[-1][1]))
+        else:
+            joined.append((start, end))
+    return joined
 
 
 # ---------------------------------------------------------------- hexadecimal and numbers
@@ -240,6 +261,22 @@ def find_copyright(text: str) -> Spans:
     return [m.span() for m in _COPYRIGHT.finditer(text)]
 
 
+_LICENSE_MARK = re.compile(
+    r"\b(?:licen[cs]ed?|licen[cs]es|warrant(?:y|ies)|merchantability|fitness for a particular purpose|"
+    r"permission is hereby granted|redistribut(?:e|ion)|liab(?:le|ility)|all rights reserved|"
+    r"free software foundation|general public license|provided (?:by the copyright holders )?\W?as is\b)",
+    re.IGNORECASE)
+_PARAGRAPH = re.compile(r"[^\n]*\S[^\n]*(?:\n[^\n]*\S[^\n]*)*")
+
+
+def find_license(text: str) -> Spans:
+    """Licence text: a paragraph (lines up to a blank line) that names a licence, a
+    warranty, liability, redistribution, "all rights reserved" or "as is", as in the GPL,
+    MIT and BSD notices at the top of source files and in copyright files; the blank lines
+    between two such paragraphs belong to the notice."""
+    return _join([m.span() for m in _PARAGRAPH.finditer(text) if _LICENSE_MARK.search(m.group())], text, None)
+
+
 def find_urls(text: str) -> Spans:
     """http(s)/ftp/file URLs and www. addresses, without trailing sentence punctuation."""
     spans = []
@@ -350,6 +387,8 @@ CONCEPTS: dict[str, Concept] = {c.name: c for c in (
     Concept("caps_prose", "running text in capitals: four or more capitalised words, as in THE SOFTWARE IS PROVIDED",
             find_caps_prose),
     Concept("copyright", "a line stating a copyright: it holds Copyright, (c) or ©", find_copyright),
+    Concept("license", "licence text: a paragraph naming a licence, a warranty, liability or redistribution",
+            find_license),
     Concept("url", "an http(s)/ftp/file URL or a www. address", find_urls),
     Concept("punctuation", "punctuation and ASCII symbols, not an apostrophe in a word or a decimal point", find_punctuation),
 )}

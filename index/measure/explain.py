@@ -1,27 +1,32 @@
 """Explanations scored on held-out records across each neuron's whole activation range.
 
 The paper's rule reads only the top of a neuron's range; a neuron whose top examples are
-base64 but which fires as strongly on other text passes it. Here each primary-site neuron
-gets an explanation chosen on one half of what the index holds about it and a score on
-the other half, in the spirit of OpenAI's simulation scoring without a language model:
+base64 but which fires as strongly on other text passes it. Here each neuron, at every
+site the index holds (SoLU: before and after its LayerNorm), gets an explanation chosen
+on one half of what the index holds about it and a score on the other half, in the
+spirit of OpenAI's simulation scoring without a language model:
 
 * Records. The neuron's windows (top examples, interval samples of every band, random
   samples: tokens with their activations) and the activation sample's segments (every
   token of the sampled text; activations above the index threshold are recorded, the
   others count as 0). A hash of the record's doc_id puts every record of a document on
   the fit split or the held-out split (`held_out`), so the two never share a document.
-* Explanations, a family of rules over a token and its neighbours (`Rule`): a concept
-  detector or user regex; a token rule (the token, compared case- and
-  space-insensitively, is one of 1-3 given tokens: the peak tokens most frequent in the
-  fit top examples); a context rule (a given token right after a given token); a word
-  rule (the token is a piece of a given word of two or more tokens). A rule predicts a
-  token's activation as its indicator times the mean activation where it held on the
-  fit split. The explanation is the candidate whose prediction correlates best with
-  the activations of the fit records.
+* Explanations, a family of rules over a token and its neighbours (`Rule`, `RuleKind`):
+  a concept detector or user regex; a token rule (the token, compared case- and
+  space-insensitively, is one of 1-2 given tokens); a token after a given token, or after
+  two; a piece of a given word; a token at a line end or a line start; a token after a
+  token class (a newline, a number, punctuation, a capitalised word); a token inside a
+  concept (a digit inside a copyright line). Candidates come from the peaks of the fit
+  top examples. A rule predicts a token's activation as its indicator times the mean
+  activation where it held on the fit split.
+* Choice. Among the candidates that hold at the peak of at least the verdict's share of
+  the fit top examples (and correlate positively), the one whose prediction correlates
+  best with the fit records' activations; when none does, the best over all candidates.
 * Score. The correlation (Pearson) between predicted and actual activations over every
   token of the held-out records, with a 95% bootstrap interval that resamples held-out
   records (Poisson weights). A sparse neuron that fires only where its rule holds scores
   near 1; one that fires as strongly where it does not scores low; a random one near 0.
+  index.measure.verdict turns the score and the top share into the verdict.
 
 Scoring runs a chunk of neurons at a time (memory stays flat as the index grows) on a
 pool of processes (every core).
@@ -44,14 +49,15 @@ class RuleKind(IntEnum):
     """A rule's kind. Kinds 1-7 read one feature column of Positions.features (column
     kind - 1); CONCEPT reads a concept bit; IN_CONCEPT a concept bit and the token."""
     CONCEPT = 0      # a concept detector or user regex holds at the token
-    TOKENS = 1       # the token is one of 1-3 given tokens
+    TOKENS = 1       # the token is one of 1-2 given tokens
     CONTEXT = 2      # a given token right after a given token
     WORD = 3         # the token is a piece of a given word of two or more tokens
     LINE_END = 4     # a given token ending a line (the next token starts a new line)
     LINE_START = 5   # a given token starting a line (the first non-blank token after a newline)
     AFTER_CLASS = 6  # a given token right after a newline, a number, punctuation or a capitalised word
     CONTEXT2 = 7     # a given token right after two given tokens
-    IN_CONCEPT = 8   # a given token where a concept holds (a digit inside a copyright line)
+    EXACT = 8        # the token is one of 1-2 given tokens, case kept ("Test", not "test")
+    IN_CONCEPT = 9   # a given token where a concept holds (a digit inside a copyright line)
 
     @property
     def label(self) -> str:
@@ -59,13 +65,13 @@ class RuleKind(IntEnum):
 
 
 N_KINDS = len(RuleKind)
-N_FEATURES = 7  # feature columns: one per kind from TOKENS to CONTEXT2
-MAX_TOKENS = 3  # a token rule holds at most this many tokens
+N_FEATURES = 8  # feature columns: one per kind from TOKENS to EXACT
 BOOTSTRAP = 200
 CHUNK = 256  # neurons scored together
 # An explanation is chosen, on the fit records, among the candidates that account for at
 # least the verdict's share of the neuron's fit top examples when any does.
 TOP_PREFERENCE = TOP_SHARE
+NEAR_BEST = 0.5  # ... and whose fit score is at least half of the best candidate's
 CLASSES = ("newline", "number", "punctuation", "capitalised word")  # what AFTER_CLASS reads before a token
 _SEED = 0x5EED
 
@@ -77,6 +83,11 @@ def held_out(doc_id) -> np.ndarray:
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
     return ((x ^ (x >> np.uint64(31))) & np.uint64(1)).astype(bool)
+
+
+def exact(token: str) -> str:
+    """A token as exact rules compare it: without surrounding space, case kept."""
+    return token.strip() or token
 
 
 def normalise(token: str) -> str:
@@ -168,6 +179,8 @@ class Rule:
             return self.args[0]
         if kind == RuleKind.TOKENS:
             return " / ".join(q)
+        if kind == RuleKind.EXACT:
+            return " / ".join(q) + " (case kept)"
         if kind == RuleKind.CONTEXT:
             return f"{q[1]} after {q[0]}"
         if kind == RuleKind.WORD:
@@ -195,6 +208,8 @@ class Rule:
             return self._concept(a).mask(tokens)
         if kind == RuleKind.TOKENS:
             return np.array([n in a for n in norm], dtype=bool)
+        if kind == RuleKind.EXACT:
+            return np.array([exact(t) in a for t in tokens], dtype=bool)
         if kind == RuleKind.CONTEXT:
             return token_is & np.array([i > 0 and norm[i - 1] == a[0] for i in range(len(norm))], dtype=bool)
         if kind == RuleKind.WORD:
@@ -216,7 +231,7 @@ class Rule:
 @dataclass
 class Positions:
     """Every (doc_id, pos) that a model's records cover, sorted, with what rules read:
-    a feature id per position for each kind from TOKENS to CONTEXT2 (column kind - 1;
+    a feature id per position for each kind from TOKENS to EXACT (column kind - 1;
     -1 where it has none) and concept bits. Features and concepts are read on the
     longest known stretch of consecutive positions, so a window sees the context the
     index holds around it."""
@@ -229,6 +244,7 @@ class Positions:
     word_names: list[str]
     concept_names: list[str]
     concept_patterns: list[str | None]  # a user regex's pattern; None for a built-in detector
+    exact_names: list[str]  # the EXACT column's ids: tokens without surrounding space, case kept
 
     def find(self, doc: np.ndarray, pos: np.ndarray) -> np.ndarray:
         """Row of each (doc, pos); every one must be present."""
@@ -257,6 +273,8 @@ class Positions:
             return Rule(kind.label, self._concept_args(ids[0]))
         if kind == RuleKind.TOKENS:
             return Rule(kind.label, tuple(names[i] for i in ids))
+        if kind == RuleKind.EXACT:
+            return Rule(kind.label, tuple(self.exact_names[i] for i in ids))
         if kind == RuleKind.WORD:
             return Rule(kind.label, (self.word_names[ids[0]],))
         if kind in (RuleKind.LINE_END, RuleKind.LINE_START):
@@ -322,13 +340,16 @@ def build_positions(doc: np.ndarray, pos: np.ndarray, token: list[str], concepts
                                     return_inverse=True) if has_word.any() else ([], np.zeros(0, np.int64))
     word_id = np.full(n, -1, np.int64)
     word_id[has_word] = np.asarray(inverse).reshape(-1)
+    exact_names, exact_id = (np.unique(np.array([exact(t) for t in token], dtype=object), return_inverse=True)
+                             if n else ([], np.zeros(0)))
     columns = [token_id, pair_id, word_id, np.where(at_end, token_id, -1), np.where(at_start, token_id, -1),
-               class_id, context2_id]
+               class_id, context2_id, np.asarray(exact_id, np.int64).reshape(-1)]
     features = np.stack(columns, axis=1) if n else np.zeros((0, N_FEATURES), np.int64)
     return Positions(doc, pos, features.astype(np.int64), bits, [str(t) for t in token_names],
                      {RuleKind.CONTEXT - 1: pairs, RuleKind.AFTER_CLASS - 1: classes,
                       RuleKind.CONTEXT2 - 1: contexts2},
-                     [str(w) for w in word_names], [c.name for c in concepts], [c.pattern for c in concepts])
+                     [str(w) for w in word_names], [c.name for c in concepts], [c.pattern for c in concepts],
+                     [str(t) for t in exact_names])
 
 
 # ---------------------------------------------------------------- a chunk of neurons
@@ -400,7 +421,7 @@ def _lookup(table, record: np.ndarray, kind: np.ndarray, ids: np.ndarray) -> np.
     total = np.zeros((len(kind), len(record)), dtype=np.float64)
     for j in range(ids.shape[1]):
         i = ids[:, j]
-        use = (i >= 0) & ((kind == RuleKind.TOKENS) | (j == 0))
+        use = (i >= 0) & ((kind == RuleKind.TOKENS) | (kind == RuleKind.EXACT) | (j == 0))
         key = (record[None, :] * N_KINDS + kind[:, None]) * span + np.maximum(i, 0)[:, None]
         at = np.minimum(np.searchsorted(values, key), len(values) - 1) if len(values) else np.zeros_like(key)
         found = (values[at] == key) if len(values) else np.zeros(key.shape, bool)
@@ -440,8 +461,10 @@ def _top_ids(neuron: np.ndarray, ids: np.ndarray, n: int, k: int) -> np.ndarray:
 
 def candidates(positions: Positions, chunk: Chunk, fit_win: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Each neuron's candidate rules, kind (N, M) and ids (N, M, 3): every concept, and for
-    each other kind the ids most frequent at its fit top examples' peaks (1-3 token sets,
-    three (concept, token) pairs, one of each other kind). Unusable candidates have ids -1."""
+    each other kind the ids most frequent at its fit top examples' peaks: token sets of
+    the most frequent peak token alone or with the second or the third (a set of three
+    unrelated tokens reads to people as no rule), three (concept, token) pairs, and one of
+    each other kind. Unusable candidates have ids -1."""
     n, n_concepts = chunk.n, positions.bits.shape[1]
     peaks = chunk.win_top & fit_win
     neuron, rows = chunk.win_neuron[peaks], chunk.win_peak[peaks]
@@ -453,15 +476,16 @@ def candidates(positions: Positions, chunk: Chunk, fit_win: np.ndarray) -> tuple
 
     for c in range(n_concepts):
         add(RuleKind.CONCEPT, np.full((n, 1), c))
-    tops = _top_ids(neuron, positions.features[rows, 0], n, MAX_TOKENS)
-    for k in range(1, MAX_TOKENS + 1):
-        chosen = np.where(np.arange(MAX_TOKENS)[None, :] < k, tops, -1)
-        chosen[(tops[:, k - 1] < 0)] = -1  # the set of k tokens exists only if the k-th does
-        add(RuleKind.TOKENS, chosen)
+    for kind in (RuleKind.TOKENS, RuleKind.EXACT):  # the most frequent peak token, alone or with the 2nd or 3rd
+        tops = _top_ids(neuron, positions.features[rows, kind - 1], n, 3)
+        for other in (None, 1, 2):
+            chosen = tops[:, [0] if other is None else [0, other]]
+            chosen = np.where((chosen >= 0).all(axis=1, keepdims=True), chosen, -1)
+            add(kind, chosen)
     for kind in range(RuleKind.CONTEXT, RuleKind.CONTEXT2 + 1):
         add(RuleKind(kind), _top_ids(neuron, positions.features[rows, kind - 1], n, 1))
     r, in_concept = _in_concept_ids(positions, rows)  # a token often lies in several concepts: try three
-    for found in _top_ids(neuron[r], in_concept, n, MAX_TOKENS).T:
+    for found in _top_ids(neuron[r], in_concept, n, 3).T:
         add(RuleKind.IN_CONCEPT, found[:, None])
     return np.stack(kinds, axis=1), np.stack(ids, axis=1)
 
@@ -495,10 +519,11 @@ def fit_top_share(positions: Positions, chunk: Chunk, fit_win: np.ndarray, kinds
 
 def choose(fit_r: np.ndarray, top_share: np.ndarray) -> np.ndarray:
     """Each neuron's explanation: the candidate with the best fit score among those that
-    account for at least TOP_PREFERENCE of its fit top examples (and correlate positively),
-    or among all when none does."""
+    account for at least TOP_PREFERENCE of its fit top examples and whose fit score is
+    positive and at least NEAR_BEST of the best candidate's, or among all when none is."""
     valid = ~np.isnan(fit_r)
-    preferred = valid & (fit_r > 0) & (top_share >= TOP_PREFERENCE)
+    best = np.where(valid, fit_r, -np.inf).max(axis=1, keepdims=True)
+    preferred = valid & (fit_r > 0) & (fit_r >= NEAR_BEST * best) & (top_share >= TOP_PREFERENCE)
     pool = np.where(preferred.any(axis=1, keepdims=True), preferred, valid)
     return np.where(pool.any(axis=1), np.argmax(np.where(pool, fit_r, -np.inf), axis=1), 0)
 

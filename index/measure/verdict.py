@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-TOP_SHARE = 0.5
-SCORE = 0.3
+TOP_SHARE = 0.75
+SCORE = 0.05
 CUTS = np.round(np.arange(0, 1.0001, 0.01), 2)  # the score cuts a calibration tries
 BOOTSTRAP = 1000
 
