@@ -277,6 +277,23 @@ def find_license(text: str) -> Spans:
     return _join([m.span() for m in _PARAGRAPH.finditer(text) if _LICENSE_MARK.search(m.group())], text, None)
 
 
+_PATH = re.compile(r"(?<![\w/.:-])(?:/|\./|~/)?(?:[\w.*+-]+/)+[\w.*+-]*(?![\w/])")
+
+
+def find_paths(text: str) -> Spans:
+    """File paths: two or more names joined by "/" (usr/share/doc, debian/*, ./setup.py,
+    /etc/hosts, doc/images/), not a URL's path and not a fraction (1/2)."""
+    urls = find_urls(text)
+    found = [m.span() for m in _PATH.finditer(text)
+             if re.search(r"[A-Za-z_*]", m.group()) and re.search(r"[\w*]/[\w*]", m.group())]
+    return _outside(found, urls)
+
+
+def find_strings(text: str) -> Spans:
+    """The inside of a quoted string on one line: 'abc', "abc" (the quotes included)."""
+    return [m.span() for m in _STRING.finditer(text)]
+
+
 def find_urls(text: str) -> Spans:
     """http(s)/ftp/file URLs and www. addresses, without trailing sentence punctuation."""
     spans = []
@@ -390,6 +407,8 @@ CONCEPTS: dict[str, Concept] = {c.name: c for c in (
     Concept("license", "licence text: a paragraph naming a licence, a warranty, liability or redistribution",
             find_license),
     Concept("url", "an http(s)/ftp/file URL or a www. address", find_urls),
+    Concept("path", "a file path: names joined by / (usr/share/doc, debian/*, ./setup.py)", find_paths),
+    Concept("string", "a quoted string on one line, quotes included: 'abc', \"abc\"", find_strings),
     Concept("punctuation", "punctuation and ASCII symbols, not an apostrophe in a word or a decimal point", find_punctuation),
 )}
 

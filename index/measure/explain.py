@@ -19,9 +19,10 @@ spirit of OpenAI's simulation scoring without a language model:
   concept (a digit inside a copyright line). Candidates come from the peaks of the fit
   top examples. A rule predicts a token's activation as its indicator times the mean
   activation where it held on the fit split.
-* Choice. Among the candidates that hold at the peak of at least the verdict's share of
-  the fit top examples (and correlate positively), the one whose prediction correlates
-  best with the fit records' activations; when none does, the best over all candidates.
+* Choice (`choose`). Among the candidates that hold at the peak of at least the
+  verdict's share of the fit top examples and correlate with the fit records nearly as
+  well as the best one, the one that holds at the most fit top examples; when none does,
+  the one whose prediction correlates best with the fit records' activations.
 * Score. The correlation (Pearson) between predicted and actual activations over every
   token of the held-out records, with a 95% bootstrap interval that resamples held-out
   records (Poisson weights). A sparse neuron that fires only where its rule holds scores
@@ -518,14 +519,18 @@ def fit_top_share(positions: Positions, chunk: Chunk, fit_win: np.ndarray, kinds
 
 
 def choose(fit_r: np.ndarray, top_share: np.ndarray) -> np.ndarray:
-    """Each neuron's explanation: the candidate with the best fit score among those that
-    account for at least TOP_PREFERENCE of its fit top examples and whose fit score is
-    positive and at least NEAR_BEST of the best candidate's, or among all when none is."""
+    """Each neuron's explanation, on the fit records. The preferred candidates hold at the
+    peak of at least TOP_PREFERENCE of its fit top examples and have a positive fit score
+    of at least NEAR_BEST of the best candidate's; among them the one that holds at the
+    most fit top examples wins (a rule a reader would give for the top), the fit score
+    breaking ties. When none is preferred, the best fit score wins."""
     valid = ~np.isnan(fit_r)
     best = np.where(valid, fit_r, -np.inf).max(axis=1, keepdims=True)
     preferred = valid & (fit_r > 0) & (fit_r >= NEAR_BEST * best) & (top_share >= TOP_PREFERENCE)
-    pool = np.where(preferred.any(axis=1, keepdims=True), preferred, valid)
-    return np.where(pool.any(axis=1), np.argmax(np.where(pool, fit_r, -np.inf), axis=1), 0)
+    some = preferred.any(axis=1, keepdims=True)
+    key = np.where(some, 4 * np.round(np.nan_to_num(top_share), 2) + fit_r, fit_r)  # |fit_r| <= 1 < a 0.25 step
+    pool = np.where(some, preferred, valid)
+    return np.where(pool.any(axis=1), np.argmax(np.where(pool, key, -np.inf), axis=1), 0)
 
 
 def score_chunk(positions: Positions, sample: Sample, chunk: Chunk, fit_table, held_table,
