@@ -528,7 +528,7 @@ def choose(fit_r: np.ndarray, top_share: np.ndarray) -> np.ndarray:
     best = np.where(valid, fit_r, -np.inf).max(axis=1, keepdims=True)
     preferred = valid & (fit_r > 0) & (fit_r >= NEAR_BEST * best) & (top_share >= TOP_PREFERENCE)
     some = preferred.any(axis=1, keepdims=True)
-    key = np.where(some, 4 * np.round(np.nan_to_num(top_share), 2) + fit_r, fit_r)  # |fit_r| <= 1 < a 0.25 step
+    key = np.where(some, 100 * np.round(np.nan_to_num(top_share), 2) + fit_r, fit_r)  # top share first
     pool = np.where(some, preferred, valid)
     return np.where(pool.any(axis=1), np.argmax(np.where(pool, key, -np.inf), axis=1), 0)
 
