@@ -15,6 +15,7 @@ import pandas as pd
 
 GRID = np.round(np.linspace(0, 1, 101), 2)
 DRAWS = 2000
+TIE = 0.005  # shares closer than half a point count as level when telling who leads
 _BINS = 2001  # scores in [-1, 1] to 0.001
 
 
@@ -87,17 +88,18 @@ def group_curves(scores: pd.DataFrame, groups: dict[str, list[str]], draws: int 
     cat = (lambda frames, cols: pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=cols))
     return {"curves": cat(curves, ["view", "group", "runs", "cut", "share", "low", "high"]),
             "curve_difference": cat(diffs, ["view", "cut", "difference", "low", "high"]),
-            "mean_score": pd.DataFrame(means, columns=["view", "group", "runs", "neurons", "mean_score", "low", "high"])}
+            "mean_score": pd.DataFrame(means, columns=["view", "group", "runs", "neurons", "mean_score", "low", "high"]
+                                     ).astype({"runs": "Int64", "neurons": "Int64"})}
 
 
 def crossing(diff: pd.DataFrame, name_a: str, name_b: str) -> str:
     """One sentence on a difference curve (one view): whether one side leads at every cut
-    where either has neurons, or where the curves cross, and where the lead is clear (the
-    95% interval excludes 0)."""
+    where either has neurons (level within TIE allowed), or where the curves cross, and
+    where the lead is clear (the 95% interval excludes 0)."""
     live = diff[(diff.difference.abs() > 1e-9) | (diff.low < -1e-9) | (diff.high > 1e-9)]
     if live.empty:
         return f"{name_a} and {name_b} have the same share at every cut."
-    sign = np.sign(live.difference.to_numpy())
+    sign = np.where(live.difference.abs() >= TIE, np.sign(live.difference), 0.0)
     cuts = live.cut.to_numpy()
     clear_b = cuts[live.low.to_numpy() > 0]
     clear_a = cuts[live.high.to_numpy() < 0]
@@ -106,6 +108,8 @@ def crossing(diff: pd.DataFrame, name_a: str, name_b: str) -> str:
         if len(at):
             clear.append(f"{name}'s lead is clear (95% interval excludes 0) at {_ranges(at)}")
     tail = ("; ".join(clear) if clear else "no cut has an interval that excludes 0") + "."
+    if not sign.any():
+        return f"{name_a} and {name_b} are level (within {TIE:.1%}) at every cut; {tail}"
     if (sign >= 0).all() or (sign <= 0).all():
         leader = name_b if (sign >= 0).all() else name_a
         return f"{leader} leads at every cut from {cuts[0]:.2f} to {cuts[-1]:.2f}; {tail}"

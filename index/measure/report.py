@@ -21,6 +21,8 @@ def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
         return "_none_\n"
 
     def cell(v) -> str:
+        if v is pd.NA:
+            return "-"
         if isinstance(v, (float, np.floating)):
             return "-" if math.isnan(v) else f"{v:.{digits}f}"
         if isinstance(v, (list, tuple, np.ndarray)):
