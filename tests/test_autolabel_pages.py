@@ -48,3 +48,35 @@ def test_neuron_page_shows_the_explanation_and_marks_held_out_disagreements(tmp_
     assert (table.explained_top_share >= verdict.TOP_SHARE).all()
     assert table.heldout_score.is_monotonic_decreasing
     assert set(table.explanation) <= {"base64", "people_count"}
+
+
+def test_a_solu_post_ln_page_shows_its_own_explanation(tmp_path, monkeypatch):
+    """autolabel explains both SoLU sites; the post_ln page shows the post_ln explanation
+    (not "No explanation yet"), and compare reports the output view beside the primary."""
+    import duckdb
+
+    from index.measure.compare import compare_tables
+
+    db = build_measure_db(tmp_path / "sites.duckdb", top_k=20)
+    con = duckdb.connect(str(db))
+    for table in ("neurons", "examples", "activations"):  # a post_ln site: the same neurons, half as strong
+        scaled = {"neurons": "", "examples": ", list_transform(acts, lambda a: a / 2) AS acts",
+                  "activations": ", act / 2 AS act"}[table]
+        extra = ", false AS is_primary" if table == "neurons" else ""
+        con.execute(f"INSERT INTO {table} SELECT * REPLACE ('post_ln' AS site{extra}{scaled}) FROM {table} "
+                    "WHERE model_id = 'solu-m'")
+    con.close()
+    autolabel(db)
+    con = duckdb.connect(str(db), read_only=True)
+    sites = con.execute("SELECT site, count(*) FROM explanations WHERE model_id = 'solu-m' GROUP BY site "
+                        "ORDER BY site").fetchall()
+    tables = compare_tables(con, [["gelu-m"], ["solu-m"]])
+    con.close()
+    assert sites == [("post_ln", 16), ("pre_ln", 16)]
+    assert set(tables["mean_score"].view) == {"primary", "output"}
+    monkeypatch.setenv("SOLU_DB", str(db))
+    at = app_at("neuron", model="solu-m", layer=0, neuron=0, site="post_ln")
+    no_exception(at)
+    text = "\n".join(m.value for m in at.markdown)
+    assert "**base64** (concept) · held-out score" in text
+    assert not any("No explanation yet" in c.value for c in at.caption)
