@@ -162,6 +162,20 @@ def previous_classes(tokens: list[str]) -> np.ndarray:
     return out
 
 
+_TEXT = {  # how each kind of rule reads, from its quoted args q and raw args a
+    RuleKind.CONCEPT: lambda q, a: a[0],
+    RuleKind.TOKENS: lambda q, a: " / ".join(q),
+    RuleKind.EXACT: lambda q, a: " / ".join(q) + " (case kept)",
+    RuleKind.CONTEXT: lambda q, a: f"{q[1]} after {q[0]}",
+    RuleKind.WORD: lambda q, a: f"a piece of {q[0]}",
+    RuleKind.LINE_END: lambda q, a: f"{q[0]} at a line end",
+    RuleKind.LINE_START: lambda q, a: f"{q[0]} at a line start",
+    RuleKind.AFTER_CLASS: lambda q, a: f"{q[1]} after a {a[0]}",
+    RuleKind.CONTEXT2: lambda q, a: f"{q[2]} after {q[0]} {q[1]}",
+    RuleKind.IN_CONCEPT: lambda q, a: f"{q[0]} inside {a[1]}",
+}
+
+
 @dataclass(frozen=True)
 class Rule:
     """One explanation: its kind (a RuleKind's label) and its arguments, normalised tokens
@@ -175,26 +189,7 @@ class Rule:
     @property
     def text(self) -> str:
         q = [f"`{repr(a)[1:-1]}`" for a in self.args]
-        kind = RuleKind[self.kind.upper()]
-        if kind == RuleKind.CONCEPT:
-            return self.args[0]
-        if kind == RuleKind.TOKENS:
-            return " / ".join(q)
-        if kind == RuleKind.EXACT:
-            return " / ".join(q) + " (case kept)"
-        if kind == RuleKind.CONTEXT:
-            return f"{q[1]} after {q[0]}"
-        if kind == RuleKind.WORD:
-            return f"a piece of {q[0]}"
-        if kind == RuleKind.LINE_END:
-            return f"{q[0]} at a line end"
-        if kind == RuleKind.LINE_START:
-            return f"{q[0]} at a line start"
-        if kind == RuleKind.AFTER_CLASS:
-            return f"{q[1]} after a {self.args[0]}"
-        if kind == RuleKind.CONTEXT2:
-            return f"{q[2]} after {q[0]} {q[1]}"
-        return f"{q[0]} inside {self.args[1]}"
+        return _TEXT[RuleKind[self.kind.upper()]](q, self.args)
 
     def _concept(self, args: tuple[str, ...]) -> Concept:
         return regex_concept(*args) if len(args) == 2 else concept(args[0])

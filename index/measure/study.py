@@ -28,7 +28,8 @@ import pandas as pd
 
 from index.measure.intervals import wilson
 from index.store.connection import open_read, open_write
-from index.store.queries import require_models
+from index.measure.verdict import calibrate
+from index.store.queries import explanations_source, has_table, require_models
 from solu.errors import UserError
 
 ANSWERS = ("yes", "no", "unsure")
@@ -193,9 +194,6 @@ def calibration(con, models: list[str], study: str | None = None) -> pd.DataFram
     over every latest answer on these models' neurons (of one study, or of all): one row,
     or none when no answer meets an explanation. Each rater's answer is one observation;
     'unsure' counts as not yes."""
-    from index.measure.verdict import calibrate
-    from index.store.queries import explanations_source, has_table
-
     if not has_table(con, "study_answers"):
         return pd.DataFrame()
     names = [study] if study else list(studies(con).study)
