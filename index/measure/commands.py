@@ -67,12 +67,73 @@ def register(sub) -> None:
                    help=f"with --db: the rule's share of top examples (default {RULE_SHARE:g}, the paper's 80%%)")
     p.set_defaults(func=cmd_compare)
 
+    e = sub.add_parser("experiment", help="the paper's experiment: GELU vs SoLU across sizes and seeds, as Ray "
+                                          "tasks, into one index, ending in the figure and a report")
+    e.add_argument("--out", required=True, type=Path, help="a new folder (or this experiment's, to resume it)")
+    e.add_argument("--acts", nargs="+", default=None, metavar="ACT", help="activations (default gelu solu_ln)")
+    e.add_argument("--layers", nargs="+", type=int, default=None, metavar="N", help="sizes: layer counts (default 1 2)")
+    e.add_argument("--seeds", type=int, default=None, help="training seeds per cell, 0..N-1 (default 3)")
+    e.add_argument("--tokens", type=int, default=None, help="training tokens per model (default 2,000,000)")
+    e.add_argument("--index-tokens", type=int, default=None, help="tokens indexed per model (default 1,000,000)")
+    e.add_argument("--dataset", default=None, help="builtin, a local file or folder, or hf:NAME (default builtin)")
+    for flag, what in (("--d-model", "residual width"), ("--d-mlp", "MLP neurons per layer"), ("--heads", "heads"),
+                       ("--ctx", "context"), ("--vocab", "tokenizer vocabulary")):
+        e.add_argument(flag, type=int, default=None, help=f"{what} of every cell (default: the demo's)")
+    e.add_argument("--threads", type=int, default=None, help="torch threads per task (default 1)")
+    e.add_argument("--workers", type=int, default=None,
+                   help="tasks at once (default: the cores / threads; 1 runs every cell in this process)")
+    e.add_argument("--address", default=None, help="an existing Ray cluster to send the tasks to (no authentication "
+                                                   "by default: use a cluster you trust)")
+    e.add_argument("--device", choices=("cpu", "cuda"), default="cpu", help="cuda asks each task for a GPU")
+    e.add_argument("--quick", action="store_true", help="tiny models and token counts: a few minutes, for tests")
+    e.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e.set_defaults(func=cmd_experiment)
+
     m = sub.add_parser("match", help="each neuron's best matches in another model indexed on the same tokens")
     m.add_argument("--db", required=True, type=Path)
     m.add_argument("models", nargs=2, metavar="MODEL", help="two model ids (same tokenizer and documents)")
     m.add_argument("--top", type=int, default=3, help="matches kept per neuron (default 3)")
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
     m.set_defaults(func=cmd_match)
+
+
+def experiment_grid(args):
+    """The grid the flags ask for: --quick's or the defaults, with every flag given on top."""
+    from index.measure.experiment import QUICK, Grid
+
+    given = {"acts": tuple(args.acts) if args.acts else None, "layers": tuple(args.layers) if args.layers else None,
+             "seeds": tuple(range(args.seeds)) if args.seeds is not None else None, "tokens": args.tokens,
+             "index_tokens": args.index_tokens, "dataset": args.dataset, "d_model": args.d_model,
+             "d_mlp": args.d_mlp, "heads": args.heads, "ctx": args.ctx, "vocab": args.vocab,
+             "threads": args.threads}
+    if args.seeds is not None and not 1 <= args.seeds <= 100:
+        raise UserError(f"--seeds takes 1 to 100 seeds, got {args.seeds}")
+    try:
+        return Grid(**{**(QUICK if args.quick else {}), **{k: v for k, v in given.items() if v is not None}})
+    except ValueError as err:
+        raise UserError(str(err)) from None
+
+
+def cmd_experiment(args) -> int:
+    import os
+
+    from index.measure.experiment import run_experiment
+    from index.measure.experiment_report import write_report
+
+    grid = experiment_grid(args)
+    cores = os.cpu_count() or 1
+    if args.workers is not None and not 1 <= args.workers <= (1024 if args.address else cores):
+        raise UserError(f"--workers must be from 1 to {1024 if args.address else cores} "
+                        f"({'a cluster' if args.address else 'the cores of this machine'}), got {args.workers}")
+    if args.workers is not None and not args.address and args.workers * grid.threads > cores:
+        raise UserError(f"--workers {args.workers} x --threads {grid.threads} is more than the {cores} cores")
+    db = run_experiment(args.out, grid, workers=args.workers, address=args.address, device=args.device,
+                        progress=not args.no_progress)
+    report = write_report(db, args.out / "report")
+    print(report.read_text(encoding="utf-8").split("## Interpretable share")[0])
+    print(f"{len(grid.cells())} cells in {db}; report and figures in {report.parent} "
+          f"(the app's Models page shows them: solu app --db {db})")
+    return 0
 
 
 def cmd_match(args) -> int:

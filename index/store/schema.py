@@ -185,6 +185,14 @@ MIGRATIONS: list[str] = [
                corr(coalesce(pre_rank, k + 1), coalesce(post_rank, k + 1)) AS rank_corr
         FROM sized GROUP BY model_id, layer, neuron;
     """,
+    # 10: `solu experiment`: the grid and its settings, and each cell's state
+    """
+    CREATE TABLE experiments(experiment VARCHAR PRIMARY KEY, grid JSON, created_at TIMESTAMP DEFAULT current_timestamp);
+    CREATE TABLE experiment_cells(
+        experiment VARCHAR, model_id VARCHAR, act_fn VARCHAR, n_layers INTEGER, seed INTEGER, eval_loss DOUBLE,
+        train_s DOUBLE, index_s DOUBLE, score_s DOUBLE, finished_at TIMESTAMP DEFAULT current_timestamp,
+        PRIMARY KEY (experiment, model_id));
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

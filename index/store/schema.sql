@@ -185,6 +185,16 @@ CREATE TABLE explanations(        -- 8: each primary-site neuron's explanation (
     PRIMARY KEY (model_id, layer, neuron, site)
 );
 
+CREATE TABLE experiments(         -- 10: a `solu experiment` grid and its settings (JSON)
+    experiment VARCHAR PRIMARY KEY, grid JSON, created_at TIMESTAMP DEFAULT current_timestamp
+);
+
+CREATE TABLE experiment_cells(    -- 10: each finished cell (model) of an experiment, with its timings
+    experiment VARCHAR, model_id VARCHAR, act_fn VARCHAR, n_layers INTEGER, seed INTEGER, eval_loss DOUBLE,
+    train_s DOUBLE, index_s DOUBLE, score_s DOUBLE, finished_at TIMESTAMP DEFAULT current_timestamp,
+    PRIMARY KEY (experiment, model_id)
+);
+
 -- ------------------------------------------------------------------ views
 
 CREATE VIEW current_labels AS     -- the latest label per neuron and source
