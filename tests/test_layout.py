@@ -157,6 +157,8 @@ CONTRACT = {
     "label": {"--db", "--note", "--author"},
     "corpus": {"--seed"},
     "match": {"--db", "--top"},
+    "experiment": {"--out", "--acts", "--layers", "--seeds", "--tokens", "--dataset", "--index-tokens", "--workers",
+                   "--address", "--device", "--quick"},
 }
 
 
@@ -165,7 +167,7 @@ def test_cli_keeps_its_commands_and_flags():
         assert flags <= set(options(subparser(command))), command
     action = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
     assert {"train", "index", "sql", "app", "demo", "compare", "autolabel", "study", "label", "labels",
-            "corpus", "match"} <= set(action.choices)
+            "corpus", "match", "experiment"} <= set(action.choices)
 
 
 def test_value_errors_name_the_flag_the_user_typed(tmp_path, capsys):

@@ -5,7 +5,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from explorer import compare_view, data
+from explorer import compare_view, data, experiment_view
 from explorer.render import md_escape
 
 PALETTES = {"gelu": ["#1f77b4", "#6baed6", "#08519c", "#9ecae1"],
@@ -120,6 +120,7 @@ def page() -> None:
         st.subheader("Loss curves")
         st.altair_chart(curve_chart(curves, colours), width="stretch")
     side_by_side(data.query("model_summary"), colours)
+    experiment_view.show()
     compare_view.show()
     with st.expander("Full configs"):
         for m in models.itertuples():

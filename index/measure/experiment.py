@@ -51,6 +51,7 @@ class Grid:
     batch_size: int = 16
     eval_tokens: int = 65_536
     warmup_tokens: int = 100_000
+    checkpoint_every: int = 100  # training steps between checkpoints (a killed cell resumes from the last)
     threads: int = 1  # torch threads of every task, wherever it runs
     name: str = "experiment"
 
@@ -66,7 +67,8 @@ class Grid:
             raise ValueError("--seeds takes seeds from 0 to 2,147,483,647")
         for flag, value in (("--d-model", self.d_model), ("--d-mlp", self.d_mlp), ("--heads", self.heads),
                             ("--ctx", self.ctx), ("--vocab", self.vocab), ("--tokens", self.tokens),
-                            ("--index-tokens", self.index_tokens), ("--threads", self.threads)):
+                            ("--index-tokens", self.index_tokens), ("--threads", self.threads),
+                            ("--checkpoint-every", self.checkpoint_every)):
             if value < 1:
                 raise ValueError(f"{flag} must be at least 1, got {value}")
         if self.d_model % self.heads:
@@ -86,7 +88,7 @@ class Grid:
 
 
 QUICK = dict(layers=(1, 2), seeds=(0, 1), d_model=32, d_mlp=64, heads=2, ctx=32, vocab=320, tokens=16_384,
-             index_tokens=8_192, eval_tokens=2_048, warmup_tokens=2_048)
+             index_tokens=8_192, eval_tokens=2_048, warmup_tokens=2_048, checkpoint_every=4)
 
 
 @dataclass(frozen=True)
@@ -151,7 +153,8 @@ def _train_cell(out: str, grid: Grid, cell: Cell, device: str) -> CellResult:
         mcfg = ModelConfig(act_fn=cell.act, n_layers=cell.n_layers, d_model=grid.d_model, d_mlp=grid.d_mlp,
                            n_heads=grid.heads, n_ctx=grid.ctx, d_vocab=grid.vocab)
         tcfg = TrainConfig(dataset=grid.dataset, tokens=grid.tokens, batch_size=grid.batch_size, seed=cell.seed,
-                           device=device, eval_tokens=grid.eval_tokens, warmup_tokens=grid.warmup_tokens)
+                           device=device, eval_tokens=grid.eval_tokens, warmup_tokens=grid.warmup_tokens,
+                           checkpoint_every=grid.checkpoint_every)
         meta = train(mcfg, tcfg, path, force=True, tokenizer_path=str(Path(out) / TOKENIZER_FILE))
     return CellResult(cell.model_id, "trained", time.perf_counter() - start, meta["eval_loss"])
 

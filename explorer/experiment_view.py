@@ -1,0 +1,42 @@
+"""The experiment of `solu experiment` (index.measure.experiment_report), for the Models
+page: `experiment_view.show()` draws it where it is called, when the index holds one."""
+from __future__ import annotations
+
+import altair as alt
+import pandas as pd
+import streamlit as st
+
+from explorer import data, db
+from index.measure.experiment_report import MEASURES, experiment_tables
+from index.store.queries import has_table
+
+
+def size_chart(size: pd.DataFrame, measure: str, title: str) -> alt.LayerChart:
+    """One measure against the number of layers, GELU and SoLU, with seed-level intervals."""
+    base = alt.Chart(size).encode(x=alt.X("n_layers:O", title="layers"), color=alt.Color("act_fn:N", title=None))
+    line = base.mark_line(point=True).encode(y=alt.Y(f"{measure}:Q", title=title),
+                                             tooltip=["act_fn", "n_layers", "seeds", alt.Tooltip(f"{measure}:Q",
+                                                                                                  format=".3f")])
+    return (line + base.mark_errorbar().encode(y=f"{measure}_low:Q", y2=f"{measure}_high:Q")).properties(
+        height=200, title=title)
+
+
+def tables(con) -> dict:
+    return experiment_tables(con) if has_table(con, "experiment_cells") else {}
+
+
+def show() -> None:
+    found = db.read(data.db_path(), tables)
+    if not found:
+        return
+    st.subheader("The experiment: GELU vs SoLU across sizes and seeds")
+    st.info(found["summary"].sentence.iloc[0])
+    size = found["by_size"]
+    loss = size.rename(columns={"eval_loss": "loss", "loss_low": "loss_low", "loss_high": "loss_high"})
+    charts = [size_chart(size, m, t) for m, t in MEASURES.items()] + [size_chart(loss, "loss", "eval loss")]
+    st.altair_chart(alt.hconcat(*charts), width="stretch")
+    st.caption("95% intervals: seeds resampled, then neurons (hierarchical bootstrap); eval loss over seeds.")
+    st.dataframe(found["difference"], hide_index=True)
+    st.caption("SoLU minus GELU per size; loss_ratio is SoLU's eval loss over GELU's, seed by seed.")
+    st.dataframe(found["by_layer"], hide_index=True)
+    st.dataframe(found["cells"], hide_index=True)
