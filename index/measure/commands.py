@@ -264,7 +264,7 @@ def cmd_study_answer(args) -> int:
     from index.measure.study import import_answers
 
     try:
-        with open(args.file, newline="", encoding="utf-8") as f:
+        with open(args.file, newline="", encoding="utf-8-sig") as f:  # a spreadsheet's byte-order mark too
             rows = list(csv.DictReader(f))
     except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise UserError(f"cannot read {args.file}: {e}") from None

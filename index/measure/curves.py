@@ -37,11 +37,12 @@ def curve_mean(scores) -> float:
 
 def bootstrap(runs: list, draws: int = DRAWS, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Hierarchical bootstrap draws of a group's pooled curve (draws, len(GRID)) and mean
-    (draws,): runs resampled, then each drawn run's neurons."""
+    (draws,): runs resampled, then each drawn run's neurons. Scores are binned down to
+    0.001, so a score counts at a cut on GRID exactly when it reaches it."""
     rng = np.random.default_rng(seed)
     runs = [_scores(r) for r in runs if len(r)]
     centres = np.linspace(-1, 1, _BINS)
-    hists = [np.bincount(np.rint((r + 1) * 1000).astype(np.int64), minlength=_BINS) for r in runs]
+    hists = [np.bincount(np.floor((r + 1) * 1000 + 1e-9).astype(np.int64), minlength=_BINS) for r in runs]
     pooled = np.zeros((draws, _BINS), np.int64)
     pick = rng.integers(0, len(runs), size=(draws, len(runs)))
     for slot in range(len(runs)):

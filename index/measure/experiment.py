@@ -106,7 +106,7 @@ class Cell:
 class CellResult:
     model_id: str
     stage: str
-    seconds: float
+    seconds: float | None
     eval_loss: float | None = None
     db: str | None = None
     extra: dict = field(default_factory=dict)
@@ -145,8 +145,8 @@ def _train_cell(out: str, grid: Grid, cell: Cell, device: str) -> CellResult:
     start = time.perf_counter()
     path = Path(out) / "runs" / cell.model_id
     meta = _meta(path, read_meta)
-    if meta and meta.get("complete"):
-        return CellResult(cell.model_id, "trained", 0.0, meta.get("eval_loss"))
+    if meta and meta.get("complete"):  # trained by a run that was stopped later
+        return CellResult(cell.model_id, "trained", meta.get("train_seconds"), meta.get("eval_loss"))
     if meta and (path / "train_state.pt").exists():
         meta = train(None, None, path, resume=True)
     else:
@@ -156,7 +156,8 @@ def _train_cell(out: str, grid: Grid, cell: Cell, device: str) -> CellResult:
                            device=device, eval_tokens=grid.eval_tokens, warmup_tokens=grid.warmup_tokens,
                            checkpoint_every=grid.checkpoint_every)
         meta = train(mcfg, tcfg, path, force=True, tokenizer_path=str(Path(out) / TOKENIZER_FILE))
-    return CellResult(cell.model_id, "trained", time.perf_counter() - start, meta["eval_loss"])
+    return CellResult(cell.model_id, "trained", meta.get("train_seconds", time.perf_counter() - start),
+                      meta["eval_loss"])
 
 
 def index_cell(out: str, grid: Grid, cell: Cell, device: str) -> CellResult:
@@ -267,17 +268,20 @@ def merge_cell(db: Path, cell_db: Path, grid: Grid, cell: Cell) -> None:
     from index.store.connection import open_write
     from index.store.schema import INDEX_TABLES
 
+    quoted = str(cell_db).replace("'", "''")
     with open_write(db) as con:
-        con.execute(f"ATTACH '{cell_db}' AS cell (READ_ONLY)")
+        con.execute(f"ATTACH '{quoted}' AS cell (READ_ONLY)")
+        con.execute("BEGIN")
         try:
-            con.execute("BEGIN")
             for table in INDEX_TABLES:
                 con.execute(f"DELETE FROM {table} WHERE model_id = ?", [cell.model_id])
                 con.execute(f"INSERT INTO {table} BY NAME SELECT * FROM cell.{table} WHERE model_id = ?",
                             [cell.model_id])
-            con.execute("COMMIT")
-        finally:
-            con.execute("DETACH cell")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+        con.execute("DETACH cell")
 
 
 def record_cell(db: Path, grid: Grid, cell: Cell, seconds: dict, eval_loss: float | None) -> None:
@@ -303,7 +307,7 @@ def run_experiment(out: Path, grid: Grid, *, workers: int | None = None, address
     """Run every unfinished cell of the grid; returns the experiment's database."""
     from tqdm import tqdm
 
-    out = Path(out)
+    out = Path(out).resolve()  # tasks on a cluster (--address) need the path whole; it must be shared
     check_out(out, grid)
     workers = workers or max(1, (os.cpu_count() or 1) // grid.threads)
     db = prepare(out, grid)
@@ -313,6 +317,7 @@ def run_experiment(out: Path, grid: Grid, *, workers: int | None = None, address
     bar = tqdm(total=len(cells) * len(STAGES), initial=len(done) * len(STAGES), desc=f"experiment {grid.name}",
                unit="step", disable=not progress)
     seconds: dict[str, dict] = {c.model_id: {} for c in todo}
+    ray_mode = workers > 1 or bool(address)
     losses: dict[str, float | None] = {}
 
     def finish(result: CellResult) -> None:
@@ -323,14 +328,16 @@ def run_experiment(out: Path, grid: Grid, *, workers: int | None = None, address
             losses[cell.model_id] = result.eval_loss
             return
         merge_cell(db, Path(result.db), grid, cell)
-        seconds[cell.model_id]["scored"] = score_cell(db, cell, None if workers > 1 else 1)
+        # beside Ray tasks that hold the cores, score in this process (no fork of a threaded driver)
+        seconds[cell.model_id]["scored"] = score_cell(db, cell, 1 if ray_mode else None)
         record_cell(db, grid, cell, seconds[cell.model_id], losses.get(cell.model_id, result.eval_loss))
-        Path(result.db).unlink(missing_ok=True)
+        for name in (result.db, result.db + ".wal", result.db + ".lock"):  # the cell's own database, merged
+            Path(name).unlink(missing_ok=True)
         bar.set_postfix_str(f"{cell.model_id} done")
         bar.update(1)
 
     try:
-        if workers == 1 and not address:
+        if not ray_mode:
             for cell in todo:
                 finish(train_cell(str(out), grid, cell, device))
                 finish(index_cell(str(out), grid, cell, device))

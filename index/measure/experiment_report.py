@@ -200,7 +200,8 @@ def write_report(db: Path, out: Path, name: str | None = None) -> Path:
         raise ValueError("no finished cell to report")
     out.mkdir(parents=True, exist_ok=True)
     plot_sizes(tables["by_size"], tables["difference"], out / "sizes.png")
-    plot_layers(tables["by_layer"], out / "layers.png")
+    if not tables["by_layer"].empty:
+        plot_layers(tables["by_layer"], out / "layers.png")
     cut = tables["cut"].iloc[0]
     text = "\n".join([
         "# GELU vs SoLU across sizes and seeds\n",

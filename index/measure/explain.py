@@ -25,7 +25,7 @@ spirit of OpenAI's simulation scoring without a language model:
   the one whose prediction correlates best with the fit records' activations.
 * Score. The correlation (Pearson) between predicted and actual activations over every
   token of the held-out records, with a 95% bootstrap interval that resamples held-out
-  records (Poisson weights). A sparse neuron that fires only where its rule holds scores
+  documents (Poisson weights shared by every record of a document). A sparse neuron that fires only where its rule holds scores
   near 1; one that fires as strongly where it does not scores low; a random one near 0.
   index.measure.verdict turns the score and the top share into the verdict.
 
@@ -377,6 +377,7 @@ class Sample:
     record: np.ndarray          # record index, 0..n_records-1
     record_held: np.ndarray     # (n_records,) bool
     starts: np.ndarray          # (S,) bool
+    record_doc: np.ndarray      # (n_records,) the doc_id of each record
 
     @property
     def held(self) -> np.ndarray:
@@ -593,8 +594,16 @@ def score_chunk(positions: Positions, sample: Sample, chunk: Chunk, fit_table, h
     stats[:, n_slots:, 0] += sizes[None, :]
     stats[:, n_slots:, 1] += _lookup(held_table, held_records, kind, rule_ids)
     score = correlation(stats.sum(axis=1))
-    weights = np.random.default_rng(_SEED).poisson(1.0, size=(boot, stats.shape[1])).astype(np.float64)
-    draws = correlation(np.einsum("br,nrs->nbs", weights, stats))
+    # the bootstrap resamples held-out documents: every window and sample record of one
+    # document shares its weight (they are not independent)
+    slot_doc = np.full((n, stats.shape[1]), -1, np.int64)
+    held_win = np.flatnonzero(win_held)
+    slot_doc[chunk.win_neuron[held_win], win_slot[held_win]] = chunk.win_doc[held_win]
+    slot_doc[:, n_slots:] = sample.record_doc[held_records][None, :]
+    docs, doc_index = np.unique(slot_doc, return_inverse=True)
+    per_doc = np.random.default_rng(_SEED).poisson(1.0, size=(boot, len(docs))).astype(np.float64)
+    weights = per_doc[:, doc_index.reshape(slot_doc.shape)]  # (boot, n, slots)
+    draws = correlation(np.einsum("bnr,nrs->nbs", weights, stats))
     with warnings.catch_warnings():  # a dead neuron's draws are all NaN, and so is its interval
         warnings.simplefilter("ignore", RuntimeWarning)
         low, high = np.nanpercentile(draws, [2.5, 97.5], axis=1)
@@ -732,7 +741,8 @@ def read_sample(con, model_id: str, positions: Positions) -> Sample:
     doc, pos = np.asarray(rows["doc_id"], np.int64), np.asarray(rows["pos"], np.int64)
     starts = np.ones(len(doc), dtype=bool)
     starts[1:] = (doc[1:] != doc[:-1]) | (pos[1:] != pos[:-1] + 1)
-    return Sample(row, np.asarray(record, np.int64).reshape(-1), held_out(unique[:, 0]), starts)
+    return Sample(row, np.asarray(record, np.int64).reshape(-1), held_out(unique[:, 0]), starts,
+                  np.asarray(unique[:, 0], np.int64))
 
 
 def read_chunk(con, model_id: str, positions: Positions, site: str, layer: int, neurons: np.ndarray) -> Chunk:

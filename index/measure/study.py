@@ -228,15 +228,15 @@ def blinded_windows(con, item: dict, snippets: int) -> pd.DataFrame:
     every interval sample and its random samples, activations divided by the neuron's
     largest top activation."""
     df = con.execute("""
-        SELECT kind, band, rank, tokens, acts, max_pos, max_act FROM examples
+        SELECT kind, band, rank, tokens, acts, max_pos, max_act,
+               max(max_act) FILTER (WHERE kind = 'top') OVER () AS neuron_max FROM examples
         WHERE model_id = ? AND layer = ? AND neuron = ? AND site = ? AND len(tokens) > 0
-          AND (kind <> 'top' OR rank < ?)
+        QUALIFY kind <> 'top' OR row_number() OVER (PARTITION BY kind ORDER BY rank) <= ?
         ORDER BY CASE kind WHEN 'top' THEN 0 WHEN 'interval' THEN 1 ELSE 2 END, band DESC, rank""",
                      [item["model_id"], int(item["layer"]), int(item["neuron"]), item["site"], snippets]).df()
-    top = df[df.kind == "top"]
-    scale = max(float(top.max_act.max()), 1e-12) if not top.empty else 1.0
+    scale = max(float(df.neuron_max.max()), 1e-12) if df.neuron_max.notna().any() else 1.0
     df["acts"] = [[float(a) / scale for a in acts] for acts in df.acts]
-    return df.drop(columns=["max_act"])
+    return df.drop(columns=["max_act", "neuron_max"])
 
 
 def _shown(token: str) -> str:
