@@ -103,7 +103,7 @@ def label_editor(addr: Address) -> None:
         author = st.text_input("Author (optional)", value=data.author())
         if st.form_submit_button("Save label", type="primary"):
             st.session_state["author"] = author
-            _save(addr, "Label saved", label.strip(), note.strip(), author=author.strip() or None)
+            save_figure(addr, "Label saved", label.strip(), note.strip(), author=author.strip() or None)
     history = data.fresh("label_history", addr.model_id, addr.layer, addr.neuron)
     latest = history[history.source == "human"].head(1)
     if not latest.empty:
@@ -114,7 +114,7 @@ def label_editor(addr: Address) -> None:
             st.dataframe(history, hide_index=True)
 
 
-def _save(addr: Address, done: str, label: str, note: str, **kwargs) -> None:
+def save_figure(addr: Address, done: str, label: str, note: str, **kwargs) -> None:
     """Save a label row and rerun the page; a refused write (a read-only database, a busy
     one, bad text) shows its one-line message instead."""
     try:
@@ -131,9 +131,9 @@ def suggestion(addr: Address, auto: pd.Series) -> None:
     st.info(f"Suggested label: {render.md_escape(auto.label)}{score}")
     a, r = st.columns(2)
     if a.button("Accept", key=f"accept|{addr.key}", width="stretch"):
-        _save(addr, "Suggestion accepted", auto.label, "accepted automatic label", author=data.author() or None)
+        save_figure(addr, "Suggestion accepted", auto.label, "accepted automatic label", author=data.author() or None)
     if r.button("Reject", key=f"reject|{addr.key}", width="stretch"):
-        _save(addr, "Suggestion rejected", auto.label, auto.note or "", source="auto", author=data.author() or None,
+        save_figure(addr, "Suggestion rejected", auto.label, auto.note or "", source="auto", author=data.author() or None,
               score=auto.score, status="rejected")
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 from index.measure import curves, study, verdict
 from index.measure.autolabel import RULE_SHARE
 from index.measure.compare import best_concepts, explanations, hierarchical_interval, primary
-from index.measure.report import _pyplot, _save, markdown_table
+from index.measure.report import markdown_table, pyplot, save_figure
 
 DRAWS = 2000
 MEASURES = {"verdict": "interpretable (verdict)", "mean_score": "mean held-out score", "rule": "paper's rule"}
@@ -148,7 +148,7 @@ def summary(diff: pd.DataFrame) -> str:
 def plot_sizes(size: pd.DataFrame, diff: pd.DataFrame, path: Path) -> None:
     """The paper's figure: each measure against the number of layers, GELU and SoLU, with
     seed-level intervals; and the eval loss with SoLU's ratio."""
-    fig, axes = _pyplot().subplots(1, 4, figsize=(16, 3.6))
+    fig, axes = pyplot().subplots(1, 4, figsize=(16, 3.6))
     colours = {"gelu": "#1f77b4", "solu_ln": "#ff6a00"}
     for ax, (measure, title) in zip(axes[:3], MEASURES.items()):
         for act, rows in size.groupby("act_fn"):
@@ -168,12 +168,12 @@ def plot_sizes(size: pd.DataFrame, diff: pd.DataFrame, path: Path) -> None:
            xticks=sorted(size.n_layers.unique()))
     if not diff.empty:
         ax.set_title("Eval loss; SoLU/GELU " + ", ".join(f"{r.n_layers}L {r.loss_ratio:.3f}" for r in diff.itertuples()))
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_layers(by_layer: pd.DataFrame, path: Path) -> None:
     sizes = sorted(by_layer.n_layers.unique())
-    fig, axes = _pyplot().subplots(1, len(sizes), figsize=(4.5 * len(sizes), 3.4), squeeze=False)
+    fig, axes = pyplot().subplots(1, len(sizes), figsize=(4.5 * len(sizes), 3.4), squeeze=False)
     for ax, n in zip(axes[0], sizes):
         rows = by_layer[by_layer.n_layers == n]
         for i, (act, mine) in enumerate(rows.groupby("act_fn")):
@@ -184,7 +184,7 @@ def plot_layers(by_layer: pd.DataFrame, path: Path) -> None:
                xticks=list(range(n)))
     axes[0][0].set_ylabel("share interpretable (verdict)")
     axes[0][0].legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def write_report(db: Path, out: Path, name: str | None = None) -> Path:

@@ -34,7 +34,7 @@ def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _pyplot():
+def pyplot():
     import matplotlib
 
     matplotlib.use("Agg")
@@ -43,14 +43,14 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> None:
+def save_figure(fig, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    _pyplot().close(fig)
+    pyplot().close(fig)
 
 
 def plot_best_share(best: pd.DataFrame, models: list[str], rule: float, path: Path) -> None:
-    fig, ax = _pyplot().subplots(figsize=(6.4, 3.6))
+    fig, ax = pyplot().subplots(figsize=(6.4, 3.6))
     bins = np.linspace(0, 1, 22)
     for m in models:
         ax.hist(best[best.model_id == m].top_share.dropna(), bins=bins, alpha=0.55, label=m)
@@ -58,12 +58,12 @@ def plot_best_share(best: pd.DataFrame, models: list[str], rule: float, path: Pa
     ax.set(xlabel="top examples peaking on the neuron's best concept", ylabel="neurons",
            title="Best concept's share of the top examples")
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_by_layer(by_layer: pd.DataFrame, models: list[str], title: str, path: Path) -> None:
     """Per layer and model, the fraction passing a measure with its 95% Wilson interval."""
-    fig, ax = _pyplot().subplots(figsize=(6.4, 3.6))
+    fig, ax = pyplot().subplots(figsize=(6.4, 3.6))
     width = 0.8 / len(models)
     for i, m in enumerate(models):
         rows = by_layer[by_layer.model_id == m]
@@ -73,11 +73,11 @@ def plot_by_layer(by_layer: pd.DataFrame, models: list[str], title: str, path: P
     ax.set(xlabel="layer", ylabel="fraction of neurons", ylim=(0, 1), title=title)
     ax.set_xticks(sorted(by_layer.layer.unique()))
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_scores(expl: pd.DataFrame, models: list[str], cut: float, path: Path) -> None:
-    fig, ax = _pyplot().subplots(figsize=(6.4, 3.6))
+    fig, ax = pyplot().subplots(figsize=(6.4, 3.6))
     bins = np.linspace(-0.2, 1, 25)
     rows = expl[expl.view == "primary"]
     for m in models:
@@ -86,13 +86,13 @@ def plot_scores(expl: pd.DataFrame, models: list[str], cut: float, path: Path) -
     ax.set(xlabel="held-out score (correlation of predicted and actual activations)", ylabel="neurons",
            title="Explanations scored on held-out records (primary site)")
     ax.legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_curves(curve: pd.DataFrame, diff: pd.DataFrame, path: Path) -> None:
     """Left: each group's share of neurons with score >= c, with its seed-level band, per
     view (solid: primary site; dashed: output site). Right: B minus A with its band."""
-    fig, (left, right) = _pyplot().subplots(1, 2, figsize=(12, 3.8))
+    fig, (left, right) = pyplot().subplots(1, 2, figsize=(12, 3.8))
     colours = {}
     for (view, group), rows in curve.groupby(["view", "group"], sort=False):
         style = "-" if view == "primary" else "--"
@@ -108,11 +108,11 @@ def plot_curves(curve: pd.DataFrame, diff: pd.DataFrame, path: Path) -> None:
     right.axhline(0, color="k", linewidth=0.8)
     right.set(xlabel="score cut c", ylabel="B minus A", title="Difference of the curves (95% band)")
     right.legend(fontsize=8)
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_sparsity(stats: pd.DataFrame, models: list[str], path: Path) -> None:
-    fig, axes = _pyplot().subplots(1, 3, figsize=(13, 3.4))
+    fig, axes = pyplot().subplots(1, 3, figsize=(13, 3.4))
     for m in models:
         rows = stats[stats.model_id == m]
         axes[0].hist(np.log10(rows.frac_active.clip(lower=1e-7).dropna()), bins=30, alpha=0.55, label=m)
@@ -122,17 +122,17 @@ def plot_sparsity(stats: pd.DataFrame, models: list[str], path: Path) -> None:
     axes[1].set(xlabel="log10(density_rel)", title="Tokens above the index threshold")
     axes[2].set(xlabel="log10(kurtosis)", title="Kurtosis (3 = Gaussian)")
     axes[0].legend()
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def plot_study(summary: pd.DataFrame, path: Path) -> None:
-    fig, ax = _pyplot().subplots(figsize=(6.4, 3.4))
+    fig, ax = pyplot().subplots(figsize=(6.4, 3.4))
     labels = [f"{r.study}\n{r.model_id}" for r in summary.itertuples()]
     y = summary.frac_interpretable.to_numpy(float)
     err = np.clip(np.vstack([y - summary.ci_low.to_numpy(float), summary.ci_high.to_numpy(float) - y]), 0, None)
     ax.bar(labels, y, yerr=err, capsize=6, color=["#1f77b4" if a == "gelu" else "#ff6a00" for a in summary.act_fn])
     ax.set(ylim=(0, 1), ylabel="fraction interpretable", title="Blinded study (95% Wilson CI)")
-    _save(fig, path)
+    save_figure(fig, path)
 
 
 def rule_section(tables: dict[str, pd.DataFrame], models: list[str], rule: float, images: dict[str, str]) -> list[str]:
