@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import os
 import time
@@ -116,7 +117,7 @@ class CellResult:
 
 @contextlib.contextmanager
 def _quiet():
-    """A task's own progress bars off (the experiment's one bar covers the grid)."""
+    """tqdm's bars off while inside."""
     old = os.environ.get("TQDM_DISABLE")
     os.environ["TQDM_DISABLE"] = "1"
     try:
@@ -128,20 +129,26 @@ def _quiet():
             os.environ["TQDM_DISABLE"] = old
 
 
+def _task(work):
+    """A cell's step as a task: the grid's torch threads, and its own progress bars off
+    (the experiment's one bar covers the grid)."""
+    @functools.wraps(work)
+    def run(out: str, grid: Grid, cell: Cell, device: str) -> CellResult:
+        import torch
+
+        torch.set_num_threads(grid.threads)
+        with _quiet():
+            return work(out, grid, cell, device)
+    return run
+
+
+@_task
 def train_cell(out: str, grid: Grid, cell: Cell, device: str) -> CellResult:
     """Train the cell's model (resume a checkpoint left by a kill; keep a finished one)."""
-    with _quiet():
-        return _train_cell(out, grid, cell, device)
-
-
-def _train_cell(out: str, grid: Grid, cell: Cell, device: str) -> CellResult:
-    import torch
-
     from solu.checkpoint import read_meta
     from solu.config import ModelConfig, TrainConfig
     from solu.train import train
 
-    torch.set_num_threads(grid.threads)
     start = time.perf_counter()
     path = Path(out) / "runs" / cell.model_id
     meta = _meta(path, read_meta)
@@ -160,20 +167,13 @@ def _train_cell(out: str, grid: Grid, cell: Cell, device: str) -> CellResult:
                       meta["eval_loss"])
 
 
+@_task
 def index_cell(out: str, grid: Grid, cell: Cell, device: str) -> CellResult:
     """Index the trained cell into a database of its own (OUT/runs/MODEL.duckdb), afresh."""
-    with _quiet():
-        return _index_cell(out, grid, cell, device)
-
-
-def _index_cell(out: str, grid: Grid, cell: Cell, device: str) -> CellResult:
-    import torch
-
     from index.build import build_index
     from index.engine.config import IndexConfig
     from solu.sources import resolve
 
-    torch.set_num_threads(grid.threads)
     start = time.perf_counter()
     db = Path(out) / "runs" / f"{cell.model_id}.duckdb"
     for stale in (db, db.with_name(db.name + ".wal")):
