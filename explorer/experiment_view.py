@@ -11,14 +11,18 @@ from index.measure.experiment_report import MEASURES, experiment_tables
 from index.store.queries import has_table
 
 
+COLOURS = alt.Scale(domain=["gelu", "solu_ln"], range=["#1f77b4", "#ff6a00"])
+
+
 def size_chart(size: pd.DataFrame, measure: str, title: str) -> alt.LayerChart:
     """One measure against the number of layers, GELU and SoLU, with seed-level intervals."""
-    base = alt.Chart(size).encode(x=alt.X("n_layers:O", title="layers"), color=alt.Color("act_fn:N", title=None))
-    line = base.mark_line(point=True).encode(y=alt.Y(f"{measure}:Q", title=title),
-                                             tooltip=["act_fn", "n_layers", "seeds", alt.Tooltip(f"{measure}:Q",
-                                                                                                  format=".3f")])
-    return (line + base.mark_errorbar().encode(y=f"{measure}_low:Q", y2=f"{measure}_high:Q")).properties(
-        height=200, title=title)
+    base = alt.Chart(size).encode(x=alt.X("n_layers:O", title="layers", axis=alt.Axis(labelAngle=0)),
+                                  color=alt.Color("act_fn:N", title=None, scale=COLOURS))
+    y = alt.Y(f"{measure}:Q", title=None, scale=alt.Scale(zero=False))
+    line = base.mark_line(point=True).encode(y=y, tooltip=["act_fn", "n_layers", "seeds",
+                                                           alt.Tooltip(f"{measure}:Q", format=".3f", title=title)])
+    bars = base.mark_errorbar(ticks=True).encode(y=alt.Y(f"{measure}_low:Q", title=None), y2=f"{measure}_high:Q")
+    return (line + bars).properties(width=230, height=220, title=title)
 
 
 def tables(con) -> dict:
@@ -32,7 +36,7 @@ def show() -> None:
     st.subheader("The experiment: GELU vs SoLU across sizes and seeds")
     st.info(found["summary"].sentence.iloc[0])
     size = found["by_size"]
-    loss = size.rename(columns={"eval_loss": "loss", "loss_low": "loss_low", "loss_high": "loss_high"})
+    loss = size.rename(columns={"eval_loss": "loss"})
     charts = [size_chart(size, m, t) for m, t in MEASURES.items()] + [size_chart(loss, "loss", "eval loss")]
     st.altair_chart(alt.hconcat(*charts), width="stretch")
     st.caption("95% intervals: seeds resampled, then neurons (hierarchical bootstrap); eval loss over seeds.")
