@@ -41,14 +41,14 @@ def register(sub) -> None:
 def cmd_index(args) -> int:
     from index.build import build_index
     from index.engine.config import IndexConfig
-    from solu.flags import config_from_args
+    from solu.flags import check_count, config_from_args, cores
     from solu.sources import check_available, resolve
 
     cfg = config_from_args(IndexConfig, args)
+    if args.threads is not None:
+        check_count("--threads", args.threads, cores(), "the cores of this machine")
     shards = _shard_options(args)
     if args.threads is not None:
-        if args.threads < 1:
-            raise UserError("--threads must be a positive integer")
         import torch
 
         torch.set_num_threads(args.threads)
@@ -70,12 +70,16 @@ def cmd_index(args) -> int:
 def _shard_options(args):
     """ShardOptions when --workers is given, else None; Ray itself is imported only when a run starts."""
     from index.engine.shard_config import SHARD_FLAGS, ShardOptions
-    from solu.flags import config_from_args, given
+    from solu.flags import MAX_CLUSTER_WORKERS, check_count, config_from_args, cores, given
 
     if args.workers is None:
         if given(ShardOptions, args, skip=("threads",)):
             raise UserError("--ray-address needs --workers N")
         return None
+    if args.address:
+        check_count("--workers", args.workers, MAX_CLUSTER_WORKERS, "workers sent to a cluster at once")
+    else:
+        check_count("--workers", args.workers, cores() // (args.threads or 1), "the cores of this machine / --threads")
     return config_from_args(ShardOptions, args, rename=SHARD_FLAGS, skip=("threads",),
                             threads=args.threads if args.threads is not None else 1)
 

@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 from solu.errors import UserError
+from solu.flags import check_count, cores
 
 # the contract's short flag names for the model shape (solu train --act --layers --heads --ctx --vocab)
 MODEL_FLAGS = {"act_fn": "act", "n_layers": "layers", "n_heads": "heads", "n_ctx": "ctx", "d_vocab": "vocab"}
@@ -43,8 +44,8 @@ def cmd_train(args) -> int:
     from solu.data_parallel import world_size
 
     ranks = world_size()
-    if args.nproc < 1:
-        raise UserError(f"--nproc must be at least 1, got {args.nproc}")
+    if ranks == 1:
+        check_count("--nproc", args.nproc, *_nproc_bound(args.device))
     if ranks == 1 and args.nproc > 1:
         return _launch_ranks(args)
     if args.nproc not in (1, ranks):
@@ -59,6 +60,15 @@ def cmd_train(args) -> int:
     print(f"{args.out}: {meta['act_fn']} eval loss {meta['eval_loss']:.4f} after {meta['tokens_seen']:,} tokens "
           f"({meta['tokens_per_s']:,.0f} tokens/s)")
     return 0
+
+
+def _nproc_bound(device: str | None) -> tuple[int, str]:
+    """How many training processes this machine takes: one per GPU on CUDA, one per core on the CPU."""
+    import torch
+
+    if device == "cuda" or (device in (None, "auto") and torch.cuda.is_available()):
+        return max(torch.cuda.device_count(), 1), "the GPUs of this machine"
+    return cores(), "the cores of this machine"
 
 
 def _launch_ranks(args) -> int:

@@ -8,6 +8,7 @@ parsed default is then None and the dataclass default applies when the config is
 from __future__ import annotations
 
 import argparse
+import os
 import typing
 from dataclasses import MISSING, fields
 
@@ -70,6 +71,22 @@ def given(cls, args: argparse.Namespace, *, skip: tuple[str, ...] = ()) -> list[
 
 # the largest number any flag takes; above it a value is a typo or an attack, not a request
 MAX_FLAG_VALUE = 10**15
+MAX_CLUSTER_WORKERS = 1024  # tasks or workers sent to a Ray cluster (--address) at once
+
+
+def cores() -> int:
+    """The CPUs this process may run on: the bound of every flag that starts processes or threads here."""
+    try:
+        return len(os.sched_getaffinity(0)) or 1
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def check_count(flag: str, value: int, most: int, what: str) -> None:
+    """A count of processes, workers or threads from 1 to `most` (`what` says what bounds
+    it), checked before any work; otherwise one line and exit 2."""
+    if not 1 <= value <= most:
+        raise UserError(f"{flag} must be from 1 to {most:,} ({what}), got {value:,}")
 
 
 def check_values(args: argparse.Namespace) -> None:

@@ -110,8 +110,13 @@ def test_ranks_read_disjoint_rows_of_the_same_global_batches(one_process):
 
 def test_nproc_mistakes_are_one_line(tmp_path, capsys, one_process):
     base = ["train", *FLAGS, "--dataset", str(one_process / "corpus.jsonl")]
-    for extra, message in [(["--nproc", "3"], "--batch-size 8 is the global batch and must be a multiple of --nproc 3"),
-                           (["--nproc", "0"], "--nproc must be at least 1, got 0")]:
+    from solu.flags import cores
+
+    for extra, message in [(["--nproc", "2", "--batch-size", "7"],
+                            "--batch-size 7 is the global batch and must be a multiple of --nproc 2"),
+                           (["--nproc", "0"], f"--nproc must be from 1 to {cores()} (the cores of this machine), got 0"),
+                           (["--nproc", str(cores() + 1)],
+                            f"--nproc must be from 1 to {cores()} (the cores of this machine), got {cores() + 1}")]:
         assert main([*base, *extra, "--out", str(tmp_path / "run")]) == 2
         err = capsys.readouterr().err.strip().splitlines()
         assert err == [f"solu train: error: {message}"]

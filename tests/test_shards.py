@@ -212,10 +212,13 @@ def test_one_progress_bar_counts_every_worker(built_both):
         [(f"{model} (2 workers)", tokens, tokens, True) for model, tokens, *_ in runs]
 
 
-def test_worker_user_errors_name_the_shard(ray_cluster, tiny_checkpoints, tiny_corpus, tmp_path, capsys):
-    code = main(index_args(tmp_path / "x.duckdb", [tiny_checkpoints["gelu"]], tiny_corpus, "--workers", "3"))
+def test_more_workers_than_cores_is_one_line(ray_cluster, tiny_checkpoints, tiny_corpus, tmp_path, capsys):
+    from solu.flags import cores
+
+    too_many = str(cores() + 1)
+    code = main(index_args(tmp_path / "x.duckdb", [tiny_checkpoints["gelu"]], tiny_corpus, "--workers", too_many))
     err = capsys.readouterr().err.strip().splitlines()
-    assert code == 2 and len(err) == 1 and "--workers 3 x --threads 1" in err[0] and "has 2" in err[0], err
+    assert code == 2 and len(err) == 1 and f"--workers must be from 1 to {cores()} (the cores" in err[0], err
     assert not (tmp_path / "x.duckdb").exists()
 
 
@@ -268,7 +271,7 @@ def test_without_workers_nothing_imports_ray(tiny_checkpoints, tiny_corpus, tmp_
 
 @pytest.mark.parametrize("flags, message", [
     (["--ray-address", "127.0.0.1:6379"], "--ray-address needs --workers"),
-    (["--workers", "0"], "--workers must be a positive integer"),
+    (["--workers", "0"], "--workers must be from 1 to"),
 ])
 def test_bad_shard_flags(tiny_checkpoints, tiny_corpus, tmp_path, capsys, flags, message):
     code = main(index_args(tmp_path / "x.duckdb", [tiny_checkpoints["gelu"]], tiny_corpus, *flags))

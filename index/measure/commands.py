@@ -115,18 +115,17 @@ def experiment_grid(args):
 
 
 def cmd_experiment(args) -> int:
-    import os
-
     from index.measure.experiment import run_experiment
     from index.measure.experiment_report import write_report
+    from solu.flags import MAX_CLUSTER_WORKERS, check_count, cores
 
     grid = experiment_grid(args)
-    cores = os.cpu_count() or 1
-    if args.workers is not None and not 1 <= args.workers <= (1024 if args.address else cores):
-        raise UserError(f"--workers must be from 1 to {1024 if args.address else cores} "
-                        f"({'a cluster' if args.address else 'the cores of this machine'}), got {args.workers}")
-    if args.workers is not None and not args.address and args.workers * grid.threads > cores:
-        raise UserError(f"--workers {args.workers} x --threads {grid.threads} is more than the {cores} cores")
+    check_count("--threads", grid.threads, cores(), "the cores of this machine")
+    if args.workers is not None:
+        if args.address:
+            check_count("--workers", args.workers, MAX_CLUSTER_WORKERS, "tasks sent to a cluster at once")
+        else:
+            check_count("--workers", args.workers, cores() // grid.threads, "the cores of this machine / --threads")
     db = run_experiment(args.out, grid, workers=args.workers, address=args.address, device=args.device,
                         progress=not args.no_progress)
     report = write_report(db, args.out / "report")
@@ -160,6 +159,7 @@ def _table(df) -> str:
 def cmd_autolabel(args) -> int:
     from index.measure import verdict
     from index.measure.autolabel import autolabel, resolve_concepts
+    from solu.flags import check_count, cores
     from index.measure.concepts import CONCEPTS
 
     if args.list:
@@ -168,6 +168,8 @@ def cmd_autolabel(args) -> int:
         return 0
     if args.db is None:
         raise UserError("--db is required")
+    if args.workers is not None:
+        check_count("--workers", args.workers, cores(), "the cores of this machine")
     concepts = resolve_concepts(args.concepts, args.regex)
     summary = autolabel(args.db, args.models, concepts, args.threshold, progress=not args.no_progress,
                         workers=args.workers)

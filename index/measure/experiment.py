@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from solu.errors import UserError
+from solu.flags import cores
 
 ACTS = ("gelu", "solu_ln")
 GRID_FILE = "experiment.json"
@@ -74,8 +75,6 @@ class Grid:
                 raise ValueError(f"{flag} must be at least 1, got {value}")
         if self.d_model % self.heads:
             raise ValueError(f"--heads {self.heads} must divide --d-model {self.d_model}")
-        if self.threads > (os.cpu_count() or 1):
-            raise ValueError(f"--threads can be at most the {os.cpu_count()} cores")
 
     def cells(self) -> list["Cell"]:
         return [Cell(a, n, s) for n in self.layers for s in self.seeds for a in self.acts]
@@ -309,7 +308,7 @@ def run_experiment(out: Path, grid: Grid, *, workers: int | None = None, address
 
     out = Path(out).resolve()  # tasks on a cluster (--address) need the path whole; it must be shared
     check_out(out, grid)
-    workers = workers or max(1, (os.cpu_count() or 1) // grid.threads)
+    workers = workers or max(1, cores() // grid.threads)
     db = prepare(out, grid)
     cells = grid.cells()
     done = finished(db, grid)
