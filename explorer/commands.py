@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from solu.errors import UserError
+from solu.flags import path
 
 APP = Path(__file__).with_name("app.py")
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8501
@@ -15,12 +16,12 @@ DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8501
 
 def register(sub) -> None:
     p = sub.add_parser("app", help="start the Streamlit explorer on an index (listens on 127.0.0.1)")
-    p.add_argument("--db", required=True, type=Path, help="the DuckDB file 'solu index' wrote")
+    p.add_argument("--db", required=True, type=path, help="the DuckDB file 'solu index' wrote")
     _serve_args(p)
     p.set_defaults(func=cmd_app)
 
     p = sub.add_parser("label", help="label a neuron, or show its label history (labels are never overwritten)")
-    p.add_argument("--db", required=True, type=Path)
+    p.add_argument("--db", required=True, type=path)
     p.add_argument("model", help="model id, as in the neurons table")
     p.add_argument("layer", type=int)
     p.add_argument("neuron", type=int)
@@ -32,16 +33,16 @@ def register(sub) -> None:
     p = sub.add_parser("labels", help="work with all labels")
     lsub = p.add_subparsers(dest="labels_command", required=True, metavar="ACTION")
     e = lsub.add_parser("export", help="write labels as CSV or JSON lines")
-    e.add_argument("--db", required=True, type=Path)
+    e.add_argument("--db", required=True, type=path)
     e.add_argument("--format", choices=("csv", "jsonl"), default="csv")
-    e.add_argument("--out", type=Path, help="file to write (default: standard output)")
+    e.add_argument("--out", type=path, help="file to write (default: standard output)")
     e.add_argument("--history", action="store_true", help="every change, not only the current labels")
     e.add_argument("--source", choices=("human", "auto"), help="only human or only automatic labels")
     e.add_argument("--force", action="store_true", help="replace --out if it exists (never the database itself)")
     e.set_defaults(func=cmd_labels_export)
 
     p = sub.add_parser("demo", help="build the corpus, train a GELU and a SoLU model, index both, start the app")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="working directory (default runs/demo)")
+    p.add_argument("--out", type=path, default=Path("runs/demo"), help="working directory (default runs/demo)")
     p.add_argument("--quick", action="store_true", help="tiny models and token counts (a minute; for tests)")
     p.add_argument("--tokens", type=int, help="training tokens per model (default 2M, --quick 16k)")
     p.add_argument("--index-tokens", type=int, help="tokens to index per model (default 1M, --quick 8k)")
@@ -92,13 +93,19 @@ def streamlit_command(db: Path, host: str, port: int) -> tuple[list[str], dict]:
     return cmd, env
 
 
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
 def serve(db: Path, host: str, port: int) -> None:
     """Replace this process with the Streamlit server (Ctrl-C stops it)."""
     cmd, env = streamlit_command(db, host, port)
     local = host in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::")
-    where = "" if host in ("127.0.0.1", "localhost", "::1") else f", listening on {host}"
+    where = "" if host in LOOPBACK else f", listening on {host}"
     url = f"http://{'localhost' if local else host}:{port}"
     print(f"SoLU Neuron Explorer on {db}: {url}{where}  (Ctrl-C to stop)", flush=True)
+    if host not in LOOPBACK:
+        print(f"warning: --host {host} makes the explorer reachable from the network, with no login: anyone who "
+              "reaches this port can read the index and write labels", file=sys.stderr, flush=True)
     os.execve(sys.executable, cmd, env)
 
 

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import signal
 import sys
-from pathlib import Path
 
 from solu.errors import UserError
+from solu.flags import path
 
 SQL_FORMATS = ("table", "csv", "json")
 
@@ -21,7 +21,7 @@ def register(sub) -> None:
                         "gelu-2l, solu-1l-pile), or a Hugging Face model id or directory (gpt2, ./my-model)")
     p.add_argument("--name", help="the model_id to record (one MODEL only; default: the directory name, "
                                   "the pretrained name or the hub id)")
-    p.add_argument("--db", required=True, type=Path, help="the DuckDB file to create or update")
+    p.add_argument("--db", required=True, type=path, help="the DuckDB file to create or update")
     add_config_flags(p, IndexConfig)
     p.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's choice; with --workers, "
                                                 "per worker, default 1)")
@@ -31,7 +31,7 @@ def register(sub) -> None:
 
     p = sub.add_parser("sql", help="run a read-only SQL query against an index")
     p.add_argument("query", metavar="SQL")
-    p.add_argument("--db", required=True, type=Path)
+    p.add_argument("--db", required=True, type=path)
     p.add_argument("--format", choices=SQL_FORMATS, default="table")
     p.add_argument("--max-rows", type=int, default=1000, help="rows shown at most (default 1000)")
     p.add_argument("--timeout", type=float, default=10.0, help="seconds before the query is stopped (default 10)")

@@ -3,10 +3,9 @@ from __future__ import annotations
 
 import os
 import sys
-from pathlib import Path
 
 from solu.errors import UserError
-from solu.flags import check_count, cores
+from solu.flags import check_count, cores, path
 
 # the contract's short flag names for the model shape (solu train --act --layers --heads --ctx --vocab)
 MODEL_FLAGS = {"act_fn": "act", "n_layers": "layers", "n_heads": "heads", "n_ctx": "ctx", "d_vocab": "vocab"}
@@ -20,7 +19,7 @@ def register(sub) -> None:
     add_config_flags(p, ModelConfig, rename=MODEL_FLAGS, unset=True)
     add_config_flags(p, TrainConfig, unset=("tokens",))
     p.add_argument("--tokenizer", help="use this tokenizer.json instead of training one")
-    p.add_argument("--out", required=True, type=Path)
+    p.add_argument("--out", required=True, type=path)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
     p.add_argument("--nproc", type=int, default=1,

@@ -25,6 +25,15 @@ PARSERS = {int: int, float: float, str: str, bool: on_off}
 FLAGS: dict[str, str] = {}  # dest -> flag, for the fields whose flag is renamed (error messages)
 
 
+def path(text: str):
+    """A path flag's type: the text given, never empty (argparse reports it in one line)."""
+    from pathlib import Path
+
+    if not text.strip():
+        raise argparse.ArgumentTypeError("an empty path is not a file or a folder")
+    return Path(text)
+
+
 def flag_name(field_name: str, rename: dict[str, str] | None = None) -> str:
     return "--" + (rename or {}).get(field_name, field_name).replace("_", "-")
 

@@ -473,3 +473,19 @@ def test_a_truncated_database_is_one_line_for_every_command(paths, tmp_path, cap
             if args[0] != "index":
                 assert db.read_bytes() == whole[:int(len(whole) * fraction)], (fraction, args[0])
     assert io_errors > 0
+
+
+@pytest.mark.parametrize("argv", [
+    ["index", "ckpt", "--db", ""], ["sql", "--db", "", "SELECT 1"], ["label", "--db", " ", "m", "0", "1", "x"],
+    ["app", "--db", ""], ["train", "--act", "gelu", "--out", ""], ["experiment", "--out", "", "--quick"],
+    ["compare", "--db", "", "a", "b"], ["study", "sheet", "--db", "x.duckdb", "s", "--rater", "r", "--out", ""],
+])
+def test_an_empty_path_is_one_line(argv, capsys):
+    """`--db ''` and every other empty path flag: refused by the parser, in one line, before any work."""
+    from solu.cli import main
+
+    with pytest.raises(SystemExit) as stop:  # argparse's own exit, after one line
+        main(argv)
+    assert stop.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "an empty path is not a file or a folder" in err[0], err

@@ -136,3 +136,19 @@ def test_demo_quick_builds_everything_and_serves_it(tmp_path):
     tok = [(tmp_path / "demo" / m / "tokenizer.json").read_text() for m in ("gelu-1l", "solu-1l")]
     assert tok[0] == tok[1]  # both models read the same tokens
 
+
+
+def test_a_host_beyond_loopback_is_warned_about(tmp_path, monkeypatch, capsys):
+    """serve() says on stderr that the explorer is then open to the network with no login;
+    on loopback it says nothing of the kind. (execve is replaced: nothing starts.)"""
+    import os
+
+    from explorer.commands import serve
+
+    started = []
+    monkeypatch.setattr(os, "execve", lambda *a: started.append(a))
+    for host, warned in (("0.0.0.0", True), ("127.0.0.1", False), ("::1", False)):
+        serve(tmp_path / "x.duckdb", host, 8501)
+        err = capsys.readouterr().err
+        assert ("reachable from the network, with no login" in err) == warned, (host, err)
+    assert len(started) == 3

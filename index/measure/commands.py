@@ -6,13 +6,14 @@ import sys
 from pathlib import Path
 
 from solu.errors import UserError
+from solu.flags import path
 
 
 def register(sub) -> None:
     from index.measure.autolabel import RULE_SHARE
 
     p = sub.add_parser("autolabel", help="score every neuron on concept detectors and suggest labels")
-    p.add_argument("--db", type=Path, help="the index to score (required unless --list)")
+    p.add_argument("--db", type=path, help="the index to score (required unless --list)")
     p.add_argument("--models", nargs="+", metavar="MODEL", help="model ids (default: every model)")
     p.add_argument("--concepts", nargs="+", metavar="CONCEPT",
                    help="built-in concepts or regex:PATTERN (default: every built-in; see --list)")
@@ -30,7 +31,7 @@ def register(sub) -> None:
     p = sub.add_parser("study", help="the blinded interpretability study: create one, or print its results")
     ssub = p.add_subparsers(dest="study_command", required=True, metavar="ACTION")
     c = ssub.add_parser("create", help="sample neurons from two or more models for raters (on the app's Study page)")
-    c.add_argument("--db", required=True, type=Path)
+    c.add_argument("--db", required=True, type=path)
     c.add_argument("name")
     c.add_argument("--models", nargs="+", required=True, metavar="MODEL")
     c.add_argument("--per-model", type=int, default=50, help="neurons sampled per model (default 50)")
@@ -38,21 +39,21 @@ def register(sub) -> None:
     c.add_argument("--snippets", type=int, default=20, help="top snippets shown per neuron (default 20)")
     c.set_defaults(func=cmd_study_create)
     h = ssub.add_parser("sheet", help="write a rater's blinded sheet (markdown) for rating offline")
-    h.add_argument("--db", required=True, type=Path)
+    h.add_argument("--db", required=True, type=path)
     h.add_argument("name")
     h.add_argument("--rater", required=True, help="the rater's name: the sheet is in their own order")
-    h.add_argument("--out", required=True, type=Path, help="the sheet's file (a new file; --force replaces one)")
+    h.add_argument("--out", required=True, type=path, help="the sheet's file (a new file; --force replaces one)")
     h.add_argument("--force", action="store_true", help="replace --out if it exists")
     h.set_defaults(func=cmd_study_sheet)
     w = ssub.add_parser("answer", help="record a rater's answers from a CSV of item,answer[,label] (sheet numbers)")
-    w.add_argument("--db", required=True, type=Path)
+    w.add_argument("--db", required=True, type=path)
     w.add_argument("name")
     w.add_argument("--rater", required=True)
-    w.add_argument("--file", required=True, type=Path, help="CSV with a header: item,answer[,label]")
+    w.add_argument("--file", required=True, type=path, help="CSV with a header: item,answer[,label]")
     w.set_defaults(func=cmd_study_answer)
     s = ssub.add_parser("summary", help="unblind: fraction interpretable per model with a 95%% CI, and the "
                                         "agreement of the answers with the automated measures")
-    s.add_argument("--db", required=True, type=Path)
+    s.add_argument("--db", required=True, type=path)
     s.add_argument("name")
     s.set_defaults(func=cmd_study_summary)
 
@@ -61,15 +62,15 @@ def register(sub) -> None:
                    help="checkpoint directories or other MODEL specs (solu-2l, gpt2, ./my-model), "
                         "or with --db two model ids, or two comma-separated groups of them (training seeds: "
                         "gelu-s0,gelu-s1,gelu-s2 solu-s0,solu-s1,solu-s2)")
-    p.add_argument("--db", type=Path, help="an index: write the interpretability report for MODEL_A MODEL_B")
-    p.add_argument("--out", type=Path, help="with --db: report folder (default compare-A-vs-B)")
+    p.add_argument("--db", type=path, help="an index: write the interpretability report for MODEL_A MODEL_B")
+    p.add_argument("--out", type=path, help="with --db: report folder (default compare-A-vs-B)")
     p.add_argument("--threshold", type=float, default=RULE_SHARE,
                    help=f"with --db: the rule's share of top examples (default {RULE_SHARE:g}, the paper's 80%%)")
     p.set_defaults(func=cmd_compare)
 
     e = sub.add_parser("experiment", help="the paper's experiment: GELU vs SoLU across sizes and seeds, as Ray "
                                           "tasks, into one index, ending in the figure and a report")
-    e.add_argument("--out", required=True, type=Path, help="a new folder (or this experiment's, to resume it)")
+    e.add_argument("--out", required=True, type=path, help="a new folder (or this experiment's, to resume it)")
     e.add_argument("--acts", nargs="+", default=None, metavar="ACT", help="activations (default gelu solu_ln)")
     e.add_argument("--layers", nargs="+", type=int, default=None, metavar="N", help="sizes: layer counts (default 1 2)")
     e.add_argument("--seeds", type=int, default=None, help="training seeds per cell, 0..N-1 (default 3)")
@@ -90,7 +91,7 @@ def register(sub) -> None:
     e.set_defaults(func=cmd_experiment)
 
     m = sub.add_parser("match", help="each neuron's best matches in another model indexed on the same tokens")
-    m.add_argument("--db", required=True, type=Path)
+    m.add_argument("--db", required=True, type=path)
     m.add_argument("models", nargs=2, metavar="MODEL", help="two model ids (same tokenizer and documents)")
     m.add_argument("--top", type=int, default=3, help="matches kept per neuron (default 3)")
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
