@@ -73,6 +73,26 @@ def write_atomic(path: Path, write, flag: str | None = None) -> None:
         raise
 
 
+def alive(pid: int) -> bool:
+    """Whether a process of that id runs (one of another user counts as running)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def remove_stale_temps(folder: Path) -> None:
+    """Delete the temporary files write_atomic left in `folder` when its process was killed
+    (kill -9 skips every cleanup); a running writer's stay."""
+    for path in Path(folder).glob(".*.tmp"):
+        pid = path.name[:-len(".tmp")].rpartition(".")[2]
+        if pid.isdigit() and not alive(int(pid)):
+            path.unlink(missing_ok=True)
+
+
 def write_text(path: Path, text: str, flag: str) -> None:
     """Write `text` to `path` (a user's --flag output) through write_atomic, synced."""
     def write(tmp: Path) -> None:

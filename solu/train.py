@@ -41,7 +41,7 @@ from solu.device import autocast, enable_tf32, to_device
 from solu.errors import UserError
 from solu.inputs import check_regular
 from solu.model import build_model, check_fits, resolve_device
-from solu.outputs import write_atomic
+from solu.outputs import remove_stale_temps, write_atomic
 from solu.tokenizer import load_tokenizer, train_tokenizer
 
 LOG_EVERY = 10  # steps between rows of the loss curve
@@ -158,11 +158,16 @@ def train(model_cfg: ModelConfig | None, train_cfg: TrainConfig | None, out: Pat
     except ValueError as e:
         raise UserError(str(e)) from None
     world = data_parallel.join(device)
+    created = not out.exists()
     run = None
     try:
         run = setup(model_cfg, train_cfg, out, world, world.device(device), resume, force, tokenizer_path)
         eval_loss = train_to_budget(run)
         return describe(run, eval_loss, complete=True)
+    except BaseException:
+        if created and world.is_main and not (out / STATE).exists():  # nothing to resume: leave no folder
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     finally:
         # DistributedDataParallel's reducer holds the process group: free it while the group
         # lives, or its gloo threads are joined later under the GIL they wait for (a hang)
@@ -190,6 +195,7 @@ def setup(model_cfg: ModelConfig, train_cfg: TrainConfig, out: Path, world: Worl
         if force and out.exists():
             shutil.rmtree(out)
         out.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(out)  # a killed run's half-written files
     enable_tf32(device)
     model = build_model(model_cfg, seed=train_cfg.seed, device=device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=train_cfg.lr, betas=(0.9, 0.95),

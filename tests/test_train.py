@@ -163,3 +163,19 @@ def test_a_model_is_refused_only_when_its_weights_cannot_fit(monkeypatch):
     for have in (need + 1, None):
         monkeypatch.setattr(model, "available_memory", lambda have=have: have)
         model.check_fits(cfg)
+
+
+def test_a_rerun_removes_what_a_killed_run_half_wrote(tmp_path, tiny_checkpoints, tiny_corpus):
+    """kill -9 skips every cleanup and leaves write_atomic's temporary files; the next run
+    in that --out removes those of dead processes (a running writer's stay)."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(tiny_checkpoints["gelu"], out)
+    dead = out / ".model.safetensors.999999999.tmp"  # beyond any pid
+    live = out / f".notes.txt.{os.getppid()}.tmp"  # a running process's
+    for stale in (dead, live):
+        stale.write_bytes(b"half")
+    assert main(["train", "--resume", "--out", str(out), "--tokens", str(41 * 8 * 32)]) == 0
+    assert not dead.exists() and live.exists()
+

@@ -20,6 +20,7 @@ import pyarrow as pa
 from index.store.schema import INDEX_TABLES, migrate
 from index.store.connection import check_writable, open_read, refuse_link, replace_database, wal_path, write_lock
 from solu.errors import UserError
+from solu.outputs import alive
 from solu.outputs import writable
 
 TEMP_SUFFIX = ".indexing"
@@ -49,18 +50,8 @@ def remove_stale_temps(db: Path) -> None:
     """Delete temporary files left by indexers that were killed."""
     for path in db.parent.glob(f".{db.name}.*{TEMP_SUFFIX}"):
         pid = path.name[len(db.name) + 2:-len(TEMP_SUFFIX)]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not alive(int(pid)):
             _remove(path)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def _remove(path: Path) -> None:
