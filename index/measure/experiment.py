@@ -243,17 +243,11 @@ def prepare(out: Path, grid: Grid) -> Path:
         texts = training_texts(grid.dataset, "text", grid.seeds[0], TOKENIZER_CHARS, TrainConfig.shuffle)
         write_text(tok, train_tokenizer(texts, grid.vocab).to_str(), "--out")
     db = out / "index.duckdb"
-    if not db.exists():
-        import duckdb
+    if not db.exists():  # an empty index, made the way `solu index` makes one (atomically)
+        from index.store.writer import IndexBuild
 
-        from index.store.schema import migrate
-
-        tmp = db.with_name(".index.duckdb.new")
-        tmp.unlink(missing_ok=True)
-        con = duckdb.connect(str(tmp))
-        migrate(con)
-        con.close()
-        os.replace(tmp, db)
+        with IndexBuild(db) as build:
+            build.commit()
     from index.store.connection import open_write
 
     with open_write(db) as con:
@@ -264,12 +258,11 @@ def prepare(out: Path, grid: Grid) -> Path:
 
 def merge_cell(db: Path, cell_db: Path, grid: Grid, cell: Cell) -> None:
     """Replace the cell's model in the experiment's database by its own index, in one transaction."""
-    from index.store.connection import open_write
+    from index.store.connection import open_write, sql_path
     from index.store.schema import INDEX_TABLES
 
-    quoted = str(cell_db).replace("'", "''")
     with open_write(db) as con:
-        con.execute(f"ATTACH '{quoted}' AS cell (READ_ONLY)")
+        con.execute(f"ATTACH '{sql_path(cell_db)}' AS cell (READ_ONLY)")
         con.execute("BEGIN")
         try:
             for table in INDEX_TABLES:

@@ -126,14 +126,9 @@ def first_unrated(queue: pd.DataFrame) -> dict | None:
 
 def blinded_snippets(con, item: dict, n: int) -> pd.DataFrame:
     """The item's top examples (rank, tokens, acts, max_pos, start_pos), strongest first,
-    acts divided by the neuron's largest, so nothing shows the model's activation scale."""
-    df = con.execute("""
-        SELECT rank, tokens, acts, max_pos, start_pos, max_act FROM examples
-        WHERE model_id = ? AND layer = ? AND neuron = ? AND site = ? AND kind = 'top'
-        ORDER BY rank LIMIT ?""", [item["model_id"], int(item["layer"]), int(item["neuron"]), item["site"], n]).df()
-    scale = max(float(df.max_act.max()), 1e-12) if not df.empty else 1.0
-    df["acts"] = [[float(a) / scale for a in acts] for acts in df.acts]
-    return df.drop(columns=["max_act"])
+    blinded as blinded_windows blinds them."""
+    top = blinded_windows(con, item, n)
+    return top[top.kind == "top"][["rank", "tokens", "acts", "max_pos", "start_pos"]].reset_index(drop=True)
 
 
 def record_answer(db: str | Path, study: str, rater: str, item: dict, answer: str, label: str = "",
@@ -228,7 +223,7 @@ def blinded_windows(con, item: dict, snippets: int) -> pd.DataFrame:
     every interval sample and its random samples, activations divided by the neuron's
     largest top activation."""
     df = con.execute("""
-        SELECT kind, band, rank, tokens, acts, max_pos, max_act,
+        SELECT kind, band, rank, tokens, acts, max_pos, start_pos, max_act,
                max(max_act) FILTER (WHERE kind = 'top') OVER () AS neuron_max FROM examples
         WHERE model_id = ? AND layer = ? AND neuron = ? AND site = ? AND len(tokens) > 0
         QUALIFY kind <> 'top' OR row_number() OVER (PARTITION BY kind ORDER BY rank) <= ?
