@@ -7,8 +7,9 @@ import socket
 import sys
 from pathlib import Path
 
+from solu.config import MOST_TOKENS
 from solu.errors import UserError
-from solu.flags import path
+from solu.flags import count, path
 
 APP = Path(__file__).with_name("app.py")
 DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8501
@@ -44,8 +45,8 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="build the corpus, train a GELU and a SoLU model, index both, start the app")
     p.add_argument("--out", type=path, default=Path("runs/demo"), help="working directory (default runs/demo)")
     p.add_argument("--quick", action="store_true", help="tiny models and token counts (a minute; for tests)")
-    p.add_argument("--tokens", type=int, help="training tokens per model (default 2M, --quick 16k)")
-    p.add_argument("--index-tokens", type=int, help="tokens to index per model (default 1M, --quick 8k)")
+    p.add_argument("--tokens", type=count(*MOST_TOKENS), help="training tokens per model (default 2M, --quick 16k)")
+    p.add_argument("--index-tokens", type=count(*MOST_TOKENS), help="tokens to index per model (default 1M, --quick 8k)")
     p.add_argument("--no-app", action="store_true", help="stop after indexing and labelling")
     p.add_argument("--force", action="store_true", help="rebuild everything even if --out has it")
     _serve_args(p)

@@ -35,7 +35,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     from solu.flags import check_values
 
-    args = build_parser().parse_args(argv)
+    try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help, or a usage mistake argparse reported in one line
+        return e.code if isinstance(e.code, int) else 2
     try:
         check_values(args)
         return args.func(args) or 0

@@ -46,6 +46,8 @@ def cmd_train(args) -> int:
     if ranks == 1:
         check_count("--nproc", args.nproc, *_nproc_bound(args.device))
     if ranks == 1 and args.nproc > 1:
+        if not args.resume:  # every flag is checked here, before any rank starts
+            _configs(args, copies=args.nproc)
         return _launch_ranks(args)
     if args.nproc not in (1, ranks):
         raise UserError(f"--nproc {args.nproc} disagrees with the {ranks} processes torchrun started")
@@ -100,8 +102,8 @@ def rank_argv(args) -> list[str]:
 
 
 def _train(args) -> dict:
-    from solu.config import ModelConfig, TrainConfig
-    from solu.flags import config_from_args, given
+    from solu.config import ModelConfig
+    from solu.flags import given
     from solu.train import train
 
     if args.resume and given(ModelConfig, args):
@@ -109,10 +111,22 @@ def _train(args) -> dict:
     if args.resume:
         meta = train(None, None, args.out, resume=True, force=args.force, tokens=args.tokens)
     else:
-        model_cfg = config_from_args(ModelConfig, args, rename=MODEL_FLAGS)
-        train_cfg = config_from_args(TrainConfig, args)
+        model_cfg, train_cfg = _configs(args)
         meta = train(model_cfg, train_cfg, args.out, force=args.force, tokenizer_path=args.tokenizer)
     return meta
+
+
+def _configs(args, copies: int = 1):
+    """The model and training configs the flags ask for, and a check that `copies` processes
+    training that model fit in this machine's memory (CUDA ranks each hold theirs on a GPU)."""
+    from solu.config import ModelConfig, TrainConfig
+    from solu.flags import config_from_args
+    from solu.model import check_fits
+
+    model_cfg = config_from_args(ModelConfig, args, rename=MODEL_FLAGS)
+    train_cfg = config_from_args(TrainConfig, args)
+    check_fits(model_cfg, training=True, copies=1 if train_cfg.device == "cuda" else copies)
+    return model_cfg, train_cfg
 
 
 def cmd_fetch(args) -> int:

@@ -22,9 +22,23 @@ def _positive(obj, *names: str) -> None:
             raise ValueError(f"{name} must be a positive integer, got {value!r}")
 
 
-def option(default=MISSING, help: str = ""):
-    """A config field with the help text of its command-line flag (see solu.flags)."""
-    return field(default=default, metadata={"help": help})
+def option(default=MISSING, help: str = "", most: tuple[int, str] | None = None):
+    """A config field with the help text of its command-line flag (see solu.flags), and for a
+    count of tokens, rows or examples its bound: (the largest value, what makes it the bound)."""
+    return field(default=default, metadata={"help": help, **({"most": most} if most else {})})
+
+
+# a count of tokens past this is a typo: at a million tokens a second it is eleven days of work
+MOST_TOKENS = (10**12, "a trillion tokens")
+
+
+def check_bounds(cfg) -> None:
+    """Every field declared with `most` is at most that (ValueError naming the flag and the bound)."""
+    for f in fields(cfg):
+        most = f.metadata.get("most")
+        value = getattr(cfg, f.name)
+        if most and isinstance(value, int) and value > most[0]:
+            raise ValueError(f"--{f.name.replace('_', '-')} must be at most {most[0]:,} ({most[1]}), got {value:,}")
 
 
 def _from_dict(cls, data: dict):
@@ -48,13 +62,13 @@ class ModelConfig:
         if self.act_fn not in ACT_FNS:
             raise ValueError(f"unknown act_fn {self.act_fn!r}; choose one of {', '.join(ACT_FNS)}")
         _positive(self, "n_layers", "d_model", "d_mlp", "n_heads", "n_ctx", "d_vocab")
+        for name, most in MAX_SHAPE.items():
+            if getattr(self, name) > most:
+                raise ValueError(f"{name} must be at most {most:,}, got {getattr(self, name):,}")
         if self.d_model % self.n_heads:
             raise ValueError(f"n_heads ({self.n_heads}) must divide d_model ({self.d_model})")
         if self.d_vocab < 260:
             raise ValueError(f"d_vocab must be at least 260 (256 bytes plus special tokens), got {self.d_vocab}")
-        for name, most in MAX_SHAPE.items():
-            if getattr(self, name) > most:
-                raise ValueError(f"{name} must be at most {most:,}, got {getattr(self, name):,}")
         if self.n_params_estimate() > MAX_PARAMS:
             raise ValueError(f"this shape has about {self.n_params_estimate():,} parameters; at most {MAX_PARAMS:,}")
 
@@ -81,23 +95,24 @@ class TrainConfig:
 
     dataset: str = option("builtin", DATASET_HELP)
     text_column: str = option("text", "text column of .jsonl/.parquet/hf: datasets")
-    tokens: int = option(2_000_000, "training tokens (with --resume, raises the budget)")
-    batch_size: int = option(16, "sequences per step")
+    tokens: int = option(2_000_000, "training tokens (with --resume, raises the budget)", MOST_TOKENS)
+    batch_size: int = option(16, "sequences per step", (4096, "sequences held in memory at once"))
     lr: float = option(3e-3, "peak learning rate")
     min_lr_ratio: float = option(0.1, "final learning rate as a fraction of the peak")
-    warmup_tokens: int = option(100_000, "tokens of linear warmup")
+    warmup_tokens: int = option(100_000, "tokens of linear warmup", MOST_TOKENS)
     weight_decay: float = option(0.05, "AdamW weight decay")
     grad_clip: float = option(1.0, "gradient norm clip")
-    eval_tokens: int = option(65_536, "held-out tokens for the eval loss")
+    eval_tokens: int = option(65_536, "held-out tokens for the eval loss", (2**30, "held-out tokens kept in memory"))
     seed: int = option(0, "seed of initialisation and data order")
     shuffle: bool = option(True, "shuffle a local or hub dataset's documents, seeded by --seed, through a buffer of "
                                  "100,000 documents / 256 MB of text (off: file order; builtin is shuffled already)")
     device: str = option("auto", f"{', '.join(DEVICES)}")
-    checkpoint_every: int = option(100, "steps between checkpoints")
+    checkpoint_every: int = option(100, "steps between checkpoints", (10**9, "steps"))
     precision: str = option("auto", "auto (bf16 autocast on cuda, fp32 on cpu), fp32 or bf16")
 
     def __post_init__(self):
         _positive(self, "tokens", "batch_size", "eval_tokens", "checkpoint_every")
+        check_bounds(self)
         if not self.dataset:
             raise ValueError("dataset must not be empty")
         if not self.lr > 0:

@@ -15,6 +15,7 @@ import hashlib
 import json
 import os
 import random
+import re
 import sys
 import sysconfig
 from dataclasses import dataclass, field
@@ -100,6 +101,9 @@ def shuffled(docs: Iterator[Document], seed: int, max_docs: int = SHUFFLE_DOCS,
         yield take()
 
 
+USABLE = re.compile(r"[^\s\x00-\x1f\x7f]")  # a character a tokenizer can learn from
+
+
 def check_dataset(spec: str, text_column: str = "text", seed: int = 0, whole: bool = True) -> int:
     """Read a local dataset through once, before any output is written, so a bad line or an
     empty dataset fails early with one clear line. Returns the number of documents with
@@ -108,12 +112,13 @@ def check_dataset(spec: str, text_column: str = "text", seed: int = 0, whole: bo
     stats = ReadStats()
     documents = 0
     for doc in iter_documents(spec, text_column, stats, seed):
-        documents += bool(doc.text.strip())
+        documents += bool(USABLE.search(doc.text))
         if documents and (spec.startswith("hf:") or not whole):
             break
     if not documents:
-        detail = f" ({stats.summary()})" if stats.summary() else ""
-        raise UserError(f"dataset {spec!r} contains no text{detail}")
+        detail = stats.summary()
+        raise UserError(f"dataset {spec!r} contains no usable text "
+                        f"({detail or 'nothing but white space and control characters'})")
     return documents
 
 

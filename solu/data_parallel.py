@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from dataclasses import dataclass
 
 import torch
@@ -119,6 +120,7 @@ def launch(nproc: int, argv: list[str]) -> int:
     for handler in logging.getLogger("torch.distributed").handlers:  # torchrun's own lines and failure report
         handler.addFilter(_not_launcher)
     args = parse_args(["--standalone", f"--nproc-per-node={nproc}", "--module", "solu.cli", *argv])
+    before = set(descendants())
     try:
         run(args)
     except ChildFailedError as e:
@@ -126,4 +128,57 @@ def launch(nproc: int, argv: list[str]) -> int:
         return e.failures[rank].exitcode if e.failures[rank].exitcode > 0 else 1
     except SignalException:
         return 2  # the ranks stopped and said where (or had already finished)
+    except OSError as e:  # a rank could not be started (a process cap, no memory)
+        raise UserError(f"could not start {nproc} training processes: {e.strerror or e}") from None
+    finally:  # a launch that failed part way leaves no rank behind, waiting for the others
+        end_processes(set(descendants()) - before)
     return 0
+
+
+def descendants() -> list[int]:
+    """The process ids of this process's children, their children and so on (Linux /proc;
+    elsewhere none)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue  # it ended while we looked
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    found, todo = [], [os.getpid()]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def end_processes(pids, grace_s: float = 5.0) -> None:
+    """SIGTERM each of `pids`, then SIGKILL any still running after `grace_s`."""
+    import signal
+    import time
+
+    def signal_all(sig) -> list[int]:
+        alive = []
+        for pid in pids:
+            try:
+                os.kill(pid, sig)
+                alive.append(pid)
+            except ProcessLookupError:
+                pass
+        return alive
+
+    pids = signal_all(signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while pids and time.monotonic() < deadline:
+        time.sleep(0.1)
+        pids = [pid for pid in pids if _running(pid)]
+    signal_all(signal.SIGKILL)
+
+
+def _running(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -34,6 +34,22 @@ def path(text: str):
     return Path(text)
 
 
+def count(most: int, what: str, least: int = 1):
+    """A whole-number flag's type: from `least` to `most` (`what` says what bounds it);
+    anything else is refused by argparse in one line, before any work."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+        if not least <= value <= most:
+            raise argparse.ArgumentTypeError(f"must be from {least:,} to {most:,} ({what}), got {value:,}")
+        return value
+
+    parse.__name__ = "count"
+    return parse
+
+
 def flag_name(field_name: str, rename: dict[str, str] | None = None) -> str:
     return "--" + (rename or {}).get(field_name, field_name).replace("_", "-")
 
@@ -52,6 +68,8 @@ def add_config_flags(parser: argparse.ArgumentParser, cls, *, rename: dict[str, 
         if default is not None:
             help_text += (f" (default {'on' if default else 'off'})" if boolean else
                           f" (default {default:,})" if isinstance(default, int) else f" (default {default})")
+        if "most" in f.metadata:
+            help_text += f" (at most {f.metadata['most'][0]:,})"
         FLAGS[f.name] = flag_name(f.name, rename)
         parser.add_argument(FLAGS[f.name], dest=f.name, type=PARSERS[hints[f.name]],
                             default=None if leave_unset else default, help=help_text.strip(),

@@ -42,14 +42,18 @@ def build_model(cfg: ModelConfig, seed: int, device: str | torch.device = "cpu")
     return TransformerBridge.boot_native(bridge_config(cfg, seed), device=device)
 
 
-def check_fits(cfg: ModelConfig) -> None:
-    """UserError when the model's float32 weights exceed the memory available now (the
-    bridge is built on the host before it moves to a device)."""
-    need = cfg.n_params_estimate() * 4
+def check_fits(cfg: ModelConfig, *, training: bool = False, copies: int = 1) -> None:
+    """UserError when `copies` processes each holding the model's float32 weights (and, when
+    training, its gradients and Adam's two moments: 16 bytes a parameter) exceed the memory
+    available now (the bridge is built on the host before it moves to a device)."""
+    per_param = 16 if training else 4
+    need = cfg.n_params_estimate() * per_param * copies
     have = available_memory()
     if have is not None and need > have:
+        what = "its weights" if not training else "its weights, gradients and optimiser state"
+        procs = f" in each of {copies} processes" if copies > 1 else ""
         raise UserError(f"a model of this shape (d_model {cfg.d_model:,}, d_mlp {cfg.d_mlp:,}, {cfg.n_layers} "
-                        f"layers) needs about {need / 2**30:,.1f} GB for its weights; this machine has "
+                        f"layers) needs about {need / 2**30:,.1f} GB for {what}{procs}; this machine has "
                         f"{have / 2**30:,.1f} GB available")
 
 

@@ -179,7 +179,7 @@ def train(model_cfg: ModelConfig | None, train_cfg: TrainConfig | None, out: Pat
 def setup(model_cfg: ModelConfig, train_cfg: TrainConfig, out: Path, world: World, device: torch.device,
           resume: bool, force: bool, tokenizer_path: str | None) -> Run:
     """Check every input, then (rank 0) create the output directory, and build the run."""
-    check_fits(model_cfg)
+    check_fits(model_cfg, training=True)
     if tokenizer_path is not None and not str(tokenizer_path).strip():
         raise UserError("--tokenizer takes a tokenizer.json path, got an empty one")
     state = _load_state(out / STATE, device) if resume else {}

@@ -60,7 +60,7 @@ def test_missing_empty_and_unsupported_datasets(tmp_path):
     with pytest.raises(UserError, match="not found"):
         check_dataset(str(tmp_path / "nope.txt"))
     (tmp_path / "empty.txt").write_text("")
-    with pytest.raises(UserError, match="contains no text"):
+    with pytest.raises(UserError, match="contains no usable text"):
         check_dataset(str(tmp_path / "empty.txt"))
     (tmp_path / "data.csv").write_text("a,b\n")
     with pytest.raises(UserError, match="unsupported file type"):
@@ -72,7 +72,7 @@ def test_missing_empty_and_unsupported_datasets(tmp_path):
     with pytest.raises(UserError, match="not a readable parquet"):
         check_dataset(str(tmp_path / "bad.parquet"))
     (tmp_path / "only-binary.txt").write_bytes(b"\x00\x01\x02")
-    with pytest.raises(UserError, match="contains no text.*skipped 1"):
+    with pytest.raises(UserError, match="contains no usable text.*skipped 1"):
         check_dataset(str(tmp_path / "only-binary.txt"))
 
 

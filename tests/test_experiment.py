@@ -61,10 +61,10 @@ def test_grid_round_trips_and_checks_itself():
 
 @pytest.mark.parametrize("flags,needle", [
     (["--workers", "100000"], "--workers must be from 1 to"),
-    (["--seeds", "0"], "--seeds takes 1 to 100"),
-    (["--layers", "0"], "--layers takes layer counts"),
+    (["--seeds", "0"], "--seeds: must be from 1 to 100"),
+    (["--layers", "0"], "--layers: must be from 1 to 64"),
     (["--acts", "relu"], "--acts takes distinct activations"),
-    (["--d-model", "30", "--heads", "4"], "must divide --d-model"),
+    (["--d-model", "30", "--heads", "4"], "n_heads (4) must divide d_model (30)"),
 ])
 def test_bad_flags_are_one_line_before_any_work(tmp_path, capsys, flags, needle):
     out = tmp_path / "exp"

@@ -56,10 +56,13 @@ def test_bad_datasets(tmp_path, capsys):
     empty.write_text("")
     binary = tmp_path / "binary.txt"
     binary.write_bytes(b"\x89PNG\x00\x00")
+    nuls = tmp_path / "nuls.jsonl"  # valid JSON whose only document is escaped NULs
+    nuls.write_text('{"text": "\\u0000\\u0000\\u0000"}\n')
     cases = [
         (str(tmp_path / "missing.jsonl"), "not found"),
-        (str(empty), "contains no text"),
-        (str(binary), "contains no text (skipped 1 binary or non-UTF-8 file"),
+        (str(empty), "contains no usable text"),
+        (str(binary), "contains no usable text (skipped 1 binary or non-UTF-8 file"),
+        (str(nuls), f"dataset '{nuls}' contains no usable text (nothing but white space and control characters)"),
         (str(bad_json), "bad.jsonl:51: not a JSON object"),
         (str(no_column), "nocol.jsonl:1: no 'text' field"),
         ("hf:nobody/nothing", "cannot load Hugging Face dataset 'nobody/nothing'"),
@@ -163,6 +166,14 @@ def test_a_model_is_refused_only_when_its_weights_cannot_fit(monkeypatch):
     for have in (need + 1, None):
         monkeypatch.setattr(model, "available_memory", lambda have=have: have)
         model.check_fits(cfg)
+    # training holds gradients and Adam's moments too (16 bytes a parameter), in every process
+    monkeypatch.setattr(model, "available_memory", lambda: 4 * need - 1)
+    with pytest.raises(UserError, match="needs about .* GB for its weights, gradients and optimiser state;"):
+        model.check_fits(cfg, training=True)
+    monkeypatch.setattr(model, "available_memory", lambda: 4 * need + 1)
+    model.check_fits(cfg, training=True)
+    with pytest.raises(UserError, match="in each of 2 processes"):
+        model.check_fits(cfg, training=True, copies=2)
 
 
 def test_a_rerun_removes_what_a_killed_run_half_wrote(tmp_path, tiny_checkpoints, tiny_corpus):

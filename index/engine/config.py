@@ -3,7 +3,11 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from solu.config import DATASET_HELP, DEVICES, option
+from solu.config import DATASET_HELP, DEVICES, MOST_TOKENS, check_bounds, option
+
+# bounds of the counts that size what the index holds in memory per neuron and site
+EXAMPLES = (1000, "examples kept per neuron and site")
+WINDOW = (4096, "tokens of context kept per example")
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -12,32 +16,33 @@ DTYPES = ("float32", "bfloat16", "float16")
 class IndexConfig:
     dataset: str = option("builtin", DATASET_HELP)
     text_column: str = option("text", "text column of .jsonl/.parquet/hf: datasets")
-    tokens: int = option(1_000_000, "tokens to index per model (fewer if the dataset is shorter)")
+    tokens: int = option(1_000_000, "tokens to index per model (fewer if the dataset is shorter)", MOST_TOKENS)
     top_k: int = option(20, "top segments (the unit of ranking: documents longer than --segment-tokens are cut) "
-                            "kept per neuron and site")
-    window_before: int = option(32, "tokens kept before an example's max")
-    window_after: int = option(8, "tokens kept after it")
-    bands: int = option(5, "equal-width activation bands in (0, max]")
-    per_band: int = option(3, "random segments per band (0: no interval samples)")
+                            "kept per neuron and site", EXAMPLES)
+    window_before: int = option(32, "tokens kept before an example's max", WINDOW)
+    window_after: int = option(8, "tokens kept after it", WINDOW)
+    bands: int = option(5, "equal-width activation bands in (0, max]", (100, "bands per neuron"))
+    per_band: int = option(3, "random segments per band (0: no interval samples)", EXAMPLES)
     band_candidates: int = option(32, "active segments per neuron, chosen by a hash, that the interval samples are "
-                                      "drawn from (with the top-K) once the max is known")
-    random: int = option(5, "random segments regardless of activation")
+                                      "drawn from (with the top-K) once the max is known", (10_000, "candidates held per neuron and site"))
+    random: int = option(5, "random segments regardless of activation", EXAMPLES)
     threshold: float = option(0.2, "fraction of a neuron's max above which a token counts in frac_active_rel "
                                    "and in the activations table")
     sample_tokens: int = option(65_536, "tokens of segments, chosen across the run by a hash of (seed, doc_id, "
-                                        "segment), whose activations go into the activations table")
+                                        "segment), whose activations go into the activations table",
+                              (2**24, "sampled tokens held per neuron"))
     segment_tokens: int = option(1024, "documents longer than this are ranked and sampled as segments of this many "
-                                       "tokens, rounded down to whole rows of the model's context")
-    hist_bins: int = option(32, "histogram bins per neuron")
-    logit_k: int = option(10, "top and bottom tokens of each neuron's direct logit effect")
+                                       "tokens, rounded down to whole rows of the model's context", (2**20, "tokens per segment"))
+    hist_bins: int = option(32, "histogram bins per neuron", (10_000, "bins per neuron"))
+    logit_k: int = option(10, "top and bottom tokens of each neuron's direct logit effect", EXAMPLES)
     ablation: bool = option(False, "also measure each neuron's effect on the next-token loss over its top "
                                    "examples, zeroed and mean-ablated (3 forward passes over the top-K windows "
                                    "per neuron)")
     connection_k: int = option(10, "strongest positive and negative partners kept per neuron, upstream and "
-                                   "downstream, by virtual weight (models of 2+ layers)")
+                                   "downstream, by virtual weight (models of 2+ layers)", EXAMPLES)
     batch_size: int = option(0, "rows of n_ctx tokens per forward pass; 0: as many as fit, about 4096 tokens "
                                 "and 1 GiB of activations (on CUDA: 65,536 tokens, within a quarter of the "
-                                "device's free memory)")
+                                "device's free memory)", (4096, "rows of context in one forward pass"))
     dtype: str = option("float32", "dtype the model runs in: float32, bfloat16 or float16 (activations are "
                                    "accumulated in float32)")
     layers: str = option("", "layers to index, e.g. 0,2-3 (empty: all)")
@@ -53,8 +58,7 @@ class IndexConfig:
         for name in ("window_before", "window_after", "per_band", "random",
                      "sample_tokens", "logit_k", "connection_k", "seed", "batch_size"):
             _check_int(self, name, minimum=0)
-        if self.bands > 100:
-            raise ValueError(f"bands must be at most 100, got {self.bands}")
+        check_bounds(self)
         if not 0 <= self.threshold < 1:
             raise ValueError(f"threshold is a fraction of the max, in [0, 1), got {self.threshold}")
         if self.device not in DEVICES:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from solu.config import MOST_TOKENS
 from solu.errors import UserError
-from solu.flags import path
+from solu.flags import count, path
 
 
 def register(sub) -> None:
@@ -34,9 +35,9 @@ def register(sub) -> None:
     c.add_argument("--db", required=True, type=path)
     c.add_argument("name")
     c.add_argument("--models", nargs="+", required=True, metavar="MODEL")
-    c.add_argument("--per-model", type=int, default=50, help="neurons sampled per model (default 50)")
+    c.add_argument("--per-model", type=count(10_000, "neurons a study asks raters about"), default=50, help="neurons sampled per model (default 50)")
     c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--snippets", type=int, default=20, help="top snippets shown per neuron (default 20)")
+    c.add_argument("--snippets", type=count(1000, "snippets on one sheet"), default=20, help="top snippets shown per neuron (default 20)")
     c.set_defaults(func=cmd_study_create)
     h = ssub.add_parser("sheet", help="write a rater's blinded sheet (markdown) for rating offline")
     h.add_argument("--db", required=True, type=path)
@@ -72,10 +73,10 @@ def register(sub) -> None:
                                           "tasks, into one index, ending in the figure and a report")
     e.add_argument("--out", required=True, type=path, help="a new folder (or this experiment's, to resume it)")
     e.add_argument("--acts", nargs="+", default=None, metavar="ACT", help="activations (default gelu solu_ln)")
-    e.add_argument("--layers", nargs="+", type=int, default=None, metavar="N", help="sizes: layer counts (default 1 2)")
-    e.add_argument("--seeds", type=int, default=None, help="training seeds per cell, 0..N-1 (default 3)")
-    e.add_argument("--tokens", type=int, default=None, help="training tokens per model (default 2,000,000)")
-    e.add_argument("--index-tokens", type=int, default=None, help="tokens indexed per model (default 1,000,000)")
+    e.add_argument("--layers", nargs="+", type=count(64, "layers of an experiment's models"), default=None, metavar="N", help="sizes: layer counts (default 1 2)")
+    e.add_argument("--seeds", type=count(100, "training runs per cell"), default=None, help="training seeds per cell, 0..N-1 (default 3)")
+    e.add_argument("--tokens", type=count(*MOST_TOKENS), default=None, help="training tokens per model (default 2,000,000)")
+    e.add_argument("--index-tokens", type=count(*MOST_TOKENS), default=None, help="tokens indexed per model (default 1,000,000)")
     e.add_argument("--dataset", default=None, help="builtin, a local file or folder, or hf:NAME (default builtin)")
     for flag, what in (("--d-model", "residual width"), ("--d-mlp", "MLP neurons per layer"), ("--heads", "heads"),
                        ("--ctx", "context"), ("--vocab", "tokenizer vocabulary")):
@@ -93,7 +94,7 @@ def register(sub) -> None:
     m = sub.add_parser("match", help="each neuron's best matches in another model indexed on the same tokens")
     m.add_argument("--db", required=True, type=path)
     m.add_argument("models", nargs=2, metavar="MODEL", help="two model ids (same tokenizer and documents)")
-    m.add_argument("--top", type=int, default=3, help="matches kept per neuron (default 3)")
+    m.add_argument("--top", type=count(1000, "matches kept per neuron"), default=3, help="matches kept per neuron (default 3)")
     m.add_argument("--no-progress", action="store_true", help="no progress bar")
     m.set_defaults(func=cmd_match)
 
@@ -107,8 +108,6 @@ def experiment_grid(args):
              "index_tokens": args.index_tokens, "dataset": args.dataset, "d_model": args.d_model,
              "d_mlp": args.d_mlp, "heads": args.heads, "ctx": args.ctx, "vocab": args.vocab,
              "threads": args.threads}
-    if args.seeds is not None and not 1 <= args.seeds <= 100:
-        raise UserError(f"--seeds takes 1 to 100 seeds, got {args.seeds}")
     try:
         return Grid(**{**(QUICK if args.quick else {}), **{k: v for k, v in given.items() if v is not None}})
     except ValueError as err:

@@ -73,8 +73,25 @@ class Grid:
                             ("--checkpoint-every", self.checkpoint_every)):
             if value < 1:
                 raise ValueError(f"{flag} must be at least 1, got {value}")
-        if self.d_model % self.heads:
-            raise ValueError(f"--heads {self.heads} must divide --d-model {self.d_model}")
+        for n_layers in self.layers:  # every cell's configs are valid (their bounds hold) before any work
+            self.train_configs(self.acts[0], n_layers, self.seeds[0], "cpu")
+        self.index_config("cpu")
+
+    def train_configs(self, act: str, n_layers: int, seed: int, device: str):
+        """The ModelConfig and TrainConfig of one cell (ValueError where a flag is out of bounds)."""
+        from solu.config import ModelConfig, TrainConfig
+
+        model = ModelConfig(act_fn=act, n_layers=n_layers, d_model=self.d_model, d_mlp=self.d_mlp,
+                            n_heads=self.heads, n_ctx=self.ctx, d_vocab=self.vocab)
+        train = TrainConfig(dataset=self.dataset, tokens=self.tokens, batch_size=self.batch_size, seed=seed,
+                            device=device, eval_tokens=self.eval_tokens, warmup_tokens=self.warmup_tokens,
+                            checkpoint_every=self.checkpoint_every)
+        return model, train
+
+    def index_config(self, device: str):
+        from index.engine.config import IndexConfig
+
+        return IndexConfig(dataset=self.dataset, tokens=self.index_tokens, device=device, seed=0)
 
     def cells(self) -> list["Cell"]:
         return [Cell(a, n, s) for n in self.layers for s in self.seeds for a in self.acts]
@@ -145,7 +162,6 @@ def _task(work):
 def train_cell(out: str, grid: Grid, cell: Cell, device: str) -> CellResult:
     """Train the cell's model (resume a checkpoint left by a kill; keep a finished one)."""
     from solu.checkpoint import read_meta
-    from solu.config import ModelConfig, TrainConfig
     from solu.train import train
 
     start = time.perf_counter()
@@ -156,11 +172,7 @@ def train_cell(out: str, grid: Grid, cell: Cell, device: str) -> CellResult:
     if meta and (path / "train_state.pt").exists():
         meta = train(None, None, path, resume=True)
     else:
-        mcfg = ModelConfig(act_fn=cell.act, n_layers=cell.n_layers, d_model=grid.d_model, d_mlp=grid.d_mlp,
-                           n_heads=grid.heads, n_ctx=grid.ctx, d_vocab=grid.vocab)
-        tcfg = TrainConfig(dataset=grid.dataset, tokens=grid.tokens, batch_size=grid.batch_size, seed=cell.seed,
-                           device=device, eval_tokens=grid.eval_tokens, warmup_tokens=grid.warmup_tokens,
-                           checkpoint_every=grid.checkpoint_every)
+        mcfg, tcfg = grid.train_configs(cell.act, cell.n_layers, cell.seed, device)
         meta = train(mcfg, tcfg, path, force=True, tokenizer_path=str(Path(out) / TOKENIZER_FILE))
     return CellResult(cell.model_id, "trained", meta.get("train_seconds", time.perf_counter() - start),
                       meta["eval_loss"])
@@ -170,15 +182,13 @@ def train_cell(out: str, grid: Grid, cell: Cell, device: str) -> CellResult:
 def index_cell(out: str, grid: Grid, cell: Cell, device: str) -> CellResult:
     """Index the trained cell into a database of its own (OUT/runs/MODEL.duckdb), afresh."""
     from index.build import build_index
-    from index.engine.config import IndexConfig
     from solu.sources import resolve
 
     start = time.perf_counter()
     db = Path(out) / "runs" / f"{cell.model_id}.duckdb"
     for stale in (db, db.with_name(db.name + ".wal")):
         stale.unlink(missing_ok=True)
-    cfg = IndexConfig(dataset=grid.dataset, tokens=grid.index_tokens, device=device, seed=0)
-    build_index([resolve(str(Path(out) / "runs" / cell.model_id))], cfg, db, progress=False)
+    build_index([resolve(str(Path(out) / "runs" / cell.model_id))], grid.index_config(device), db, progress=False)
     return CellResult(cell.model_id, "indexed", time.perf_counter() - start, db=str(db))
 
 

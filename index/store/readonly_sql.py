@@ -32,10 +32,10 @@ from typing import Iterator
 from index.store.connection import LOCK_WAIT_S  # how long a query waits for a writer to finish
 from index.store.sql_sandbox import peak_rss
 from solu.errors import UserError
-from solu.flags import MAX_FLAG_VALUE as MAX_ROWS_LIMIT
 
 GB = 2**30
 MAX_TIMEOUT_S = 24 * 3600.0
+MAX_ROWS_LIMIT = 10**9  # rows one query prints; more would fill a disk with its output
 STARTUP_S = 30.0  # a child gets this long (plus the lock wait) to start and attach the database
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -57,7 +57,7 @@ class SqlLimits:
 
     def __post_init__(self):
         if not isinstance(self.max_rows, int) or not 0 <= self.max_rows <= MAX_ROWS_LIMIT:
-            raise ValueError(f"the row cap must be a whole number from 0 to {MAX_ROWS_LIMIT:.0e}, got {self.max_rows}")
+            raise ValueError(f"--max-rows must be a whole number from 0 to {MAX_ROWS_LIMIT:,}, got {self.max_rows:,}")
         if not (isinstance(self.timeout_s, (int, float)) and math.isfinite(self.timeout_s)
                 and 0 < self.timeout_s <= MAX_TIMEOUT_S):
             raise ValueError(f"the time limit must be above 0 and at most {MAX_TIMEOUT_S:g} seconds, "
