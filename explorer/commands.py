@@ -48,7 +48,8 @@ def register(sub) -> None:
     p.add_argument("--tokens", type=count(*MOST_TOKENS), help="training tokens per model (default 2M, --quick 16k)")
     p.add_argument("--index-tokens", type=count(*MOST_TOKENS), help="tokens to index per model (default 1M, --quick 8k)")
     p.add_argument("--no-app", action="store_true", help="stop after indexing and labelling")
-    p.add_argument("--force", action="store_true", help="rebuild everything even if --out has it")
+    p.add_argument("--force", action="store_true", help="rebuild everything even if --out has it, and build in an --out that "
+                                                      "holds other files too (never replaced)")
     _serve_args(p)
     p.set_defaults(func=cmd_demo)
 
@@ -166,7 +167,7 @@ def cmd_demo(args) -> int:
     from explorer.demo import check_demo_out, demo_plan, run_demo
 
     demo_plan(args.quick, args.tokens, args.index_tokens)  # every flag is checked before any work
-    check_demo_out(args.out)
+    check_demo_out(args.out, args.force)
     if not args.no_app:
         check_port(args.host, args.port)
     db = run_demo(args.out, quick=args.quick, tokens=args.tokens, index_tokens=args.index_tokens, force=args.force)

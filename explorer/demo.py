@@ -145,13 +145,15 @@ def demo_plan(quick: bool, tokens: int | None, index_tokens: int | None) -> Demo
                     plan.eval_tokens, plan.warmup_tokens)
 
 
-def check_demo_out(out: Path) -> None:
-    """--out must be a writable folder, or creatable; the corpus cache (SOLU_CACHE) too."""
+def check_demo_out(out: Path, force: bool = False):
+    """--out must be new, empty or a demo's folder (see OutputFolder); the corpus cache
+    (SOLU_CACHE) a writable folder, or creatable. Returns the OutputFolder."""
     from solu.corpus import cache_dir
-    from solu.outputs import check_out_dir
+    from solu.outputs import OutputFolder, check_out_dir
 
-    check_out_dir(out, "--out")
+    folder = OutputFolder(out, "--out", "demo", force=force)
     check_out_dir(cache_dir(), "SOLU_CACHE")
+    return folder
 
 
 def run_demo(out: Path, *, quick: bool = False, tokens: int | None = None, index_tokens: int | None = None,
@@ -161,16 +163,21 @@ def run_demo(out: Path, *, quick: bool = False, tokens: int | None = None, index
 
     plan = demo_plan(quick, tokens, index_tokens)
     out = Path(out)
-    check_demo_out(out)
-    out.mkdir(parents=True, exist_ok=True)
+    folder = check_demo_out(out, force)
+    folder.claim(*[name for _, name in MODELS], "index.duckdb", "index.duckdb.wal")
     start = time.perf_counter()
-    step(1, 5, "builtin corpus (Python's own sources, docs and certificates; built once, then cached)")
-    print(builtin_path(0), file=sys.stderr)
     checkpoints = [out / name for _, name in MODELS]
-    for i, ((act, _), ckpt) in enumerate(zip(MODELS, checkpoints)):
-        step(2 + i, 5, f"training {ckpt.name} ({act}, {plan.tokens:,} tokens)")
-        tokenizer = checkpoints[0] / TOKENIZER if i else None
-        train_model(act, ckpt, plan, tokenizer, force)
+    try:
+        step(1, 5, "builtin corpus (Python's own sources, docs and certificates; built once, then cached)")
+        print(builtin_path(0), file=sys.stderr)
+        for i, ((act, _), ckpt) in enumerate(zip(MODELS, checkpoints)):
+            step(2 + i, 5, f"training {ckpt.name} ({act}, {plan.tokens:,} tokens)")
+            tokenizer = checkpoints[0] / TOKENIZER if i else None
+            train_model(act, ckpt, plan, tokenizer, force)
+    except BaseException:
+        if not any(c.exists() for c in checkpoints):  # nothing to resume from: leave no folder
+            folder.abandon()
+        raise
     db = out / "index.duckdb"
     step(4, 5, f"indexing both models ({plan.index_tokens:,} tokens each) into {db}")
     index_models(checkpoints, db, plan, force)

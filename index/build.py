@@ -54,9 +54,14 @@ def build_index(models: list, cfg: IndexConfig, db: Path, progress: bool = True,
 
 
 def _executor(shards):
-    """InProcess, or RayShards on Ray (imported only then)."""
+    """InProcess; with --workers, LocalShards (processes on this machine); with
+    --ray-address too, RayShards on that cluster (Ray is imported only then)."""
     if shards is None:
         return InProcess()
+    if not shards.address:
+        from index.engine.local_shards import LocalShards
+
+        return LocalShards(shards)
     from index.engine.ray_shards import RayShards
 
     return RayShards(shards)

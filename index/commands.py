@@ -41,10 +41,12 @@ def register(sub) -> None:
 def cmd_index(args) -> int:
     from index.build import build_index
     from index.engine.config import IndexConfig
+    from index.store.writer import check_target
     from solu.flags import check_count, config_from_args, cores
     from solu.sources import check_available, resolve
 
     cfg = config_from_args(IndexConfig, args)
+    check_target(args.db)  # the database, before any model is looked up or loaded
     if args.threads is not None:
         check_count("--threads", args.threads, cores(), "the cores of this machine")
     shards = _shard_options(args)

@@ -140,3 +140,82 @@ def check_out_dir(path: Path, flag: str) -> None:
         raise UserError(f"{flag} {path}: {ancestor} is a file, not a folder")
     if not writable(ancestor):
         raise UserError(f"{flag} {path}: folder {ancestor} is not writable")
+
+
+MANIFEST = ".solu-output.json"  # in a folder a command writes into: which command, and the names it wrote
+
+
+class OutputFolder:
+    """A folder a command writes its files into (`solu compare --out`, `solu demo --out`,
+    an experiment's report). Checked before any work: it is new, empty, or holds only what
+    this command wrote there before, as its manifest says. Anything else there is the
+    user's: refused, or with --force left alone while the command writes beside it. A name
+    the user owns is never replaced, even with --force. Files are written through
+    write_atomic; a run that fails removes the files it began and a folder it made."""
+
+    def __init__(self, path: Path, flag: str, command: str, *, force: bool = False):
+        self.path, self.flag, self.command = Path(path), flag, command
+        check_out_dir(self.path, flag)
+        self.created = not self.path.exists()
+        self.own = set() if self.created else self._manifest()
+        foreign = [] if self.created else sorted(
+            p.name for p in self.path.iterdir()
+            if p.name != MANIFEST and p.name not in self.own and not _temporary(p.name, self.own))
+        if foreign and not force:
+            shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+            raise UserError(f"{flag} {self.path} holds files `solu {command}` did not write ({shown}); pick a new "
+                            "folder, or pass --force to write beside them (they are never replaced)")
+        self.foreign = set(foreign)
+        self.begun: list[Path] = []
+
+    def _manifest(self) -> set[str]:
+        import json
+
+        path = self.path / MANIFEST
+        if not path.is_file():
+            return set()
+        try:
+            saved = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return set()
+        if not isinstance(saved, dict) or saved.get("command") != self.command:
+            return set()
+        return {name for name in saved.get("files", []) if isinstance(name, str)}
+
+    def claim(self, *names: str) -> list[Path]:
+        """The paths of `names` in the folder, recorded as this command's (UserError, before
+        anything is written, if one is the user's)."""
+        import json
+
+        for name in names:
+            if name in self.foreign:
+                raise UserError(f"{self.flag} {self.path / name} is not a file `solu {self.command}` wrote; it is "
+                                "never replaced (pick a new folder)")
+        self.path.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(self.path)
+        if not self.own.issuperset(names):
+            self.own.update(names)
+            write_text(self.path / MANIFEST, json.dumps({"command": self.command, "files": sorted(self.own)}),
+                       self.flag)
+        return [self.path / name for name in names]
+
+    def write(self, name: str, write) -> Path:
+        """write(tmp) into a temporary file, moved into place as `name`."""
+        path, = self.claim(name)
+        if not path.exists():
+            self.begun.append(path)
+        write_atomic(path, write, self.flag)
+        return path
+
+    def abandon(self) -> None:
+        """After a failure: remove the files this run began, and the folder if this run made it."""
+        for path in self.begun:
+            path.unlink(missing_ok=True)
+        if self.created:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _temporary(name: str, own: set[str]) -> bool:
+    """A temporary file this command writes beside one of its own (`.NAME.PID.tmp`, the
+    indexer's `.NAME.PID.indexing`)."""
+    return any(name.startswith(f".{mine}.") for mine in own)

@@ -1,5 +1,5 @@
 """`solu experiment`: the grid, the same tables however the cells run (in process, on two
-Ray workers, resumed after a kill), the report, and its refusals."""
+worker processes or Ray, resumed after a kill), the report, and its refusals."""
 from __future__ import annotations
 
 import json
@@ -93,9 +93,24 @@ def test_the_report_and_the_figure(reference):
 
 
 @pytest.mark.integration
-def test_two_ray_workers_give_the_same_tables(reference, tmp_path):
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_two_workers_give_the_same_tables(reference, tmp_path, backend):
+    """Two worker processes on this machine, or two on a Ray cluster (--address): the
+    same tables as one process."""
     out = tmp_path / "exp"
-    assert main(["experiment", "--out", str(out), *SMALL, "--workers", "2"]) == 0
+    extra = []
+    if backend == "ray":
+        ray = pytest.importorskip("ray")
+        import logging
+
+        ray.init(num_cpus=2, object_store_memory=100 * 1024 ** 2, include_dashboard=False,
+                 logging_level=logging.ERROR, log_to_driver=False)
+        extra = ["--address", ray.get_runtime_context().gcs_address]
+    try:
+        assert main(["experiment", "--out", str(out), *SMALL, "--workers", "2", *extra]) == 0
+    finally:
+        if backend == "ray":
+            ray.shutdown()
     assert_same(tables(reference / "index.duckdb"), tables(out / "index.duckdb"))
 
 

@@ -161,18 +161,31 @@ def index_args(db: Path, models: list[Path], corpus: Path, *extra: str, **cfg) -
     return ["index", *map(str, models), "--db", str(db), "--dataset", str(corpus), *flags, "--no-progress", *extra]
 
 
+def backend_flags(backend: str, request) -> list[str]:
+    """--workers 2 in processes on this machine, or on the test's Ray cluster (--ray-address)."""
+    if backend == "local":
+        return ["--workers", "2", "--threads", "1"]
+    ray = request.getfixturevalue("ray_cluster")
+    return ["--workers", "2", "--threads", "1", "--ray-address", ray.get_runtime_context().gcs_address]
+
+
 @pytest.fixture(scope="module")
-def built_both(ray_cluster, tiny_checkpoints, tiny_corpus, tmp_path_factory):
-    """The same index built in one process and with --workers 2."""
+def one_process(tiny_checkpoints, tiny_corpus, tmp_path_factory):
+    db = tmp_path_factory.mktemp("one") / "one.duckdb"
+    assert main(index_args(db, [tiny_checkpoints["gelu"], tiny_checkpoints["solu_ln"]], tiny_corpus)) == 0
+    return db
+
+
+@pytest.fixture(scope="module", params=["local", "ray"])
+def built_both(request, one_process, tiny_checkpoints, tiny_corpus, tmp_path_factory):
+    """The same index built in one process and with --workers 2 (local processes, or Ray)."""
     models = [tiny_checkpoints["gelu"], tiny_checkpoints["solu_ln"]]
-    root = tmp_path_factory.mktemp("sharded")
-    one, two = root / "one.duckdb", root / "two.duckdb"
-    assert main(index_args(one, models, tiny_corpus)) == 0
+    two = tmp_path_factory.mktemp("sharded") / "two.duckdb"
     bars = []
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(pipeline, "progress_bar", lambda enabled, total, name: bars.append(FakeBar(total, name)) or bars[-1])
-        assert main(index_args(two, models, tiny_corpus, "--workers", "2", "--threads", "1")) == 0
-    return frames_in(one), frames_in(two), runs_in(one), runs_in(two), bars
+        assert main(index_args(two, models, tiny_corpus, *backend_flags(request.param, request))) == 0
+    return frames_in(one_process), frames_in(two), runs_in(one_process), runs_in(two), bars
 
 
 class FakeBar:
@@ -212,7 +225,7 @@ def test_one_progress_bar_counts_every_worker(built_both):
         [(f"{model} (2 workers)", tokens, tokens, True) for model, tokens, *_ in runs]
 
 
-def test_more_workers_than_cores_is_one_line(ray_cluster, tiny_checkpoints, tiny_corpus, tmp_path, capsys):
+def test_more_workers_than_cores_is_one_line(tiny_checkpoints, tiny_corpus, tmp_path, capsys):
     from solu.flags import cores
 
     too_many = str(cores() + 1)
@@ -222,17 +235,18 @@ def test_more_workers_than_cores_is_one_line(ray_cluster, tiny_checkpoints, tiny
     assert not (tmp_path / "x.duckdb").exists()
 
 
-def _kill_first_worker(killed: list, stop: threading.Event) -> None:
-    """SIGKILL the first of this test's Ray workers seen indexing a shard."""
+def _kill_first_worker(killed: list, stop: threading.Event, marker: bytes) -> None:
+    """SIGKILL the first of this test's workers seen (on Ray: seen indexing a shard)."""
     while not stop.is_set():
-        for pid in descendants(os.getpid(), b"ray::ShardWorker.run"):
+        for pid in descendants(os.getpid(), marker):
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
             return
         time.sleep(0.02)
 
 
-def test_a_killed_worker_leaves_the_previous_database(ray_cluster, tiny_checkpoints, tmp_path, capsys):
+@pytest.mark.parametrize("backend", ["local", "ray"])
+def test_a_killed_worker_leaves_the_previous_database(backend, request, tiny_checkpoints, tmp_path, capsys):
     from conftest import make_corpus
 
     db = tmp_path / "prev.duckdb"
@@ -241,10 +255,11 @@ def test_a_killed_worker_leaves_the_previous_database(ray_cluster, tiny_checkpoi
     capsys.readouterr()
     before = digest(db)
     killed, stop = [], threading.Event()
-    killer = threading.Thread(target=_kill_first_worker, args=(killed, stop))
+    marker = b"spawn_main" if backend == "local" else b"ray::ShardWorker.run"
+    killer = threading.Thread(target=_kill_first_worker, args=(killed, stop, marker))
     killer.start()
     try:
-        code = main(index_args(db, [tiny_checkpoints["solu_ln"]], corpus, "--workers", "2",
+        code = main(index_args(db, [tiny_checkpoints["solu_ln"]], corpus, *backend_flags(backend, request),
                                tokens=100_000, batch_size=1))
     finally:
         stop.set()
@@ -252,7 +267,8 @@ def test_a_killed_worker_leaves_the_previous_database(ray_cluster, tiny_checkpoi
     err = capsys.readouterr().err.strip().splitlines()
     assert killed, "no worker was seen running"
     assert code == 2 and len(err) == 1, err
-    assert "shard" in err[0] and f"pid {killed[0]}" in err[0] and "died" in err[0], err
+    assert "shard" in err[0] and "died" in err[0], err
+    assert backend == "local" or f"pid {killed[0]}" in err[0], err
     assert digest(db) == before
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
@@ -284,3 +300,33 @@ def test_shard_options_validate():
         ShardOptions(workers=2, threads=0)
     with pytest.raises(ValueError):
         ShardOptions(workers=2, address=" 10.0.0.1:6379")
+
+
+def test_local_workers_listen_on_no_network_address(tiny_checkpoints, tmp_path, capsys):
+    """While a 2-worker index runs on this machine, no process it starts listens on a
+    network address (the workers talk over pipes; issue 30, cause 8)."""
+    from conftest import make_corpus
+    from processes import LOOPBACK, listening_addresses
+    from solu.data_parallel import descendants as all_descendants
+
+    corpus = make_corpus(tmp_path / "big.jsonl", n_docs=1000, seed=2)
+    seen, workers, stop = set(), set(), threading.Event()
+    before = set(all_descendants())  # another test's Ray cluster may be up: not this run's
+
+    def watch() -> None:
+        while not stop.is_set():
+            pids = set(all_descendants()) - before
+            workers.update(pids)
+            seen.update(listening_addresses(pids))
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        assert main(index_args(tmp_path / "x.duckdb", [tiny_checkpoints["gelu"]], corpus, "--workers", "2",
+                               "--threads", "1", tokens=20_000)) == 0
+    finally:
+        stop.set()
+        watcher.join()
+    assert len(workers) >= 2  # the workers were there to be looked at
+    assert seen - LOOPBACK == set(), seen

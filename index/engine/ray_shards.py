@@ -1,4 +1,6 @@
-"""Shards on Ray workers: the executor of `solu index ... --workers N`.
+"""Shards on Ray workers: the executor of `solu index ... --workers N --ray-address ADDR`
+(a cluster the user started and trusts: Ray has no authentication by default; without
+--ray-address, index.engine.local_shards runs the workers on this machine).
 
 The pipeline (index.engine.pipeline) is the same as without workers; only who runs
 the shards differs. While the driver reads the plan, each worker (a Ray actor: one CPU,
@@ -10,7 +12,7 @@ line naming its shard, before anything is written.
 
 Workers must see the checkpoint and the dataset at the same paths as the driver (a
 shared filesystem on a multi-node cluster); a shard whose token count disagrees with the
-plan fails the run. Ray is imported only here, only when --workers is given.
+plan fails the run. Ray is imported only here, only when --ray-address is given.
 """
 from __future__ import annotations
 
@@ -92,13 +94,11 @@ class RayShards:
         ray = self.ray = _ray()
         t0 = time.perf_counter()
         if not ray.is_initialized():
-            opts = self.options
-            local = {} if opts.address else {"num_cpus": max(os.cpu_count() or 1, opts.workers * opts.threads)}
             try:
-                ray.init(address=opts.address or None, include_dashboard=False, logging_level=logging.ERROR,
-                         log_to_driver=False, **local)
+                ray.init(address=self.options.address, include_dashboard=False, logging_level=logging.ERROR,
+                         log_to_driver=False)
             except (ConnectionError, ValueError, RuntimeError) as e:
-                raise UserError(f"cannot start or join Ray at {opts.address or 'a local cluster'}: "
+                raise UserError(f"cannot join the Ray cluster at {self.options.address}: "
                                 f"{first_line(e)[:300]}") from None
             self.started = True
         self.start_s = time.perf_counter() - t0

@@ -1,5 +1,6 @@
-"""How a sharded run (`solu index --workers N`) is spread over Ray: options that do not
-change what is built, so they live apart from IndexConfig. Light: no torch, no Ray."""
+"""How a sharded run (`solu index --workers N`) is spread over worker processes on this
+machine, or over a Ray cluster: options that do not change what is built, so they live
+apart from IndexConfig. Light: no torch, no Ray."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -11,10 +12,12 @@ SHARD_FLAGS = {"address": "ray_address"}  # field -> flag name
 
 @dataclass(frozen=True)
 class ShardOptions:
-    workers: int = option(2, "spread each model's documents over this many Ray workers (needs the 'ray' extra); "
-                             "the index is the same as without")
-    address: str = option("", "with --workers: join this Ray cluster (host:port or ray://host:port) instead of "
-                              "starting a local one")
+    workers: int = option(2, "spread each model's documents over this many worker processes on this machine "
+                             "(they talk over pipes: nothing listens on the network); the index is the same as "
+                             "without")
+    address: str = option("", "with --workers: run the workers on this Ray cluster (host:port or ray://host:port; "
+                              "needs the 'ray' extra) instead. Ray has no authentication by default: use a "
+                              "cluster you started and trust")
     threads: int = option(1, "torch threads (and Ray CPUs) per worker")
 
     def __post_init__(self):

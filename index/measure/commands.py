@@ -64,7 +64,10 @@ def register(sub) -> None:
                         "or with --db two model ids, or two comma-separated groups of them (training seeds: "
                         "gelu-s0,gelu-s1,gelu-s2 solu-s0,solu-s1,solu-s2)")
     p.add_argument("--db", type=path, help="an index: write the interpretability report for MODEL_A MODEL_B")
-    p.add_argument("--out", type=path, help="with --db: report folder (default compare-A-vs-B)")
+    p.add_argument("--out", type=path, help="with --db: report folder (default compare-A-vs-B); a new one, or one "
+                                           "compare wrote before")
+    p.add_argument("--force", action="store_true", help="write into an --out that holds other files too (they "
+                                                        "are never replaced)")
     p.add_argument("--threshold", type=float, default=RULE_SHARE,
                    help=f"with --db: the rule's share of top examples (default {RULE_SHARE:g}, the paper's 80%%)")
     p.set_defaults(func=cmd_compare)
@@ -118,6 +121,7 @@ def cmd_experiment(args) -> int:
     from index.measure.experiment import run_experiment
     from index.measure.experiment_report import write_report
     from solu.flags import MAX_CLUSTER_WORKERS, check_count, cores
+    from solu.outputs import OutputFolder
 
     grid = experiment_grid(args)
     check_count("--threads", grid.threads, cores(), "the cores of this machine")
@@ -126,9 +130,10 @@ def cmd_experiment(args) -> int:
             check_count("--workers", args.workers, MAX_CLUSTER_WORKERS, "tasks sent to a cluster at once")
         else:
             check_count("--workers", args.workers, cores() // grid.threads, "the cores of this machine / --threads")
+    folder = OutputFolder(args.out / "report", "--out", "experiment")
     db = run_experiment(args.out, grid, workers=args.workers, address=args.address, device=args.device,
                         progress=not args.no_progress)
-    report = write_report(db, args.out / "report")
+    report = write_report(db, folder)
     print(report.read_text(encoding="utf-8").split("## Interpretable share")[0])
     print(f"{len(grid.cells())} cells in {db}; report and figures in {report.parent} "
           f"(the app's Models page shows them: solu app --db {db})")
@@ -357,7 +362,7 @@ def cmd_compare_report(args) -> int:
     """`solu compare --db FILE A B [--out DIR]`: the markdown + PNG report; A and B are
     model ids or comma-separated groups of them (training seeds)."""
     from index.measure.report import write_report
-    from solu.outputs import check_out_dir
+    from solu.outputs import OutputFolder
 
     if len(args.checkpoints) != 2:
         raise UserError("with --db, compare takes two model ids or two comma-separated groups of them: "
@@ -367,8 +372,8 @@ def cmd_compare_report(args) -> int:
         raise UserError(f"an empty model group: {' '.join(map(str, args.checkpoints))!r}")
     names = ["+".join(g) for g in groups]
     out = args.out or Path(f"compare-{names[0]}-vs-{names[1]}".replace("/", "_"))  # hub ids hold a slash
-    check_out_dir(out, "--out")
-    report = write_report(args.db, groups, out, args.threshold)
+    folder = OutputFolder(out, "--out", "compare", force=args.force)
+    report = write_report(args.db, groups, folder, args.threshold)
     print(report.read_text(encoding="utf-8"))
     print(f"report written to {report} (plots beside it)")
     return 0

@@ -7,8 +7,9 @@ autolabel`). Every cell of a seed shares its init seed and data order, and every
 the tokenizer, trained once; so two cells that differ in the activation differ in
 nothing else.
 
-Training and indexing are Ray tasks: on a local cluster sized to the machine by default,
-on an existing cluster with --address, asking each task for a GPU with --device cuda;
+Training and indexing are tasks: in a pool of worker processes on this machine (sized to
+its cores by default; they talk over pipes, nothing listens on the network), or as Ray
+tasks on an existing cluster with --address, asking each for a GPU with --device cuda;
 --workers 1 runs them in this process instead. Each task uses the same torch threads
 (Grid.threads) however it runs, so the tables do not depend on where a cell ran. A
 finished cell is recorded in `experiment_cells` and skipped by a rerun; a cell killed
@@ -129,7 +130,7 @@ class CellResult:
     extra: dict = field(default_factory=dict)
 
 
-# ---------------------------------------------------------------- the tasks (run in a Ray worker or here)
+# ---------------------------------------------------------------- the tasks (run in a worker, on Ray, or here)
 
 @contextlib.contextmanager
 def _quiet():
@@ -319,7 +320,7 @@ def run_experiment(out: Path, grid: Grid, *, workers: int | None = None, address
     bar = tqdm(total=len(cells) * len(STAGES), initial=len(done) * len(STAGES), desc=f"experiment {grid.name}",
                unit="step", disable=not progress)
     seconds: dict[str, dict] = {c.model_id: {} for c in todo}
-    ray_mode = workers > 1 or bool(address)
+    pooled = workers > 1 or bool(address)
     losses: dict[str, float | None] = {}
 
     def finish(result: CellResult) -> None:
@@ -330,8 +331,8 @@ def run_experiment(out: Path, grid: Grid, *, workers: int | None = None, address
             losses[cell.model_id] = result.eval_loss
             return
         merge_cell(db, Path(result.db), grid, cell)
-        # beside Ray tasks that hold the cores, score in this process (no fork of a threaded driver)
-        seconds[cell.model_id]["scored"] = score_cell(db, cell, 1 if ray_mode else None)
+        # beside workers that hold the cores, score in this process (no fork of a threaded driver)
+        seconds[cell.model_id]["scored"] = score_cell(db, cell, 1 if pooled else None)
         record_cell(db, grid, cell, seconds[cell.model_id], losses.get(cell.model_id, result.eval_loss))
         for name in (result.db, result.db + ".wal", result.db + ".lock"):  # the cell's own database, merged
             Path(name).unlink(missing_ok=True)
@@ -339,38 +340,73 @@ def run_experiment(out: Path, grid: Grid, *, workers: int | None = None, address
         bar.update(1)
 
     try:
-        if not ray_mode:
+        if not pooled:
             for cell in todo:
                 finish(train_cell(str(out), grid, cell, device))
                 finish(index_cell(str(out), grid, cell, device))
+        elif not address:
+            _run_local(out, grid, todo, workers, device, finish)
         else:
-            _run_on_ray(out, grid, todo, workers, address, device, finish)
+            _run_on_ray(out, grid, todo, address, device, finish)
     finally:
         bar.close()
     return db
 
 
-def _run_on_ray(out: Path, grid: Grid, todo: list[Cell], workers: int, address: str | None, device: str,
-                finish) -> None:
-    """Every cell as two chained Ray tasks (train, then index), results handled as they come."""
+def _run_local(out: Path, grid: Grid, todo: list[Cell], workers: int, device: str, finish) -> None:
+    """Every cell trained, then indexed, in a pool of `workers` processes on this machine
+    (spawned; they talk over pipes, so nothing listens on the network); results handled
+    as they come. A failed or killed worker ends the run in one line."""
+    import multiprocessing
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+    from concurrent.futures.process import BrokenProcessPool
+
+    from solu.errors import first_line
+
+    pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
+    try:
+        pending = {pool.submit(train_cell, str(out), grid, cell, device): cell for cell in todo}
+        while pending:
+            done, _ = wait(pending, return_when=FIRST_COMPLETED)
+            for future in done:
+                cell = pending.pop(future)
+                try:
+                    result = future.result()
+                except BrokenProcessPool:
+                    raise UserError(f"cell {cell.model_id}: its worker process died (killed, out of memory or "
+                                    "crashed); rerun the same command to resume") from None
+                except Exception as e:  # noqa: BLE001 - a cell's own error, reported in one line
+                    raise UserError(f"a cell failed: {first_line(e)[:300]}") from None
+                if result.stage == "trained":
+                    pending[pool.submit(_index_after, str(out), grid, cell, device, result)] = cell
+                finish(result)
+    except BaseException:
+        for process in list((pool._processes or {}).values()):  # no worker outlives a failed run
+            if process.is_alive():
+                process.kill()
+        raise
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _run_on_ray(out: Path, grid: Grid, todo: list[Cell], address: str, device: str, finish) -> None:
+    """Every cell as two chained Ray tasks (train, then index) on the cluster at `address`,
+    results handled as they come."""
     import logging
 
     try:
         import ray
     except ImportError:
-        raise UserError("solu experiment runs its cells on Ray: pip install 'solu-neuron-explorer[ray]' "
-                        "(or --workers 1 to run them here)") from None
+        raise UserError("--address runs the cells on a Ray cluster: pip install 'solu-neuron-explorer[ray]'") \
+            from None
     from solu.errors import first_line
 
     started = False
     if not ray.is_initialized():
-        local = {} if address else {"num_cpus": workers * grid.threads}
         try:
-            ray.init(address=address or None, include_dashboard=False, logging_level=logging.ERROR,
-                     log_to_driver=False, **local)
+            ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR, log_to_driver=False)
         except (ConnectionError, ValueError, RuntimeError) as e:
-            raise UserError(f"cannot start or join Ray at {address or 'a local cluster'}: {first_line(e)[:300]}") \
-                from None
+            raise UserError(f"cannot join the Ray cluster at {address}: {first_line(e)[:300]}") from None
         started = True
     try:
         gpus = 1 if device == "cuda" else 0

@@ -21,6 +21,7 @@ from index.measure import curves, study, verdict
 from index.measure.autolabel import RULE_SHARE
 from index.measure.compare import best_concepts, explanations, hierarchical_interval, primary
 from index.measure.report import markdown_table, pyplot, save_figure
+from solu.outputs import OutputFolder
 
 DRAWS = 2000
 MEASURES = {"verdict": "interpretable (verdict)", "mean_score": "mean held-out score", "rule": "paper's rule"}
@@ -187,7 +188,8 @@ def plot_layers(by_layer: pd.DataFrame, path: Path) -> None:
     save_figure(fig, path)
 
 
-def write_report(db: Path, out: Path, name: str | None = None) -> Path:
+def write_report(db: Path, folder: OutputFolder, name: str | None = None) -> Path:
+    """report.md, sizes.png and layers.png into `folder` (nothing half-written on a failure)."""
     from index.store.connection import open_read
 
     con = open_read(db)
@@ -198,12 +200,19 @@ def write_report(db: Path, out: Path, name: str | None = None) -> Path:
         con.close()
     if not tables:
         raise ValueError("no finished cell to report")
-    out.mkdir(parents=True, exist_ok=True)
-    plot_sizes(tables["by_size"], tables["difference"], out / "sizes.png")
-    if not tables["by_layer"].empty:
-        plot_layers(tables["by_layer"], out / "layers.png")
+    try:
+        folder.write("sizes.png", lambda tmp: plot_sizes(tables["by_size"], tables["difference"], tmp))
+        if not tables["by_layer"].empty:
+            folder.write("layers.png", lambda tmp: plot_layers(tables["by_layer"], tmp))
+        return folder.write("report.md", lambda tmp: tmp.write_text(_markdown(tables, grid), encoding="utf-8"))
+    except BaseException:
+        folder.abandon()
+        raise
+
+
+def _markdown(tables: dict, grid) -> str:
     cut = tables["cut"].iloc[0]
-    text = "\n".join([
+    return "\n".join([
         "# GELU vs SoLU across sizes and seeds\n",
         f"Grid: `{json.dumps(json.loads(grid[0])) if grid else '?'}`\n",
         "## What the grid supports\n", tables["summary"].sentence.iloc[0] + "\n",
@@ -217,6 +226,3 @@ def write_report(db: Path, out: Path, name: str | None = None) -> Path:
         "## Per layer\n", markdown_table(tables["by_layer"]), "![layers](layers.png)\n",
         "## Every cell\n", markdown_table(tables["cells"]),
     ])
-    report = out / "report.md"
-    report.write_text(text, encoding="utf-8")
-    return report

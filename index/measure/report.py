@@ -2,7 +2,6 @@
 as report.md with PNG plots."""
 from __future__ import annotations
 
-import contextlib
 
 import math
 from pathlib import Path
@@ -13,7 +12,7 @@ import pandas as pd
 from index.measure.autolabel import RULE_SHARE, check_threshold
 from index.measure.compare import compare_tables, headline
 from index.store.connection import open_read
-from solu.errors import UserError
+from solu.outputs import OutputFolder
 
 
 def markdown_table(df: pd.DataFrame, digits: int = 3) -> str:
@@ -45,7 +44,7 @@ def pyplot():
 
 def save_figure(fig, path: Path) -> None:
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=110, format="png")  # the path may be a temporary name (see OutputFolder)
     pyplot().close(fig)
 
 
@@ -246,56 +245,42 @@ def render_markdown(tables: dict[str, pd.DataFrame], groups: list[list[str]], ru
     return "\n".join(parts)
 
 
-def write_report(db: str | Path, groups: list[list[str]], out: str | Path, rule: float = RULE_SHARE) -> Path:
-    """Write report.md and its PNG plots into `out` for groups A and B (lists of model
-    ids); returns the report's path."""
+def write_report(db: str | Path, groups: list[list[str]], folder: OutputFolder, rule: float = RULE_SHARE) -> Path:
+    """Write report.md and its PNG plots into `folder` for groups A and B (lists of model
+    ids); returns the report's path. A failure (a full disk) leaves nothing half-written."""
     check_threshold(rule)
     con = open_read(db)
     try:
         tables = compare_tables(con, groups, rule)
     finally:
         con.close()
-    out = Path(out)
-    created = not out.exists()
     try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create {out}: {e.strerror or e}") from None
-    images = {"sparsity": "sparsity.png", "rule": "rule_by_layer.png", "best": "best_share.png",
-              "study": "study.png", "heldout": "verdict_by_layer.png", "scores": "heldout_scores.png",
-              "curves": "score_curves.png"}
-    fresh = [out / name for name in [*images.values(), "report.md"] if not (out / name).exists()]
-    try:
-        return _write_files(tables, groups, rule, out, images)
-    except BaseException:  # a full disk: nothing this run began stays behind half-written
-        for path in fresh:
-            path.unlink(missing_ok=True)
-        if created:
-            with contextlib.suppress(OSError):  # the first error is the one to report
-                out.rmdir()
+        return _write_files(tables, groups, rule, folder)
+    except BaseException:
+        folder.abandon()
         raise
 
 
-def _write_files(tables: dict, groups: list[list[str]], rule: float, out: Path, names: dict[str, str]) -> Path:
+def _write_files(tables: dict, groups: list[list[str]], rule: float, folder: OutputFolder) -> Path:
     models = [m for g in groups for m in g]
-    images = {"sparsity": names["sparsity"]}
-    plot_sparsity(tables["neuron_stats"], models, out / images["sparsity"])
+    images = {}
+
+    def plot(key: str, name: str, draw, *args) -> None:
+        folder.write(name, lambda tmp: draw(*args, tmp))
+        images[key] = name
+
+    plot("sparsity", "sparsity.png", plot_sparsity, tables["neuron_stats"], models)
     if not tables["best"].empty:
-        images |= {"rule": names["rule"], "best": names["best"]}
-        plot_by_layer(tables["rule_by_layer"], models,
-                      f"One concept explains >= {rule:.0%} of the top examples (95% CI)", out / images["rule"])
-        plot_best_share(tables["best"], models, rule, out / images["best"])
+        plot("rule", "rule_by_layer.png", plot_by_layer, tables["rule_by_layer"], models,
+             f"One concept explains >= {rule:.0%} of the top examples (95% CI)")
+        plot("best", "best_share.png", plot_best_share, tables["best"], models, rule)
     if not tables["study"].empty:
-        images["study"] = names["study"]
-        plot_study(tables["study"], out / images["study"])
+        plot("study", "study.png", plot_study, tables["study"])
     if not tables["explanations"].empty:
-        images |= {"heldout": names["heldout"], "scores": names["scores"], "curves": names["curves"]}
         cut = tables["verdict_cut"].iloc[0]
-        plot_by_layer(tables["verdict_by_layer"], models,
-                      f"Interpretable: top share >= {cut.top_share:g}, score >= {cut.score:g} (95% CI)",
-                      out / images["heldout"])
-        plot_scores(tables["explanations"], models, float(cut.score), out / images["scores"])
-        plot_curves(tables["curves"], tables["curve_difference"], out / images["curves"])
-    report = out / "report.md"
-    report.write_text(render_markdown(tables, groups, rule, images), encoding="utf-8")
-    return report
+        plot("heldout", "verdict_by_layer.png", plot_by_layer, tables["verdict_by_layer"], models,
+             f"Interpretable: top share >= {cut.top_share:g}, score >= {cut.score:g} (95% CI)")
+        plot("scores", "heldout_scores.png", plot_scores, tables["explanations"], models, float(cut.score))
+        plot("curves", "score_curves.png", plot_curves, tables["curves"], tables["curve_difference"])
+    text = render_markdown(tables, groups, rule, images)
+    return folder.write("report.md", lambda tmp: tmp.write_text(text, encoding="utf-8"))

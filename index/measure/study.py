@@ -64,8 +64,17 @@ def create_study(db: str | Path, name: str, models: list[str], per_model: int = 
             if (sorted(old[0][0]), old[0][1], old[0][2], old[0][3]) != (sorted(set(models)), per_model, seed, snippets):
                 raise UserError(f"study {name!r} exists with other settings; pick another name")
             return
-        con.execute("INSERT INTO studies (study, models, per_model, seed, snippets) VALUES (?, ?, ?, ?, ?)",
-                    [name, sorted(set(models)), per_model, seed, snippets])
+        con.execute("BEGIN")  # the study and the sample it draws, or nothing
+        try:
+            con.execute("INSERT INTO studies (study, models, per_model, seed, snippets) VALUES (?, ?, ?, ?, ?)",
+                        [name, sorted(set(models)), per_model, seed, snippets])
+            if study_items(con, name).empty:
+                raise UserError(f"the models {', '.join(sorted(set(models)))} have no neurons with top examples "
+                                "to rate; index them first")
+            con.execute("COMMIT")
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
 
 
 def studies(con) -> pd.DataFrame:

@@ -13,6 +13,7 @@ Labels are append-only; `current_labels` shows the latest row per neuron and sou
 """
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 import duckdb
@@ -202,6 +203,9 @@ INDEX_TABLES = ("models", "index_runs", "index_details", "neurons", "examples", 
 HUMAN_TABLES = ("labels", "studies", "study_answers")
 
 
+RESTORE = "restore it from a backup, or re-index into a new file with solu index"
+
+
 def schema_version(con: duckdb.DuckDBPyConnection) -> int:
     """0 for an empty database; raises UserError for a database that is not ours."""
     tables = {r[0] for r in con.execute("SELECT table_name FROM information_schema.tables").fetchall()}
@@ -211,24 +215,76 @@ def schema_version(con: duckdb.DuckDBPyConnection) -> int:
         raise UserError("this DuckDB file is not a solu index (no meta table)")
     rows = con.execute("SELECT value FROM meta WHERE key = 'schema_version'").fetchall()
     if not rows:
-        raise UserError("this DuckDB file is not a solu index (no schema version)")
+        raise UserError(f"this DuckDB file is not a solu index (no schema version); {RESTORE}")
     try:
-        return int(rows[0][0])
+        version = int(rows[0][0])
     except (TypeError, ValueError):
-        raise UserError(f"this DuckDB file is not a solu index (schema version {rows[0][0]!r})") from None
+        version = -1
+    if version < 1:
+        raise UserError(f"this DuckDB file is not a solu index (schema version {rows[0][0]!r}); {RESTORE}")
+    return version
 
 
 def check_version(con: duckdb.DuckDBPyConnection) -> int:
+    """The database's schema version, once its tables, views and columns are checked to be
+    exactly that version's (UserError, in one line, saying what is missing or unexpected)."""
     version = schema_version(con)
     if version > SCHEMA_VERSION:
         raise UserError(f"the database has schema version {version}, newer than this solu "
                         f"({SCHEMA_VERSION}); upgrade solu-neuron-explorer")
+    if version:
+        check_tables(con, version)
     return version
+
+
+def tables_of(con: duckdb.DuckDBPyConnection) -> dict[str, tuple[str, frozenset]]:
+    """Each table and view of the database `con` opened (not an attached one, nor a
+    connection's temporary views): (TABLE or VIEW, its column names)."""
+    rows = con.execute("""
+        SELECT table_name, list(column_name) FROM duckdb_columns()
+        WHERE database_name = current_database() AND schema_name = 'main' GROUP BY table_name""").fetchall()
+    views = {r[0] for r in con.execute("""
+        SELECT view_name FROM duckdb_views()
+        WHERE database_name = current_database() AND schema_name = 'main' AND NOT internal""").fetchall()}
+    return {name: ("VIEW" if name in views else "TABLE", frozenset(cols)) for name, cols in rows}
+
+
+@functools.cache
+def declared(version: int) -> dict[str, tuple[str, frozenset]]:
+    """The tables, views and columns a database of `version` has: migrations 1..version
+    applied to an empty in-memory database (the last is what schema.sql creates; a test
+    checks that)."""
+    con = duckdb.connect(":memory:")
+    try:
+        for number in range(version):
+            con.execute(MIGRATIONS[number])
+        return tables_of(con)
+    finally:
+        con.close()
+
+
+def check_tables(con: duckdb.DuckDBPyConnection, version: int) -> None:
+    have, want = tables_of(con), declared(version)
+    problems = [f"no {kind.lower()} {name}" for name, (kind, _) in want.items() if name not in have]
+    problems += [f"{name} is a {have[name][0].lower()}, not a {kind.lower()}" for name, (kind, _) in want.items()
+                 if name in have and have[name][0] != kind]
+    for name, (kind, columns) in want.items():
+        if name in have and have[name][0] == kind:
+            problems += [f"no column {name}.{c}" for c in sorted(columns - have[name][1])]
+            problems += [f"an unexpected column {name}.{c}" for c in sorted(have[name][1] - columns)]
+    problems += [f"an unexpected {have[name][0].lower()} {name}" for name in sorted(set(have) - set(want))]
+    if problems:
+        later = [v for v in range(1, SCHEMA_VERSION + 1) if v != version and declared(v) == have]
+        why = (f"its tables are those of schema version {later[0]}, but it says {version}" if later else
+               "damaged, or changed outside solu")
+        shown = "; ".join(sorted(problems)[:4]) + (f"; and {len(problems) - 4} more" if len(problems) > 4 else "")
+        raise UserError(f"this index does not match its schema version {version} ({why}): {shown}; {RESTORE}")
 
 
 def migrate(con: duckdb.DuckDBPyConnection) -> int:
     """Bring a writable connection to SCHEMA_VERSION: an empty database from schema.sql,
-    an older one step by step. Returns the version it started at."""
+    an older one step by step, each step one transaction (a crash leaves the version before
+    it, whole). Returns the version it started at."""
     start = check_version(con)
     if start == 0:
         _apply(con, SCHEMA_SQL.read_text(encoding="utf-8"), SCHEMA_VERSION)
@@ -240,6 +296,10 @@ def migrate(con: duckdb.DuckDBPyConnection) -> int:
 
 def _apply(con: duckdb.DuckDBPyConnection, sql: str, version: int) -> None:
     con.execute("BEGIN")
-    con.execute(sql)
-    con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(version)])
-    con.execute("COMMIT")
+    try:
+        con.execute(sql)
+        con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(version)])
+        con.execute("COMMIT")
+    except BaseException:
+        con.execute("ROLLBACK")
+        raise
