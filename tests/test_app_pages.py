@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import html
+import json
 import re
+
+import duckdb
 
 import pytest
 
@@ -167,6 +170,40 @@ def test_models_page(synth_db):
     assert at.metric[1].value == "4.9500"
     summary = at.dataframe[1].value
     assert summary.set_index("model_id").labeled.to_dict() == {GELU: 1, SOLU: 1}
+    con = duckdb.connect(str(synth_db), read_only=True)
+    rel = dict(con.execute("SELECT model_id, median(frac_active_rel) FROM neurons WHERE is_primary "
+                           "GROUP BY ALL").fetchall())
+    threshold = con.execute("SELECT any_value(activation_threshold) FROM index_runs").fetchone()[0]
+    con.close()
+    assert summary.set_index("model_id").median_density.to_dict() == pytest.approx(rel)  # the index's threshold
+    assert any(f"above {threshold:.0%} of its own max" in c.value for c in at.caption)
+
+
+def axis_titles(spec: dict, channel: str) -> set:
+    """The titles a chart's layers give one channel (a field name where a layer gives none)."""
+    layers = spec.get("layer", [spec])
+    encodings = [layer.get("encoding", {}).get(channel) for layer in layers]
+    return {e.get("title", e.get("field")) for e in encodings if e and "field" in e}
+
+
+def test_models_page_charts_have_one_clean_title_per_axis(synth_db, monkeypatch):
+    from index.measure.autolabel import autolabel
+    from measure_db import build_measure_db
+
+    db = build_measure_db(synth_db.with_name("scored.duckdb"), top_k=20)
+    autolabel(db)
+    monkeypatch.setenv("SOLU_DB", str(db))
+    at = app_at("models")
+    no_exception(at)
+    specs = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+    assert len(specs) >= 8
+    for spec in specs:
+        for channel in ("x", "y"):
+            titles = axis_titles(spec, channel)
+            assert len(titles) <= 1, titles  # Vega-Lite would join them: "share, ci_low"
+    shares = [s for s in specs if axis_titles(s, "y") == {"labeled"}]
+    assert len(shares) == 1 and shares[0]["layer"][0]["encoding"]["y"]["scale"]["domain"] == [0, 1]
+    assert shares[0]["layer"][0]["encoding"]["y"]["axis"]["format"].endswith("%")  # not 0.000000 when none is
 
 
 def test_probe_runs_the_model(probe_db):
