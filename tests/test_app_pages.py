@@ -255,6 +255,26 @@ def test_sql_page_runs_and_refuses(synth_db):
     assert "syntax error" in unescape_md(at.error[0].value).lower() and len(at.error[0].value.splitlines()) == 1
 
 
+def test_sql_page_lists_every_table_and_view_and_the_shared_examples(synth_db):
+    from explorer.sql_examples import examples
+
+    con = duckdb.connect(str(synth_db), read_only=True)
+    tables = con.execute("SELECT table_name, table_type FROM information_schema.tables").fetchall()
+    con.close()
+    at = app_at("sql")
+    no_exception(at)
+    caption = unescape_md(at.caption[0].value)
+    listed = {kind: caption.split(f"{kind}: ")[1].split(".")[0].split(", ") for kind in ("Tables", "Views")}
+    assert sorted(listed["Tables"]) == sorted(name for name, kind in tables if kind == "BASE TABLE")
+    assert sorted(listed["Views"]) == sorted(name for name, kind in tables if kind == "VIEW")
+    assert {"explanations", "connections", "ablations", "neuron_matches", "concept_scores"} <= set(listed["Tables"])
+    assert "ln_agreement" in listed["Views"]
+    shown = at.selectbox[0].options[1:]
+    assert shown == list(examples())
+    at.selectbox[0].select(shown[0]).run()
+    assert at.text_area[0].value == examples()[shown[0]]
+
+
 def test_missing_database_is_a_message(tmp_path, monkeypatch):
     monkeypatch.setenv("SOLU_DB", str(tmp_path / "gone.duckdb"))
     at = app_at()
