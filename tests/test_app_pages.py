@@ -31,6 +31,8 @@ def test_neurons_page_lists_and_filters(synth_db):
     table = at.dataframe[0].value
     assert len(table) == 100 and table.max_act.is_monotonic_decreasing
     assert "256 neurons match" in at.caption[0].value
+    text = table[["label", "auto_label", "explanation"]]
+    assert text.notna().all().all() and (table.label == "").any()  # an unlabeled neuron: empty, not "None"
     at.text_input[0].input("BASE64").run()
     table = at.dataframe[0].value
     assert list(table.label) == ["base64 (padding)"] and table.neuron.tolist() == [1]
@@ -119,6 +121,8 @@ def test_label_editor_appends(synth_db):
     rows = labels_of(synth_db, SOLU, 1, 7)
     assert [r[1] for r in rows] == ["people counts", "people counts (plural)"]  # history kept
     assert any(e.label.startswith("History (2 changes)") for e in at.expander)
+    history = next(d.value for d in at.dataframe if "created_at" in d.value.columns)
+    assert history.notna().all().all() and (history.score == "").all()  # a human label has no score: no NaN
 
 
 def test_label_editor_strips_nul_and_control_characters(synth_db):

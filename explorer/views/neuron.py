@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explorer import data, nav, render
+from explorer import data, nav, numbers, render
 from explorer.nav import NEURON_PATH, Address
 from index.measure import verdict
 from index.measure.explain import Rule, held_out
@@ -111,7 +111,8 @@ def label_editor(addr: Address) -> None:
         st.caption(f"Saved by {render.md_escape(who)} at {pd.Timestamp(latest.created_at.iloc[0]):%Y-%m-%d %H:%M:%S}")
     if not history.empty:
         with st.expander(f"History ({len(history)} change{'s' * (len(history) != 1)})"):
-            st.dataframe(history, hide_index=True)
+            st.dataframe(numbers.blank_missing(history, ["label", "note", "author", "score", "status"]),
+                         hide_index=True)
 
 
 def save_figure(addr: Address, done: str, label: str, note: str, **kwargs) -> None:

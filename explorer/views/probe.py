@@ -5,7 +5,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from explorer import data, nav, render, text_probe
+from explorer import data, nav, numbers, render, text_probe
 from explorer.nav import Address
 from solu.checkpoint import CONFIG
 from solu.errors import UserError
@@ -44,6 +44,7 @@ def neuron_table(model_id: str, site: str, rows: list[dict]):
     df["of_max"] = df.act / df.max_act.where(df.max_act > 0)
     df["token"] = df.token.map(repr)
     df["open"] = [Address(model_id, int(r.layer), int(r.neuron), site).url for r in df.itertuples()]
+    df = numbers.blank_missing(df, ["label", "auto_label"])
     st.dataframe(df[["layer", "neuron", "act", "of_max", "token", "label", "auto_label", "open"]], hide_index=True,
                  column_config={"act": st.column_config.NumberColumn(format="%.4g"),
                                 "auto_label": st.column_config.TextColumn("automatic label"),
