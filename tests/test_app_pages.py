@@ -89,6 +89,29 @@ def test_unknown_neuron_is_a_message(synth_db, params, message):
     assert any(message in unescape_md(w.value) for w in at.warning), [w.value for w in at.warning]
 
 
+@pytest.mark.parametrize("page", ["neuron", "probe"])
+def test_a_bad_address_keeps_what_exists_and_says_so(synth_db, page):
+    at = app_at(page, model=SOLU, layer=99, neuron=5)
+    no_exception(at)
+    assert [w for w in at.warning if "No neuron L99 N5" in unescape_md(w.value)], [w.value for w in at.warning]
+    picked = {w.label: w.value for w in [*at.selectbox, *at.number_input]}
+    assert (picked["Model"], picked["Site"], picked["Layer"], picked["Neuron"]) == (SOLU, "pre_ln", 1, 5)
+    at = app_at(page, model="nope")
+    assert [w for w in at.warning if "No model 'nope'" in unescape_md(w.value)]
+
+
+def test_address_messages_count_in_words():
+    import pandas as pd
+
+    from explorer import nav
+
+    sites = pd.DataFrame({"model_id": ["m"], "site": ["post"], "is_primary": [True], "n_layers": [1], "d_mlp": [8]})
+    _, problem = nav.parse({"model": "m", "layer": "1"}, sites)
+    assert "it has layer 0 and neurons 0-7." in problem
+    _, problem = nav.parse({"model": "m", "layer": "5"}, sites.assign(n_layers=3, d_mlp=1))
+    assert "it has layers 0-2 and neuron 0." in problem
+
+
 def test_neuron_page_defaults_to_first_neuron(synth_db):
     at = app_at("neuron")
     no_exception(at)

@@ -17,9 +17,10 @@ from solu.errors import UserError
 
 
 def navigator(sites: pd.DataFrame, addr: Address | None) -> None:
-    """Model / site / layer / neuron pickers and previous / next / random buttons."""
+    """Model / site / layer / neuron pickers and previous / next / random buttons; for an
+    address that names no neuron, the pickers start at the nearest one that exists."""
     models = list(dict.fromkeys(sites.model_id))
-    current = addr or Address(models[0], 0, 0, nav.primary_site(sites, models[0]))
+    current = addr or nav.nearest(st.query_params, sites)
     cols = st.columns([3, 2, 1.2, 1.4, 0.9, 0.9, 1.1], vertical_alignment="bottom")
     model_id = cols[0].selectbox("Model", models, index=models.index(current.model_id), key=f"m|{current.key}")
     model_sites = list(sites[sites.model_id == model_id].site)
@@ -297,7 +298,7 @@ def page() -> None:
     addr, problem = nav.parse(st.query_params, sites)
     navigator(sites, addr)
     if problem:
-        st.warning(render.md_escape(problem))
+        st.warning(f"{render.md_escape(problem)} The pickers above start at the nearest neuron there is.")
         st.page_link("views/neurons.py", label="Browse all neurons", icon=":material/table_rows:")
         return
     stats_df = data.query("neuron", addr.model_id, addr.layer, addr.neuron, addr.site)
