@@ -7,7 +7,8 @@ from explorer.nav import NEURON_PAGE, NEURON_PATH
 
 HERE = Path(__file__).parent
 
-st.set_page_config(page_title="SoLU Neuron Explorer", page_icon=":material/neurology:", layout="wide")
+# a file of our own: a ":material/..." page icon makes the browser fetch the favicon from a font host
+st.set_page_config(page_title="SoLU Neuron Explorer", page_icon=str(HERE / "favicon.svg"), layout="wide")
 
 pages = [
     # Streamlit serves the default page at / only; the hidden twin answers at /neurons too

@@ -98,13 +98,19 @@ def streamlit_command(db: Path, host: str, port: int) -> tuple[list[str], dict]:
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
+def app_url(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> str:
+    """Where a browser on this machine reaches the app served on host:port (every interface
+    and 'localhost' included: 127.0.0.1, the address the app binds by default)."""
+    if host in ("127.0.0.1", "localhost", "0.0.0.0", "::"):
+        host = "127.0.0.1"
+    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
+
+
 def serve(db: Path, host: str, port: int) -> None:
     """Replace this process with the Streamlit server (Ctrl-C stops it)."""
     cmd, env = streamlit_command(db, host, port)
-    local = host in ("127.0.0.1", "localhost", "::1", "0.0.0.0", "::")
     where = "" if host in LOOPBACK else f", listening on {host}"
-    url = f"http://{'localhost' if local else host}:{port}"
-    print(f"SoLU Neuron Explorer on {db}: {url}{where}  (Ctrl-C to stop)", flush=True)
+    print(f"SoLU Neuron Explorer on {db}: {app_url(host, port)}{where}  (Ctrl-C to stop)", flush=True)
     if host not in LOOPBACK:
         print(f"warning: --host {host} makes the explorer reachable from the network, with no login: anyone who "
               "reaches this port can read the index and write labels", file=sys.stderr, flush=True)
@@ -170,7 +176,8 @@ def cmd_demo(args) -> int:
     check_demo_out(args.out, args.force)
     if not args.no_app:
         check_port(args.host, args.port)
-    db = run_demo(args.out, quick=args.quick, tokens=args.tokens, index_tokens=args.index_tokens, force=args.force)
+    db = run_demo(args.out, quick=args.quick, tokens=args.tokens, index_tokens=args.index_tokens, force=args.force,
+                  app=app_url(args.host, args.port))
     if args.no_app:
         print(f"index ready: {db}\nstart the app with: solu app --db {db}")
         return 0

@@ -6,11 +6,9 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from explorer import data, db
+from explorer import data, db, numbers
 from index.measure import compare
 from index.measure.autolabel import RULE_SHARE
-
-PERCENT = st.column_config.NumberColumn(format="percent")
 
 
 def pick_models(models: pd.DataFrame) -> list[list[str]] | None:
@@ -37,40 +35,50 @@ def pick_models(models: pd.DataFrame) -> list[list[str]] | None:
     return [group_a, group_b]
 
 
-def rule_chart(by_layer: pd.DataFrame, title: str = "fraction passing the rule") -> alt.LayerChart:
-    """Per layer and model, the fraction passing a measure, with its 95% interval."""
-    base = alt.Chart(by_layer).encode(x=alt.X("layer:O"), xOffset="model_id:N")
+def rule_chart(by_layer: pd.DataFrame, title: str = "share passing the rule") -> alt.LayerChart:
+    """Per layer and model, the share passing a measure, with its 95% interval."""
+    base = alt.Chart(by_layer).encode(x=alt.X("layer:O", axis=alt.Axis(labelAngle=0)), xOffset="model_id:N")
+    y = alt.Y("frac_passing:Q", scale=alt.Scale(domain=[0, 1]), title=title,
+              axis=alt.Axis(format=numbers.PERCENT_AXIS))
     bars = base.mark_bar().encode(
-        y=alt.Y("frac_passing:Q", scale=alt.Scale(domain=[0, 1]), title=title),
-        color="model_id:N", tooltip=["model_id", "layer", "passing", "neurons",
-                                     alt.Tooltip("frac_passing:Q", format=".1%"),
-                                     alt.Tooltip("ci_low:Q", format=".1%"), alt.Tooltip("ci_high:Q", format=".1%")])
-    return (bars + base.mark_errorbar().encode(y="ci_low:Q", y2="ci_high:Q")).properties(height=220)
+        y=y, color=alt.Color("model_id:N", title="model"),
+        tooltip=[alt.Tooltip("model_id:N", title="model"), "layer", "passing", "neurons",
+                 alt.Tooltip("frac_passing:Q", title=title, format=numbers.PERCENT),
+                 alt.Tooltip("ci_low:Q", title="95% interval from", format=numbers.PERCENT),
+                 alt.Tooltip("ci_high:Q", title="to", format=numbers.PERCENT)])
+    # the interval's layer shares the bars' axis: titled like it, not after its own fields
+    interval = base.mark_errorbar().encode(y=alt.Y("ci_low:Q", title=title), y2="ci_high:Q")
+    return (bars + interval).properties(height=220)
 
 
 def curve_chart(curves: pd.DataFrame) -> alt.LayerChart:
     """Each group's share of neurons with held-out score >= c, with its band, per view."""
+    title = "share with held-out score >= c"
+    y = dict(title=title, axis=alt.Axis(format=numbers.PERCENT_AXIS))
     base = alt.Chart(curves).encode(x=alt.X("cut:Q", title="score cut c"), color=alt.Color("group:N", title="group"),
                                     strokeDash=alt.StrokeDash("view:N", title="view"))
-    band = base.mark_area(opacity=0.15).encode(y=alt.Y("low:Q", title="share with held-out score >= c"),
-                                               y2="high:Q")
-    line = base.mark_line().encode(y="share:Q", tooltip=["group", "view", "cut", alt.Tooltip("share:Q", format=".1%"),
-                                                          alt.Tooltip("low:Q", format=".1%"),
-                                                          alt.Tooltip("high:Q", format=".1%")])
+    band = base.mark_area(opacity=0.15).encode(y=alt.Y("low:Q", **y), y2="high:Q")
+    line = base.mark_line().encode(y=alt.Y("share:Q", **y), tooltip=[
+        "group", "view", "cut", alt.Tooltip("share:Q", title="share", format=numbers.PERCENT),
+        alt.Tooltip("low:Q", title="95% band from", format=numbers.PERCENT),
+        alt.Tooltip("high:Q", title="to", format=numbers.PERCENT)])
     return (band + line).properties(height=260)
 
 
 def difference_chart(diff: pd.DataFrame) -> alt.LayerChart:
+    y = dict(title="B minus A (share)", axis=alt.Axis(format=numbers.PERCENT_AXIS))
     base = alt.Chart(diff).encode(x=alt.X("cut:Q", title="score cut c"), color=alt.Color("view:N", title="view"))
-    band = base.mark_area(opacity=0.15).encode(y=alt.Y("low:Q", title="B minus A"), y2="high:Q")
-    zero = alt.Chart(pd.DataFrame({"y": [0]})).mark_rule(color="black").encode(y="y:Q")
-    return (band + base.mark_line().encode(y="difference:Q") + zero).properties(height=220)
+    band = base.mark_area(opacity=0.15).encode(y=alt.Y("low:Q", **y), y2="high:Q")
+    zero = alt.Chart(pd.DataFrame({"y": [0]})).mark_rule(color="black").encode(y=alt.Y("y:Q", **y))
+    return (band + base.mark_line().encode(y=alt.Y("difference:Q", **y)) + zero).properties(height=220)
 
 
 def share_histogram(best: pd.DataFrame) -> alt.Chart:
     return alt.Chart(best).mark_bar(opacity=0.55, binSpacing=0).encode(
-        x=alt.X("top_share:Q", bin=alt.Bin(extent=[0, 1], step=0.05), title="best concept's share of the top examples"),
-        y=alt.Y("count():Q", stack=None, title="neurons"), color="model_id:N").properties(height=220)
+        x=alt.X("top_share:Q", bin=alt.Bin(extent=[0, 1], step=0.05), title="best concept's share of the top examples",
+                axis=alt.Axis(format=numbers.PERCENT_AXIS)),
+        y=alt.Y("count():Q", stack=None, title="neurons"), color=alt.Color("model_id:N", title="model"),
+    ).properties(height=220)
 
 
 def show() -> None:
@@ -82,10 +90,10 @@ def show() -> None:
     rule = float(st.session_state.get("compare-rule", RULE_SHARE))
     tables = db.read(data.db_path(), compare.compare_tables, groups, rule)
     cut = tables["verdict_cut"].iloc[0]
-    st.dataframe(compare.headline(tables), hide_index=True, column_config={
-        "frac_rule": PERCENT, "rule_ci_low": PERCENT, "rule_ci_high": PERCENT, "frac_verdict": PERCENT,
-        "verdict_ci_low": PERCENT, "verdict_ci_high": PERCENT, "frac_human_labeled": PERCENT,
-        "mean_score": st.column_config.NumberColumn(format="%.3f")})
+    numbers.table(compare.headline(tables), mean_score=st.column_config.NumberColumn(format="%.3f"),
+                  median_density=st.column_config.NumberColumn("median density (> 0)", format="percent"),
+                  median_density_rel=st.column_config.NumberColumn("median density (> threshold)",
+                                                                   format="percent"))
     st.caption(f"frac_rule: neurons whose top examples peak on one concept at least {rule:.0%} of the time "
                f"(the paper's rule, automated by `solu autolabel`); frac_verdict: neurons whose explanation holds "
                f"at {cut.top_share:.0%} or more of their top examples and scores at least {cut.score:g} on "
@@ -102,13 +110,13 @@ def show() -> None:
             st.info(sentence)
         st.caption("Mean held-out score (no score counts 0), with the same bootstrap; the last row of each view "
                    "is B minus A.")
-        st.dataframe(tables["mean_score"], hide_index=True)
+        numbers.table(tables["mean_score"])
     diff = tables["group_difference"]
     if not diff.empty:
         st.caption("Group B minus group A, with a 95% hierarchical bootstrap interval (training runs, then "
                    "neurons, resampled)" + (": one model per group shows neuron-to-neuron variation only; "
                    "compare several seeds per group." if all(len(g) == 1 for g in groups) else "."))
-        st.dataframe(diff, hide_index=True)
+        numbers.table(diff)
         sentence = tables["disagreement"].sentence.iloc[0]
         if sentence:
             st.warning(sentence)
@@ -119,25 +127,24 @@ def show() -> None:
         if not tables["rule_difference"].empty:
             st.caption(f"{groups[1][0]} minus {groups[0][0]}: 95% Newcombe interval, exact two-sided "
                        "permutation p-value.")
-            st.dataframe(tables["rule_difference"], hide_index=True)
+            numbers.table(tables["rule_difference"])
         st.altair_chart(share_histogram(tables["best"]), width="stretch")
-        st.dataframe(tables["concepts"], hide_index=True)
+        numbers.table(tables["concepts"])
     if not tables["explanations"].empty:
-        st.altair_chart(rule_chart(tables["verdict_by_layer"], "fraction interpretable (verdict)"), width="stretch")
+        st.altair_chart(rule_chart(tables["verdict_by_layer"], "share interpretable (verdict)"), width="stretch")
     if not tables["calibration"].empty:
         st.caption("Agreement of the raters' answers with the automated measures: the held-out score's AUROC, "
                    "Cohen's kappa of the verdict, and the score cut that agrees best, with its 95% interval.")
-        st.dataframe(tables["calibration"], hide_index=True)
+        numbers.table(tables["calibration"])
     if not tables["relations"].empty:
         st.caption("Neuron relations per model: connections by virtual weight, the loss change of zeroing a "
                    "neuron at its top examples' max token, best matches in other models, and SoLU's LayerNorm "
                    "caveat (median overlap and rank correlation of the pre-LN and post-LN top-K).")
-        st.dataframe(tables["relations"], hide_index=True)
-    st.dataframe(tables["sparsity"], hide_index=True)
-    st.dataframe(tables["labels"], hide_index=True, column_config={"frac_human_labeled": PERCENT})
+        numbers.table(tables["relations"])
+    numbers.table(tables["sparsity"])
+    numbers.table(tables["labels"])
     if tables["study"].empty:
         st.caption("No blinded study covers these models yet (see the Study page).")
     else:
         st.caption("Blinded study, unblinded: fraction of answers 'yes', with a 95% Wilson interval.")
-        st.dataframe(tables["study"], hide_index=True, column_config={
-            "frac_interpretable": PERCENT, "ci_low": PERCENT, "ci_high": PERCENT})
+        numbers.table(tables["study"])

@@ -78,9 +78,9 @@ def index_models(checkpoints: list[Path], db: Path, plan: DemoPlan, force: bool)
         print(line, file=sys.stderr)
 
 
-def label_models(db: Path, force: bool) -> None:
+def label_models(db: Path, force: bool, app: str) -> None:
     """`solu autolabel` on every model (skipped when the latest index run of every model
-    is scored already), then where the base64 neurons are."""
+    is scored already), then where the base64 neurons are (their pages under the URL `app`)."""
     from index.measure.autolabel import autolabel
     from index.store.connection import open_read
 
@@ -95,7 +95,7 @@ def label_models(db: Path, force: bool) -> None:
     else:
         autolabel(db, progress=True)
         match_models(db)
-    for line in base64_neurons(db):
+    for line in base64_neurons(db, app):
         print(line, file=sys.stderr)
 
 
@@ -108,8 +108,9 @@ def match_models(db: Path) -> None:
     print(f"matched {MODELS[0][1]} and {MODELS[1][1]}: median best r {best.r.median():.2f}", file=sys.stderr)
 
 
-def base64_neurons(db: Path, limit: int = 3) -> list[str]:
-    """One line per model: its neurons automatically labelled base64, strongest first."""
+def base64_neurons(db: Path, app: str, limit: int = 3) -> list[str]:
+    """One line per model: its neurons automatically labelled base64, strongest first, each
+    with the full URL of its page in the app served at `app` (http://host:port)."""
     from explorer.nav import Address
     from index.store.connection import open_read
 
@@ -128,7 +129,7 @@ def base64_neurons(db: Path, limit: int = 3) -> list[str]:
     for model_id in models:
         mine = rows[rows.model_id == model_id]
         found = ", ".join(f"L{r.layer}/N{r.neuron} ({r.top_share:.0%} of top examples; in the app: "
-                          f"/{Address(r.model_id, int(r.layer), int(r.neuron), r.site).url})"
+                          f"{app}/{Address(r.model_id, int(r.layer), int(r.neuron), r.site).url})"
                           for r in mine.head(limit).itertuples())
         lines.append(f"{model_id}: {len(mine)} neurons labelled base64" + (f": {found}" if found else ""))
     return lines
@@ -157,8 +158,10 @@ def check_demo_out(out: Path, force: bool = False):
 
 
 def run_demo(out: Path, *, quick: bool = False, tokens: int | None = None, index_tokens: int | None = None,
-             force: bool = False) -> Path:
-    """Build everything under `out` and return the index's path."""
+             force: bool = False, app: str | None = None) -> Path:
+    """Build everything under `out` and return the index's path; the neuron URLs it prints
+    point at `app` (default: where `solu app` serves by default)."""
+    from explorer.commands import app_url
     from solu.corpus import builtin_path
 
     plan = demo_plan(quick, tokens, index_tokens)
@@ -183,6 +186,6 @@ def run_demo(out: Path, *, quick: bool = False, tokens: int | None = None, index
     index_models(checkpoints, db, plan, force)
     step(5, 5, "automatic labels and explanations (solu autolabel), and each neuron's match in the other model "
                "(solu match)")
-    label_models(db, force)
+    label_models(db, force, app or app_url())
     print(f"\ndemo ready in {time.perf_counter() - start:,.0f} s", file=sys.stderr)
     return db

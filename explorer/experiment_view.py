@@ -6,7 +6,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from explorer import data, db
+from explorer import data, db, numbers
 from index.measure.experiment_report import MEASURES, experiment_tables
 from index.store.queries import has_table
 
@@ -40,7 +40,7 @@ def show() -> None:
     charts = [size_chart(size, m, t) for m, t in MEASURES.items()] + [size_chart(loss, "loss", "eval loss")]
     st.altair_chart(alt.hconcat(*charts), width="stretch")
     st.caption("95% intervals: seeds resampled, then neurons (hierarchical bootstrap); eval loss over seeds.")
-    st.dataframe(found["difference"], hide_index=True)
+    numbers.table(found["difference"])
     st.caption("SoLU minus GELU per size; loss_ratio is SoLU's eval loss over GELU's, seed by seed.")
-    st.dataframe(found["by_layer"], hide_index=True)
-    st.dataframe(found["cells"], hide_index=True)
+    numbers.table(found["by_layer"])
+    numbers.table(found["cells"])

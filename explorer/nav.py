@@ -71,9 +71,32 @@ def parse(params, sites: pd.DataFrame) -> tuple[Address | None, str | None]:
         return None, str(e)
     n_layers, d_mlp = int(row.n_layers.iloc[0]), int(row.d_mlp.iloc[0])
     if not (0 <= layer < n_layers and 0 <= neuron < d_mlp):
-        return None, (f"No neuron L{layer} N{neuron} in {model_id!r}: it has layers 0-{n_layers - 1} "
-                      f"and neurons 0-{d_mlp - 1}.")
+        return None, (f"No neuron L{layer} N{neuron} in {model_id!r}: it has {numbered('layer', n_layers)} "
+                      f"and {numbered('neuron', d_mlp)}.")
     return Address(model_id, layer, neuron, site), None
+
+
+def numbered(noun: str, n: int) -> str:
+    """'layer 0' for one, 'layers 0-3' for four."""
+    return f"{noun} 0" if n == 1 else f"{noun}s 0-{n - 1}"
+
+
+def nearest(params, sites: pd.DataFrame) -> Address:
+    """The indexed neuron nearest to what the parameters name: their model and site where
+    those exist (else the first model, its primary site), layer and neuron brought into range."""
+    models = list(dict.fromkeys(sites.model_id))
+    model_id = params.get("model") if params.get("model") in models else models[0]
+    mine = sites[sites.model_id == model_id]
+    site = params.get("site") if params.get("site") in set(mine.site) else primary_site(sites, model_id)
+    row = mine[mine.site == site].iloc[0]
+
+    def within(name: str, n: int) -> int:
+        try:
+            return min(max(int(params.get(name, 0)), 0), n - 1)
+        except (TypeError, ValueError):
+            return 0
+
+    return Address(model_id, within("layer", int(row.n_layers)), within("neuron", int(row.d_mlp)), site)
 
 
 def go(address: Address) -> None:

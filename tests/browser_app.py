@@ -12,7 +12,9 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from urllib.parse import urlsplit
 
+LOCAL = {"127.0.0.1", "data", "blob"}  # the app, and the data: and blob: URLs a page makes itself
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--no-first-run"]
 
@@ -72,3 +74,10 @@ def browser():
             yield b
         finally:
             b.close()
+
+
+def record_hosts(page) -> set[str]:
+    """The hosts (for data: and blob: URLs, the scheme) of every request the page makes from now on."""
+    hosts: set[str] = set()
+    page.on("request", lambda r: hosts.add(urlsplit(r.url).hostname or urlsplit(r.url).scheme))
+    return hosts

@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import html
+import json
 import re
+
+import duckdb
 
 import pytest
 
@@ -28,6 +31,8 @@ def test_neurons_page_lists_and_filters(synth_db):
     table = at.dataframe[0].value
     assert len(table) == 100 and table.max_act.is_monotonic_decreasing
     assert "256 neurons match" in at.caption[0].value
+    text = table[["label", "auto_label", "explanation"]]
+    assert text.notna().all().all() and (table.label == "").any()  # an unlabeled neuron: empty, not "None"
     at.text_input[0].input("BASE64").run()
     table = at.dataframe[0].value
     assert list(table.label) == ["base64 (padding)"] and table.neuron.tolist() == [1]
@@ -84,6 +89,29 @@ def test_unknown_neuron_is_a_message(synth_db, params, message):
     assert any(message in unescape_md(w.value) for w in at.warning), [w.value for w in at.warning]
 
 
+@pytest.mark.parametrize("page", ["neuron", "probe"])
+def test_a_bad_address_keeps_what_exists_and_says_so(synth_db, page):
+    at = app_at(page, model=SOLU, layer=99, neuron=5)
+    no_exception(at)
+    assert [w for w in at.warning if "No neuron L99 N5" in unescape_md(w.value)], [w.value for w in at.warning]
+    picked = {w.label: w.value for w in [*at.selectbox, *at.number_input]}
+    assert (picked["Model"], picked["Site"], picked["Layer"], picked["Neuron"]) == (SOLU, "pre_ln", 1, 5)
+    at = app_at(page, model="nope")
+    assert [w for w in at.warning if "No model 'nope'" in unescape_md(w.value)]
+
+
+def test_address_messages_count_in_words():
+    import pandas as pd
+
+    from explorer import nav
+
+    sites = pd.DataFrame({"model_id": ["m"], "site": ["post"], "is_primary": [True], "n_layers": [1], "d_mlp": [8]})
+    _, problem = nav.parse({"model": "m", "layer": "1"}, sites)
+    assert "it has layer 0 and neurons 0-7." in problem
+    _, problem = nav.parse({"model": "m", "layer": "5"}, sites.assign(n_layers=3, d_mlp=1))
+    assert "it has layers 0-2 and neuron 0." in problem
+
+
 def test_neuron_page_defaults_to_first_neuron(synth_db):
     at = app_at("neuron")
     no_exception(at)
@@ -116,6 +144,8 @@ def test_label_editor_appends(synth_db):
     rows = labels_of(synth_db, SOLU, 1, 7)
     assert [r[1] for r in rows] == ["people counts", "people counts (plural)"]  # history kept
     assert any(e.label.startswith("History (2 changes)") for e in at.expander)
+    history = next(d.value for d in at.dataframe if "created_at" in d.value.columns)
+    assert history.notna().all().all() and (history.score == "").all()  # a human label has no score: no NaN
 
 
 def test_label_editor_strips_nul_and_control_characters(synth_db):
@@ -167,6 +197,40 @@ def test_models_page(synth_db):
     assert at.metric[1].value == "4.9500"
     summary = at.dataframe[1].value
     assert summary.set_index("model_id").labeled.to_dict() == {GELU: 1, SOLU: 1}
+    con = duckdb.connect(str(synth_db), read_only=True)
+    rel = dict(con.execute("SELECT model_id, median(frac_active_rel) FROM neurons WHERE is_primary "
+                           "GROUP BY ALL").fetchall())
+    threshold = con.execute("SELECT any_value(activation_threshold) FROM index_runs").fetchone()[0]
+    con.close()
+    assert summary.set_index("model_id").median_density.to_dict() == pytest.approx(rel)  # the index's threshold
+    assert any(f"above {threshold:.0%} of its own max" in c.value for c in at.caption)
+
+
+def axis_titles(spec: dict, channel: str) -> set:
+    """The titles a chart's layers give one channel (a field name where a layer gives none)."""
+    layers = spec.get("layer", [spec])
+    encodings = [layer.get("encoding", {}).get(channel) for layer in layers]
+    return {e.get("title", e.get("field")) for e in encodings if e and "field" in e}
+
+
+def test_models_page_charts_have_one_clean_title_per_axis(synth_db, monkeypatch):
+    from index.measure.autolabel import autolabel
+    from measure_db import build_measure_db
+
+    db = build_measure_db(synth_db.with_name("scored.duckdb"), top_k=20)
+    autolabel(db)
+    monkeypatch.setenv("SOLU_DB", str(db))
+    at = app_at("models")
+    no_exception(at)
+    specs = [json.loads(c.proto.spec) for c in at.get("vega_lite_chart")]
+    assert len(specs) >= 8
+    for spec in specs:
+        for channel in ("x", "y"):
+            titles = axis_titles(spec, channel)
+            assert len(titles) <= 1, titles  # Vega-Lite would join them: "share, ci_low"
+    shares = [s for s in specs if axis_titles(s, "y") == {"labeled"}]
+    assert len(shares) == 1 and shares[0]["layer"][0]["encoding"]["y"]["scale"]["domain"] == [0, 1]
+    assert shares[0]["layer"][0]["encoding"]["y"]["axis"]["format"].endswith("%")  # not 0.000000 when none is
 
 
 def test_probe_runs_the_model(probe_db):
@@ -216,6 +280,26 @@ def test_sql_page_runs_and_refuses(synth_db):
     at.text_area[0].input("SELEC nonsense")
     [b for b in at.button if b.label == "Run query"][0].click().run()
     assert "syntax error" in unescape_md(at.error[0].value).lower() and len(at.error[0].value.splitlines()) == 1
+
+
+def test_sql_page_lists_every_table_and_view_and_the_shared_examples(synth_db):
+    from explorer.sql_examples import examples
+
+    con = duckdb.connect(str(synth_db), read_only=True)
+    tables = con.execute("SELECT table_name, table_type FROM information_schema.tables").fetchall()
+    con.close()
+    at = app_at("sql")
+    no_exception(at)
+    caption = unescape_md(at.caption[0].value)
+    listed = {kind: caption.split(f"{kind}: ")[1].split(".")[0].split(", ") for kind in ("Tables", "Views")}
+    assert sorted(listed["Tables"]) == sorted(name for name, kind in tables if kind == "BASE TABLE")
+    assert sorted(listed["Views"]) == sorted(name for name, kind in tables if kind == "VIEW")
+    assert {"explanations", "connections", "ablations", "neuron_matches", "concept_scores"} <= set(listed["Tables"])
+    assert "ln_agreement" in listed["Views"]
+    shown = at.selectbox[0].options[1:]
+    assert shown == list(examples())
+    at.selectbox[0].select(shown[0]).run()
+    assert at.text_area[0].value == examples()[shown[0]]
 
 
 def test_missing_database_is_a_message(tmp_path, monkeypatch):

@@ -1,5 +1,6 @@
 """The explorer in a real browser: `solu app` on a real `solu index` output, driven by
-Playwright and Debian's Chromium. Screenshots of every page go to screenshots/.
+Playwright and Debian's Chromium. Screenshots of every page go to screenshots/. No page
+asks anything of a host beyond this machine.
 """
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from browser_app import browser, chromium_path, running_app
+from browser_app import LOCAL, browser, chromium_path, record_hosts, running_app
 from explorer_fixtures import (IMG_PATTERNS, MARKDOWN_PATTERNS, SCRIPT_PATTERNS, copy_db,  # noqa: F401
                                hostile_snippet, real_index)
 
@@ -41,8 +42,10 @@ def page(app_url):
         pg = b.new_page(viewport={"width": 1440, "height": 1300})
         dialogs: list[str] = []
         pg.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
+        hosts = record_hosts(pg)
         yield pg
     assert not dialogs, f"a script ran in the page: {dialogs}"
+    assert hosts <= LOCAL, f"the pages asked hosts beyond this machine: {sorted(hosts - LOCAL)}"
 
 
 def neuron_url(app_url, model_id, layer, neuron, site) -> str:

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import duckdb
 import pytest
+from playwright.sync_api import expect
 
 from browser_app import browser, chromium_path, running_app
 
@@ -32,8 +33,12 @@ def test_the_solu_base64_neuron_shows_its_relations(demo_db, tmp_path):
         ORDER BY score DESC, sample_share DESC LIMIT 1""").fetchone()
     match = con.execute("SELECT other_layer, other_neuron, r FROM neuron_matches WHERE model_id = 'solu-1l' "
                         "AND layer = ? AND neuron = ? AND rank = 1", [layer, neuron]).fetchone()
+    ablated = con.execute("""
+        SELECT count(DISTINCT a.rank) FROM ablations a JOIN examples e USING (model_id, layer, neuron, rank)
+        WHERE a.model_id = 'solu-1l' AND a.layer = ? AND a.neuron = ? AND e.kind = 'top' AND e.site = ?""",
+                          [layer, neuron, site]).fetchone()[0]
     con.close()
-    assert match is not None
+    assert match is not None and ablated > 0
     SHOTS.mkdir(exist_ok=True)
     with running_app(demo_db, tmp_path / "app.log") as url, browser() as b:
         page = b.new_page(viewport={"width": 1440, "height": 2400})
@@ -43,6 +48,6 @@ def test_the_solu_base64_neuron_shows_its_relations(demo_db, tmp_path):
         page.get_by_text("Matches in other models").wait_for(timeout=10_000)
         link = page.get_by_role("link", name=f"gelu-1l L{match[0]}/N{match[1]}")
         assert link.count() >= 1 and f"r = {match[2]:.2f}" in page.content()
-        assert "Δloss" in page.content()
-        page.wait_for_timeout(1000)
+        # one row per ablated top example, each with its loss change (they draw after the matches panel)
+        expect(page.locator(".snippet").filter(has_text="Δloss")).to_have_count(ablated, timeout=30_000)
         page.screenshot(path=SHOTS / "demo-solu-base64-relations.png", full_page=True)

@@ -105,7 +105,7 @@ def wait_for_url(proc, deadline: float) -> str:
             if proc.poll() is not None:
                 raise AssertionError(f"solu demo exited with {proc.returncode}")
             continue
-        match = re.search(r"(http://localhost:\d+)", line)
+        match = re.search(r"(http://127\.0\.0\.1:\d+)", line)
         if match:
             return match.group(1)
     raise AssertionError("solu demo printed no URL in time")
@@ -120,7 +120,7 @@ def test_demo_quick_builds_everything_and_serves_it(tmp_path):
                             stdout=subprocess.PIPE, stderr=open(tmp_path / "demo.err", "w"), text=True, env=env)
     try:
         url = wait_for_url(proc, time.monotonic() + 300)
-        assert url == f"http://localhost:{port}"
+        assert url == f"http://127.0.0.1:{port}"
         wait_healthy(f"http://127.0.0.1:{port}", proc, tmp_path / "demo.err", 60)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -133,6 +133,8 @@ def test_demo_quick_builds_everything_and_serves_it(tmp_path):
     con.close()
     assert models == [("gelu-1l", "gelu"), ("solu-1l", "solu_ln")]
     assert scored == [(2,)] and "neurons labelled base64" in progress  # the demo ran autolabel on both
+    links = re.findall(r"in the app: (\S+)\)", progress)
+    assert all(link.startswith(f"{url}/neuron?model=") for link in links), links  # full URLs of this app
     tok = [(tmp_path / "demo" / m / "tokenizer.json").read_text() for m in ("gelu-1l", "solu-1l")]
     assert tok[0] == tok[1]  # both models read the same tokens
 
@@ -152,3 +154,24 @@ def test_a_host_beyond_loopback_is_warned_about(tmp_path, monkeypatch, capsys):
         err = capsys.readouterr().err
         assert ("reachable from the network, with no login" in err) == warned, (host, err)
     assert len(started) == 3
+
+
+def test_app_url_is_where_a_browser_here_reaches_the_app():
+    from explorer.commands import app_url
+
+    assert app_url() == f"http://127.0.0.1:{DEFAULT_PORT}"
+    for host in ("127.0.0.1", "localhost", "0.0.0.0", "::"):
+        assert app_url(host, 8600) == "http://127.0.0.1:8600"
+    assert app_url("::1", 8600) == "http://[::1]:8600" and app_url("10.1.2.3", 80) == "http://10.1.2.3:80"
+
+
+def test_the_demo_prints_full_neuron_urls(tmp_path):
+    from explorer.commands import app_url
+    from explorer.demo import base64_neurons
+    from index.measure.autolabel import autolabel
+    from measure_db import build_measure_db
+
+    db = build_measure_db(tmp_path / "index.duckdb", top_k=20)
+    autolabel(db)
+    links = re.findall(r"in the app: (\S+)\)", "\n".join(base64_neurons(db, app_url("0.0.0.0", 8600))))
+    assert links and all(link.startswith("http://127.0.0.1:8600/neuron?model=") for link in links), links

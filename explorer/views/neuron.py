@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explorer import data, nav, render
+from explorer import data, nav, numbers, render
 from explorer.nav import NEURON_PATH, Address
 from index.measure import verdict
 from index.measure.explain import Rule, held_out
@@ -17,9 +17,10 @@ from solu.errors import UserError
 
 
 def navigator(sites: pd.DataFrame, addr: Address | None) -> None:
-    """Model / site / layer / neuron pickers and previous / next / random buttons."""
+    """Model / site / layer / neuron pickers and previous / next / random buttons; for an
+    address that names no neuron, the pickers start at the nearest one that exists."""
     models = list(dict.fromkeys(sites.model_id))
-    current = addr or Address(models[0], 0, 0, nav.primary_site(sites, models[0]))
+    current = addr or nav.nearest(st.query_params, sites)
     cols = st.columns([3, 2, 1.2, 1.4, 0.9, 0.9, 1.1], vertical_alignment="bottom")
     model_id = cols[0].selectbox("Model", models, index=models.index(current.model_id), key=f"m|{current.key}")
     model_sites = list(sites[sites.model_id == model_id].site)
@@ -111,7 +112,8 @@ def label_editor(addr: Address) -> None:
         st.caption(f"Saved by {render.md_escape(who)} at {pd.Timestamp(latest.created_at.iloc[0]):%Y-%m-%d %H:%M:%S}")
     if not history.empty:
         with st.expander(f"History ({len(history)} change{'s' * (len(history) != 1)})"):
-            st.dataframe(history, hide_index=True)
+            st.dataframe(numbers.blank_missing(history, ["label", "note", "author", "score", "status"]),
+                         hide_index=True)
 
 
 def save_figure(addr: Address, done: str, label: str, note: str, **kwargs) -> None:
@@ -296,7 +298,7 @@ def page() -> None:
     addr, problem = nav.parse(st.query_params, sites)
     navigator(sites, addr)
     if problem:
-        st.warning(render.md_escape(problem))
+        st.warning(f"{render.md_escape(problem)} The pickers above start at the nearest neuron there is.")
         st.page_link("views/neurons.py", label="Browse all neurons", icon=":material/table_rows:")
         return
     stats_df = data.query("neuron", addr.model_id, addr.layer, addr.neuron, addr.site)

@@ -1,7 +1,7 @@
 """All indexed neurons in one sortable, filterable table; a click opens the neuron."""
 import streamlit as st
 
-from explorer import data, nav, render
+from explorer import data, nav, numbers, render
 from explorer.nav import Address
 from index.measure import verdict
 from index.store.queries import SORTS
@@ -47,7 +47,7 @@ def concept_filter(column) -> str | None:
 
 
 def table(rows):
-    view = rows.drop(columns=["total"]).assign(
+    view = numbers.blank_missing(rows.drop(columns=["total"]), ["label", "auto_label", "explanation"]).assign(
         open=[Address(r.model_id, int(r.layer), int(r.neuron), r.site).url for r in rows.itertuples()],
         top_token=rows.top_token.map(lambda t: repr(t) if isinstance(t, str) else ""))
     config = {

@@ -5,7 +5,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from explorer import data, nav, render, text_probe
+from explorer import data, nav, numbers, render, text_probe
 from explorer.nav import Address
 from solu.checkpoint import CONFIG
 from solu.errors import UserError
@@ -44,6 +44,7 @@ def neuron_table(model_id: str, site: str, rows: list[dict]):
     df["of_max"] = df.act / df.max_act.where(df.max_act > 0)
     df["token"] = df.token.map(repr)
     df["open"] = [Address(model_id, int(r.layer), int(r.neuron), site).url for r in df.itertuples()]
+    df = numbers.blank_missing(df, ["label", "auto_label"])
     st.dataframe(df[["layer", "neuron", "act", "of_max", "token", "label", "auto_label", "open"]], hide_index=True,
                  column_config={"act": st.column_config.NumberColumn(format="%.4g"),
                                 "auto_label": st.column_config.TextColumn("automatic label"),
@@ -62,27 +63,27 @@ def token_chart(tokens: list[str], acts) -> alt.Chart:
 
 
 def controls(sites, models) -> tuple[Address, str]:
-    params = st.query_params
+    """Model, site, layer and neuron pickers, started at the URL's neuron (or the nearest
+    one that exists, with a message saying so), and the text."""
+    start = nav.nearest(st.query_params, sites)
+    _, problem = nav.parse(st.query_params, sites)
+    note = st.container()
     names = list(models.model_id)
     a, b, c, d = st.columns([3, 2, 1, 1])
-    model_id = a.selectbox("Model", names, index=names.index(params["model"]) if params.get("model") in names else 0)
+    model_id = a.selectbox("Model", names, index=names.index(start.model_id))
     model_sites = list(sites[sites.model_id == model_id].site)
-    site = params.get("site") if params.get("site") in model_sites else nav.primary_site(sites, model_id)
+    site = start.site if start.site in model_sites else nav.primary_site(sites, model_id)
     site = b.selectbox("Site", model_sites, index=model_sites.index(site))
     row = sites[(sites.model_id == model_id) & (sites.site == site)].iloc[0]
-    layer = c.number_input("Layer", 0, int(row.n_layers) - 1, _param_int("layer", int(row.n_layers) - 1))
-    neuron = d.number_input("Neuron", 0, int(row.d_mlp) - 1, _param_int("neuron", int(row.d_mlp) - 1))
+    layer = c.number_input("Layer", 0, int(row.n_layers) - 1, min(start.layer, int(row.n_layers) - 1))
+    neuron = d.number_input("Neuron", 0, int(row.d_mlp) - 1, min(start.neuron, int(row.d_mlp) - 1))
+    addr = Address(model_id, int(layer), int(neuron), site)
+    if problem and addr == start:  # until another neuron is picked
+        note.warning(f"{render.md_escape(problem)} The pickers start at the nearest neuron there is.")
     text = st.text_area("Text", value=st.session_state.get("probe_text", SAMPLE), height=150,
                         placeholder="type or paste text")
     st.session_state["probe_text"] = text
-    return Address(model_id, int(layer), int(neuron), site), text
-
-
-def _param_int(name: str, highest: int) -> int:
-    try:
-        return min(max(int(st.query_params.get(name, 0)), 0), highest)
-    except ValueError:
-        return 0
+    return addr, text
 
 
 def show(addr: Address, result: text_probe.Probe) -> None:

@@ -1,7 +1,8 @@
 """SQL over the index: the same guarded read-only engine as `solu sql`."""
+import pandas as pd
 import streamlit as st
 
-from explorer import data
+from explorer import data, db, sql_examples
 from explorer.render import md_escape
 from index.store.readonly_sql import run_query
 from solu.errors import UserError
@@ -9,25 +10,13 @@ from solu.errors import UserError
 MAX_ROWS = 5000
 TIMEOUT_S = 10.0
 MAX_TIMEOUT_S = 60.0
-EXAMPLES = {
-    "Most active neurons per model": """SELECT model_id, layer, neuron, site, max_act, frac_active
-FROM neurons WHERE is_primary
-ORDER BY max_act DESC LIMIT 20""",
-    "Neurons whose top examples peak on '=' or '=='": """SELECT model_id, layer, neuron, count(*) AS snippets
-FROM examples
-WHERE kind = 'top' AND trim(tokens[max_pos + 1]) IN ('=', '==')
-GROUP BY ALL ORDER BY snippets DESC LIMIT 20""",
-    "GELU vs SoLU: density and max": """SELECT m.act_fn, count(*) AS neurons,
-       median(n.frac_active) AS median_density, avg(n.max_act) AS mean_max,
-       count(*) FILTER (WHERE n.frac_active < 0.01) AS sparse_neurons
-FROM neurons n JOIN models m USING (model_id)
-WHERE n.is_primary GROUP BY m.act_fn""",
-    "Labels with their authors": """SELECT model_id, layer, neuron, label, author, created_at
-FROM current_labels WHERE source = 'human' ORDER BY created_at DESC""",
-    "Tokens that most often carry a neuron's max": """SELECT tokens[max_pos + 1] AS token, count(*) AS snippets
-FROM examples WHERE kind = 'top'
-GROUP BY token ORDER BY snippets DESC LIMIT 25""",
-}
+EXAMPLES = sql_examples.examples()
+
+
+def relations(con) -> pd.DataFrame:
+    """Every table and view of the index, as the database itself lists them."""
+    return con.execute("SELECT table_name, table_type FROM information_schema.tables "
+                       "WHERE table_schema = 'main' ORDER BY table_type, table_name").df()
 
 
 def execute(sql: str, max_rows: int, timeout_s: float) -> dict:
@@ -59,9 +48,11 @@ def show(result: dict) -> None:
 def page() -> None:
     data.require_db()
     st.title("SQL")
+    found = db.read(data.db_path(), relations)
+    names = {kind: md_escape(", ".join(found[found.table_type == kind].table_name)) for kind in ("BASE TABLE", "VIEW")}
     st.caption("Read-only DuckDB SQL over the index, the engine of `solu sql`: one SELECT (or WITH, DESCRIBE, "
-               "SHOW, EXPLAIN) at a time; no writes, no files, no network. Tables: models, neurons, examples, "
-               "logits, activations, tokens, labels, current_labels, example_tokens.")
+               f"SHOW, EXPLAIN) at a time; no writes, no files, no network. Tables: {names['BASE TABLE']}. "
+               f"Views: {names['VIEW']}. `DESCRIBE name` shows a table's columns.")
     example = st.selectbox("Examples", ["(your own query)", *EXAMPLES])
     initial = EXAMPLES.get(example, st.query_params.get("q", ""))
     sql = st.text_area("Query", value=initial, height=180, key=f"sql|{example}",

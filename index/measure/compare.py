@@ -72,9 +72,13 @@ def sparsity_table(con, models: list[str]) -> pd.DataFrame:
 
 
 def neuron_stats(con, models: list[str]) -> pd.DataFrame:
+    """Each primary-site neuron: densities above 0 and above its latest run's
+    activation_threshold (a fraction of its max), kurtosis, and max activation."""
     return con.execute(f"""
-        SELECT model_id, layer, neuron, frac_active, frac_active_rel, kurtosis FROM neurons
-        WHERE is_primary AND model_id IN {_in(models)}""", models).df()
+        SELECT n.model_id, n.layer, n.neuron, n.frac_active, n.frac_active_rel, n.kurtosis, n.max_act,
+               r.activation_threshold
+        FROM neurons n LEFT JOIN latest_runs r USING (model_id)
+        WHERE n.is_primary AND n.model_id IN {_in(models)}""", models).df()
 
 
 def best_concepts(con, models: list[str]) -> pd.DataFrame:
