@@ -7,12 +7,12 @@ import socket
 import sys
 from pathlib import Path
 
+from explorer.urls import DEFAULT_HOST, DEFAULT_PORT, LOOPBACK, app_url
 from solu.config import MOST_TOKENS
 from solu.errors import UserError
 from solu.flags import count, path
 
 APP = Path(__file__).with_name("app.py")
-DEFAULT_HOST, DEFAULT_PORT = "127.0.0.1", 8501
 
 
 def register(sub) -> None:
@@ -93,17 +93,6 @@ def streamlit_command(db: Path, host: str, port: int) -> tuple[list[str], dict]:
            "--client.toolbarMode", "minimal"]
     env = {**os.environ, "SOLU_DB": str(db.resolve())}
     return cmd, env
-
-
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-def app_url(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT) -> str:
-    """Where a browser on this machine reaches the app served on host:port (every interface
-    and 'localhost' included: 127.0.0.1, the address the app binds by default)."""
-    if host in ("127.0.0.1", "localhost", "0.0.0.0", "::"):
-        host = "127.0.0.1"
-    return f"http://{f'[{host}]' if ':' in host else host}:{port}"
 
 
 def serve(db: Path, host: str, port: int) -> None:

@@ -161,8 +161,8 @@ def run_demo(out: Path, *, quick: bool = False, tokens: int | None = None, index
              force: bool = False, app: str | None = None) -> Path:
     """Build everything under `out` and return the index's path; the neuron URLs it prints
     point at `app` (default: where `solu app` serves by default)."""
-    from explorer.commands import app_url
-    from solu.corpus import builtin_path
+    from explorer.urls import app_url
+    from solu.corpus import builtin_hash, builtin_path
 
     plan = demo_plan(quick, tokens, index_tokens)
     out = Path(out)
@@ -171,8 +171,9 @@ def run_demo(out: Path, *, quick: bool = False, tokens: int | None = None, index
     start = time.perf_counter()
     checkpoints = [out / name for _, name in MODELS]
     try:
-        step(1, 5, "builtin corpus (Python's own sources, docs and certificates; built once, then cached)")
-        print(builtin_path(0), file=sys.stderr)
+        step(1, 5, "builtin corpus (the standard library's sources and docstrings and pydoc's topics; built "
+                   "once, then cached)")
+        print(f"{builtin_path(0)} (sha256 {builtin_hash(0)})", file=sys.stderr)
         for i, ((act, _), ckpt) in enumerate(zip(MODELS, checkpoints)):
             step(2 + i, 5, f"training {ckpt.name} ({act}, {plan.tokens:,} tokens)")
             tokenizer = checkpoints[0] / TOKENIZER if i else None

@@ -58,8 +58,9 @@ def cmd_train(args) -> int:
             return 2
         return 0
     meta = _train(args)
+    corpus = f"; builtin corpus sha256 {meta['dataset_sha256'][:16]}" if meta.get("dataset_sha256") else ""
     print(f"{args.out}: {meta['act_fn']} eval loss {meta['eval_loss']:.4f} after {meta['tokens_seen']:,} tokens "
-          f"({meta['tokens_per_s']:,.0f} tokens/s)")
+          f"({meta['tokens_per_s']:,.0f} tokens/s{corpus})")
     return 0
 
 
@@ -155,9 +156,9 @@ def cmd_fetch(args) -> int:
 
 
 def cmd_corpus(args) -> int:
-    from solu.corpus import builtin_composition, builtin_path, format_composition
+    from solu.corpus import builtin_composition, builtin_hash, builtin_path, format_composition
 
     path = builtin_path(args.seed)
-    print(f"{path}\n{format_composition(builtin_composition(path))}")
+    print(f"{path}\n{format_composition(builtin_composition(path))}\nsha256 {builtin_hash(args.seed)}")
     return 0
 

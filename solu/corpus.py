@@ -1,15 +1,14 @@
 """Datasets as streams of documents.
 
-A SPEC is `builtin` (an offline corpus this module assembles from text every Python
-machine has), a local .txt/.jsonl/.parquet file or a folder of them, or `hf:NAME[:split]`
-(a Hugging Face dataset, streamed). Every reader yields one document at a time, so
+A SPEC is `builtin` (an offline corpus this module assembles from the standard library
+every Python of a minor version has), a local .txt/.jsonl/.parquet file or a folder of
+them, or `hf:NAME[:split]` (a Hugging Face dataset, streamed). Every reader yields one document at a time, so
 memory does not grow with the corpus.
 """
 from __future__ import annotations
 
 import ast
 import base64
-import glob
 import gzip
 import hashlib
 import json
@@ -26,7 +25,7 @@ from tqdm import tqdm
 
 from solu.errors import UserError, first_line
 
-BUILTIN_VERSION = 1
+BUILTIN_VERSION = 2  # 2: the standard library and pydoc only (no system files), and its sha256
 SHUFFLE_DOCS = 100_000  # the shuffle buffer holds at most this many documents
 SHUFFLE_CHARS = 256 * 2**20  # and this much text
 TXT_CHUNK_CHARS = 64_000  # a .txt file longer than this is read as several documents
@@ -253,9 +252,9 @@ def _iter_hf(name_split: str, text_column: str) -> Iterator[Document]:
 # ---------------------------------------------------------------- builtin corpus
 
 def builtin_path(seed: int = 0) -> Path:
-    """The builtin corpus as JSONL, built once per seed and cached."""
+    """The builtin corpus as JSONL, built once per seed and cached (its sha256 beside it)."""
     path = cache_dir() / f"builtin-v{BUILTIN_VERSION}-py{sys.version_info[0]}{sys.version_info[1]}-seed{seed}.jsonl"
-    if not path.exists():
+    if not path.exists() or not _hash_path(path).exists():
         from solu.outputs import check_out_dir
 
         check_out_dir(cache_dir(), "SOLU_CACHE")
@@ -263,26 +262,51 @@ def builtin_path(seed: int = 0) -> Path:
     return path
 
 
+def builtin_hash(seed: int = 0) -> str:
+    """The sha256 of the builtin corpus for `seed`: what a training or index run on
+    `builtin` read, recorded with it. Equal hashes mean equal corpora, token for token."""
+    return _hash_path(builtin_path(seed)).read_text(encoding="ascii").strip()
+
+
+def dataset_hash(spec: str, seed: int) -> str | None:
+    """The content hash recorded with a run: the builtin corpus's; None for other datasets."""
+    return builtin_hash(seed) if spec == "builtin" else None
+
+
+def _hash_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
 def build_builtin(path: Path, seed: int) -> dict:
-    """Assemble the offline corpus, shuffle it with `seed`, and write it atomically."""
+    """Assemble the offline corpus from the standard library's sources and docstrings and
+    pydoc's topics (so it depends on the Python minor version and the seed, not on what
+    else the machine has installed), shuffle it with `seed`, and write it and its sha256
+    atomically."""
     docs: list[tuple[str, str]] = []
-    sources = [_stdlib_sources, _stdlib_docstrings, _pydoc_topics, _system_text, _pem_bundles]
+    sources = [_stdlib_sources, _stdlib_docstrings, _pydoc_topics]
     for source in tqdm(sources, desc="building builtin corpus", unit="source"):
         docs.extend(source())
     rng = random.Random(seed)
-    # base64 encodings of a random 5% of the prose and code, wrapped like MIME bodies
+    # base64 encodings of a random 5% of the prose and code, wrapped like MIME bodies, and
+    # armoured blocks of random bytes (as keys and certificates look)
     encoded = [(f"base64:{src}", _mime_base64(text)) for src, text in rng.sample(docs, k=len(docs) * 5 // 100)]
     docs.extend(encoded)
+    docs.extend((f"pem:{i}", _armoured(rng.randbytes(rng.randint(600, 1800)))) for i in range(PEM_BLOCKS))
     docs.sort()  # a fixed order before the seeded shuffle, whatever the file system's order
     rng.shuffle(docs)
     path.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
     tmp = path.with_suffix(".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         for src, text in docs:
-            f.write(json.dumps({"text": text, "source": src}) + "\n")
+            line = json.dumps({"text": text, "source": src}) + "\n"
+            digest.update(line.encode("utf-8"))
+            f.write(line)
     os.replace(tmp, path)
+    _hash_path(path).write_text(digest.hexdigest() + "\n", encoding="ascii")
     composition = builtin_composition(path)
     print(format_composition(composition), file=sys.stderr)
+    print(f"sha256 {digest.hexdigest()}", file=sys.stderr)
     return composition
 
 
@@ -371,39 +395,13 @@ def _pydoc_topics() -> list[tuple[str, str]]:
     return [(f"pydoc:{name}", text) for name, text in sorted(topics.items())]
 
 
-def _system_text() -> list[tuple[str, str]]:
-    """Licences and package documentation that Debian-like systems ship, where present."""
-    patterns = ["/usr/share/common-licenses/*", "/usr/share/doc/*/copyright",
-                "/usr/share/doc/*/README*", "/usr/share/doc/*/NEWS*"]
-    out = []
-    for pattern in patterns:
-        for path in sorted(glob.glob(pattern)):
-            if os.path.isfile(path) and not os.path.islink(path):
-                text = _read_text(path)
-                if text and len(text) >= 200:
-                    out.append((f"system:{path}", text[:50_000]))
-    return out
+PEM_BLOCKS = 200  # armoured base64 blocks in the builtin corpus
 
 
-def _pem_bundles() -> list[tuple[str, str]]:
-    """Certificate bundles: real base64 in PEM armour."""
-    paths = ["/etc/ssl/certs/ca-certificates.crt"]
-    try:
-        import certifi
-
-        paths.append(certifi.where())
-    except ImportError:
-        pass
-    out = []
-    for path in paths:
-        text = _read_text(path)
-        if not text:
-            continue
-        # one document per certificate, so a top-k list can hold many of them
-        for i, block in enumerate(text.split("-----END CERTIFICATE-----")):
-            if "-----BEGIN CERTIFICATE-----" in block:
-                out.append((f"pem:{path}#{i}", block.strip() + "\n-----END CERTIFICATE-----\n"))
-    return out
+def _armoured(data: bytes) -> str:
+    body = base64.b64encode(data).decode("ascii")
+    lines = [body[i:i + 64] for i in range(0, len(body), 64)]
+    return "-----BEGIN ENCODED DATA-----\n" + "\n".join(lines) + "\n-----END ENCODED DATA-----\n"
 
 
 def _mime_base64(text: str) -> str:

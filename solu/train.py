@@ -35,7 +35,7 @@ from solu import data_parallel
 from solu.batches import TrainStream, eval_rows, training_texts
 from solu.checkpoint import LOSS_CSV, LOSS_PNG, STATE, TOKENIZER, read_meta, save_checkpoint
 from solu.config import ModelConfig, TrainConfig
-from solu.corpus import check_dataset
+from solu.corpus import check_dataset, dataset_hash
 from solu.data_parallel import World
 from solu.device import autocast, enable_tf32, to_device
 from solu.errors import UserError
@@ -329,6 +329,7 @@ def describe(run: Run, eval_loss: float | None, complete: bool) -> dict:
         "steps": run.step, "train_loss": run.train_loss, "eval_loss": eval_loss, "eval_tokens": run.eval_tokens,
         "tokens_per_s": round(tokens_seen / run.elapsed, 1) if run.elapsed else None,
         "train_seconds": round(run.elapsed, 1), "complete": complete, "dataset": run.train_cfg.dataset,
+        "dataset_sha256": dataset_hash(run.train_cfg.dataset, run.train_cfg.seed),
         "package_version": solu.__version__, "device": str(run.device), "processes": run.world.size,
         "saved_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }

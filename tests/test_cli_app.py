@@ -15,7 +15,8 @@ import duckdb
 import pytest
 
 from browser_app import free_port, wait_healthy
-from explorer.commands import DEFAULT_HOST, DEFAULT_PORT, streamlit_command
+from explorer.commands import streamlit_command
+from explorer.urls import DEFAULT_HOST, DEFAULT_PORT
 from solu.cli import build_parser, main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -157,7 +158,7 @@ def test_a_host_beyond_loopback_is_warned_about(tmp_path, monkeypatch, capsys):
 
 
 def test_app_url_is_where_a_browser_here_reaches_the_app():
-    from explorer.commands import app_url
+    from explorer.urls import app_url
 
     assert app_url() == f"http://127.0.0.1:{DEFAULT_PORT}"
     for host in ("127.0.0.1", "localhost", "0.0.0.0", "::"):
@@ -166,7 +167,7 @@ def test_app_url_is_where_a_browser_here_reaches_the_app():
 
 
 def test_the_demo_prints_full_neuron_urls(tmp_path):
-    from explorer.commands import app_url
+    from explorer.urls import app_url
     from explorer.demo import base64_neurons
     from index.measure.autolabel import autolabel
     from measure_db import build_measure_db

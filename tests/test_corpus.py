@@ -97,6 +97,33 @@ def test_builtin_corpus_is_large_varied_and_deterministic(tmp_path):
     assert hashlib.sha256(a.read_bytes()).digest() == hashlib.sha256(b.read_bytes()).digest()
     assert composition == builtin_composition(a)
     assert sum(mb for _, mb in composition.values()) >= 20
-    assert {"stdlib", "docstring", "pydoc", "base64", "pem"} <= set(composition)
+    assert set(composition) == {"stdlib", "docstring", "pydoc", "base64", "pem"}
     first = json.loads(a.open().readline())
     assert set(first) == {"text", "source"}
+
+
+def test_builtin_reads_the_standard_library_only_and_records_its_sha256(tmp_path, monkeypatch):
+    """The corpus is a function of the Python minor version and the seed: it opens no file
+    outside the standard library, and its sha256 (beside it) is the file's."""
+    import builtins
+    import sysconfig
+
+    from solu import corpus
+
+    stdlib = sysconfig.get_paths()["stdlib"]
+    opened = []
+    real_open = builtins.open
+
+    def watch(file, *args, **kwargs):
+        opened.append(str(file))
+        return real_open(file, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", watch)
+    monkeypatch.setenv("SOLU_CACHE", str(tmp_path))
+    path = corpus.builtin_path(3)
+    monkeypatch.setattr(builtins, "open", real_open)
+    read = [p for p in opened if not p.startswith(str(tmp_path))]
+    assert read and all(p.startswith(stdlib) for p in read), [p for p in read if not p.startswith(stdlib)][:3]
+    assert corpus.builtin_hash(3) == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert corpus.dataset_hash("builtin", 3) == corpus.builtin_hash(3)
+    assert corpus.dataset_hash(str(path), 3) is None

@@ -17,6 +17,7 @@ from index.engine.batching import doc_of, segment_of, segment_start
 from index.engine.hooks import site_key
 from index.engine.pipeline import ModelIndex
 from solu.checkpoint import LOSS_CSV
+from solu.corpus import dataset_hash
 
 MAX_TOKENS_SHOWN = 5  # tokens listed in neurons.max_tokens
 
@@ -242,6 +243,7 @@ def run_tables(result: ModelIndex, write_s: float) -> dict[str, pa.Table]:
         "started_at": result.started_at.replace(tzinfo=None), "seconds": result.timings["total_s"] + write_s,
         "tokens_per_s": tally.tokens / max(result.timings["stream_s"], 1e-9),
         "code_version": code_version(), "device": result.device,
+        "dataset_sha256": dataset_hash(cfg.dataset, cfg.seed),
     }
     timings = {**{k: round(v, 3) for k, v in result.timings.items()}, "write_s": round(write_s, 3)}
     details = {"run_id": run_id, "model_id": result.model_id, "tokens_requested": cfg.tokens,

@@ -194,6 +194,14 @@ MIGRATIONS: list[str] = [
         train_s DOUBLE, index_s DOUBLE, score_s DOUBLE, finished_at TIMESTAMP DEFAULT current_timestamp,
         PRIMARY KEY (experiment, model_id));
     """,
+    # 11: the sha256 of the builtin corpus a run read (NULL for other datasets), so two runs
+    # on `builtin` can be seen to have read the same text
+    """
+    ALTER TABLE index_runs ADD COLUMN dataset_sha256 VARCHAR;
+    CREATE OR REPLACE VIEW latest_runs AS
+        SELECT * FROM index_runs
+        QUALIFY row_number() OVER (PARTITION BY model_id ORDER BY started_at DESC, run_id DESC) = 1;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

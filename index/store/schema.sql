@@ -47,7 +47,8 @@ CREATE TABLE index_runs(          -- one row per `solu index` of a model
     sample_segments INTEGER,      -- 6: segments in the activation sample
     sample_tokens BIGINT,         -- 6: and their tokens
     sample_rule VARCHAR,          -- 6: how the sample was chosen
-    segment_tokens INTEGER        -- 6: tokens per segment, the unit of ranking
+    segment_tokens INTEGER,       -- 6: tokens per segment, the unit of ranking
+    dataset_sha256 VARCHAR        -- 11: sha256 of the builtin corpus read (NULL for other datasets)
 );
 
 CREATE TABLE neurons(             -- one row per neuron and site
