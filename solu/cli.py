@@ -33,7 +33,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     from solu.flags import check_values
+
+    # torch's OpenMP threads sleep when idle instead of spinning: on a machine whose cores
+    # another process also uses, spinning threads slow training about 4x; on a quiet one,
+    # sleeping costs nothing (benchmarks/bench_busy.py). Read once, when torch loads.
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
     try:
         args = build_parser().parse_args(argv)

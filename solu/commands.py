@@ -22,6 +22,8 @@ def register(sub) -> None:
     p.add_argument("--out", required=True, type=path)
     p.add_argument("--resume", action="store_true", help="continue an interrupted run in --out")
     p.add_argument("--force", action="store_true", help="replace an existing --out")
+    p.add_argument("--threads", type=int, help="torch threads (with --nproc, per process; default: torch's choice, "
+                                                "the cores / --nproc)")
     p.add_argument("--nproc", type=int, default=1,
                    help="train data-parallel in N processes on this machine, launched with torchrun; "
                         "--batch-size stays the global batch (default 1)")
@@ -45,6 +47,12 @@ def cmd_train(args) -> int:
     ranks = world_size()
     if ranks == 1:
         check_count("--nproc", args.nproc, *_nproc_bound(args.device))
+        if args.threads is not None:
+            check_count("--threads", args.threads, max(1, cores() // args.nproc), "the cores of this machine / --nproc")
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if ranks == 1 and args.nproc > 1:
         if not args.resume:  # every flag is checked here, before any rank starts
             _configs(args, copies=args.nproc)

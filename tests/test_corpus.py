@@ -127,3 +127,22 @@ def test_builtin_reads_the_standard_library_only_and_records_its_sha256(tmp_path
     assert corpus.builtin_hash(3) == hashlib.sha256(path.read_bytes()).hexdigest()
     assert corpus.dataset_hash("builtin", 3) == corpus.builtin_hash(3)
     assert corpus.dataset_hash(str(path), 3) is None
+
+
+def test_runs_record_the_corpus_they_read(tiny_checkpoints, tmp_path):
+    """An index run on builtin records the corpus's sha256; one on a local file records
+    none; a checkpoint's config says which it read."""
+    import duckdb
+
+    from solu.checkpoint import read_meta
+    from solu.cli import main
+    from solu.corpus import builtin_hash
+
+    db = tmp_path / "i.duckdb"
+    assert main(["index", str(tiny_checkpoints["gelu"]), "--db", str(db), "--dataset", "builtin", "--tokens", "2000",
+                 "--no-progress"]) == 0
+    con = duckdb.connect(str(db), read_only=True)
+    assert con.execute("SELECT dataset_sha256 FROM index_runs").fetchall() == [(builtin_hash(0),)]
+    con.close()
+    meta = read_meta(tiny_checkpoints["gelu"])
+    assert "dataset_sha256" in meta and meta["dataset_sha256"] is None  # trained on a local file

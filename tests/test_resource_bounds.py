@@ -144,3 +144,25 @@ def test_a_launch_that_fails_part_way_ends_the_ranks_it_started(tmp_path, monkey
     assert started[0].poll() is not None  # the rank that did start was ended
     left = [pid for pid in set(data_parallel.descendants()) - before if data_parallel._running(pid)]
     assert left == []
+
+
+def test_train_threads_sets_torchs_threads_and_the_cli_makes_idle_threads_sleep(monkeypatch, tmp_path):
+    import torch
+
+    from solu import commands
+
+    seen = {}
+
+    def fake_train(args):
+        seen["threads"] = torch.get_num_threads()
+        return {"act_fn": "gelu", "eval_loss": 1.0, "tokens_seen": 1, "tokens_per_s": 1.0}
+
+    monkeypatch.setattr(commands, "_train", fake_train)
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    before = torch.get_num_threads()
+    try:
+        assert main(["train", "--act", "gelu", "--out", str(tmp_path / "m"), "--device", "cpu", "--threads", "1"]) == 0
+    finally:
+        torch.set_num_threads(before)
+    assert seen == {"threads": 1}
+    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # set before torch loads in a fresh `solu` process
