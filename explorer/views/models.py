@@ -149,8 +149,7 @@ def side_by_side(summary: pd.DataFrame, models: pd.DataFrame, colours: alt.Scale
     density_chart(stats, colours)
     max_act_charts(stats, models, colours)
     st.caption("Every chart counts the primary site of each model (SoLU before its LayerNorm, GELU after the GELU).")
-    median = stats.groupby("model_id").frac_active_rel.median().rename("median_density")
-    numbers.table(summary.drop(columns="median_density").join(median, on="model_id"),
+    numbers.table(summary,
                   eval_loss=st.column_config.NumberColumn("eval loss", format="%.4f"),
                   frac_labeled=st.column_config.NumberColumn("share labeled", format="percent"),
                   median_density=st.column_config.NumberColumn(

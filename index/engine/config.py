@@ -76,7 +76,8 @@ class IndexConfig:
             return list(range(n_layers))
         beyond = [layer for layer in chosen if layer >= n_layers]
         if beyond:
-            raise ValueError(f"--layers {self.layers}: the model has layers 0-{n_layers - 1} only")
+            has = "layer 0" if n_layers == 1 else f"layers 0-{n_layers - 1}"
+            raise ValueError(f"--layers {self.layers}: the model has {has} only")
         return chosen
 
     def to_dict(self) -> dict:

@@ -208,7 +208,7 @@ def index_model(ref: ModelRef, cfg: IndexConfig, executor=None, progress: bool =
         raise UserError(f"dataset {cfg.dataset!r} contains no text" + (f" ({detail})" if detail else ""))
     shown = Progress(progress)
     layers = sorted({s.layer for s in sites})
-    shown.say(f"{ckpt.name}{position}: layers {_span(layers)} of {ckpt.model_cfg.n_layers}, "
+    shown.say(f"{ckpt.name}{position}: {_span(layers)} of {ckpt.model_cfg.n_layers}, "
               f"{ckpt.model_cfg.d_mlp} neurons each, sites {', '.join(sorted({s.name for s in sites}))}; "
               f"{cfg.batch_size} rows x {ckpt.model_cfg.n_ctx} tokens per batch, {cfg.dtype}")
     run = executor.run(ckpt, cfg, device, plan, itertools.chain([first], stream), shown)
@@ -292,8 +292,11 @@ def check_window(cfg: IndexConfig, ckpt: LoadedModel) -> None:
 
 
 def _span(layers: list[int]) -> str:
-    return f"{layers[0]}-{layers[-1]}" if layers == list(range(layers[0], layers[-1] + 1)) and len(layers) > 1 \
-        else ",".join(map(str, layers))
+    """'layer 0', 'layers 0-3', 'layers 0,2'."""
+    if len(layers) == 1:
+        return f"layer {layers[0]}"
+    contiguous = layers == list(range(layers[0], layers[-1] + 1))
+    return f"layers {layers[0]}-{layers[-1]}" if contiguous else f"layers {','.join(map(str, layers))}"
 
 
 def progress_bar(enabled: bool, total: int, label: str):

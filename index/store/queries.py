@@ -266,25 +266,10 @@ def model_summary(con) -> pd.DataFrame:
                count(*) AS neurons, count(*) FILTER (WHERE n.max_act > 0) AS fired,
                count(h.label) FILTER (WHERE h.label <> '') AS labeled,
                count(h.label) FILTER (WHERE h.label <> '') / count(*) AS frac_labeled,
-               median(n.frac_active) AS median_density
+               median(n.frac_active_rel) AS median_density  -- tokens above the index's threshold
         FROM neurons n JOIN models m USING (model_id)
         LEFT JOIN (SELECT * FROM current_labels WHERE source = 'human') h USING (model_id, layer, neuron)
         WHERE n.is_primary GROUP BY n.model_id ORDER BY act_fn, n.model_id""").df()
-
-
-def histogram(con, column: str, bins: int = 40, log: bool = False) -> pd.DataFrame:
-    """Per model, a histogram of a primary-site neuron column ('max_act' or 'frac_active')
-    over shared bins: (model_id, act_fn, lo, hi, neurons). `log` bins log10 of the value."""
-    if column not in ("max_act", "frac_active", "mean_act"):
-        raise ValueError(f"no histogram for column {column!r}")
-    value = f"log10(greatest(n.{column}, 1e-6))" if log else f"n.{column}"
-    return con.execute(f"""
-        WITH v AS (SELECT n.model_id, m.act_fn, {value} AS x FROM neurons n JOIN models m USING (model_id)
-                   WHERE n.is_primary AND n.{column} IS NOT NULL AND isfinite(n.{column})),
-             r AS (SELECT min(x) AS lo, greatest(max(x) - min(x), 1e-9) / ? AS w FROM v)
-        SELECT model_id, act_fn, lo + b * w AS lo, lo + (b + 1) * w AS hi, count(*) AS neurons
-        FROM (SELECT v.*, r.lo, r.w, least(floor((x - r.lo) / r.w), ? - 1) AS b FROM v, r)
-        GROUP BY ALL ORDER BY model_id, lo""", [bins, bins]).df()
 
 
 def export_labels(con, *, history: bool = False, source: str | None = None) -> pd.DataFrame:
