@@ -309,10 +309,11 @@ def test_name_must_not_collide_with_another_model_in_the_database(indexed, gpt2,
     assert "'solu-1l' is already in the database from NeelNanda/SoLU_1L512W_C4_Code" in line and "--name" in line
 
 
-# ------------------------------------------------------------------ the README's commands
+# ------------------------------------------------------------------ the docs' commands
 
 def readme_commands() -> list[list[str]]:
-    text = (Path(__file__).parent.parent / "README.md").read_text()
+    """The `solu` commands of docs/datasets.md's section on the paper's models."""
+    text = (Path(__file__).parent.parent / "docs" / "datasets.md").read_text()
     section = text.split("## The paper's models", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```bash\n(.*?)```", section, re.S)
     lines = [line.split("#")[0].strip() for block in blocks for line in block.replace("\\\n", " ").splitlines()]
