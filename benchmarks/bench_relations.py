@@ -29,7 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench_index import builtin_tokenizer, random_checkpoint  # noqa: E402
 from index.build import build_index  # noqa: E402
 from index.engine.config import IndexConfig  # noqa: E402
-from index.measure.relations import match  # noqa: E402
+from index.measure.matches import match  # noqa: E402
 from solu.config import ModelConfig  # noqa: E402
 
 PAIRS = {"demo (1L, d_mlp 512)": dict(n_layers=1, d_model=128, d_mlp=512, n_heads=4, n_ctx=128),

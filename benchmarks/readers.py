@@ -51,15 +51,12 @@ def main() -> None:
     parser.add_argument("--db", required=True, type=Path)
     parser.add_argument("--studies", nargs="+", default=["tune", "eval", "test"])
     args = parser.parse_args()
-    con = open_read(args.db)
-    try:
+    with open_read(args.db) as con:
         seen = pd.DataFrame(columns=KEY)
         rows = []
         for name in args.studies:
             rows.append(agreement(con, name, seen))
             seen = pd.concat([seen, study.study_items(con, name)[KEY]]).drop_duplicates()
-    finally:
-        con.close()
     print(pd.DataFrame(rows).to_string(index=False))
     print(f"verdict: top share >= {verdict.TOP_SHARE}, held-out score >= {verdict.SCORE}")
 

@@ -118,13 +118,10 @@ def cmd_label(args) -> int:
     from index.store.connection import open_read
     from index.store.labels import append_label
 
-    con = open_read(args.db)
-    try:
+    with open_read(args.db) as con:
         if not queries.neuron_exists(con, args.model, args.layer, args.neuron):
             raise UserError(f"no neuron {args.model} L{args.layer} N{args.neuron} in {args.db}")
         history = queries.label_history(con, args.model, args.layer, args.neuron) if args.label is None else None
-    finally:
-        con.close()
     if history is not None:
         print(history.to_string(index=False) if not history.empty else "no labels yet")
         return 0
@@ -140,11 +137,8 @@ def cmd_labels_export(args) -> int:
 
     if args.out:
         check_out_file(args.out, "--out", force=args.force, inputs=(args.db,))
-    con = open_read(args.db)
-    try:
+    with open_read(args.db) as con:
         df = queries.export_labels(con, history=args.history, source=args.source)
-    finally:
-        con.close()
     if args.format == "csv":
         text = df.to_csv(index=False)
     else:

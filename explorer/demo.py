@@ -84,12 +84,9 @@ def label_models(db: Path, force: bool, app: str) -> None:
     from index.measure.autolabel import autolabel
     from index.store.connection import open_read
 
-    con = open_read(db)
-    try:
+    with open_read(db) as con:
         unscored = con.execute("SELECT count(*) FROM models WHERE model_id NOT IN "
                                "(SELECT model_id FROM current_concept_scores)").fetchone()[0]
-    finally:
-        con.close()
     if not unscored and not force:
         print(f"{db} is already labelled; skipping (--force relabels; human labels are kept)", file=sys.stderr)
     else:
@@ -101,7 +98,7 @@ def label_models(db: Path, force: bool, app: str) -> None:
 
 def match_models(db: Path) -> None:
     """`solu match` on the GELU and SoLU model: each neuron's best matches in the other."""
-    from index.measure.relations import match
+    from index.measure.matches import match
 
     rows = match(db, MODELS[0][1], MODELS[1][1], progress=True)
     best = rows[rows["rank"] == 1]
@@ -114,8 +111,7 @@ def base64_neurons(db: Path, app: str, limit: int = 3) -> list[str]:
     from explorer.nav import Address
     from index.store.connection import open_read
 
-    con = open_read(db)
-    try:
+    with open_read(db) as con:
         rows = con.execute("""
             SELECT b.model_id, b.layer, b.neuron, b.site, b.top_share FROM best_concepts b
             JOIN current_labels l ON l.model_id = b.model_id AND l.layer = b.layer AND l.neuron = b.neuron
@@ -123,8 +119,6 @@ def base64_neurons(db: Path, app: str, limit: int = 3) -> list[str]:
             WHERE b.concept = 'base64' ORDER BY b.model_id, b.top_share DESC, b.sample_share DESC NULLS LAST,
                   b.layer, b.neuron""").df()
         models = [r[0] for r in con.execute("SELECT model_id FROM models ORDER BY model_id").fetchall()]
-    finally:
-        con.close()
     lines = []
     for model_id in models:
         mine = rows[rows.model_id == model_id]

@@ -73,15 +73,12 @@ def _check_same_models(db: Path, refs: list[ModelRef]) -> None:
     before the build takes any lock (IndexBuild then checks the target itself)."""
     if not db.is_file() or db.is_symlink():
         return
-    con = open_read(db)
-    try:
+    with open_read(db) as con:
         for ref in refs:
             row = con.execute("SELECT source FROM models WHERE model_id = ?", [ref.model_id]).fetchone()
             if row is not None and row[0] not in (None, ref.source):
                 raise UserError(f"model_id {ref.model_id!r} is already in the database from {row[0]}, not "
                                 f"{ref.source}; pick another id with --name")
-    finally:
-        con.close()
 
 
 def report_line(result: ModelIndex, write_s: float) -> str:

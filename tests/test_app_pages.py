@@ -9,9 +9,9 @@ import duckdb
 
 import pytest
 
-from explorer_fixtures import (GELU, IMG_PATTERNS, SOLU, app_at, hostile_snippet, html_text,  # noqa: F401
-                               labels_of, no_exception, probe_db, real_index, synth_db)
-from synthetic_index import HOSTILE_TOKENS
+from helpers.explorer_fixtures import (GELU, IMG_PATTERNS, SOLU, app_at, hostile_snippet, html_text,
+                                       labels_of, no_exception)
+from helpers.synthetic_index import HOSTILE_TOKENS
 
 
 def visible_text(body: str) -> str:
@@ -215,7 +215,7 @@ def axis_titles(spec: dict, channel: str) -> set:
 
 def test_models_page_charts_have_one_clean_title_per_axis(synth_db, monkeypatch):
     from index.measure.autolabel import autolabel
-    from measure_db import build_measure_db
+    from helpers.measure_db import build_measure_db
 
     db = build_measure_db(synth_db.with_name("scored.duckdb"), top_k=20)
     autolabel(db)

@@ -12,7 +12,7 @@ from index.measure.autolabel import (RULE_SHARE, auroc_by_group, autolabel, occu
 from index.measure.intervals import wilson
 from index.measure.concepts import CONCEPTS, detect
 from index.store.labels import append_label
-from measure_db import THRESHOLD, build_measure_db, dense_for_model
+from helpers.measure_db import THRESHOLD, build_measure_db, dense_for_model
 from solu.errors import UserError
 
 
@@ -235,7 +235,7 @@ def test_autolabel_user_regex_and_errors(measure_db):
 def test_a_costly_user_regex_stops_at_its_time_budget(measure_db, tmp_path, monkeypatch, capsys):
     """A user pattern's matching time in a run is bounded (here to next to nothing), and
     hitting the bound is one line; the database is left as it was."""
-    from db_files import digest
+    from helpers.db_files import digest
     from index.measure import concepts
     from solu.cli import main
 

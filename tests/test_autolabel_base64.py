@@ -18,8 +18,8 @@ import numpy as np
 import pytest
 
 from index.measure.autolabel import autolabel
-from measure_db import build_planted_db
-from planted_corpus import planted_documents_with_base64
+from helpers.measure_db import build_planted_db
+from helpers.planted_corpus import planted_documents_with_base64
 
 RUN = re.compile(r"[A-Za-z0-9+/]+(?:\r?\n[A-Za-z0-9+/]+)*={0,2}")
 MIN_RUN = 20

@@ -8,7 +8,7 @@ import random
 import duckdb
 import pytest
 
-from planted_corpus import write_planted_corpus
+from helpers.planted_corpus import write_planted_corpus
 from solu.cli import main
 
 PLANTED = ("base64", "people_count")

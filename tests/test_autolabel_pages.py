@@ -1,9 +1,9 @@
 """What autolabel shows in the app: the Neurons page filtered to one concept."""
 from __future__ import annotations
 
-from explorer_fixtures import app_at, no_exception
+from helpers.explorer_fixtures import app_at, no_exception
 from index.measure.autolabel import autolabel
-from measure_db import build_measure_db
+from helpers.measure_db import build_measure_db
 
 
 def test_neurons_page_filters_to_a_concept(tmp_path, monkeypatch):
@@ -23,7 +23,7 @@ def test_neurons_page_filters_to_a_concept(tmp_path, monkeypatch):
 
 
 def test_neuron_page_shows_the_explanation_and_marks_held_out_disagreements(tmp_path, monkeypatch):
-    from explorer_fixtures import html_text
+    from helpers.explorer_fixtures import html_text
 
     from index.measure import verdict
 

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from solu.cli import main
-from synthetic_index import build_synthetic_index
+from helpers.synthetic_index import build_synthetic_index
 
 M = "gelu-synth"  # a model of the synthetic index (2 layers x 64 neurons)
 HUGE = "1e308"

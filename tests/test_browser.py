@@ -11,12 +11,11 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from browser_app import LOCAL, browser, chromium_path, record_hosts, running_app
-from explorer_fixtures import (IMG_PATTERNS, MARKDOWN_PATTERNS, SCRIPT_PATTERNS, copy_db,  # noqa: F401
-                               hostile_snippet, real_index)
+from helpers.browser_app import LOCAL, browser, chromium_path, record_hosts, running_app
+from helpers.explorer_fixtures import IMG_PATTERNS, MARKDOWN_PATTERNS, SCRIPT_PATTERNS, copy_db, hostile_snippet
 
 pytestmark = [
-    pytest.mark.browser,
+    pytest.mark.browser, pytest.mark.integration,
     pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (apt-get install chromium)"),
 ]
 

@@ -10,9 +10,9 @@ import duckdb
 import pytest
 from playwright.sync_api import expect
 
-from browser_app import browser, chromium_path, running_app
+from helpers.browser_app import browser, chromium_path, running_app
 
-pytestmark = [pytest.mark.slow, pytest.mark.browser,
+pytestmark = [pytest.mark.slow, pytest.mark.browser, pytest.mark.integration,
               pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed")]
 
 SHOTS = Path(__file__).resolve().parents[1] / "screenshots"

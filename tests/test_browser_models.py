@@ -8,11 +8,11 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import expect
 
-from browser_app import LOCAL, browser, chromium_path, record_hosts, running_app
-from explorer_fixtures import app_at, copy_db, no_exception, real_index  # noqa: F401
+from helpers.browser_app import LOCAL, browser, chromium_path, record_hosts, running_app
+from helpers.explorer_fixtures import app_at, copy_db, no_exception
 
 pytestmark = [
-    pytest.mark.browser,
+    pytest.mark.browser, pytest.mark.integration,
     pytest.mark.skipif(chromium_path() is None, reason="chromium is not installed (apt-get install chromium)"),
 ]
 

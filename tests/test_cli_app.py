@@ -14,7 +14,7 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from browser_app import free_port, wait_healthy
+from helpers.browser_app import free_port, wait_healthy
 from explorer.commands import streamlit_command
 from explorer.urls import DEFAULT_HOST, DEFAULT_PORT
 from solu.cli import build_parser, main
@@ -50,7 +50,7 @@ def test_app_refuses_a_bad_database_in_one_line(tmp_path, content, message):
 
 
 def test_app_refuses_a_busy_port(tmp_path, capsys):
-    from synthetic_index import build_synthetic_index
+    from helpers.synthetic_index import build_synthetic_index
 
     db = build_synthetic_index(tmp_path / "index.duckdb")
     with socket.socket() as s:
@@ -170,7 +170,7 @@ def test_the_demo_prints_full_neuron_urls(tmp_path):
     from explorer.urls import app_url
     from explorer.demo import base64_neurons
     from index.measure.autolabel import autolabel
-    from measure_db import build_measure_db
+    from helpers.measure_db import build_measure_db
 
     db = build_measure_db(tmp_path / "index.duckdb", top_k=20)
     autolabel(db)

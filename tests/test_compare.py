@@ -11,7 +11,7 @@ from index.measure.autolabel import autolabel
 from index.measure.compare import compare_tables
 from index.measure.report import markdown_table
 from index.store.connection import open_read
-from measure_db import build_measure_db
+from helpers.measure_db import build_measure_db
 from solu.cli import main
 
 

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from index.measure.compare import disagreement, group_difference, hierarchical_interval
-from measure_db import build_measure_db
+from helpers.measure_db import build_measure_db
 from solu.cli import main
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 
 from index.measure.autolabel import autolabel
-from measure_db import build_measure_db
+from helpers.measure_db import build_measure_db
 
 
 def section():

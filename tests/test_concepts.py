@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from index.measure import concepts as c
-from planted_corpus import planted_documents
+from helpers.planted_corpus import planted_documents
 from solu.errors import UserError
 
 

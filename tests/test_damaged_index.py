@@ -10,7 +10,7 @@ import duckdb
 import pytest
 
 from index.store.schema import SCHEMA_VERSION, declared
-from measure_db import build_measure_db
+from helpers.measure_db import build_measure_db
 from solu.cli import main
 
 COLUMNS = [("labels", "note"), ("examples", "tokens"), ("neurons", "frac_active_rel"), ("models", "act_fn"),

@@ -20,7 +20,9 @@ from solu.device import autocast_dtype, enable_tf32, to_device
 from solu.model import build_model
 from solu.tokenizer import load_tokenizer
 from solu.train import evaluate, train
-from tests.conftest import make_corpus
+from helpers.corpora import make_corpus
+
+pytestmark = pytest.mark.integration  # torchrun ranks
 
 SHAPE = dict(act_fn="solu_ln", n_layers=1, d_model=32, d_mlp=64, n_heads=2, n_ctx=32, d_vocab=300)
 STEPS, BATCH = 160, 8

@@ -12,7 +12,7 @@ import duckdb
 import pytest
 
 from index.store.readonly_sql import run_query
-from measure_db import build_measure_db
+from helpers.measure_db import build_measure_db
 from solu.cli import build_parser
 
 ROOT = Path(__file__).resolve().parents[1]

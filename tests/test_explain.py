@@ -13,8 +13,8 @@ from index.measure.verdict import TOP_SHARE, interpretable
 
 INTERPRETABLE = 0.6  # a high held-out score, for the tests of the score itself
 from index.store.connection import open_read
-from planted_family import KINDS as FAMILY, WANT, build_family_db
-from planted_neurons import N_RANDOM, build_planted_neurons_db
+from helpers.planted_family import KINDS as FAMILY, WANT, build_family_db
+from helpers.planted_neurons import N_RANDOM, build_planted_neurons_db
 
 PURITIES = (1.0, 0.8, 0.6, 0.5, 0.4, 0.3)
 

@@ -9,9 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from db_files import digest
+from helpers.db_files import digest
 from solu.cli import main
-from synthetic_index import build_synthetic_index
+from helpers.synthetic_index import build_synthetic_index
+
+pytestmark = pytest.mark.integration  # a tmpfs mount
 
 M = "gelu-synth"
 

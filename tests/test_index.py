@@ -29,8 +29,8 @@ from index.engine.stats import FINE, RunningStats
 from index.engine.topk import unit_priority
 from solu.sources import load_model
 from solu.cli import main
-from conftest import read_plan
-from db_files import digest, query
+from helpers.corpora import read_plan
+from helpers.db_files import digest, query
 
 TOKENS = 3000
 CFG = dict(top_k=6, window_before=32, window_after=8, bands=4, per_band=2, random=3, seed=0)
@@ -271,7 +271,7 @@ def test_compiled_stats_equal_the_tensor_ops(solu, indexed, threads):
 def test_first_max_column_among_ties():
     """first_col finds the first column holding a row's max, through the block maxima,
     for rows whose length is not a multiple of the block width and with many ties."""
-    from index.engine.accumulator import first_col, block_maxima
+    from index.engine.windows import block_maxima, first_col
 
     rng = np.random.default_rng(1)
     for n_ctx in (2, 3, 17, 32, 128, 130):
@@ -578,7 +578,7 @@ def test_empty_dataset(previous, tiny_checkpoints, tmp_path, capsys):
     empty.write_text("")
     before = digest(previous)
     code, err = run_cli(bad_run(previous, tiny_checkpoints["gelu"], empty), capsys)
-    assert code == 2 and len(err) == 1 and "no text" in err[0]
+    assert code == 2 and len(err) == 1 and "contains no usable text" in err[0]
     assert digest(previous) == before
 
 
@@ -610,7 +610,7 @@ def test_ctrl_c_leaves_the_database_and_no_temp_file(previous, tiny_checkpoints,
 
 @pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL])
 def test_kill_mid_run_leaves_the_previous_database(previous, tiny_checkpoints, tmp_path, sig):
-    from conftest import make_corpus
+    from helpers.corpora import make_corpus
 
     corpus = make_corpus(tmp_path / "big.jsonl", n_docs=3000, seed=1)
     before = digest(previous)

@@ -9,10 +9,10 @@ import threading
 import duckdb
 
 from explorer import db
-from explorer_fixtures import GELU, SOLU, app_at, html_text, labels_of, synth_db  # noqa: F401
+from helpers.explorer_fixtures import GELU, SOLU, app_at, html_text, labels_of
 from index.store import queries
 from index.store.connection import replace_database
-from synthetic_index import build_synthetic_index
+from helpers.synthetic_index import build_synthetic_index
 from solu.cli import main
 
 

@@ -16,7 +16,7 @@ from index.store.labels import append_label
 from index.store.readonly_sql import run_query
 from solu.cli import main
 from solu.errors import UserError
-from synthetic_index import build_synthetic_index
+from helpers.synthetic_index import build_synthetic_index
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -177,7 +177,7 @@ def test_writers_refuse_a_database_reached_through_a_link(db, tmp_path, tiny_che
     """Through a link a writer's lock and log would miss the database's own, and a rebuilt
     index would replace the link: `index` and `label` refuse, the link and the database
     stay as they were, and nothing is created beside either."""
-    from db_files import digest
+    from helpers.db_files import digest
 
     folder = tmp_path / "links"
     folder.mkdir()

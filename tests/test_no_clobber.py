@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from measure_db import build_measure_db
+from helpers.measure_db import build_measure_db
 from solu.cli import main
 from solu.outputs import MANIFEST, OutputFolder
 

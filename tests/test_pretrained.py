@@ -13,9 +13,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pretrained_fixtures import gpt2_dir, mixtral_dir, tl_legacy_repo, tl_state_dict, tokenizer_repo, TL_SHAPE
+from helpers.pretrained_models import gpt2_dir, mixtral_dir, tl_legacy_repo, tl_state_dict, tokenizer_repo, TL_SHAPE
 from solu.cli import main
-from db_files import query
+from helpers.db_files import query
 
 TOKENIZER = "NeelNanda/gpt-neox-tokenizer-digits"
 SOLU, GELU = "NeelNanda/SoLU_1L512W_C4_Code", "NeelNanda/GELU_1L512W_C4_Code"
@@ -369,7 +369,7 @@ def test_token_strings_are_the_text_of_byte_level_and_sentencepiece_pieces():
 # ------------------------------------------------------------------ the app
 
 def test_app_shows_where_models_came_from_and_probes_them_live(indexed, hub, monkeypatch):
-    from explorer_fixtures import app_at, html_text, no_exception
+    from helpers.explorer_fixtures import app_at, html_text, no_exception
 
     monkeypatch.setenv("SOLU_DB", str(indexed))
     at = app_at("models")

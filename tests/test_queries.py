@@ -7,7 +7,7 @@ from index.store import queries
 from index.store.connection import open_read
 from index.store.labels import append_label
 from solu.errors import UserError
-from synthetic_index import build_synthetic_index
+from helpers.synthetic_index import build_synthetic_index
 
 
 def test_neuron_labels_reads_the_max_of_the_chosen_site(tmp_path):
@@ -29,7 +29,7 @@ def test_neuron_labels_reads_the_max_of_the_chosen_site(tmp_path):
 
 
 def test_latest_runs_is_the_one_latest_run_per_model(tmp_path):
-    from measure_db import build_measure_db
+    from helpers.measure_db import build_measure_db
 
     db = build_measure_db(tmp_path / "runs.duckdb")
     with duckdb.connect(str(db)) as con:
@@ -51,7 +51,7 @@ def test_latest_runs_is_the_one_latest_run_per_model(tmp_path):
 
 def test_neuron_table_filters_by_automatic_concept(tmp_path):
     from index.measure.autolabel import autolabel
-    from measure_db import build_measure_db
+    from helpers.measure_db import build_measure_db
 
     db = build_measure_db(tmp_path / "concepts.duckdb", top_k=20)
     autolabel(db)

@@ -39,7 +39,7 @@ def test_connections_of_three_layers_merge_every_later_and_earlier_layer():
     layer 2's upstream ones from layers 0 and 1, each the top k of the joined products."""
     from types import SimpleNamespace
 
-    from index.engine.connections import connections
+    from index.engine.virtual_weights import connections
     from solu.config import ModelConfig
     from solu.model import build_model
 
@@ -113,7 +113,7 @@ def permuted_pair(path, shuffle_tokens: bool = False):
     neurons permuted within each layer (and, if asked, different tokens)."""
     import random
 
-    from measure_db import dense_activations, documents, insert_model
+    from helpers.measure_db import dense_activations, documents, insert_model
     from index.store.schema import migrate
 
     con = duckdb.connect(str(path))
@@ -216,7 +216,7 @@ def test_ablation_equals_running_the_model_with_the_neuron_zeroed(ablated, tiny_
 
 
 def test_the_neuron_page_shows_every_relation(tmp_path, tiny_checkpoints, tiny_corpus, monkeypatch):
-    from explorer_fixtures import app_at, html_text, no_exception
+    from helpers.explorer_fixtures import app_at, html_text, no_exception
     from solu.cli import main
 
     db = tmp_path / "page.duckdb"

@@ -42,7 +42,7 @@ def cases(tmp_path, db):
 
 
 def test_every_process_flag_is_bounded_before_any_work(tmp_path, capsys, no_children):
-    from measure_db import build_measure_db
+    from helpers.measure_db import build_measure_db
 
     db = str(build_measure_db(tmp_path / "m.duckdb"))
     before = sorted(p.name for p in tmp_path.iterdir())
@@ -99,7 +99,7 @@ def required_args(words, tmp_path, db):
 def test_every_numeric_flag_of_every_command_has_a_stated_bound(tmp_path, capsys, no_children):
     """An absurd value (10^13, far below the generic 10^15 cut) for each count flag of each
     command: exit 2, one line naming the bound, nothing started and nothing written."""
-    from measure_db import build_measure_db
+    from helpers.measure_db import build_measure_db
 
     db = str(build_measure_db(tmp_path / "m.duckdb"))
     before = sorted(p.name for p in tmp_path.iterdir())

@@ -29,9 +29,9 @@ from index.engine.shard_config import ShardOptions
 from index.store.rows import model_tables
 from solu.sources import load_model, resolve
 from solu.cli import main
-from conftest import read_plan
-from db_files import digest
-from processes import descendants
+from helpers.corpora import read_plan
+from helpers.db_files import digest
+from helpers.processes import descendants
 
 CFG = dict(tokens=3000, top_k=5, bands=3, per_band=2, random=3, sample_tokens=900, batch_size=4, device="cpu")
 # what sorts each table's rows into one order, whoever wrote them
@@ -210,6 +210,7 @@ def runs_in(db: Path) -> list[tuple]:
         con.close()
 
 
+@pytest.mark.integration
 def test_workers_2_equal_one_process_table_by_table(built_both):
     """Top-K documents, values and windows, band and random samples, logits, activations
     and tokens exactly; stats within float tolerance."""
@@ -219,6 +220,7 @@ def test_workers_2_equal_one_process_table_by_table(built_both):
     assert runs_two == runs_one
 
 
+@pytest.mark.integration
 def test_one_progress_bar_counts_every_worker(built_both):
     *_, runs, bars = built_both
     assert [(b.name, b.total, b.n, b.closed) for b in bars] == \
@@ -245,9 +247,10 @@ def _kill_first_worker(killed: list, stop: threading.Event, marker: bytes) -> No
         time.sleep(0.02)
 
 
+@pytest.mark.integration
 @pytest.mark.parametrize("backend", ["local", "ray"])
 def test_a_killed_worker_leaves_the_previous_database(backend, request, tiny_checkpoints, tmp_path, capsys):
-    from conftest import make_corpus
+    from helpers.corpora import make_corpus
 
     db = tmp_path / "prev.duckdb"
     corpus = make_corpus(tmp_path / "big.jsonl", n_docs=1000, seed=1)
@@ -302,11 +305,12 @@ def test_shard_options_validate():
         ShardOptions(workers=2, address=" 10.0.0.1:6379")
 
 
+@pytest.mark.integration
 def test_local_workers_listen_on_no_network_address(tiny_checkpoints, tmp_path, capsys):
     """While a 2-worker index runs on this machine, no process it starts listens on a
     network address (the workers talk over pipes; issue 30, cause 8)."""
-    from conftest import make_corpus
-    from processes import LOOPBACK, listening_addresses
+    from helpers.corpora import make_corpus
+    from helpers.processes import LOOPBACK, listening_addresses
     from solu.data_parallel import descendants as all_descendants
 
     corpus = make_corpus(tmp_path / "big.jsonl", n_docs=1000, seed=2)

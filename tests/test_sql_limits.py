@@ -14,8 +14,8 @@ import pytest
 
 from index.store.readonly_sql import GB, QueryStopped, SqlLimits, open_query, run_query
 from solu.errors import UserError
-from processes import descendants, gone_within
-from synthetic_index import build_synthetic_index
+from helpers.processes import descendants, gone_within
+from helpers.synthetic_index import build_synthetic_index
 
 TIME_LIMIT_S = 3.0
 

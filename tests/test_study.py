@@ -7,7 +7,7 @@ import pytest
 
 from index.measure import study
 from index.measure.intervals import wilson
-from measure_db import build_measure_db
+from helpers.measure_db import build_measure_db
 from solu.errors import UserError
 
 

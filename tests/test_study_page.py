@@ -4,8 +4,8 @@ from __future__ import annotations
 import duckdb
 import pytest
 
-from explorer_fixtures import app_at, html_text, no_exception
-from measure_db import build_measure_db
+from helpers.explorer_fixtures import app_at, html_text, no_exception
+from helpers.measure_db import build_measure_db
 
 
 @pytest.fixture

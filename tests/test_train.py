@@ -12,7 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from solu.cli import main
-from tests.conftest import make_corpus
+from helpers.corpora import make_corpus
 
 TINY = ["--layers", "1", "--d-model", "32", "--d-mlp", "64", "--heads", "2", "--ctx", "32", "--vocab", "300",
         "--batch-size", "8", "--eval-tokens", "512", "--warmup-tokens", "512", "--device", "cpu"]

@@ -32,7 +32,6 @@ folds two together, and Rules.sites draws the interval samples and splits it by 
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -41,7 +40,7 @@ from index.engine.batching import Batch
 from index.engine.pools import Candidates, Pool
 from index.engine.stats import Duplicates, RowsOf, RunningStats, Workspace
 from index.engine.topk import NO_SAMPLE, sample_groups, sample_key, top_k, top_key, unit_priority, value_bands
-from index.engine.windows import Span, by_site, capture, take, token_at
+from index.engine.windows import Span, WindowCache, block_maxima, by_site, first_col, first_row, token_at
 
 SEED_INTERVALS, SEED_RANDOM = 0, 1  # added to the run's seed
 
@@ -242,7 +241,7 @@ class Accumulator:
         self.open_max = value[:, -1].clone() if batch.continues_next else None
         unit = batch.unit_ids[None, :].expand_as(value)
         found = torch.full_like(unit, -1)
-        windows = _Windows(span, self.rules.shape, value.shape)
+        windows = WindowCache(span, self.rules.shape.before, self.rules.shape.after, value.shape)
         cand = Candidates(value, unit, valid, lambda n, c: self._locate(span, batch, maxima, value, found, n, c),
                           windows.get)
         stale = (self._holds(replaced) & valid[:, 0]) if replaced is not None else None
@@ -301,84 +300,10 @@ class Accumulator:
         target = value[n, d]
         site, j = n // self.d_mlp, n % self.d_mlp
         row0 = torch.cumsum(batch.unit_rows, 0) - batch.unit_rows
-        r = row0[d] + _first_row(maxima.rows, site, row0[d], batch.unit_rows[d], j, target)
+        r = row0[d] + first_row(maxima.rows, site, row0[d], batch.unit_rows[d], j, target)
         t = torch.zeros_like(r)
         for s, part in by_site(site, self.n_sites):
             t[part] = first_col(span.acts[s], maxima.blocks[s], r[part], j[part], target[part])
         found[n, d] = batch.row_start[r] + t
         pos = found[neuron, c]
         return pos, token_at(span, c, pos)
-
-
-class _Windows:
-    """The windows cut from one batch, by (neuron, candidate): a unit that enters
-    two or three pools of a neuron is cut once (in the first batches most do)."""
-
-    def __init__(self, span: Span, shape: PoolShape, n_cand: tuple[int, int]):
-        self.span, self.before, self.after = span, shape.before, shape.after
-        self.slot = torch.full(n_cand, -1, dtype=torch.long, device=span.batch.tokens.device)
-        self.acts: torch.Tensor | None = None
-        self.tokens: torch.Tensor | None = None
-
-    def get(self, neuron: torch.Tensor, c: torch.Tensor, pos: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """capture's windows for entries (neuron, candidate, position), neurons ascending."""
-        todo = (self.slot[neuron, c] < 0).nonzero().squeeze(1)
-        if len(todo):
-            acts, tokens = capture(self.span, neuron[todo], c[todo], pos[todo], self.before, self.after)
-            start = 0 if self.acts is None else len(self.acts)
-            self.slot[neuron[todo], c[todo]] = torch.arange(start, start + len(todo), device=todo.device)
-            self.acts = acts if self.acts is None else torch.cat([self.acts, acts])
-            self.tokens = tokens if self.tokens is None else torch.cat([self.tokens, tokens])
-        at = self.slot[neuron, c]
-        return self.acts[at], self.tokens[at]
-
-
-def _first_row(row_max, site, start, length, j, target) -> torch.Tensor:
-    """For each entry, the first i < length with row_max[site, start + i, j] == target
-    (no unit has more rows than the batch: no host sync for the bound)."""
-    n_rows, d = row_max.shape[1], row_max.shape[2]
-    steps = torch.arange(n_rows, device=row_max.device)
-    rows = (start[:, None] + steps[None, :]).clamp(max=n_rows - 1)
-    at = take(row_max, (site[:, None] * n_rows + rows) * d + j[:, None])
-    return _first_true((steps[None, :] < length[:, None]) & (at == target[:, None]))
-
-
-def block_width(n_ctx: int) -> int:
-    """Columns per block of block_maxima: about the square root of a row's, so finding
-    the first max costs a read of the row's blocks and of one block."""
-    return max(1, round(math.sqrt(n_ctx - 1)))
-
-
-def block_maxima(acts: torch.Tensor) -> torch.Tensor:
-    """[B, blocks, d]: the max of each run of block_width columns of each row of a hook
-    output [B, T, d], BOS (column 0) left out; the last block may be shorter."""
-    b, t, d = acts.shape
-    width = block_width(t)
-    full = (t - 1) // width
-    parts = [acts[:, 1:1 + full * width].reshape(b, full, width, d).amax(2)] if full else []
-    if full * width < t - 1:
-        parts.append(acts[:, 1 + full * width:].amax(1, keepdim=True))
-    return torch.cat(parts, 1) if len(parts) > 1 else parts[0]
-
-
-def first_col(acts, blocks, row, j, target, chunk: int = 65536) -> torch.Tensor:
-    """For each entry, the first t with acts[row, 1 + t, j] == target, target being
-    that row's max: the first block whose max is the target holds it; then the first
-    column of that block that is (padding repeats a real activation that comes earlier
-    in its row, so it is never the first). A chunk of entries at a time."""
-    t_cols, d = acts.shape[1], acts.shape[2]
-    width, n_blocks = block_width(t_cols), blocks.shape[1]
-    steps = torch.arange(max(width, n_blocks), device=row.device)
-    t = torch.empty_like(row)
-    for start in range(0, len(row), chunk):
-        part = slice(start, start + chunk)
-        r, u, want = row[part, None], j[part, None], target[part, None]
-        k = _first_true(take(blocks, (r * n_blocks + steps[None, :n_blocks]) * d + u) == want)[:, None] * width
-        col = (1 + k + steps[None, :width]).clamp(max=t_cols - 1)  # a short last block repeats its last column
-        t[part] = k.squeeze(1) + _first_true(take(acts, (r * t_cols + col) * d + u) == want)
-    return t
-
-
-def _first_true(hit: torch.Tensor) -> torch.Tensor:
-    """[c] the first True column of each row of hit [c, m] (0 where none is)."""
-    return hit.to(torch.int8).argmax(1)

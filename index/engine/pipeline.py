@@ -37,7 +37,7 @@ from index.engine.config import IndexConfig
 from index.engine.hooks import site_key
 from index.engine.indexer import Indexer, pool_shape, run_sites
 from index.engine.ablation import COLUMNS as ABLATION_COLUMNS, ablation_effects
-from index.engine.connections import connections
+from index.engine.virtual_weights import connections
 from index.engine.logits import direct_logits
 from index.engine.plan import Plan, planned, shard_documents
 from index.engine.sample import ActivationSample
@@ -171,7 +171,7 @@ class ModelIndex:
     segment_len: int  # tokens per segment, the unit of ranking
     activations: dict[str, np.ndarray]
     logits: dict[str, np.ndarray]
-    connections: dict[str, np.ndarray]  # index.engine.connections.COLUMNS
+    connections: dict[str, np.ndarray]  # index.engine.virtual_weights.COLUMNS
     ablations: dict[str, np.ndarray]  # index.engine.ablation.COLUMNS (empty without --ablation)
     started_at: datetime
     device: str
@@ -205,7 +205,7 @@ def index_model(ref: ModelRef, cfg: IndexConfig, executor=None, progress: bool =
     first = next(stream, None)  # a dataset that is missing or holds no text fails here, before any output
     if first is None:
         detail = plan.tally.read.summary()
-        raise UserError(f"dataset {cfg.dataset!r} contains no text" + (f" ({detail})" if detail else ""))
+        raise UserError(f"dataset {cfg.dataset!r} contains no usable text" + (f" ({detail})" if detail else ""))
     shown = Progress(progress)
     layers = sorted({s.layer for s in sites})
     shown.say(f"{ckpt.name}{position}: {_span(layers)} of {ckpt.model_cfg.n_layers}, "

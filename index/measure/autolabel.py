@@ -262,8 +262,7 @@ READ_MEMORY = "512MB"  # DuckDB's share while autolabel reads; larger reads spil
 
 
 def _score_models(db, models, concepts, workers, progress, spill: str) -> tuple[pd.DataFrame, pd.DataFrame]:
-    con = open_read(db, {"memory_limit": READ_MEMORY, "temp_directory": spill})
-    try:
+    with open_read(db, {"memory_limit": READ_MEMORY, "temp_directory": spill}) as con:
         known = require_models(con, models or [])
         models = models or known
         if not models:
@@ -271,8 +270,6 @@ def _score_models(db, models, concepts, workers, progress, spill: str) -> tuple[
         both = [score_model(con, m, concepts, workers, progress) for m in models]
         return (pd.concat([b[0] for b in both], ignore_index=True),
                 pd.concat([b[1] for b in both], ignore_index=True))
-    finally:
-        con.close()
 
 
 def check_threshold(threshold: float) -> None:

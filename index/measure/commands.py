@@ -141,7 +141,7 @@ def cmd_experiment(args) -> int:
 
 
 def cmd_match(args) -> int:
-    from index.measure.relations import match
+    from index.measure.matches import match
 
     a, b = args.models
     rows = match(args.db, a, b, args.top, progress=not args.no_progress)
@@ -200,11 +200,8 @@ def explained_table(db, models: list[str]):
     from index.measure.curves import curve_mean
     from index.store.connection import open_read
 
-    con = open_read(db)
-    try:
+    with open_read(db) as con:
         expl = explanations(con, models)
-    finally:
-        con.close()
     table = verdict_table(expl, models, False, verdict.SCORE)
     expl = primary(expl)
     means = expl.groupby("model_id").score.agg(curve_mean)
@@ -237,11 +234,8 @@ def cmd_study_create(args) -> int:
     from index.measure.study import create_study, study_items
 
     create_study(args.db, args.name, args.models, args.per_model, args.seed, args.snippets)
-    con = open_read(args.db)
-    try:
+    with open_read(args.db) as con:
         n = len(study_items(con, args.name))
-    finally:
-        con.close()
     print(f"study {args.name!r}: {n} neurons from {len(set(args.models))} models; rate them on the app's Study page")
     return 0
 
@@ -254,11 +248,8 @@ def cmd_study_sheet(args) -> int:
     if not args.rater.strip():
         raise UserError("--rater needs a name")
     check_out_file(args.out, "--out", force=args.force, inputs=(args.db,))
-    con = open_read(args.db)
-    try:
+    with open_read(args.db) as con:
         text = sheet_text(con, args.name, args.rater.strip())
-    finally:
-        con.close()
     write_text(args.out, text, "--out")
     print(f"sheet for {args.rater.strip()!r} written to {args.out}; answer with "
           f"`solu study answer --db {args.db} {args.name!r} --rater {args.rater.strip()!r} --file ANSWERS.csv`")
@@ -285,20 +276,14 @@ def cmd_study_summary(args) -> int:
     from index.measure.study import calibrated, calibration, summary, summary_models
     from index.measure.verdict import TOP_SHARE
 
-    con = open_read(args.db)
-    try:
+    with open_read(args.db) as con:
         df = summary(con, args.name)
-    finally:
-        con.close()
     for col in ("frac_interpretable", "ci_low", "ci_high"):
         df[col] = df[col].map(lambda v: f"{v:.3f}" if v == v else "-")
     print(_table(df))
-    con = open_read(args.db)
-    try:
+    with open_read(args.db) as con:
         models = sorted(set(summary_models(con, args.name)))
         cal = calibration(con, models, args.name)
-    finally:
-        con.close()
     if cal.empty:
         print("no answer meets an explained neuron yet: run `solu autolabel` for the agreement with the raters")
         return 0

@@ -228,14 +228,11 @@ def finished(db: Path, grid: Grid) -> set[str]:
 
     if not db.exists():
         return set()
-    con = open_read(db)
-    try:
+    with open_read(db) as con:
         if not has_table(con, "experiment_cells"):
             return set()
         rows = con.execute("SELECT model_id FROM experiment_cells WHERE experiment = ?", [grid.name]).fetchall()
         return {r[0] for r in rows}
-    finally:
-        con.close()
 
 
 def prepare(out: Path, grid: Grid) -> Path:

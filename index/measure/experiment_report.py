@@ -192,12 +192,9 @@ def write_report(db: Path, folder: OutputFolder, name: str | None = None) -> Pat
     """report.md, sizes.png and layers.png into `folder` (nothing half-written on a failure)."""
     from index.store.connection import open_read
 
-    con = open_read(db)
-    try:
+    with open_read(db) as con:
         tables = experiment_tables(con, name)
         grid = con.execute("SELECT grid FROM experiments ORDER BY created_at DESC LIMIT 1").fetchone()
-    finally:
-        con.close()
     if not tables:
         raise ValueError("no finished cell to report")
     try:

@@ -249,11 +249,8 @@ def write_report(db: str | Path, groups: list[list[str]], folder: OutputFolder, 
     """Write report.md and its PNG plots into `folder` for groups A and B (lists of model
     ids); returns the report's path. A failure (a full disk) leaves nothing half-written."""
     check_threshold(rule)
-    con = open_read(db)
-    try:
+    with open_read(db) as con:
         tables = compare_tables(con, groups, rule)
-    finally:
-        con.close()
     try:
         return _write_files(tables, groups, rule, folder)
     except BaseException:

@@ -53,11 +53,8 @@ def create_study(db: str | Path, name: str, models: list[str], per_model: int = 
     for flag, value in (("--per-model", per_model), ("--snippets", snippets), ("--seed", seed)):
         if not 0 <= value <= INT32_MAX:  # the studies table stores them as INTEGER
             raise UserError(f"{flag} must be from 0 to {INT32_MAX:,}, got {value:,}")
-    con = open_read(db)  # checked before the write lock, so a refused study leaves no lock file
-    try:
+    with open_read(db) as con:  # checked before the write lock, so a refused study leaves no lock file
         require_models(con, models)
-    finally:
-        con.close()
     with open_write(db) as con:
         old = con.execute("SELECT models, per_model, seed, snippets FROM studies WHERE study = ?", [name]).fetchall()
         if old:
@@ -288,12 +285,9 @@ def sheet_text(con, study: str, rater: str) -> str:
 def import_answers(db: str | Path, study: str, rater: str, rows: list[dict]) -> int:
     """Record a rater's answers by item number of their sheet (rows of item, answer and an
     optional label); everything is checked before the first answer is written."""
-    con = open_read(db)
-    try:
+    with open_read(db) as con:
         _, _, seed, _ = _settings(con, study)
         items = rater_order(study_items(con, study), rater.strip(), seed).set_index("item")
-    finally:
-        con.close()
     checked = []
     for n, row in enumerate(rows, start=1):
         try:

@@ -62,7 +62,8 @@ def _connect(db: Path, read_only: bool, config: dict | None = None) -> duckdb.Du
 
 
 def open_read(db: str | Path, config: dict | None = None) -> duckdb.DuckDBPyConnection:
-    """A read-only connection to an existing index. Close it when done."""
+    """A read-only connection to an existing index, checked against its schema; use it in a
+    `with` block (a DuckDB connection closes at the end of one)."""
     db = Path(db)
     if not db.is_file():
         raise UserError(f"database {db} not found (build one with 'solu index')")

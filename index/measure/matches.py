@@ -152,12 +152,9 @@ def match(db: str | Path, a: str, b: str, top: int = 3, progress: bool = False) 
         raise UserError(f"--top must be at least 1, got {top}")
     check_writable(db)
     with tempfile.TemporaryDirectory(prefix="solu-match-") as spill:
-        con = open_read(db, {"memory_limit": "512MB", "temp_directory": spill})
-        try:
+        with open_read(db, {"memory_limit": "512MB", "temp_directory": spill}) as con:
             require_models(con, [a, b])
             rows = best_matches(con, a, b, top, progress)
-        finally:
-            con.close()
     with open_write(db) as con:
         con.register("new_matches", rows)
         con.execute("BEGIN")

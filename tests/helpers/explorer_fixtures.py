@@ -9,9 +9,9 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from synthetic_index import build_synthetic_index
+from helpers.synthetic_index import build_synthetic_index
 
-APP = Path(__file__).resolve().parents[1] / "explorer" / "app.py"
+APP = Path(__file__).resolve().parents[2] / "explorer" / "app.py"
 GELU, SOLU = "gelu-synth", "solu-synth"
 
 

@@ -25,7 +25,7 @@ import duckdb
 import numpy as np
 
 from index.store.schema import migrate
-from measure_db import insert_model
+from helpers.measure_db import insert_model
 
 KINDS = ["line_end", "line_start", "after_class", "context2", "in_concept", "caps_prose"]
 WANT = {"line_end": ("line_end", ["."]), "line_start": ("line_start", ["so"]),

@@ -17,7 +17,7 @@ import numpy as np
 from index.measure.concepts import detect
 from index.measure.explain import normalise, words
 from index.store.schema import migrate
-from measure_db import insert_model
+from helpers.measure_db import insert_model
 
 ENGLISH = [" the", " cat", " sat", " on", " a", " mat", ".", ",", " and", " then", " it", " left", " str",
            " sub", " value", " marine", " turned"]
