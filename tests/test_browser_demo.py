@@ -30,7 +30,7 @@ def test_the_solu_base64_neuron_shows_its_relations(demo_db, tmp_path):
     con = duckdb.connect(str(demo_db), read_only=True)
     layer, neuron, site = con.execute("""
         SELECT layer, neuron, site FROM best_concepts WHERE model_id = 'solu-1l' AND concept = 'base64'
-        ORDER BY score DESC, sample_share DESC LIMIT 1""").fetchone()
+        ORDER BY top_share DESC, sample_share DESC LIMIT 1""").fetchone()
     match = con.execute("SELECT other_layer, other_neuron, r FROM neuron_matches WHERE model_id = 'solu-1l' "
                         "AND layer = ? AND neuron = ? AND rank = 1", [layer, neuron]).fetchone()
     ablated = con.execute("""

@@ -8,7 +8,8 @@ import pytest
 
 from index.measure.concepts import CONCEPTS
 from index.measure.autolabel import score_model
-from index.measure.explain import Rule, held_out, words
+from index.measure.explain import Rule, rule_of
+from index.measure.records import held_out, words
 from index.measure.verdict import TOP_SHARE, interpretable
 
 INTERPRETABLE = 0.6  # a high held-out score, for the tests of the score itself
@@ -182,10 +183,10 @@ def test_a_user_regex_explanation_can_be_evaluated_again():
     import numpy as np
 
     from index.measure.concepts import regex_concept
-    from index.measure.explain import build_positions
+    from index.measure.records import build_positions
 
     tokens = [" fix", " TODO", ":", " later", " TODO"]
     positions = build_positions(np.zeros(5, np.int64), np.arange(5), tokens, [regex_concept("todo", "TODO")])
-    rule = positions.rule(0, np.array([0, -1, -1]))
+    rule = rule_of(positions, 0, np.array([0, -1, -1]))
     assert rule.args == ("todo", "TODO") and rule.text == "todo"
     assert Rule(*[rule.kind, tuple(rule.args)]).mask(tokens).tolist() == [False, True, False, False, True]

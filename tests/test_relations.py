@@ -132,7 +132,7 @@ def permuted_pair(path, shuffle_tokens: bool = False):
 def test_a_permuted_copy_is_matched_neuron_for_neuron(tmp_path, capsys, monkeypatch, block_neurons):
     """In one block, and in blocks of 3 neurons (b's read again for each of a's blocks, the
     running top-k merged across blocks)."""
-    from index.measure import relations
+    from index.measure import matches
     from solu.cli import main
 
     db = tmp_path / "perm.duckdb"
@@ -141,8 +141,8 @@ def test_a_permuted_copy_is_matched_neuron_for_neuron(tmp_path, capsys, monkeypa
         con = duckdb.connect(str(db), read_only=True)
         tokens = con.execute("SELECT count(*) FROM tokens WHERE model_id = 'orig'").fetchone()[0]
         con.close()
-        monkeypatch.setattr(relations, "BLOCK_BYTES", 4 * tokens * block_neurons)
-        monkeypatch.setattr(relations, "CACHE_BYTES", 0)
+        monkeypatch.setattr(matches, "BLOCK_BYTES", 4 * tokens * block_neurons)
+        monkeypatch.setattr(matches, "CACHE_BYTES", 0)
     assert main(["match", "--db", str(db), "orig", "copy", "--no-progress"]) == 0
     assert "orig L" in capsys.readouterr().out
     con = duckdb.connect(str(db), read_only=True)

@@ -11,7 +11,8 @@ import streamlit as st
 from explorer import data, nav, numbers, render
 from explorer.nav import NEURON_PATH, Address
 from index.measure import verdict
-from index.measure.explain import Rule, held_out
+from index.measure.explain import Rule
+from index.measure.records import held_out
 from solu.errors import UserError
 
 

@@ -3,7 +3,7 @@
 Three measurements per (neuron, concept), from what the index stored, at each of the
 neuron's sites (labels read the primary site). Each answers its own question:
 
-* top_share, the score (primary): does one rule explain the strongest firings? The
+* top_share (primary): does one rule explain the strongest firings? The
   share of the neuron's top-K examples (its K strongest documents) whose max token is
   in the concept, the concept detected on the example's window of tokens: the paper's
   test ("one rule explains 80% or more of the ~20 strongest firings") made automatic,
@@ -45,8 +45,9 @@ import numpy as np
 import pandas as pd
 
 from index.measure.concepts import CONCEPTS, Concept, concept
-from index.measure.explain import (BOOTSTRAP, CHUNK, Chunk, Context, chunk_plan, explain_chunk, explanation_rows,
-                                   finish_explanations, map_chunks, read_chunk, read_positions, read_sample)
+from index.measure.driver import Context, map_chunks
+from index.measure.explain import BOOTSTRAP, explain_chunk, explanation_rows, finish_explanations
+from index.measure.records import CHUNK, Chunk, chunk_plan, read_chunk, read_positions, read_sample
 from index.measure.intervals import wilson
 from index.store.connection import check_writable, open_read, open_write
 from index.store.queries import latest_run, require_models
@@ -201,7 +202,7 @@ def score_model(con, model_id: str, concepts: list[Concept], workers: int | None
                 progress: bool = False, chunk: int = CHUNK, boot: int = BOOTSTRAP) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Every (neuron, concept) score of one model, as rows for `concept_scores`, and every
     neuron's explanation, as rows for `explanations`. Concepts are detected once per
-    position the index holds (index.measure.explain.Positions), then neurons are scored a
+    position the index holds (index.measure.records.Positions), then neurons are scored a
     chunk at a time on every core, so memory follows the chunk, not the index."""
     from tqdm import tqdm
 
@@ -227,7 +228,7 @@ def score_model(con, model_id: str, concepts: list[Concept], workers: int | None
     masks = ctx.masks
     base_rate = masks.mean(axis=0) if len(masks) else np.full(len(concepts), np.nan)
     occurrences = [occurrence_units(masks[:, j], sample.starts)[1] for j in range(len(concepts))]
-    frames = [neurons.assign(model_id=model_id, concept=c.name, score=share[:, j], top_share=share[:, j],
+    frames = [neurons.assign(model_id=model_id, concept=c.name, top_share=share[:, j],
                              top_hits=hits[:, j], top_low=low[:, j], top_high=high[:, j],
                              sample_share=merged["sample_share"][:, j], base_rate=base_rate[j],
                              auroc=merged["auroc"][:, j], n_recorded=merged["recorded"], n_top=n_top,
@@ -237,7 +238,7 @@ def score_model(con, model_id: str, concepts: list[Concept], workers: int | None
     return scores, finish_explanations(explained, model_id, run_id)
 
 
-SCORE_COLUMNS = ["model_id", "layer", "neuron", "site", "concept", "score", "top_share", "top_hits", "top_low",
+SCORE_COLUMNS = ["model_id", "layer", "neuron", "site", "concept", "top_share", "top_hits", "top_low",
                  "top_high", "sample_share", "base_rate", "auroc", "n_recorded", "n_top", "occurrences"]
 
 
@@ -280,9 +281,9 @@ def check_threshold(threshold: float) -> None:
 def summarise(scores: pd.DataFrame, threshold: float) -> pd.DataFrame:
     """One row per model and concept: occurrences in the activation sample, neurons whose
     top share reaches the threshold, and the best neuron with its measures."""
-    best = scores.sort_values(["score", "sample_share"], ascending=False, na_position="last").drop_duplicates(
+    best = scores.sort_values(["top_share", "sample_share"], ascending=False, na_position="last").drop_duplicates(
         ["model_id", "concept"])
-    passing = (scores[scores.score >= threshold].groupby(["model_id", "concept"]).size()
+    passing = (scores[scores.top_share >= threshold].groupby(["model_id", "concept"]).size()
                .rename("neurons_passing").reset_index())
     out = best.merge(passing, on=["model_id", "concept"], how="left").fillna({"neurons_passing": 0})
     out["best_neuron"] = "L" + out.layer.astype(str) + "/N" + out.neuron.astype(str)
@@ -332,7 +333,7 @@ def label_changes(con, models: list[str], threshold: float) -> pd.DataFrame:
     a withdrawal (status 'rejected', by autolabel) where a suggestion fell below it. A
     label a person rejected is not suggested again while it stays the best concept."""
     best = con.execute(f"""
-        SELECT s.model_id, s.layer, s.neuron, s.concept, s.score, s.top_low, s.top_high, s.sample_share,
+        SELECT s.model_id, s.layer, s.neuron, s.concept, s.top_share AS score, s.top_low, s.top_high, s.sample_share,
                s.base_rate, s.n_top, c.label AS current, c.status AS current_status, c.author AS current_author,
                c.score AS current_score
         FROM best_concepts s

@@ -85,7 +85,7 @@ def best_concepts(con, models: list[str]) -> pd.DataFrame:
     """Each primary-site neuron's best concept and its measures (the `best_concepts`
     view: the latest index run's scores; empty until `solu autolabel` has run)."""
     return con.execute(f"""
-        SELECT model_id, layer, neuron, concept, score AS top_share, top_hits, n_top, top_low, top_high,
+        SELECT model_id, layer, neuron, concept, top_share, top_hits, n_top, top_low, top_high,
                sample_share, base_rate, auroc
         FROM best_concepts WHERE model_id IN {_in(models)} ORDER BY model_id, layer, neuron""", models).df()
 

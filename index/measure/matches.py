@@ -22,7 +22,7 @@ import pandas as pd
 import torch
 
 from index.engine.topk import merge_top
-from index.measure.explain import position_key
+from index.measure.records import position_key
 from index.store.connection import check_writable, open_read, open_write
 from index.store.queries import require_models
 from solu.errors import UserError

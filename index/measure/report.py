@@ -185,7 +185,6 @@ def calibration_section(tables: dict[str, pd.DataFrame]) -> list[str]:
     cal = tables["calibration"]
     if cal.empty:
         return ["No study answers on these models' explained neurons: the verdict keeps its default cuts.\n"]
-    row = cal.iloc[0]
     used = ("Compare uses the best cut above." if tables["verdict_cut"].calibrated.iloc[0] else
             "Too few answers to recalibrate (at least 20, with 5 yes and 5 no): compare keeps the default cut.")
     return ["Agreement between the raters' answers ('yes' against 'no' or 'unsure') and the automated measures: "

@@ -202,6 +202,20 @@ MIGRATIONS: list[str] = [
         SELECT * FROM index_runs
         QUALIFY row_number() OVER (PARTITION BY model_id ORDER BY started_at DESC, run_id DESC) = 1;
     """,
+    # 12: concept_scores.score was a copy of top_share (and `score` elsewhere is the held-out
+    # correlation of an explanation): dropped, and best_concepts ranks by top_share
+    """
+    ALTER TABLE concept_scores DROP COLUMN score;
+    CREATE OR REPLACE VIEW current_concept_scores AS
+        SELECT s.* FROM concept_scores s LEFT JOIN latest_runs r USING (model_id)
+        WHERE s.run_id IS NOT DISTINCT FROM r.run_id;
+    CREATE OR REPLACE VIEW best_concepts AS
+        SELECT s.* FROM current_concept_scores s JOIN neurons n USING (model_id, layer, neuron, site)
+        WHERE n.is_primary
+        QUALIFY row_number() OVER (PARTITION BY s.model_id, s.layer, s.neuron
+                                   ORDER BY s.top_share DESC NULLS LAST, s.sample_share DESC NULLS LAST,
+                                            s.concept) = 1;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -159,7 +159,7 @@ CREATE TABLE concepts(            -- 2
 
 CREATE TABLE concept_scores(      -- 2
     model_id VARCHAR, layer INTEGER, neuron INTEGER, site VARCHAR, concept VARCHAR,
-    auroc DOUBLE, top_share DOUBLE, score DOUBLE, n_recorded BIGINT, n_top INTEGER,
+    auroc DOUBLE, top_share DOUBLE, n_recorded BIGINT, n_top INTEGER,  -- 12: no score (it copied top_share)
     run_id VARCHAR,               -- 3: the index run they were computed from
     top_hits INTEGER,             -- 7: the paper's rule: top_hits of n_top top examples,
     top_low DOUBLE,               -- 7: with its Wilson 95% interval
@@ -218,11 +218,11 @@ CREATE VIEW current_concept_scores AS  -- 7: the concept scores of the latest ru
     SELECT s.* FROM concept_scores s LEFT JOIN latest_runs r USING (model_id)
     WHERE s.run_id IS NOT DISTINCT FROM r.run_id;
 
-CREATE VIEW best_concepts AS      -- 7: each primary-site neuron's best concept of the latest run
+CREATE VIEW best_concepts AS      -- 7: each primary-site neuron's best concept of the latest run (12: by top share)
     SELECT s.* FROM current_concept_scores s JOIN neurons n USING (model_id, layer, neuron, site)
     WHERE n.is_primary
     QUALIFY row_number() OVER (PARTITION BY s.model_id, s.layer, s.neuron
-                               ORDER BY s.score DESC NULLS LAST, s.sample_share DESC NULLS LAST,
+                               ORDER BY s.top_share DESC NULLS LAST, s.sample_share DESC NULLS LAST,
                                         s.concept) = 1;
 
 CREATE VIEW current_explanations AS  -- 8: the explanations of the latest run

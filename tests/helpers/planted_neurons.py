@@ -15,7 +15,7 @@ import duckdb
 import numpy as np
 
 from index.measure.concepts import detect
-from index.measure.explain import normalise, words
+from index.measure.records import normalise, words
 from index.store.schema import migrate
 from helpers.measure_db import insert_model
 
