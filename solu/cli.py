@@ -10,6 +10,7 @@ from importlib.metadata import entry_points
 from solu.errors import UserError, first_line
 
 COMMAND_GROUP = "solu.commands"
+SPIN_COUNT = "3000"  # GOMP_SPINCOUNT: how long an idle OpenMP thread spins before it sleeps
 
 
 class Parser(argparse.ArgumentParser):
@@ -37,10 +38,13 @@ def main(argv: list[str] | None = None) -> int:
 
     from solu.flags import check_values
 
-    # torch's OpenMP threads sleep when idle instead of spinning: on a machine whose cores
-    # another process also uses, spinning threads slow training about 4x; on a quiet one,
-    # sleeping costs nothing (benchmarks/bench_busy.py). Read once, when torch loads.
-    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+    # torch's OpenMP threads (GNU libgomp) spin only briefly before they sleep: by default
+    # they spin about 300,000 times, which on a machine whose cores another process also
+    # uses slows training 5x; 3,000 keeps the speed of a quiet machine and most of it on a
+    # busy one (benchmarks/bench_busy.py). Read once, when torch loads; a user's own
+    # OMP_WAIT_POLICY or GOMP_SPINCOUNT wins.
+    if "OMP_WAIT_POLICY" not in os.environ:
+        os.environ.setdefault("GOMP_SPINCOUNT", SPIN_COUNT)
 
     try:
         args = build_parser().parse_args(argv)

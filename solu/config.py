@@ -15,11 +15,17 @@ MAX_SHAPE = {"n_layers": 512, "d_model": 65_536, "d_mlp": 262_144, "n_heads": 10
 MAX_PARAMS = 100_000_000_000
 
 
+def check_int(value, name: str, minimum: int = 1) -> None:
+    """The one whole-number check of every config: ValueError unless `value` is an int
+    (not a bool) of at least `minimum`; `name` is what the message calls it."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"{name} must be {what}, got {value!r}")
+
+
 def _positive(obj, *names: str) -> None:
     for name in names:
-        value = getattr(obj, name)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise ValueError(f"{name} must be a positive integer, got {value!r}")
+        check_int(getattr(obj, name), name)
 
 
 def option(default=MISSING, help: str = "", most: tuple[int, str] | None = None):

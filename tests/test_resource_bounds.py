@@ -146,7 +146,7 @@ def test_a_launch_that_fails_part_way_ends_the_ranks_it_started(tmp_path, monkey
     assert left == []
 
 
-def test_train_threads_sets_torchs_threads_and_the_cli_makes_idle_threads_sleep(monkeypatch, tmp_path):
+def test_train_threads_sets_torchs_threads_and_the_cli_shortens_openmps_spin(monkeypatch, tmp_path):
     import torch
 
     from solu import commands
@@ -159,10 +159,11 @@ def test_train_threads_sets_torchs_threads_and_the_cli_makes_idle_threads_sleep(
 
     monkeypatch.setattr(commands, "_train", fake_train)
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     before = torch.get_num_threads()
     try:
         assert main(["train", "--act", "gelu", "--out", str(tmp_path / "m"), "--device", "cpu", "--threads", "1"]) == 0
     finally:
         torch.set_num_threads(before)
     assert seen == {"threads": 1}
-    assert os.environ["OMP_WAIT_POLICY"] == "PASSIVE"  # set before torch loads in a fresh `solu` process
+    assert os.environ["GOMP_SPINCOUNT"] == "3000"  # set before torch loads in a fresh `solu` process

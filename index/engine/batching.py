@@ -78,33 +78,36 @@ class Tally:
     read: ReadStats = field(default_factory=ReadStats)
 
 
+def encoded(docs: Iterable, tok: Tokenizer) -> Iterator[tuple[object, list[int]]]:
+    """(document, token ids) for each document, encoded ENCODE_GROUP at a time with the
+    tokenizer's batch call: the one tokenizing loop of the indexer (its plan and each
+    shard read the dataset through it)."""
+    group: list = []
+    for doc in docs:
+        group.append(doc)
+        if len(group) == ENCODE_GROUP:
+            yield from _encode(group, tok)
+            group = []
+    yield from _encode(group, tok)
+
+
+def _encode(group: list, tok: Tokenizer) -> Iterator[tuple[object, list[int]]]:
+    if group:
+        yield from zip(group, (e.ids for e in tok.encode_batch([d.text for d in group], add_special_tokens=False)))
+
+
 def document_tokens(spec: str, text_column: str, tok: Tokenizer, budget: int, tally: Tally,
                     seed: int = 0, shuffle: bool = False) -> Iterator[tuple[int, list[int]]]:
     """(doc_id, token ids) until `budget` tokens, the last document cut to fit."""
-    group: list = []
-    for doc in iter_documents(spec, text_column, tally.read, seed, shuffle):
-        group.append(doc)
-        if len(group) == ENCODE_GROUP:
-            yield from _emit(group, tok, budget, tally)
-            group = []
-            if tally.tokens >= budget:
-                return
-    yield from _emit(group, tok, budget, tally)
+    for doc, ids in encoded(iter_documents(spec, text_column, tally.read, seed, shuffle), tok):
+        ids = ids[: budget - tally.tokens]
+        if ids:
+            tally.tokens += len(ids)
+            tally.documents += 1
+            yield doc.id, ids
+        if tally.tokens >= budget:
+            return
     tally.exhausted = tally.tokens < budget
-
-
-def _emit(group: list, tok: Tokenizer, budget: int, tally: Tally) -> Iterator[tuple[int, list[int]]]:
-    if not group:
-        return
-    for doc, enc in zip(group, tok.encode_batch([d.text for d in group], add_special_tokens=False)):
-        ids = enc.ids[: budget - tally.tokens]
-        if not ids:
-            if tally.tokens >= budget:
-                return
-            continue
-        tally.tokens += len(ids)
-        tally.documents += 1
-        yield doc.id, ids
 
 
 @dataclass

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
-from solu.config import DATASET_HELP, DEVICES, MOST_TOKENS, check_bounds, option
+from solu.config import DATASET_HELP, DEVICES, MOST_TOKENS, check_bounds, check_int, option
 
 # bounds of the counts that size what the index holds in memory per neuron and site
 EXAMPLES = (1000, "examples kept per neuron and site")
@@ -105,7 +105,4 @@ def parse_layers(text: str) -> list[int] | None:
 
 
 def _check_int(cfg, name: str, minimum: int) -> None:
-    value = getattr(cfg, name)
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-        what = "a positive integer" if minimum == 1 else "an integer >= 0"
-        raise ValueError(f"--{name.replace('_', '-')} must be {what}, got {value!r}")
+    check_int(getattr(cfg, name), f"--{name.replace('_', '-')}", minimum)

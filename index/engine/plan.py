@@ -14,10 +14,11 @@ before tokenizing them.
 from __future__ import annotations
 
 import hashlib
+import itertools
 from dataclasses import dataclass, field
 from typing import Iterator
 
-from index.engine.batching import ENCODE_GROUP, Tally, doc_of, document_tokens, segments
+from index.engine.batching import Tally, doc_of, document_tokens, encoded, segments
 from index.engine.config import IndexConfig
 from index.engine.sample import ActivationSample
 from solu.corpus import ReadStats, iter_documents
@@ -77,23 +78,9 @@ def shard_documents(cfg: IndexConfig, tokenizer, shard: int, n_shards: int,
     """(doc_id, token ids) of this shard's documents up to the plan's last one (stop);
     other shards' documents are skipped before they are tokenized."""
     last_doc, last_len = stop
-    group: list = []
-    for doc in iter_documents(cfg.dataset, cfg.text_column, ReadStats(), cfg.seed, cfg.shuffle):
-        if doc.id > last_doc:
-            break
-        if shard_of(doc.id, n_shards) != shard:
-            continue
-        group.append(doc)
-        if len(group) == ENCODE_GROUP:
-            yield from _encode(group, tokenizer, last_doc, last_len)
-            group = []
-    yield from _encode(group, tokenizer, last_doc, last_len)
-
-
-def _encode(group: list, tokenizer, last_doc: int, last_len: int) -> Iterator[tuple[int, list[int]]]:
-    if not group:
-        return
-    for doc, enc in zip(group, tokenizer.encode_batch([d.text for d in group], add_special_tokens=False)):
-        ids = enc.ids[:last_len] if doc.id == last_doc else enc.ids
+    read = itertools.takewhile(lambda doc: doc.id <= last_doc,
+                               iter_documents(cfg.dataset, cfg.text_column, ReadStats(), cfg.seed, cfg.shuffle))
+    for doc, ids in encoded((doc for doc in read if shard_of(doc.id, n_shards) == shard), tokenizer):
+        ids = ids[:last_len] if doc.id == last_doc else ids
         if ids:
             yield doc.id, ids

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from solu.config import option
+from solu.config import check_int, option
 
 SHARD_FLAGS = {"address": "ray_address"}  # field -> flag name
 
@@ -22,8 +22,6 @@ class ShardOptions:
 
     def __post_init__(self):
         for name in ("workers", "threads"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"--{name} must be a positive integer, got {value!r}")
+            check_int(getattr(self, name), f"--{name}")
         if self.address != self.address.strip():
             raise ValueError(f"--ray-address must not have surrounding spaces, got {self.address!r}")

@@ -338,7 +338,8 @@ def label_changes(con, models: list[str], threshold: float) -> pd.DataFrame:
                c.score AS current_score
         FROM best_concepts s
         LEFT JOIN (SELECT * FROM current_labels WHERE source = 'auto') c USING (model_id, layer, neuron)
-        WHERE s.model_id IN ({', '.join('?' * len(models))})""", models).df()
+        WHERE s.model_id IN ({', '.join('?' * len(models))})
+        ORDER BY s.model_id, s.layer, s.neuron""", models).df()  # label ids in neuron order, run after run
     withdrawn = (best.current_status == "rejected") & (best.current_author == AUTHOR)
     live = best.current.notna() & ~withdrawn
     above = best.score >= threshold
