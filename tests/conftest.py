@@ -41,3 +41,16 @@ def tiny_checkpoints(tmp_path_factory, tiny_corpus) -> dict[str, Path]:
         train(cfg, tcfg, root / f"{act}-tiny")
         out[act] = root / f"{act}-tiny"
     return out
+
+
+@pytest.fixture(autouse=True)
+def _main_module_restored():
+    """A test that runs a script in this process (Streamlit's AppTest) can leave its
+    temporary file as `__main__`; a spawned worker process later re-imports `__main__`
+    and fails. Every test gets back the `__main__` it started with."""
+    import sys
+
+    main = sys.modules["__main__"]
+    yield
+    sys.modules["__main__"] = main
+

@@ -30,6 +30,7 @@ from index.measure.intervals import wilson
 from index.store.connection import open_read, open_write
 from index.measure.verdict import calibrate
 from index.store.queries import explanations_source, has_table, require_models
+from index.store.schema import rollback
 from solu.errors import UserError
 
 ANSWERS = ("yes", "no", "unsure")
@@ -70,7 +71,7 @@ def create_study(db: str | Path, name: str, models: list[str], per_model: int = 
                                 "to rate; index them first")
             con.execute("COMMIT")
         except BaseException:
-            con.execute("ROLLBACK")
+            rollback(con)
             raise
 
 

@@ -323,5 +323,14 @@ def _apply(con: duckdb.DuckDBPyConnection, sql: str, version: int) -> None:
         con.execute("INSERT OR REPLACE INTO meta VALUES ('schema_version', ?)", [str(version)])
         con.execute("COMMIT")
     except BaseException:
-        con.execute("ROLLBACK")
+        rollback(con)
         raise
+
+
+def rollback(con: duckdb.DuckDBPyConnection) -> None:
+    """Roll back the open transaction, if one is still open (a COMMIT that failed, on a
+    full disk, has already ended it): the first error is the one to report."""
+    try:
+        con.execute("ROLLBACK")
+    except duckdb.TransactionException:
+        pass
