@@ -96,7 +96,9 @@ def test_the_report_and_the_figure(reference):
 @pytest.mark.parametrize("backend", ["local", "ray"])
 def test_two_workers_give_the_same_tables(reference, tmp_path, backend):
     """Two worker processes on this machine, or two on a Ray cluster (--address): the
-    same tables as one process."""
+    same tables as one process. The local workers listen on no network address."""
+    from helpers.processes import ListeningWatch
+
     out = tmp_path / "exp"
     extra = []
     if backend == "ray":
@@ -107,11 +109,14 @@ def test_two_workers_give_the_same_tables(reference, tmp_path, backend):
                  logging_level=logging.ERROR, log_to_driver=False)
         extra = ["--address", ray.get_runtime_context().gcs_address]
     try:
-        assert main(["experiment", "--out", str(out), *SMALL, "--workers", "2", *extra]) == 0
+        with ListeningWatch() as watch:
+            assert main(["experiment", "--out", str(out), *SMALL, "--workers", "2", *extra]) == 0
     finally:
         if backend == "ray":
             ray.shutdown()
     assert_same(tables(reference / "index.duckdb"), tables(out / "index.duckdb"))
+    if backend == "local":
+        assert len(watch.workers) >= 2 and watch.network == set(), watch.seen
 
 
 def test_a_rerun_skips_finished_cells_and_refuses_another_grid(reference, tmp_path, capsys):

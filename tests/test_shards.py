@@ -310,27 +310,11 @@ def test_local_workers_listen_on_no_network_address(tiny_checkpoints, tmp_path, 
     """While a 2-worker index runs on this machine, no process it starts listens on a
     network address (the workers talk over pipes; issue 30, cause 8)."""
     from helpers.corpora import make_corpus
-    from helpers.processes import LOOPBACK, listening_addresses
-    from solu.data_parallel import descendants as all_descendants
+    from helpers.processes import ListeningWatch
 
     corpus = make_corpus(tmp_path / "big.jsonl", n_docs=1000, seed=2)
-    seen, workers, stop = set(), set(), threading.Event()
-    before = set(all_descendants())  # another test's Ray cluster may be up: not this run's
-
-    def watch() -> None:
-        while not stop.is_set():
-            pids = set(all_descendants()) - before
-            workers.update(pids)
-            seen.update(listening_addresses(pids))
-            time.sleep(0.05)
-
-    watcher = threading.Thread(target=watch)
-    watcher.start()
-    try:
+    with ListeningWatch() as watch:
         assert main(index_args(tmp_path / "x.duckdb", [tiny_checkpoints["gelu"]], corpus, "--workers", "2",
                                "--threads", "1", tokens=20_000)) == 0
-    finally:
-        stop.set()
-        watcher.join()
-    assert len(workers) >= 2  # the workers were there to be looked at
-    assert seen - LOOPBACK == set(), seen
+    assert len(watch.workers) >= 2  # the workers were there to be looked at
+    assert watch.network == set(), watch.seen

@@ -76,3 +76,42 @@ def listening_addresses(pids) -> set[str]:
 
 
 LOOPBACK = {"0100007F", "00000000000000000000000001000000"}  # 127.0.0.1 and ::1 as /proc/net/tcp writes them
+
+
+class ListeningWatch:
+    """with ListeningWatch() as w: ... — every 50 ms, the processes started inside the
+    block (descendants of this one that were not there before) and the addresses any of
+    them listens on (w.workers, w.seen)."""
+
+    def __init__(self):
+        import threading
+
+        from solu.data_parallel import descendants
+
+        self._descendants = descendants
+        self.before = set(descendants())  # another test's Ray cluster may be up: not this block's
+        self.workers: set[int] = set()
+        self.seen: set[str] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch)
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            pids = set(self._descendants()) - self.before
+            self.workers.update(pids)
+            self.seen.update(listening_addresses(pids))
+            time.sleep(0.05)
+
+    def __enter__(self) -> "ListeningWatch":
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    @property
+    def network(self) -> set[str]:
+        """Addresses other than loopback that a process of the block listened on."""
+        return self.seen - LOOPBACK
+
