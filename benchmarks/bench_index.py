@@ -49,7 +49,7 @@ import torch  # noqa: E402
 from index.engine.hooks import index_sites  # noqa: E402
 from index.engine.config import IndexConfig  # noqa: E402
 from index.engine.batching import Tally, document_tokens, make_batches, segment_length, segments  # noqa: E402
-from index.engine.indexer import Indexer  # noqa: E402
+from index.engine.indexer import Indexer, Layout  # noqa: E402
 from index.engine.pipeline import index_model  # noqa: E402
 from solu.checkpoint import save_checkpoint  # noqa: E402
 from solu.sources import load_model, resolve  # noqa: E402
@@ -106,7 +106,7 @@ def interleaved(ckpt, batches, cfg, every: int = 4) -> tuple[float, float]:
             yield from group
 
     start = time.perf_counter()
-    Indexer(ckpt, cfg, torch.device("cpu")).run(feed())
+    Indexer(ckpt, cfg, torch.device("cpu"), Layout.of(ckpt, cfg)).run(feed())
     return forward, time.perf_counter() - start - forward
 
 

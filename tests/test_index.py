@@ -22,7 +22,7 @@ from index.engine.config import IndexConfig
 from index.store.rows import model_tables
 from index.engine.batching import (MAX_SEGMENTS, SEGMENT_BITS, Tally, document_tokens, make_batches, segment_length,
                                    segments)
-from index.engine.indexer import Indexer
+from index.engine.indexer import Indexer, Layout
 from index.engine.pipeline import Execution, finish, index_model, run_shard
 from index.engine.sample import ActivationSample, sample_hash
 from index.engine.stats import FINE, RunningStats
@@ -78,7 +78,7 @@ def doc_tokens_of(ckpt, batches) -> dict[int, np.ndarray]:
 
 def run_indexer(ckpt, batches, **overrides) -> Indexer:
     cfg = IndexConfig(**{**CFG, **overrides})
-    indexer = Indexer(ckpt, cfg, torch.device("cpu"))
+    indexer = Indexer(ckpt, cfg, torch.device("cpu"), Layout.of(ckpt, cfg))
     indexer.run(batches)
     return indexer
 
@@ -253,8 +253,9 @@ def test_compiled_stats_equal_the_tensor_ops(solu, indexed, threads):
     before = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        again = Indexer(solu, compiled.cfg, torch.device("cpu"))
-        tensor_ops = Indexer(solu, compiled.cfg, torch.device("cpu"))
+        layout = Layout.of(solu, compiled.cfg)
+        again = Indexer(solu, compiled.cfg, torch.device("cpu"), layout)
+        tensor_ops = Indexer(solu, compiled.cfg, torch.device("cpu"), layout)
         tensor_ops.acc.compiled = False
         again.run(batches)
         tensor_ops.run(batches)
@@ -385,14 +386,14 @@ def test_stats_with_default_flags_equal_numpy_over_every_token(solu, tiny_corpus
 
 def shard_index(solu, cfg, docs, shards: int):
     """Index docs split into shards by doc_id (as Ray workers would), merge, finish."""
-    plan = read_plan(cfg, solu.tokenizer, shards, segment_length(cfg.segment_tokens, solu.model_cfg.n_ctx))
+    layout = Layout.of(solu, cfg)
+    plan = read_plan(cfg, solu.tokenizer, shards, layout.segment_len)
     parts = []
     for i in range(shards):
-        part = run_shard(solu, cfg, torch.device("cpu"), i, iter([d for d in docs if d[0] % shards == i]),
+        part = run_shard(solu, cfg, torch.device("cpu"), layout, i, iter([d for d in docs if d[0] % shards == i]),
                          lambda: [s for s in plan.sample.segments() if (s[0] >> SEGMENT_BITS) % shards == i])
         parts.append(pickle.loads(pickle.dumps(part)))  # as a worker's result travels
-    sites = Indexer(solu, cfg, torch.device("cpu")).sites
-    return finish(solu, cfg, sites, plan, Execution(parts, "cpu"), datetime.now(timezone.utc), time.perf_counter())
+    return finish(solu, cfg, list(layout.sites), plan, Execution(parts, "cpu"), datetime.now(timezone.utc), time.perf_counter())
 
 
 # float32 power sums per batch, merged in float64 (index.engine.stats): equal up to float32 rounding

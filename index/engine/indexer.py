@@ -26,12 +26,21 @@ from solu.model import Site
 from solu.sources import LoadedModel
 
 
-def run_sites(ckpt: LoadedModel, cfg: IndexConfig) -> list[Site]:
-    """The neuron sites a run indexes: the model's sites in the chosen layers."""
-    try:
-        return index_sites(ckpt, cfg.layer_list(ckpt.model_cfg.n_layers))
-    except ValueError as e:
-        raise UserError(str(e)) from None
+@dataclass(frozen=True)
+class Layout:
+    """What a run indexes and in what units, computed once per run (`Layout.of`) and
+    handed to every shard: the neuron sites (the model's sites in the chosen layers) and
+    the segment length (documents longer than it are ranked as segments)."""
+    sites: tuple[Site, ...]
+    segment_len: int
+
+    @classmethod
+    def of(cls, ckpt: LoadedModel, cfg: IndexConfig) -> "Layout":
+        try:
+            sites = index_sites(ckpt, cfg.layer_list(ckpt.model_cfg.n_layers))
+        except ValueError as e:
+            raise UserError(str(e)) from None
+        return cls(tuple(sites), segment_length(cfg.segment_tokens, ckpt.model_cfg.n_ctx))
 
 
 def pool_shape(cfg: IndexConfig) -> PoolShape:
@@ -50,13 +59,13 @@ class Prepared:
 class Indexer:
     """Feed it documents (or batches); read its accumulator."""
 
-    def __init__(self, ckpt: LoadedModel, cfg: IndexConfig, device: torch.device):
+    def __init__(self, ckpt: LoadedModel, cfg: IndexConfig, device: torch.device, layout: Layout):
         self.ckpt, self.model, self.cfg, self.device = ckpt, ckpt.model, cfg, device
-        self.sites = run_sites(ckpt, cfg)
+        self.sites = list(layout.sites)
         self.keys = [site_key(s) for s in self.sites]
         rules = Rules.for_run(pool_shape(cfg), self.sites, ckpt.model_cfg.d_mlp, device)
         self.acc = Accumulator(rules, len(self.sites))
-        self.segment_len = segment_length(cfg.segment_tokens, ckpt.model_cfg.n_ctx)
+        self.segment_len = layout.segment_len
         self.forward_s = self.accumulate_s = 0.0
 
     def by_site(self) -> dict[str, SiteResult]:

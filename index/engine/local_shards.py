@@ -24,6 +24,7 @@ from typing import Iterator
 import torch
 
 from index.engine.config import IndexConfig
+from index.engine.indexer import Layout
 from index.engine.pipeline import Execution, Progress, ShardResult, device_of, run_shard
 from index.engine.plan import Plan, shard_documents
 from index.engine.shard_config import ShardOptions
@@ -41,8 +42,8 @@ def _start_worker(threads: int, tokens: multiprocessing.Queue) -> None:
     _tokens = tokens
 
 
-def _index_shard(ref: ModelRef, cfg: IndexConfig, shard: int, n_shards: int, stop: tuple[int, int],
-                 sample: list) -> tuple[ShardResult, int]:
+def _index_shard(ref: ModelRef, cfg: IndexConfig, layout: Layout, shard: int, n_shards: int,
+                 stop: tuple[int, int], sample: list) -> tuple[ShardResult, int]:
     """In a worker: load the model, index one shard, report tokens as they are done."""
     pending, last = [0], [time.monotonic()]
 
@@ -55,7 +56,7 @@ def _index_shard(ref: ModelRef, cfg: IndexConfig, shard: int, n_shards: int, sto
     device = device_of(cfg)
     ckpt = load_model(ref, device, cfg.dtype)
     docs = shard_documents(cfg, ckpt.tokenizer, shard, n_shards, stop)
-    result = run_shard(ckpt, cfg, device, shard, docs, lambda: sample, report)
+    result = run_shard(ckpt, cfg, device, layout, shard, docs, lambda: sample, report)
     report(0, final=True)
     return result, os.getpid()
 
@@ -92,8 +93,8 @@ class LocalShards:
     def driver_device(self, cfg: IndexConfig) -> torch.device:
         return torch.device("cpu")
 
-    def run(self, ckpt: LoadedModel, cfg: IndexConfig, device: torch.device, plan: Plan, stream: Iterator,
-            progress: Progress) -> Execution:
+    def run(self, ckpt: LoadedModel, cfg: IndexConfig, device: torch.device, layout: Layout, plan: Plan,
+            stream: Iterator, progress: Progress) -> Execution:
         t0 = time.perf_counter()
         n = self.shards
         ref = ckpt.ref if ckpt.ref.path is None else replace(ckpt.ref, path=ckpt.ref.path.resolve())
@@ -104,7 +105,7 @@ class LocalShards:
         bar = progress.bar(plan.tally.tokens, f"{ckpt.name} ({n} workers)")
         t1 = time.perf_counter()
         try:
-            futures = {self.pool.submit(_index_shard, ref, cfg, k, n, plan.stop, plan.sample_of(k)): k
+            futures = {self.pool.submit(_index_shard, ref, cfg, layout, k, n, plan.stop, plan.sample_of(k)): k
                        for k in range(n)}
             results = self._collect(futures, bar)
         except BaseException:

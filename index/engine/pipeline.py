@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from index.engine.accumulator import Gathered, Rules, SiteResult, activation_limit
-from index.engine.batching import Tally, segment_length
+from index.engine.batching import Tally
 from index.engine.config import IndexConfig
 from index.engine.hooks import site_key
-from index.engine.indexer import Indexer, pool_shape, run_sites
+from index.engine.indexer import Indexer, Layout, pool_shape
 from index.engine.ablation import COLUMNS as ABLATION_COLUMNS, ablation_effects
 from index.engine.virtual_weights import connections
 from index.engine.logits import direct_logits
@@ -87,13 +87,13 @@ class Progress:
             print(f"solu index: {line}", file=sys.stderr)
 
 
-def run_shard(ckpt: LoadedModel, cfg: IndexConfig, device: torch.device, shard: int,
+def run_shard(ckpt: LoadedModel, cfg: IndexConfig, device: torch.device, layout: Layout, shard: int,
               docs: Iterable[tuple[int, list[int]]], sample_of: Callable[[], list[tuple[int, list[int]]]],
               on_tokens: Callable[[int], None] = lambda n: None) -> ShardResult:
     """Index one shard's documents, then its part of the activation sample (sample_of()
     is read once the documents are: a streamed plan is complete only then)."""
     t0 = time.perf_counter()
-    indexer = Indexer(ckpt, cfg, device)
+    indexer = Indexer(ckpt, cfg, device, layout)
     counted = Count()
     indexer.index_documents(counted.through(docs), on_tokens)
     stream_s = time.perf_counter() - t0
@@ -133,17 +133,17 @@ class InProcess:
     def driver_device(self, cfg: IndexConfig) -> torch.device:
         return device_of(cfg)
 
-    def run(self, ckpt: LoadedModel, cfg: IndexConfig, device: torch.device, plan: Plan, stream: Iterator,
-            progress: Progress) -> Execution:
+    def run(self, ckpt: LoadedModel, cfg: IndexConfig, device: torch.device, layout: Layout, plan: Plan,
+            stream: Iterator, progress: Progress) -> Execution:
         bar = progress.bar(cfg.tokens, ckpt.name)
         try:
             if self.shards == 1:
-                results = [run_shard(ckpt, cfg, device, 0, stream, lambda: plan.sample_of(0), bar.update)]
+                results = [run_shard(ckpt, cfg, device, layout, 0, stream, lambda: plan.sample_of(0), bar.update)]
             else:
                 for _ in stream:  # the whole plan first: a shard reads only its own documents
                     pass
-                results = [run_shard(ckpt, cfg, device, k, shard_documents(cfg, ckpt.tokenizer, k, self.shards,
-                                                                            plan.stop),
+                results = [run_shard(ckpt, cfg, device, layout, k,
+                                     shard_documents(cfg, ckpt.tokenizer, k, self.shards, plan.stop),
                                      lambda k=k: plan.sample_of(k), bar.update) for k in range(self.shards)]
         finally:
             bar.close()
@@ -195,11 +195,12 @@ def index_model(ref: ModelRef, cfg: IndexConfig, executor=None, progress: bool =
     started_at, t0 = datetime.now(timezone.utc), time.perf_counter()
     device = executor.driver_device(cfg)
     ckpt = load_model(ref, device, cfg.dtype)
-    sites = run_sites(ckpt, cfg)
+    layout = Layout.of(ckpt, cfg)  # once per run: every shard gets it
+    sites = list(layout.sites)
     if cfg.batch_size == 0:
         cfg = replace(cfg, batch_size=fit_batch_size(ckpt.model_cfg, len(sites), device))
     check_window(cfg, ckpt)
-    plan = Plan(executor.shards, segment_length(cfg.segment_tokens, ckpt.model_cfg.n_ctx),
+    plan = Plan(executor.shards, layout.segment_len,
                 ActivationSample(cfg.sample_tokens, cfg.seed))
     stream = planned(plan, cfg, ckpt.tokenizer)
     first = next(stream, None)  # a dataset that is missing or holds no text fails here, before any output
@@ -211,7 +212,7 @@ def index_model(ref: ModelRef, cfg: IndexConfig, executor=None, progress: bool =
     shown.say(f"{ckpt.name}{position}: {_span(layers)} of {ckpt.model_cfg.n_layers}, "
               f"{ckpt.model_cfg.d_mlp} neurons each, sites {', '.join(sorted({s.name for s in sites}))}; "
               f"{cfg.batch_size} rows x {ckpt.model_cfg.n_ctx} tokens per batch, {cfg.dtype}")
-    run = executor.run(ckpt, cfg, device, plan, itertools.chain([first], stream), shown)
+    run = executor.run(ckpt, cfg, device, layout, plan, itertools.chain([first], stream), shown)
     check_counts(run.results, plan)
     return finish(ckpt, cfg, sites, plan, run, started_at, t0, progress)
 

@@ -25,6 +25,7 @@ from typing import Iterator
 import torch
 
 from index.engine.config import IndexConfig
+from index.engine.indexer import Layout
 from index.engine.pipeline import Execution, Progress, ShardResult, device_of, run_shard
 from index.engine.plan import Plan, shard_documents
 from index.engine.shard_config import ShardOptions
@@ -57,7 +58,7 @@ class ShardWorker:
         self.ckpt = load_model(ref, self.device, cfg.dtype)
         return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(), "device": str(self.device)}
 
-    def run(self, shard: int, n_shards: int, stop: tuple[int, int], sample: list, counter,
+    def run(self, layout: Layout, shard: int, n_shards: int, stop: tuple[int, int], sample: list, counter,
             run_no: int) -> ShardResult:
         pending, last = [0], [time.monotonic()]
 
@@ -68,7 +69,7 @@ class ShardWorker:
                 pending[0], last[0] = 0, time.monotonic()
 
         docs = shard_documents(self.cfg, self.ckpt.tokenizer, shard, n_shards, stop)
-        result = run_shard(self.ckpt, self.cfg, self.device, shard, docs, lambda: sample, report)
+        result = run_shard(self.ckpt, self.cfg, self.device, layout, shard, docs, lambda: sample, report)
         report(0, final=True)
         self.ckpt = None  # the next model's turn
         return result
@@ -112,8 +113,8 @@ class RayShards:
     def driver_device(self, cfg: IndexConfig) -> torch.device:
         return torch.device("cpu")
 
-    def run(self, ckpt: LoadedModel, cfg: IndexConfig, device: torch.device, plan: Plan, stream: Iterator,
-            progress: Progress) -> Execution:
+    def run(self, ckpt: LoadedModel, cfg: IndexConfig, device: torch.device, layout: Layout, plan: Plan,
+            stream: Iterator, progress: Progress) -> Execution:
         """Load the model on every worker while the driver reads the plan, then run a
         shard on each."""
         t0 = time.perf_counter()
@@ -128,7 +129,8 @@ class RayShards:
             info = [self._get(r, k, n, None) for k, r in enumerate(loading)]
             progress.say(f"{ckpt.name}: {n} Ray workers ({', '.join(i['device'] for i in info)})")
             t1 = time.perf_counter()
-            results = self._run(workers, info, plan, progress.bar(plan.tally.tokens, f"{ckpt.name} ({n} workers)"))
+            results = self._run(workers, info, layout, plan,
+                                progress.bar(plan.tally.tokens, f"{ckpt.name} ({n} workers)"))
             stream_s = time.perf_counter() - t1
         except BaseException:
             self._stop_workers()  # a failed run leaves no worker busy
@@ -168,11 +170,12 @@ class RayShards:
                             f"needed (use --workers {max(have, 1)} or --device cpu)")
         return 0
 
-    def _run(self, workers: list, info: list[dict], plan: Plan, bar) -> list[ShardResult]:
+    def _run(self, workers: list, info: list[dict], layout: Layout, plan: Plan, bar) -> list[ShardResult]:
         """Run every shard; the bar follows the counter without ever waiting on it."""
         ray, n, counter = self.ray, len(workers), self.counter
         self.runs += 1
-        refs = {workers[k].run.remote(k, n, plan.stop, plan.sample_of(k), counter, self.runs): k for k in range(n)}
+        refs = {workers[k].run.remote(layout, k, n, plan.stop, plan.sample_of(k), counter, self.runs): k
+                for k in range(n)}
         results, pending, asked = [], list(refs), None
         try:
             while pending:
