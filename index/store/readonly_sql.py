@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
-from index.store.connection import LOCK_WAIT_S  # how long a query waits for a writer to finish
+from index.store.connection import LOCK_WAIT_S, open_read  # LOCK_WAIT_S: how long a query waits for a writer
 from index.store.sql_sandbox import peak_rss
 from solu.errors import UserError
 
@@ -168,6 +168,7 @@ def open_query(db: str | Path, sql: str, limits: SqlLimits = SqlLimits()) -> Que
     except UnicodeEncodeError:
         raise UserError("the query is not valid UTF-8 text") from None
     _refuse_early(sql)
+    open_read(db).close()  # ours, and its tables, views and columns those of its version
     request = {"db": str(db.resolve()), "sql": sql, "max_rows": limits.max_rows, "threads": limits.threads,
                "memory_bytes": limits.memory_bytes, "lock_wait_s": LOCK_WAIT_S, "startup_s": STARTUP_S,
                "timeout_s": limits.timeout_s, "parent_pid": os.getpid()}

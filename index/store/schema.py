@@ -247,14 +247,15 @@ def schema_version(con: duckdb.DuckDBPyConnection) -> int:
     return version
 
 
-def check_version(con: duckdb.DuckDBPyConnection) -> int:
+def check_version(con: duckdb.DuckDBPyConnection, tables: bool = True) -> int:
     """The database's schema version, once its tables, views and columns are checked to be
-    exactly that version's (UserError, in one line, saying what is missing or unexpected)."""
+    exactly that version's (UserError, in one line, saying what is missing or unexpected).
+    tables=False checks the number only (the SQL sandbox: its parent checked the tables)."""
     version = schema_version(con)
     if version > SCHEMA_VERSION:
         raise UserError(f"the database has schema version {version}, newer than this solu "
                         f"({SCHEMA_VERSION}); upgrade solu-neuron-explorer")
-    if version:
+    if version and tables:
         check_tables(con, version)
     return version
 

@@ -78,8 +78,8 @@ def connect(db: str, memory_bytes: int, threads: int, lock_wait_s: float):
                               f"try again") from None
             time.sleep(0.05)
     con.execute("USE idx")
-    try:
-        if check_version(con) == 0:
+    try:  # the parent checked the tables (open_query); a second DuckDB here would not fit the address-space cap
+        if check_version(con, tables=False) == 0:
             raise Refused(f"{db} is an empty DuckDB file, not a solu index")
     except UserError as e:
         raise Refused(str(e)) from None
