@@ -13,7 +13,6 @@ one line naming its shard, before anything is written.
 from __future__ import annotations
 
 import multiprocessing
-import os
 import queue
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -25,13 +24,11 @@ import torch
 
 from index.engine.config import IndexConfig
 from index.engine.indexer import Layout
-from index.engine.pipeline import Execution, Progress, ShardResult, device_of, run_shard
-from index.engine.plan import Plan, shard_documents
+from index.engine.pipeline import Execution, Progress, ShardResult, device_of, run_worker_shard
+from index.engine.plan import Plan
 from index.engine.shard_config import ShardOptions
 from solu.errors import UserError
 from solu.sources import LoadedModel, ModelRef, load_model
-
-PROGRESS_EVERY_S = 0.25  # how often a worker reports its tokens
 
 _tokens: multiprocessing.Queue | None = None  # in a worker: where its token counts go
 
@@ -43,22 +40,19 @@ def _start_worker(threads: int, tokens: multiprocessing.Queue) -> None:
 
 
 def _index_shard(ref: ModelRef, cfg: IndexConfig, layout: Layout, shard: int, n_shards: int,
-                 stop: tuple[int, int], sample: list) -> tuple[ShardResult, int]:
+                 stop: tuple[int, int], sample: list) -> ShardResult:
     """In a worker: load the model, index one shard, report tokens as they are done."""
-    pending, last = [0], [time.monotonic()]
-
-    def report(n: int, final: bool = False) -> None:
-        pending[0] += n
-        if final or time.monotonic() - last[0] >= PROGRESS_EVERY_S:
-            _tokens.put(pending[0])
-            pending[0], last[0] = 0, time.monotonic()
-
     device = device_of(cfg)
     ckpt = load_model(ref, device, cfg.dtype)
-    docs = shard_documents(cfg, ckpt.tokenizer, shard, n_shards, stop)
-    result = run_shard(ckpt, cfg, device, layout, shard, docs, lambda: sample, report)
-    report(0, final=True)
-    return result, os.getpid()
+    return run_worker_shard(ckpt, cfg, device, layout, shard, n_shards, stop, sample, _tokens.put)
+
+
+def stop_pool(pool: ProcessPoolExecutor) -> None:
+    """End a pool's workers now (a run that failed or was interrupted leaves none busy)."""
+    for process in list((pool._processes or {}).values()):
+        if process.is_alive():
+            process.kill()
+    pool.shutdown(wait=True, cancel_futures=True)
 
 
 class LocalShards:
@@ -84,10 +78,7 @@ class LocalShards:
 
     def _stop(self) -> None:
         if self.pool is not None:
-            for process in list((self.pool._processes or {}).values()):  # a failed run stops every worker now
-                if process.is_alive():
-                    process.kill()
-            self.pool.shutdown(wait=True, cancel_futures=True)
+            stop_pool(self.pool)
             self.pool = None
 
     def driver_device(self, cfg: IndexConfig) -> torch.device:
@@ -136,8 +127,7 @@ class LocalShards:
 
     def _result(self, future, shard: int, n: int) -> ShardResult:
         try:
-            result, _ = future.result()
-            return result
+            return future.result()
         except BrokenProcessPool:
             raise UserError(f"shard {shard} of {n}: its worker process died before finishing (killed, out of "
                             "memory or crashed); nothing was written") from None

@@ -103,6 +103,28 @@ def run_shard(ckpt: LoadedModel, cfg: IndexConfig, device: torch.device, layout:
     return ShardResult(shard, counted.tokens, counted.documents, indexer.acc.gathered.to("cpu"), activations, timings)
 
 
+WORKER_REPORT_S = 0.25  # how often a shard worker sends its tokens to the one progress bar
+
+
+def run_worker_shard(ckpt: LoadedModel, cfg: IndexConfig, device: torch.device, layout: Layout, shard: int,
+                     n_shards: int, stop: tuple[int, int], sample: list,
+                     send: Callable[[int], None]) -> ShardResult:
+    """A worker's shard (local process or Ray actor): it reads the dataset itself, skipping
+    the other shards' documents, and send()s its tokens done at most every WORKER_REPORT_S."""
+    pending, last = [0], [time.monotonic()]
+
+    def report(n: int, final: bool = False) -> None:
+        pending[0] += n
+        if final or time.monotonic() - last[0] >= WORKER_REPORT_S:
+            send(pending[0])
+            pending[0], last[0] = 0, time.monotonic()
+
+    docs = shard_documents(cfg, ckpt.tokenizer, shard, n_shards, stop)
+    result = run_shard(ckpt, cfg, device, layout, shard, docs, lambda: sample, report)
+    report(0, final=True)
+    return result
+
+
 class Count:
     """Tokens and documents that passed through."""
 

@@ -26,14 +26,12 @@ import torch
 
 from index.engine.config import IndexConfig
 from index.engine.indexer import Layout
-from index.engine.pipeline import Execution, Progress, ShardResult, device_of, run_shard
-from index.engine.plan import Plan, shard_documents
+from index.engine.pipeline import Execution, Progress, ShardResult, device_of, run_worker_shard
+from index.engine.plan import Plan
 from index.engine.shard_config import ShardOptions
 from index.engine.shard_progress import TokenCounter
 from solu.errors import UserError, first_line
 from solu.sources import LoadedModel, ModelRef, load_model
-
-PROGRESS_EVERY_S = 0.25  # how often a worker reports its tokens
 
 
 def _ray():
@@ -60,17 +58,8 @@ class ShardWorker:
 
     def run(self, layout: Layout, shard: int, n_shards: int, stop: tuple[int, int], sample: list, counter,
             run_no: int) -> ShardResult:
-        pending, last = [0], [time.monotonic()]
-
-        def report(n: int, final: bool = False) -> None:
-            pending[0] += n
-            if final or time.monotonic() - last[0] >= PROGRESS_EVERY_S:
-                counter.add.remote(run_no, pending[0])
-                pending[0], last[0] = 0, time.monotonic()
-
-        docs = shard_documents(self.cfg, self.ckpt.tokenizer, shard, n_shards, stop)
-        result = run_shard(self.ckpt, self.cfg, self.device, layout, shard, docs, lambda: sample, report)
-        report(0, final=True)
+        result = run_worker_shard(self.ckpt, self.cfg, self.device, layout, shard, n_shards, stop, sample,
+                                  lambda n: counter.add.remote(run_no, n))
         self.ckpt = None  # the next model's turn
         return result
 

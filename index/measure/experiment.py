@@ -358,6 +358,7 @@ def _run_local(out: Path, grid: Grid, todo: list[Cell], workers: int, device: st
     from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
     from concurrent.futures.process import BrokenProcessPool
 
+    from index.engine.local_shards import stop_pool
     from solu.errors import first_line
 
     pool = ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"))
@@ -378,12 +379,9 @@ def _run_local(out: Path, grid: Grid, todo: list[Cell], workers: int, device: st
                     pending[pool.submit(_index_after, str(out), grid, cell, device, result)] = cell
                 finish(result)
     except BaseException:
-        for process in list((pool._processes or {}).values()):  # no worker outlives a failed run
-            if process.is_alive():
-                process.kill()
+        stop_pool(pool)  # no worker outlives a failed run
         raise
-    finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+    pool.shutdown(wait=True)
 
 
 def _run_on_ray(out: Path, grid: Grid, todo: list[Cell], address: str, device: str, finish) -> None:
