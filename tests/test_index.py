@@ -30,7 +30,7 @@ from index.engine.topk import unit_priority
 from solu.sources import load_model
 from solu.cli import main
 from helpers.corpora import read_plan
-from helpers.db_files import digest, query
+from helpers.db_files import digest, plain_frame, query
 
 TOKENS = 3000
 CFG = dict(top_k=6, window_before=32, window_after=8, bands=4, per_band=2, random=3, seed=0)
@@ -337,9 +337,10 @@ def test_activation_sample_ignores_order():
             assert sample.segments() == want, (budget, trial)
 
 
-def test_sample_follows_the_rule_and_activations_equal_brute_force(solu, tiny_corpus):
+@pytest.mark.parametrize("sample_rows", [2**25, 700])  # the budget binds nowhere / almost everywhere
+def test_sample_follows_the_rule_and_activations_equal_brute_force(solu, tiny_corpus, sample_rows):
     cfg = IndexConfig(dataset=str(tiny_corpus), tokens=900, sample_tokens=300, segment_tokens=62, batch_size=4,
-                      top_k=3, threshold=0.3, device="cpu")
+                      top_k=3, threshold=0.3, device="cpu", sample_rows=sample_rows)
     result = index_model(solu.ref, cfg, progress=False)
     docs = list(document_tokens(str(tiny_corpus), "text", solu.tokenizer, 900, Tally()))
     units = list(segments(docs, result.segment_len))
@@ -350,17 +351,31 @@ def test_sample_follows_the_rule_and_activations_equal_brute_force(solu, tiny_co
     batches = batches_of(solu, tiny_corpus, docs=want, rows=4)
     acts = dump(solu, batches)
     a = result.activations
-    for key, per_unit in acts.items():
+    keys = [site_key(s) for s in result.sites]
+    keep = max(1, sample_rows // (len(keys) * solu.model_cfg.d_mlp))
+    bound = 0
+    for k, (key, per_unit) in enumerate(acts.items()):
+        assert keys[k] == key
         mx = result.by_site[key].stats.max.numpy()
-        want_rows = set()
+        d = len(mx)
+        above = {}  # neuron -> [(act, doc, seg, pos)] above threshold x max
         for u, x in per_unit.items():
             doc, seg = u >> SEGMENT_BITS, u & (MAX_SEGMENTS - 1)
             for p, j in zip(*np.nonzero((x > 0.3 * mx) & (x > 0) & (mx > 0))):
-                want_rows.add((int(j), doc, seg, int(p) + seg * result.segment_len))
-        rows = a["site"] == key
+                above.setdefault(int(j), []).append((float(x[p, j]), doc, seg, int(p) + seg * result.segment_len))
+        want_rows, want_cut = set(), 0.3 * mx.copy()
+        for j, rows in above.items():
+            rows.sort(key=lambda r: (-r[0], r[1], r[3]))  # highest first; ties to the lower (doc_id, pos)
+            want_rows.update((j, doc, seg, pos) for _, doc, seg, pos in rows[:keep])
+            if len(rows) >= keep:
+                want_cut[j], bound = rows[keep - 1][0], bound + (len(rows) > keep)
+        want_cut[mx <= 0] = np.inf
+        rows = a["site"] == k
         got = set(zip(a["neuron"][rows].tolist(), a["doc_id"][rows].tolist(), a["segment"][rows].tolist(),
                       a["pos"][rows].tolist()))
         assert got == want_rows and got
+        np.testing.assert_allclose(result.sample_cut[k * d:(k + 1) * d].numpy(), want_cut, rtol=1e-6)
+    assert (bound > 0) == (sample_rows < 2**25)
 
 
 def test_stats_with_default_flags_equal_numpy_over_every_token(solu, tiny_corpus):
@@ -400,14 +415,16 @@ def shard_index(solu, cfg, docs, shards: int):
 STAT_COLUMNS = ("mean_act", "std_act", "kurtosis")
 
 
-def test_two_shards_merge_to_the_single_pass_table_by_table(solu, tiny_corpus):
+@pytest.mark.parametrize("sample_rows", [2**25, 700])
+def test_two_shards_merge_to_the_single_pass_table_by_table(solu, tiny_corpus, sample_rows):
     cfg = IndexConfig(dataset=str(tiny_corpus), tokens=1500, sample_tokens=400, segment_tokens=62, batch_size=3,
-                      top_k=6, bands=4, per_band=2, band_candidates=5, random=3, device="cpu", ablation=True)
+                      top_k=6, bands=4, per_band=2, band_candidates=5, random=3, device="cpu", ablation=True,
+                      sample_rows=sample_rows)
     docs = list(document_tokens(str(tiny_corpus), "text", solu.tokenizer, 1500, Tally()))
     whole, merged = (model_tables(shard_index(solu, cfg, docs, n)) for n in (1, 2))
     assert set(whole) == set(merged)
     for name, table in whole.items():
-        a, b = table.to_pandas(), merged[name].to_pandas()
+        a, b = plain_frame(table), plain_frame(merged[name])
         keys = [c for c in a.columns if a[c].map(lambda v: isinstance(v, (str, int, np.integer))).all()]
         a, b = (t.sort_values(keys).reset_index(drop=True) for t in (a, b))
         assert len(a) == len(b) and len(a) > 0, name

@@ -30,7 +30,7 @@ from index.store.rows import model_tables
 from solu.sources import load_model, resolve
 from solu.cli import main
 from helpers.corpora import read_plan
-from helpers.db_files import digest
+from helpers.db_files import digest, plain_frame
 from helpers.processes import descendants
 
 CFG = dict(tokens=3000, top_k=5, bands=3, per_band=2, random=3, sample_tokens=900, batch_size=4, device="cpu")
@@ -77,7 +77,7 @@ def _plain(v):
 
 
 def frames_of(result) -> dict[str, pd.DataFrame]:
-    return {name: table.to_pandas() for name, table in model_tables(result).items()}
+    return {name: plain_frame(table) for name, table in model_tables(result).items()}
 
 
 def frames_in(db: Path) -> dict[str, pd.DataFrame]:

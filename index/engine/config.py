@@ -31,6 +31,9 @@ class IndexConfig:
     sample_tokens: int = option(65_536, "tokens of segments, chosen across the run by a hash of (seed, doc_id, "
                                         "segment), whose activations go into the activations table",
                               (2**24, "sampled tokens held per neuron"))
+    sample_rows: int = option(2**25, "rows the activations table keeps in all: each (site, neuron) keeps its highest "
+                                     "sample activations above the threshold, at most sample_rows / neurons of them "
+                                     "(12 bytes a row in memory)", (2**30, "activation rows held"))
     segment_tokens: int = option(1024, "documents longer than this are ranked and sampled as segments of this many "
                                        "tokens, rounded down to whole rows of the model's context", (2**20, "tokens per segment"))
     hist_bins: int = option(32, "histogram bins per neuron", (10_000, "bins per neuron"))
@@ -53,7 +56,7 @@ class IndexConfig:
 
     def __post_init__(self):
         # a zero count that would mean nothing is refused; --per-band 0 turns the interval samples off
-        for name in ("tokens", "top_k", "hist_bins", "segment_tokens", "bands", "band_candidates"):
+        for name in ("tokens", "top_k", "hist_bins", "segment_tokens", "bands", "band_candidates", "sample_rows"):
             _check_int(self, name, minimum=1)
         for name in ("window_before", "window_after", "per_band", "random",
                      "sample_tokens", "logit_k", "connection_k", "seed", "batch_size"):

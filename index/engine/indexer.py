@@ -20,6 +20,7 @@ from index.engine.accumulator import Accumulator, PoolShape, Rules, SiteResult, 
 from index.engine.batching import Batch, doc_of, make_batches, segment_length, segment_of, segment_start, segments
 from index.engine.config import IndexConfig
 from index.engine.hooks import Recorder, index_sites, site_key
+from index.engine.sample_rows import SampleRows, per_neuron
 from index.engine.windows import Edge, build_span, head_of, next_tail
 from solu.errors import UserError
 from solu.model import Site
@@ -108,27 +109,21 @@ class Indexer:
         self.accumulate_s += time.perf_counter() - start
         return next_tail(span, self.cfg.window_before)
 
-    def sample_pass(self, sample: list[tuple[int, list[int]]]) -> dict[str, np.ndarray]:
-        """Every (site, neuron, doc, segment, pos) of the sample's segments whose
-        activation is above threshold x the neuron's max (and above 0); pos is the
-        document position."""
-        out: dict[str, list] = {k: [] for k in ("site", "neuron", "doc_id", "segment", "pos", "act")}
+    def sample_pass(self, sample: list[tuple[int, list[int]]]) -> SampleRows:
+        """The activation rows of the sample's segments (index.engine.sample_rows), against
+        this shard's max; pos is the document position."""
         d_mlp = self.ckpt.model_cfg.d_mlp
-        threshold = activation_limit(self.acc.gathered.stats.max, len(self.sites), self.cfg.threshold)[:, None, :]
+        top = self.acc.gathered.stats.max
+        limit = activation_limit(top, len(self.sites), self.cfg.threshold)
+        rows = SampleRows.empty(limit, top, per_neuron(self.cfg.sample_rows, len(top)), d_mlp)
         batches = make_batches(iter(sample), self.ckpt.model_cfg.n_ctx, self.cfg.batch_size, self.ckpt.bos_id)
         with torch.inference_mode(), Recorder(self.model, self.sites) as rec:
             for batch in batches:
                 batch = batch.to(self.device)
                 acts = rec.run(batch.tokens)
-                span = build_span([acts[k] for k in self.keys], batch)
                 index = batch.flat_index()
-                flat = torch.stack([a.reshape(-1, d_mlp)[index] for a in span.acts])
+                flat = torch.stack([acts[k].reshape(-1, d_mlp)[index] for k in self.keys])
                 unit, pos = batch.flat_positions()
-                s, p, j = ((flat > threshold) & (flat > 0)).nonzero(as_tuple=True)
-                unit = unit[p]
-                for name, values in (("neuron", j), ("doc_id", doc_of(unit)), ("segment", segment_of(unit)),
-                                     ("pos", pos[p] + segment_start(unit, self.segment_len)),
-                                     ("act", flat[s, p, j])):
-                    out[name].append(values.cpu().numpy())
-                out["site"].append(np.asarray(self.keys, dtype=object)[s.cpu().numpy()])
-        return {k: np.concatenate(v) if v else np.zeros(0) for k, v in out.items()}
+                rows.add(flat, doc_of(unit).cpu().numpy(), segment_of(unit).cpu().numpy().astype(np.int32),
+                         (pos + segment_start(unit, self.segment_len)).cpu().numpy().astype(np.int32))
+        return rows

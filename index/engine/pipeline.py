@@ -41,6 +41,7 @@ from index.engine.virtual_weights import connections
 from index.engine.logits import direct_logits
 from index.engine.plan import Plan, planned, shard_documents
 from index.engine.sample import ActivationSample
+from index.engine.sample_rows import SampleRows
 from solu.errors import UserError
 from solu.model import Site, resolve_device
 from solu.sources import LoadedModel, ModelRef, load_model
@@ -60,7 +61,7 @@ class ShardResult:
     tokens: int
     documents: int
     gathered: Gathered
-    activations: dict[str, np.ndarray]  # the sample's rows above threshold x this shard's own max
+    activations: SampleRows  # the sample's rows, against this shard's own max
     timings: dict[str, float]  # stream_s, forward_s, accumulate_s, sample_pass_s
 
 
@@ -191,7 +192,8 @@ class ModelIndex:
     vocab: list[str]
     sample: ActivationSample  # its segments feed the activations and tokens tables
     segment_len: int  # tokens per segment, the unit of ranking
-    activations: dict[str, np.ndarray]
+    activations: dict[str, np.ndarray]  # index.engine.sample_rows.COLUMNS (site: index into sites)
+    sample_cut: torch.Tensor  # [sites x d_mlp] where each neuron's activation rows stop
     logits: dict[str, np.ndarray]
     connections: dict[str, np.ndarray]  # index.engine.virtual_weights.COLUMNS
     ablations: dict[str, np.ndarray]  # index.engine.ablation.COLUMNS (empty without --ablation)
@@ -252,7 +254,10 @@ def finish(ckpt: LoadedModel, cfg: IndexConfig, sites: list[Site], plan: Plan, r
         gathered = rules.merge(gathered, r.gathered)
     keys = [site_key(s) for s in sites]
     limit = activation_limit(gathered.stats.max, len(sites), cfg.threshold)
-    activations = above_limit([r.activations for r in results], limit, keys)
+    kept = results[0].activations
+    for r in results[1:]:
+        kept = kept.merge(r.activations, limit, gathered.stats.max)
+    activations, sample_cut = kept.select(limit, gathered.stats.max).columns()
     merge_s = time.perf_counter() - t0
     vocab = token_strings(ckpt.tokenizer, range(ckpt.tokenizer.get_vocab_size()))
     logits = direct_logits(ckpt, cfg.logit_k, len(vocab), sorted({s.layer for s in sites}), progress)
@@ -268,23 +273,7 @@ def finish(ckpt: LoadedModel, cfg: IndexConfig, sites: list[Site], plan: Plan, r
                                       for k in ("forward_s", "accumulate_s", "sample_pass_s")}, **run.timings,
                "total_s": time.perf_counter() - begun}
     return ModelIndex(ckpt, cfg, sites, by_site, plan.tally, vocab, plan.sample, plan.segment_len, activations,
-                      logits, linked, ablations, started_at, run.device, timings)
-
-
-ACTIVATION_COLUMNS = ("site", "neuron", "doc_id", "segment", "pos", "act")
-
-
-def above_limit(parts: list[dict[str, np.ndarray]], limit: torch.Tensor, keys: list[str]) -> dict[str, np.ndarray]:
-    """The shards' activation rows above the merged limit. Each shard kept its rows
-    against its own max, never above the merged one, so none is missing."""
-    parts = [p for p in parts if len(p["act"])]
-    if not parts:
-        return {k: np.zeros(0) for k in ACTIVATION_COLUMNS}
-    cat = {k: np.concatenate([p[k] for p in parts]) for k in ACTIVATION_COLUMNS}
-    site_index = {key: i for i, key in enumerate(keys)}
-    s = torch.as_tensor(np.array([site_index[x] for x in cat["site"]], dtype=np.int64))
-    keep = (torch.as_tensor(cat["act"]) > limit[s, torch.as_tensor(cat["neuron"]).long()]).numpy()
-    return {k: v[keep] for k, v in cat.items()}
+                      sample_cut, logits, linked, ablations, started_at, run.device, timings)
 
 
 def check_counts(results: list[ShardResult], plan: Plan) -> None:

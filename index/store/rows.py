@@ -66,6 +66,8 @@ def neuron_table(result: ModelIndex, site, acc: SiteResult, vocab: pa.Array) -> 
     cols["max_tokens"] = pa.array([vocab.take(pa.array(ids, pa.int64())).to_pylist() for ids in top_ids],
                                   pa.list_(pa.string()))
     cols["max_token_counts"] = pa.array(top_counts, pa.list_(pa.int32()))
+    k = result.sites.index(site)
+    cols["sample_cut"] = pa.array(result.sample_cut[k * n:(k + 1) * n].numpy().astype(np.float32))
     return pa.table(cols)
 
 
@@ -162,15 +164,18 @@ def ablations_table(result: ModelIndex) -> pa.Table:
 
 
 def activations_table(result: ModelIndex) -> pa.Table:
+    """The activation rows (index.engine.sample_rows): numeric columns shared with the
+    arrays, model and site names as dictionaries, no per-row Python objects."""
     a = result.activations
     n = len(a["act"])
-    keys = {site_key(s): s for s in result.sites}
-    sites = [keys[k] for k in a["site"]] if n else []
+    site = np.asarray(a["site"], np.int32)
+    names = sorted({s.name for s in result.sites})
     return pa.table({
-        "model_id": pa.array([result.model_id] * n, pa.string()),
-        "layer": pa.array(np.array([s.layer for s in sites], np.int32)),
+        "model_id": pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), pa.array([result.model_id])),
+        "layer": pa.array(np.array([s.layer for s in result.sites], np.int32)[site]),
         "neuron": pa.array(np.asarray(a["neuron"], np.int32)),
-        "site": pa.array([s.name for s in sites], pa.string()),
+        "site": pa.DictionaryArray.from_arrays(np.array([names.index(s.name) for s in result.sites], np.int32)[site],
+                                               pa.array(names, pa.string())),
         "doc_id": pa.array(np.asarray(a["doc_id"], np.int64)),
         "segment": pa.array(np.asarray(a["segment"], np.int32)),
         "pos": pa.array(np.asarray(a["pos"], np.int32)),
@@ -240,6 +245,7 @@ def run_tables(result: ModelIndex, write_s: float) -> dict[str, pa.Table]:
         "sample_documents": len({doc_of(u) for u, _ in result.sample.segments()}),
         "sample_segments": len(result.sample.ids), "sample_tokens": result.sample.tokens,
         "sample_rule": result.sample.rule(), "segment_tokens": result.segment_len,
+        "sample_rows": cfg.sample_rows,
         "started_at": result.started_at.replace(tzinfo=None), "seconds": result.timings["total_s"] + write_s,
         "tokens_per_s": tally.tokens / max(result.timings["stream_s"], 1e-9),
         "code_version": code_version(), "device": result.device,

@@ -216,6 +216,15 @@ MIGRATIONS: list[str] = [
                                    ORDER BY s.top_share DESC NULLS LAST, s.sample_share DESC NULLS LAST,
                                             s.concept) = 1;
     """,
+    # 13: the activations table keeps each neuron's highest sample activations within a budget
+    # of rows (index.engine.sample_rows): the run's budget, and where each neuron's rows stop
+    """
+    ALTER TABLE index_runs ADD COLUMN sample_rows BIGINT;
+    ALTER TABLE neurons ADD COLUMN sample_cut FLOAT;
+    CREATE OR REPLACE VIEW latest_runs AS
+        SELECT * FROM index_runs
+        QUALIFY row_number() OVER (PARTITION BY model_id ORDER BY started_at DESC, run_id DESC) = 1;
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)

@@ -1,4 +1,4 @@
--- The database as it is today (schema version 9). A new database is created from this
+-- The database as it is today (schema version 13). A new database is created from this
 -- file; an older one is brought here by the numbered steps in schema.py, and a test
 -- checks that migrating a version-1 database gives exactly this.
 --
@@ -48,7 +48,8 @@ CREATE TABLE index_runs(          -- one row per `solu index` of a model
     sample_tokens BIGINT,         -- 6: and their tokens
     sample_rule VARCHAR,          -- 6: how the sample was chosen
     segment_tokens INTEGER,       -- 6: tokens per segment, the unit of ranking
-    dataset_sha256 VARCHAR        -- 11: sha256 of the builtin corpus read (NULL for other datasets)
+    dataset_sha256 VARCHAR,       -- 11: sha256 of the builtin corpus read (NULL for other datasets)
+    sample_rows BIGINT            -- 13: the activations table's budget of rows (index.engine.sample_rows)
 );
 
 CREATE TABLE neurons(             -- one row per neuron and site
@@ -63,6 +64,8 @@ CREATE TABLE neurons(             -- one row per neuron and site
     hist_counts BIGINT[],
     max_tokens VARCHAR[],         -- tokens most often at the max of the top examples
     max_token_counts INTEGER[],
+    sample_cut FLOAT,             -- 13: the activations table holds this neuron's sample tokens above it
+                                  --     (threshold x max_act, or higher where the budget of rows bound)
     PRIMARY KEY (model_id, layer, neuron, site)
 );
 
@@ -85,7 +88,7 @@ CREATE TABLE logits(              -- top and bottom direct logit effects per neu
     rank INTEGER, token VARCHAR, token_id INTEGER, weight FLOAT
 );
 
-CREATE TABLE activations(         -- the activation sample: tokens above activation_threshold x max
+CREATE TABLE activations(         -- the activation sample: tokens above neurons.sample_cut (13: a budget of rows)
     model_id VARCHAR, layer INTEGER, neuron INTEGER, site VARCHAR,
     doc_id BIGINT, pos INTEGER, act FLOAT,
     segment INTEGER               -- 6

@@ -17,3 +17,12 @@ def query(db: Path, sql: str, params=()):
 
 def digest(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def plain_frame(table):
+    """A pyarrow table as pandas, dictionary columns (index.store.rows' activations) as
+    plain values rather than Categoricals."""
+    import pyarrow as pa
+
+    return pa.table({name: col.cast(col.type.value_type) if pa.types.is_dictionary(col.type) else col
+                     for name, col in zip(table.column_names, table.columns)}).to_pandas()

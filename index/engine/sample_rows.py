@@ -1,0 +1,204 @@
+"""The rows of the `activations` table: each neuron's highest activations over the
+activation sample, within a fixed budget of rows.
+
+The rule. A (site, neuron) keeps the sample's tokens whose activation is above
+threshold x its max (and above 0), its highest `per_neuron` of them at most, where
+per_neuron = sample_rows // (sites x d_mlp); ties at the cut go to the lower
+(doc_id, pos). A neuron with fewer tokens above the threshold keeps all of them, so on a
+model whose neurons x sample tokens is small the budget never binds and the table is
+exactly "every sample token above the threshold". Its `sample_cut` (the neurons table)
+says where the rows stop: the lowest activation kept when the budget bound, the
+threshold otherwise.
+
+How it stays within memory. The sample pass cannot hold every token above the threshold
+(on GPT-2 small, 36,864 neurons x 65,536 tokens x ~20% is half a billion rows), and the
+cut is known only at the end. Each neuron has a histogram of its kept activations over
+HIST_BINS equal intervals of (threshold x max, max] (the max is known: the streaming
+pass found it). The floor bin is the highest bin at or above which per_neuron tokens
+have been seen; a token below it can never be among the neuron's top per_neuron, since
+counts only grow, so it is never stored, and what was stored below a rising floor is
+dropped whenever the store passes its bound. What is held is the histograms and about
+per_neuron rows per neuron: sample_rows x (1 + one bin's share), 12 bytes a row. The
+histogram counts only tokens at or above the floor, which are all the counts the floor
+reads.
+
+Shards merge exactly: histograms add, stores concatenate, and the final selection
+(finish) is a function of the union of the shards' rows, so a sharded run keeps the
+same rows as a single pass.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+HIST_BINS = 256  # intervals of (threshold x max, max] per neuron
+CHUNK_POSITIONS = 256  # sample positions compared against the floor at a time (bounds the candidate list)
+COLUMNS = ("site", "neuron", "doc_id", "segment", "pos", "act")  # site: index into the run's sites
+
+
+def per_neuron(sample_rows: int, n: int) -> int:
+    """Rows each of n (site, neuron) pairs may keep (at least one)."""
+    return max(1, sample_rows // max(n, 1))
+
+
+@dataclass
+class SampleRows:
+    """The sample's activation rows kept so far by one shard (or merged). Positions are
+    indexes into the position table (doc_id, segment, pos), one entry per sample token
+    this object saw, in the order it saw them."""
+
+    limit: torch.Tensor  # [n] threshold x max (inf where max <= 0); site-major neurons
+    top: torch.Tensor  # [n] the neuron's max
+    keep: int  # per_neuron
+    d_mlp: int
+    hist: torch.Tensor  # [n, HIST_BINS] int32: kept activations per bin
+    neuron: list[torch.Tensor]  # int32 chunks
+    where: list[torch.Tensor]  # int32 chunks: index into the position table
+    act: list[torch.Tensor]  # float32 chunks
+    doc_id: list[np.ndarray]  # the position table, chunk by chunk
+    segment: list[np.ndarray]
+    pos: list[np.ndarray]
+    stored: int = 0
+    positions: int = 0
+
+    @classmethod
+    def empty(cls, limit: torch.Tensor, top: torch.Tensor, keep: int, d_mlp: int) -> "SampleRows":
+        limit, top = limit.reshape(-1).float().cpu(), top.reshape(-1).float().cpu()
+        return cls(limit, top, keep, d_mlp, torch.zeros(len(limit), HIST_BINS, dtype=torch.int32), [], [], [], [], [], [])
+
+    @property
+    def n(self) -> int:
+        return len(self.limit)
+
+    @property
+    def bound(self) -> int:
+        """Rows stored before the store is cut back to the floor."""
+        return 2 * self.keep * self.n + (1 << 16)
+
+    # ------------------------------------------------------------ the floor
+
+    def bins(self, neuron: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """The histogram bin of each (neuron, activation above its limit)."""
+        lo, hi = self.limit[neuron], self.top[neuron]
+        b = ((act - lo) / (hi - lo).clamp_min(1e-30) * HIST_BINS).floor()
+        return b.clamp(0, HIST_BINS - 1).long()
+
+    def floor_bin(self) -> torch.Tensor:
+        """[n] the highest bin at or above which `keep` activations have been kept (-1:
+        fewer than `keep` so far, everything above the limit may still be needed)."""
+        at_or_above = self.hist.flip(1).cumsum(1).flip(1)
+        return (at_or_above >= self.keep).sum(1) - 1
+
+    def floor_value(self, floor_bin: torch.Tensor) -> torch.Tensor:
+        """[n] a value at or below the floor bin's lower edge (the limit at bin -1): what
+        is below it is out of the floor bin by any rounding."""
+        edge = self.limit + (self.top - self.limit) * floor_bin.clamp_min(0).float() / HIST_BINS
+        return torch.where(floor_bin > 0, edge - edge.abs() * 1e-6, self.limit)
+
+    # ------------------------------------------------------------ streaming
+
+    def add(self, flat: torch.Tensor, doc_id: np.ndarray, segment: np.ndarray, pos: np.ndarray) -> None:
+        """Take a batch's sample tokens: flat [sites, P, d_mlp] activations of P tokens
+        at (doc_id, segment, pos)."""
+        sites, n_pos, d = flat.shape
+        base = self.positions
+        self.doc_id.append(doc_id), self.segment.append(segment), self.pos.append(pos)
+        self.positions += n_pos
+        floor_bin = self.floor_bin()
+        admit = self.floor_value(floor_bin).view(sites, 1, d).to(flat.device)
+        for p0 in range(0, n_pos, CHUNK_POSITIONS):
+            part = flat[:, p0:p0 + CHUNK_POSITIONS]
+            s, p, j = (part > admit).nonzero(as_tuple=True)
+            act = part[s, p, j].float().cpu()
+            neuron = (s * d + j).cpu()
+            b = self.bins(neuron, act)
+            ok = b >= floor_bin[neuron]
+            neuron, act, b = neuron[ok], act[ok], b[ok]
+            self.hist.view(-1).index_add_(0, neuron * HIST_BINS + b, torch.ones_like(b, dtype=torch.int32))
+            self.neuron.append(neuron.int()), self.act.append(act)
+            self.where.append((p[ok].cpu() + p0 + base).int())
+            self.stored += len(act)
+            if self.stored > self.bound:
+                self.cut()
+            floor_bin = self.floor_bin()
+            admit = self.floor_value(floor_bin).view(sites, 1, d).to(flat.device)
+
+    def cut(self) -> None:
+        """Drop what is stored below each neuron's floor bin."""
+        neuron, where, act = self._cat()
+        ok = self.bins(neuron.long(), act) >= self.floor_bin()[neuron.long()]
+        self.neuron, self.where, self.act = [neuron[ok]], [where[ok]], [act[ok]]
+        self.stored = int(ok.sum())
+
+    def _cat(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        if not self.act:
+            return torch.zeros(0, dtype=torch.int32), torch.zeros(0, dtype=torch.int32), torch.zeros(0)
+        return torch.cat(self.neuron), torch.cat(self.where), torch.cat(self.act)
+
+    # ------------------------------------------------------------ merge and finish
+
+    def merge(self, other: "SampleRows", limit: torch.Tensor, top: torch.Tensor) -> "SampleRows":
+        """Both shards' rows (their sample tokens are disjoint), cut to the final rule:
+        limit and top are the merged ones. Each shard kept its own top rows above its own
+        limit (never above the merged one), and the merged top rows are among them."""
+        a, b = self._cat(), other._cat()
+        merged = SampleRows(self.limit, self.top, self.keep, self.d_mlp, self.hist,
+                            [a[0], b[0]], [a[1], b[1] + self.positions], [a[2], b[2]],
+                            self.doc_id + other.doc_id, self.segment + other.segment, self.pos + other.pos,
+                            self.stored + other.stored, self.positions + other.positions)
+        return merged.select(limit, top)
+
+    def select(self, limit: torch.Tensor, top: torch.Tensor) -> "SampleRows":
+        """Exactly the rule's rows among those stored, under `limit` and `top` (the
+        run's final ones): above the limit, each neuron's `keep` highest, ties to the
+        lower (doc_id, pos)."""
+        limit, top = limit.reshape(-1).float().cpu(), top.reshape(-1).float().cpu()
+        neuron, where, act = self._cat()
+        ok = act > limit[neuron.long()]
+        out = SampleRows(limit, top, self.keep, self.d_mlp, torch.zeros(self.n, HIST_BINS, dtype=torch.int32),
+                         [neuron[ok]], [where[ok]], [act[ok]], self.doc_id, self.segment, self.pos,
+                         int(ok.sum()), self.positions)
+        neuron, where, act = out._cat()
+        b = out.bins(neuron.long(), act)
+        out.hist.view(-1).index_add_(0, neuron.long() * HIST_BINS + b, torch.ones_like(b, dtype=torch.int32))
+        floor_bin = out.floor_bin()
+        above = torch.cat([out.hist.flip(1).cumsum(1).flip(1), torch.zeros(self.n, 1, dtype=torch.int32)], 1)
+        rows = torch.arange(self.n)
+        fb = floor_bin.clamp_min(0)
+        room = (self.keep - above[rows, fb + 1]).numpy()  # what the floor bin adds to the bins above it
+        over = (floor_bin >= 0) & (above[rows, fb] > self.keep)
+        at_floor = b == floor_bin[neuron.long()]
+        ok = (b > floor_bin[neuron.long()]) | (at_floor & ~over[neuron.long()])
+        tied = (at_floor & over[neuron.long()]).nonzero().squeeze(1).numpy()
+        if len(tied):
+            doc, _, pos = out.position_table()
+            w, nrn = where.numpy()[tied], neuron.numpy()[tied]
+            order = np.lexsort((pos[w], doc[w], -act.numpy()[tied], nrn))  # by neuron; act desc; doc_id, pos
+            tied, nrn = tied[order], nrn[order]
+            rank = np.arange(len(tied)) - np.searchsorted(nrn, nrn, side="left")
+            ok[torch.as_tensor(tied[rank < room[nrn]])] = True
+        out.neuron, out.where, out.act, out.stored = [neuron[ok]], [where[ok]], [act[ok]], int(ok.sum())
+        return out
+
+    def position_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        return tuple(np.concatenate(c) if c else np.zeros(0, t)
+                     for c, t in ((self.doc_id, np.int64), (self.segment, np.int32), (self.pos, np.int32)))
+
+    def columns(self) -> tuple[dict[str, np.ndarray], torch.Tensor]:
+        """The rows (after select) as columns COLUMNS, sorted by site, neuron, doc_id and
+        pos; and [n] each neuron's sample_cut: the lowest activation it kept where it
+        kept its whole budget, else its limit."""
+        neuron, where, act = (t.numpy() for t in self._cat())
+        doc, seg, pos = self.position_table()
+        order = np.lexsort((pos[where], doc[where], neuron))
+        neuron, where, act = neuron[order], where[order], act[order]
+        low = np.full(self.n, np.inf, np.float32)
+        if len(act):
+            starts = np.flatnonzero(np.r_[True, neuron[1:] != neuron[:-1]])
+            low[neuron[starts]] = np.minimum.reduceat(act, starts)
+        full = torch.as_tensor(np.bincount(neuron, minlength=self.n) >= self.keep)
+        cut = torch.where(full, torch.as_tensor(low), self.limit)
+        return {"site": (neuron // self.d_mlp).astype(np.int32), "neuron": (neuron % self.d_mlp).astype(np.int32),
+                "doc_id": doc[where], "segment": seg[where], "pos": pos[where], "act": act}, cut
