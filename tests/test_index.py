@@ -350,7 +350,9 @@ def test_sample_follows_the_rule_and_activations_equal_brute_force(solu, tiny_co
     assert max(starts[u] for u, _ in want) > 450  # spread over the run, not its first 300 tokens
     batches = batches_of(solu, tiny_corpus, docs=want, rows=4)
     acts = dump(solu, batches)
-    a = result.activations
+    chunks = list(result.activations.columns())
+    a = {c: np.concatenate([ch[c] for ch in chunks]) for c in chunks[0]}
+    sample_cut = result.activations.sample_cut()
     keys = [site_key(s) for s in result.sites]
     keep = max(1, sample_rows // (len(keys) * solu.model_cfg.d_mlp))
     bound = 0
@@ -374,7 +376,7 @@ def test_sample_follows_the_rule_and_activations_equal_brute_force(solu, tiny_co
         got = set(zip(a["neuron"][rows].tolist(), a["doc_id"][rows].tolist(), a["segment"][rows].tolist(),
                       a["pos"][rows].tolist()))
         assert got == want_rows and got
-        np.testing.assert_allclose(result.sample_cut[k * d:(k + 1) * d].numpy(), want_cut, rtol=1e-6)
+        np.testing.assert_allclose(sample_cut[k * d:(k + 1) * d].numpy(), want_cut, rtol=1e-6)
     assert (bound > 0) == (sample_rows < 2**25)
 
 

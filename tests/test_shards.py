@@ -138,7 +138,7 @@ def test_two_shards_in_process_equal_one_run(tiny_checkpoints, tiny_corpus):
     plan = read_plan(cfg, load_model(ref).tokenizer, 2, whole.segment_len)
     assert min(plan.tokens) > 0
     sharded = index_model(ref, cfg, InProcess(shards=2), progress=False)
-    assert sharded.tally.tokens == whole.tally.tokens and len(sharded.activations["act"]) > 0
+    assert sharded.tally.tokens == whole.tally.tokens and sharded.activations.stored > 0
     # interval samples too: drawn from hash-chosen candidates once the max is known, sharding does not change them
     assert (frames_of(whole)["examples"]["kind"] == "interval").any()
     assert_tables_equal(frames_of(sharded), frames_of(whole))

@@ -110,8 +110,8 @@ class Indexer:
         return next_tail(span, self.cfg.window_before)
 
     def sample_pass(self, sample: list[tuple[int, list[int]]]) -> SampleRows:
-        """The activation rows of the sample's segments (index.engine.sample_rows), against
-        this shard's max; pos is the document position."""
+        """The activation rows of the sample's segments (index.engine.sample_rows), selected
+        against this shard's max (a one-shard run's are final); pos is the document position."""
         d_mlp = self.ckpt.model_cfg.d_mlp
         top = self.acc.gathered.stats.max
         limit = activation_limit(top, len(self.sites), self.cfg.threshold)
@@ -126,4 +126,4 @@ class Indexer:
                 unit, pos = batch.flat_positions()
                 rows.add(flat, doc_of(unit).cpu().numpy(), segment_of(unit).cpu().numpy().astype(np.int32),
                          (pos + segment_start(unit, self.segment_len)).cpu().numpy().astype(np.int32))
-        return rows
+        return rows.select(limit, top)

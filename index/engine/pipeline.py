@@ -10,14 +10,17 @@
   (a plain `solu index` is InProcess with one shard, which indexes the planned
   documents as they are read), or index.engine.ray_shards.RayShards, on Ray workers.
 - merge: the shards' pools merge exactly, their stats up to float summation order,
-  and their activation rows are cut at the merged max.
+  and their activation rows are selected again under the merged max
+  (index.engine.sample_rows).
 - finish: the interval samples are drawn against the final max, and the logit effects
   are read off the weights; the ModelIndex goes to the store (index.store.rows).
 
 A one-shard run and a sharded one differ only in who runs the shards, so the sharded
 index equals the unsharded one by construction. Memory does not grow with the dataset:
 documents are read and tokenized a group at a time and the indexer keeps per neuron its
-stats and pools (neurons x (K + samples) windows), plus two batches of activations.
+stats and pools (neurons x (K + samples) windows), plus two batches of activations
+(BATCH_BYTES); the sample pass keeps about --sample-rows activation rows whatever the
+sample's size, and they reach DuckDB a chunk at a time.
 """
 from __future__ import annotations
 
@@ -48,7 +51,7 @@ from solu.sources import LoadedModel, ModelRef, load_model
 from solu.tokenizer import token_strings
 
 BATCH_TOKENS = 4096  # tokens per forward pass when the batch size is chosen automatically
-BATCH_BYTES = 1 << 30  # and at most this much float32 activation memory (two batches are held)
+BATCH_BYTES = 1 << 29  # and at most this much float32 activation memory (two batches are held)
 GPU_BATCH_TOKENS = 65_536  # on CUDA: a GPU idles on 4,096-token batches (issue 17's table)
 GPU_MEMORY_SHARE = 4  # on CUDA: the two batches held take at most 1/4 of the device's free memory
 
@@ -192,8 +195,7 @@ class ModelIndex:
     vocab: list[str]
     sample: ActivationSample  # its segments feed the activations and tokens tables
     segment_len: int  # tokens per segment, the unit of ranking
-    activations: dict[str, np.ndarray]  # index.engine.sample_rows.COLUMNS (site: index into sites)
-    sample_cut: torch.Tensor  # [sites x d_mlp] where each neuron's activation rows stop
+    activations: SampleRows  # the activations table's rows, selected (rows.activations_table streams them)
     logits: dict[str, np.ndarray]
     connections: dict[str, np.ndarray]  # index.engine.virtual_weights.COLUMNS
     ablations: dict[str, np.ndarray]  # index.engine.ablation.COLUMNS (empty without --ablation)
@@ -257,7 +259,7 @@ def finish(ckpt: LoadedModel, cfg: IndexConfig, sites: list[Site], plan: Plan, r
     kept = results[0].activations
     for r in results[1:]:
         kept = kept.merge(r.activations, limit, gathered.stats.max)
-    activations, sample_cut = kept.select(limit, gathered.stats.max).columns()
+    activations = kept.select(limit, gathered.stats.max)
     merge_s = time.perf_counter() - t0
     vocab = token_strings(ckpt.tokenizer, range(ckpt.tokenizer.get_vocab_size()))
     logits = direct_logits(ckpt, cfg.logit_k, len(vocab), sorted({s.layer for s in sites}), progress)
@@ -273,7 +275,7 @@ def finish(ckpt: LoadedModel, cfg: IndexConfig, sites: list[Site], plan: Plan, r
                                       for k in ("forward_s", "accumulate_s", "sample_pass_s")}, **run.timings,
                "total_s": time.perf_counter() - begun}
     return ModelIndex(ckpt, cfg, sites, by_site, plan.tally, vocab, plan.sample, plan.segment_len, activations,
-                      sample_cut, logits, linked, ablations, started_at, run.device, timings)
+                      logits, linked, ablations, started_at, run.device, timings)
 
 
 def check_counts(results: list[ShardResult], plan: Plan) -> None:
@@ -286,7 +288,8 @@ def check_counts(results: list[ShardResult], plan: Plan) -> None:
 
 def fit_batch_size(shape, n_sites: int, device: torch.device | None = None) -> int:
     """Rows per batch: about BATCH_TOKENS tokens, and the two batches of float32
-    activations the indexer holds within BATCH_BYTES; at least one row. On CUDA about
+    activations the indexer holds within BATCH_BYTES (512 MiB: on GPT-2 small one row of
+    1,024 tokens holds 302 MB); at least one row. On CUDA about
     GPU_BATCH_TOKENS tokens, the two batches within 1/GPU_MEMORY_SHARE of the device's
     free memory."""
     row_bytes = 2 * shape.n_ctx * shape.d_mlp * n_sites * 4

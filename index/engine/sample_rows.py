@@ -35,6 +35,7 @@ import torch
 
 HIST_BINS = 256  # intervals of (threshold x max, max] per neuron
 CHUNK_POSITIONS = 256  # sample positions compared against the floor at a time (bounds the candidate list)
+CHUNK_ROWS = 1 << 22  # stored rows handled at a time when the store is cut or selected
 COLUMNS = ("site", "neuron", "doc_id", "segment", "pos", "act")  # site: index into the run's sites
 
 
@@ -53,7 +54,7 @@ class SampleRows:
     top: torch.Tensor  # [n] the neuron's max
     keep: int  # per_neuron
     d_mlp: int
-    hist: torch.Tensor  # [n, HIST_BINS] int32: kept activations per bin
+    hist: torch.Tensor  # [n, HIST_BINS] int32: stored activations per bin
     neuron: list[torch.Tensor]  # int32 chunks
     where: list[torch.Tensor]  # int32 chunks: index into the position table
     act: list[torch.Tensor]  # float32 chunks
@@ -62,6 +63,7 @@ class SampleRows:
     pos: list[np.ndarray]
     stored: int = 0
     positions: int = 0
+    selected: bool = False  # the rows are exactly the rule's, sorted (select)
 
     @classmethod
     def empty(cls, limit: torch.Tensor, top: torch.Tensor, keep: int, d_mlp: int) -> "SampleRows":
@@ -75,21 +77,24 @@ class SampleRows:
     @property
     def bound(self) -> int:
         """Rows stored before the store is cut back to the floor."""
-        return 2 * self.keep * self.n + (1 << 16)
+        return self.keep * self.n * 3 // 2 + 1024
 
     # ------------------------------------------------------------ the floor
 
     def bins(self, neuron: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        """The histogram bin of each (neuron, activation above its limit)."""
+        """The histogram bin of each (neuron, activation above its limit), int32."""
         lo, hi = self.limit[neuron], self.top[neuron]
-        b = ((act - lo) / (hi - lo).clamp_min(1e-30) * HIST_BINS).floor()
-        return b.clamp(0, HIST_BINS - 1).long()
+        b = ((act - lo) / (hi - lo).clamp_min(1e-30) * HIST_BINS).floor_()
+        return b.clamp_(0, HIST_BINS - 1).int()
+
+    def count(self, neuron: torch.Tensor, b: torch.Tensor) -> None:
+        self.hist.view(-1).index_add_(0, neuron.long() * HIST_BINS + b, torch.ones_like(b))
 
     def floor_bin(self) -> torch.Tensor:
-        """[n] the highest bin at or above which `keep` activations have been kept (-1:
-        fewer than `keep` so far, everything above the limit may still be needed)."""
-        at_or_above = self.hist.flip(1).cumsum(1).flip(1)
-        return (at_or_above >= self.keep).sum(1) - 1
+        """[n] int32: the highest bin at or above which `keep` activations are stored
+        (-1: fewer than `keep` so far, everything above the limit may still be needed)."""
+        at_or_above = self.hist.flip(1).cumsum(1, dtype=torch.int32).flip(1)
+        return ((at_or_above >= self.keep).sum(1, dtype=torch.int32) - 1)
 
     def floor_value(self, floor_bin: torch.Tensor) -> torch.Tensor:
         """[n] a value at or below the floor bin's lower edge (the limit at bin -1): what
@@ -108,34 +113,49 @@ class SampleRows:
         self.positions += n_pos
         floor_bin = self.floor_bin()
         admit = self.floor_value(floor_bin).view(sites, 1, d).to(flat.device)
+        fresh = 0  # rows stored since the floor was last read
         for p0 in range(0, n_pos, CHUNK_POSITIONS):
             part = flat[:, p0:p0 + CHUNK_POSITIONS]
             s, p, j = (part > admit).nonzero(as_tuple=True)
             act = part[s, p, j].float().cpu()
-            neuron = (s * d + j).cpu()
+            neuron = (s * d + j).int().cpu()
             b = self.bins(neuron, act)
             ok = b >= floor_bin[neuron]
             neuron, act, b = neuron[ok], act[ok], b[ok]
-            self.hist.view(-1).index_add_(0, neuron * HIST_BINS + b, torch.ones_like(b, dtype=torch.int32))
-            self.neuron.append(neuron.int()), self.act.append(act)
-            self.where.append((p[ok].cpu() + p0 + base).int())
+            self.count(neuron, b)
+            self.neuron.append(neuron), self.act.append(act)
+            self.where.append((p[ok].cpu() + (p0 + base)).int())
             self.stored += len(act)
+            fresh += len(act)
             if self.stored > self.bound:
                 self.cut()
-            floor_bin = self.floor_bin()
-            admit = self.floor_value(floor_bin).view(sites, 1, d).to(flat.device)
+            if fresh >= self.n:
+                floor_bin, fresh = self.floor_bin(), 0
+                admit = self.floor_value(floor_bin).view(sites, 1, d).to(flat.device)
 
     def cut(self) -> None:
         """Drop what is stored below each neuron's floor bin."""
-        neuron, where, act = self._cat()
-        ok = self.bins(neuron.long(), act) >= self.floor_bin()[neuron.long()]
+        floor_bin = self.floor_bin()
+        neuron, where, act = self._take()
+        ok = self._where(lambda n, a: self.bins(n, a) >= floor_bin[n], neuron, act)
         self.neuron, self.where, self.act = [neuron[ok]], [where[ok]], [act[ok]]
-        self.stored = int(ok.sum())
+        self.stored = len(self.act[0])
 
-    def _cat(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        if not self.act:
-            return torch.zeros(0, dtype=torch.int32), torch.zeros(0, dtype=torch.int32), torch.zeros(0)
-        return torch.cat(self.neuron), torch.cat(self.where), torch.cat(self.act)
+    def _take(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """The stored rows as one array each (the chunks are let go as they are joined)."""
+        out = []
+        for name, dtype in (("neuron", torch.int32), ("where", torch.int32), ("act", torch.float32)):
+            chunks = getattr(self, name)
+            setattr(self, name, [])
+            out.append(torch.cat(chunks) if chunks else torch.zeros(0, dtype=dtype))
+            del chunks
+        return tuple(out)
+
+    @staticmethod
+    def _where(test, neuron: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
+        """test(neuron, act) -> bool, evaluated CHUNK_ROWS rows at a time (bounds the temporaries)."""
+        return torch.cat([test(neuron[i:i + CHUNK_ROWS], act[i:i + CHUNK_ROWS])
+                          for i in range(0, len(act), CHUNK_ROWS)]) if len(act) else torch.zeros(0, dtype=torch.bool)
 
     # ------------------------------------------------------------ merge and finish
 
@@ -143,62 +163,83 @@ class SampleRows:
         """Both shards' rows (their sample tokens are disjoint), cut to the final rule:
         limit and top are the merged ones. Each shard kept its own top rows above its own
         limit (never above the merged one), and the merged top rows are among them."""
-        a, b = self._cat(), other._cat()
         merged = SampleRows(self.limit, self.top, self.keep, self.d_mlp, self.hist,
-                            [a[0], b[0]], [a[1], b[1] + self.positions], [a[2], b[2]],
-                            self.doc_id + other.doc_id, self.segment + other.segment, self.pos + other.pos,
-                            self.stored + other.stored, self.positions + other.positions)
+                            self.neuron + other.neuron, self.where + [w + self.positions for w in other.where],
+                            self.act + other.act, self.doc_id + other.doc_id, self.segment + other.segment,
+                            self.pos + other.pos, self.stored + other.stored, self.positions + other.positions)
         return merged.select(limit, top)
 
     def select(self, limit: torch.Tensor, top: torch.Tensor) -> "SampleRows":
         """Exactly the rule's rows among those stored, under `limit` and `top` (the
         run's final ones): above the limit, each neuron's `keep` highest, ties to the
-        lower (doc_id, pos)."""
+        lower (doc_id, pos); sorted by neuron, and within a neuron by position (the order
+        the positions were seen in, which is (doc_id, pos) order within a shard)."""
         limit, top = limit.reshape(-1).float().cpu(), top.reshape(-1).float().cpu()
-        neuron, where, act = self._cat()
-        ok = act > limit[neuron.long()]
+        if self.selected and torch.equal(limit, self.limit) and torch.equal(top, self.top):
+            return self
         out = SampleRows(limit, top, self.keep, self.d_mlp, torch.zeros(self.n, HIST_BINS, dtype=torch.int32),
-                         [neuron[ok]], [where[ok]], [act[ok]], self.doc_id, self.segment, self.pos,
-                         int(ok.sum()), self.positions)
-        neuron, where, act = out._cat()
-        b = out.bins(neuron.long(), act)
-        out.hist.view(-1).index_add_(0, neuron.long() * HIST_BINS + b, torch.ones_like(b, dtype=torch.int32))
+                         [], [], [], self.doc_id, self.segment, self.pos, 0, self.positions)
+        neuron, where, act = self._take()
+        ok = self._where(lambda n, a: a > limit[n], neuron, act)
+        neuron, where, act = neuron[ok], where[ok], act[ok]
+        b = torch.cat([out.bins(neuron[i:i + CHUNK_ROWS], act[i:i + CHUNK_ROWS]) for i in range(0, len(act), CHUNK_ROWS)]) \
+            if len(act) else torch.zeros(0, dtype=torch.int32)
+        out.count(neuron, b)
         floor_bin = out.floor_bin()
-        above = torch.cat([out.hist.flip(1).cumsum(1).flip(1), torch.zeros(self.n, 1, dtype=torch.int32)], 1)
+        above = torch.cat([out.hist.flip(1).cumsum(1, dtype=torch.int32).flip(1),
+                           torch.zeros(self.n, 1, dtype=torch.int32)], 1)
         rows = torch.arange(self.n)
-        fb = floor_bin.clamp_min(0)
+        fb = floor_bin.clamp_min(0).long()
         room = (self.keep - above[rows, fb + 1]).numpy()  # what the floor bin adds to the bins above it
         over = (floor_bin >= 0) & (above[rows, fb] > self.keep)
-        at_floor = b == floor_bin[neuron.long()]
-        ok = (b > floor_bin[neuron.long()]) | (at_floor & ~over[neuron.long()])
-        tied = (at_floor & over[neuron.long()]).nonzero().squeeze(1).numpy()
+        f = floor_bin[neuron]
+        ok = (b > f) | ((b == f) & ~over[neuron])
+        tied = ((b == f) & over[neuron]).nonzero().squeeze(1).numpy()
+        del b, f
         if len(tied):
-            doc, _, pos = out.position_table()
-            w, nrn = where.numpy()[tied], neuron.numpy()[tied]
-            order = np.lexsort((pos[w], doc[w], -act.numpy()[tied], nrn))  # by neuron; act desc; doc_id, pos
+            rank = out.position_rank()
+            nrn = neuron.numpy()[tied]
+            order = np.lexsort((rank[where.numpy()[tied]], -act.numpy()[tied], nrn))  # act desc; (doc_id, pos)
             tied, nrn = tied[order], nrn[order]
-            rank = np.arange(len(tied)) - np.searchsorted(nrn, nrn, side="left")
-            ok[torch.as_tensor(tied[rank < room[nrn]])] = True
-        out.neuron, out.where, out.act, out.stored = [neuron[ok]], [where[ok]], [act[ok]], int(ok.sum())
+            first = np.searchsorted(nrn, nrn, side="left")
+            ok[torch.as_tensor(tied[np.arange(len(tied)) - first < room[nrn]])] = True
+        neuron, where, act = neuron[ok], where[ok], act[ok]
+        del ok
+        order = torch.sort(neuron, stable=True).indices
+        out.neuron, out.where, out.act = [neuron[order]], [where[order]], [act[order]]
+        out.stored, out.selected = len(order), True
         return out
+
+    def position_rank(self) -> np.ndarray:
+        """Each position's rank in (doc_id, pos) order."""
+        doc, _, pos = self.position_table()
+        rank = np.empty(len(doc), np.int64)
+        rank[np.lexsort((pos, doc))] = np.arange(len(doc))
+        return rank
 
     def position_table(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         return tuple(np.concatenate(c) if c else np.zeros(0, t)
                      for c, t in ((self.doc_id, np.int64), (self.segment, np.int32), (self.pos, np.int32)))
 
-    def columns(self) -> tuple[dict[str, np.ndarray], torch.Tensor]:
-        """The rows (after select) as columns COLUMNS, sorted by site, neuron, doc_id and
-        pos; and [n] each neuron's sample_cut: the lowest activation it kept where it
-        kept its whole budget, else its limit."""
-        neuron, where, act = (t.numpy() for t in self._cat())
-        doc, seg, pos = self.position_table()
-        order = np.lexsort((pos[where], doc[where], neuron))
-        neuron, where, act = neuron[order], where[order], act[order]
+    def sample_cut(self) -> torch.Tensor:
+        """[n] where each neuron's rows stop (after select): the lowest activation it kept
+        where it kept its whole budget, else its limit."""
+        assert self.selected, "sample_cut() reads select()'s rows"
+        neuron, act = (torch.cat(c).numpy() if c else np.zeros(0, np.int32) for c in (self.neuron, self.act))
         low = np.full(self.n, np.inf, np.float32)
         if len(act):
             starts = np.flatnonzero(np.r_[True, neuron[1:] != neuron[:-1]])
             low[neuron[starts]] = np.minimum.reduceat(act, starts)
         full = torch.as_tensor(np.bincount(neuron, minlength=self.n) >= self.keep)
-        cut = torch.where(full, torch.as_tensor(low), self.limit)
-        return {"site": (neuron // self.d_mlp).astype(np.int32), "neuron": (neuron % self.d_mlp).astype(np.int32),
-                "doc_id": doc[where], "segment": seg[where], "pos": pos[where], "act": act}, cut
+        return torch.where(full, torch.as_tensor(low), self.limit)
+
+    def columns(self, chunk: int = CHUNK_ROWS):
+        """The rows (after select) as columns COLUMNS, `chunk` rows at a time, in
+        select's order: dicts of arrays."""
+        assert self.selected, "columns() reads select()'s rows"
+        doc, seg, pos = self.position_table()
+        for neuron, where, act in zip(self.neuron, self.where, self.act):
+            for i in range(0, len(act), chunk):
+                n, w = neuron[i:i + chunk].numpy(), where[i:i + chunk].numpy()
+                yield {"site": (n // self.d_mlp).astype(np.int32), "neuron": (n % self.d_mlp).astype(np.int32),
+                       "doc_id": doc[w], "segment": seg[w], "pos": pos[w], "act": act[i:i + chunk].numpy()}

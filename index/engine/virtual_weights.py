@@ -49,10 +49,11 @@ def connections(ckpt: LoadedModel, k: int, layers: list[int]) -> dict[str, np.nd
                 block = written @ reads[target]
                 for layer, direction, weights, other in ((source, "downstream", block, target),
                                                          (target, "upstream", block.T, source)):
-                    label = (other * d_mlp + torch.arange(weights.shape[1]))[None, :].expand_as(weights)
                     for sign, flip in (("pos", 1.0), ("neg", -1.0)):
+                        # this block's own top k first: the running merge then reads [d_mlp, 2k]
+                        value, at = torch.topk(weights, min(k, weights.shape[1]), dim=1, largest=flip > 0)
                         key = (layer, direction, sign)
-                        kept[key] = merge_top(*kept.get(key, (None, None)), flip * weights, label, k)
+                        kept[key] = merge_top(*kept.get(key, (None, None)), flip * value, other * d_mlp + at, k)
     rows: dict[str, list] = {c: [] for c in COLUMNS}
     for (layer, direction, sign), (value, label) in sorted(kept.items()):
         n, top = value.shape

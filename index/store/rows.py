@@ -22,14 +22,15 @@ from solu.corpus import dataset_hash
 MAX_TOKENS_SHOWN = 5  # tokens listed in neurons.max_tokens
 
 
-def model_tables(result: ModelIndex) -> dict[str, pa.Table]:
+def model_tables(result: ModelIndex) -> dict[str, pa.Table | pa.RecordBatchReader]:
     """The model's rows for every index table but index_runs and index_details (written
-    last, with the write time: see run_tables)."""
+    last, with the write time: see run_tables); the activations as a stream, read once."""
     vocab = pa.array(result.vocab, pa.string())
     neurons, examples = [], []
+    cut = result.activations.sample_cut()
     for site in result.sites:
         acc = result.by_site[site_key(site)]
-        neurons.append(neuron_table(result, site, acc, vocab))
+        neurons.append(neuron_table(result, site, acc, vocab, cut))
         examples.append(example_table(result, site, acc, vocab))
     return {
         "models": models_table(result),
@@ -50,7 +51,8 @@ def _site_columns(result: ModelIndex, site, n: int) -> dict:
             "site": pa.array([site.name] * n, pa.string())}
 
 
-def neuron_table(result: ModelIndex, site, acc: SiteResult, vocab: pa.Array) -> pa.Table:
+def neuron_table(result: ModelIndex, site, acc: SiteResult, vocab: pa.Array, cut) -> pa.Table:
+    """One site's neurons; cut: [sites x d_mlp] each neuron's sample_cut."""
     s = acc.stats.summary(result.cfg.threshold, result.cfg.hist_bins)
     n = acc.n
     top_ids, top_counts = most_common_tokens(acc.top.token.cpu().numpy(), acc.top.valid.cpu().numpy())
@@ -67,7 +69,7 @@ def neuron_table(result: ModelIndex, site, acc: SiteResult, vocab: pa.Array) -> 
                                   pa.list_(pa.string()))
     cols["max_token_counts"] = pa.array(top_counts, pa.list_(pa.int32()))
     k = result.sites.index(site)
-    cols["sample_cut"] = pa.array(result.sample_cut[k * n:(k + 1) * n].numpy().astype(np.float32))
+    cols["sample_cut"] = pa.array(cut[k * n:(k + 1) * n].numpy().astype(np.float32))
     return pa.table(cols)
 
 
@@ -163,24 +165,27 @@ def ablations_table(result: ModelIndex) -> pa.Table:
         "loss": np.float32, "delta_zero": np.float32, "delta_mean": np.float32})
 
 
-def activations_table(result: ModelIndex) -> pa.Table:
-    """The activation rows (index.engine.sample_rows): numeric columns shared with the
-    arrays, model and site names as dictionaries, no per-row Python objects."""
-    a = result.activations
-    n = len(a["act"])
-    site = np.asarray(a["site"], np.int32)
+def activations_table(result: ModelIndex) -> pa.RecordBatchReader:
+    """The activation rows (index.engine.sample_rows), streamed a chunk at a time:
+    numeric columns shared with the arrays, model and site names as dictionaries."""
     names = sorted({s.name for s in result.sites})
-    return pa.table({
-        "model_id": pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), pa.array([result.model_id])),
-        "layer": pa.array(np.array([s.layer for s in result.sites], np.int32)[site]),
-        "neuron": pa.array(np.asarray(a["neuron"], np.int32)),
-        "site": pa.DictionaryArray.from_arrays(np.array([names.index(s.name) for s in result.sites], np.int32)[site],
-                                               pa.array(names, pa.string())),
-        "doc_id": pa.array(np.asarray(a["doc_id"], np.int64)),
-        "segment": pa.array(np.asarray(a["segment"], np.int32)),
-        "pos": pa.array(np.asarray(a["pos"], np.int32)),
-        "act": pa.array(np.asarray(a["act"], np.float32)),
-    })
+    site_name = np.array([names.index(s.name) for s in result.sites], np.int32)
+    site_layer = np.array([s.layer for s in result.sites], np.int32)
+    schema = pa.schema([("model_id", pa.dictionary(pa.int32(), pa.string())), ("layer", pa.int32()),
+                        ("neuron", pa.int32()), ("site", pa.dictionary(pa.int32(), pa.string())),
+                        ("doc_id", pa.int64()), ("segment", pa.int32()), ("pos", pa.int32()), ("act", pa.float32())])
+
+    def batches():
+        for a in result.activations.columns():
+            n = len(a["act"])
+            yield pa.record_batch([
+                pa.DictionaryArray.from_arrays(np.zeros(n, np.int32), pa.array([result.model_id])),
+                pa.array(site_layer[a["site"]]), pa.array(a["neuron"]),
+                pa.DictionaryArray.from_arrays(site_name[a["site"]], pa.array(names, pa.string())),
+                pa.array(a["doc_id"].astype(np.int64)), pa.array(a["segment"].astype(np.int32)),
+                pa.array(a["pos"].astype(np.int32)), pa.array(a["act"].astype(np.float32))], schema=schema)
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
 
 
 def tokens_table(result: ModelIndex, vocab: pa.Array) -> pa.Table:

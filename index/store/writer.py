@@ -26,6 +26,8 @@ from solu.outputs import writable
 TEMP_SUFFIX = ".indexing"
 
 
+WRITE_MEMORY = "1GB"  # DuckDB's own buffers while a model's rows are written (it flushes, then spills)
+
 def check_target(db: Path) -> None:
     """Refuse, before any work, a target that is not a solu index we can write."""
     refuse_link(db)
@@ -80,7 +82,7 @@ class IndexBuild:
                     shutil.copyfile(self.db, self.tmp)
                     if wal_path(self.db).exists():  # a killed writer's log goes with the copy, which replays it
                         shutil.copyfile(wal_path(self.db), wal_path(self.tmp))
-            self.con = duckdb.connect(str(self.tmp))
+            self.con = duckdb.connect(str(self.tmp), config={"memory_limit": WRITE_MEMORY})
             migrate(self.con)
         except BaseException:
             self._discard()

@@ -20,9 +20,11 @@ def digest(path: Path) -> str:
 
 
 def plain_frame(table):
-    """A pyarrow table as pandas, dictionary columns (index.store.rows' activations) as
-    plain values rather than Categoricals."""
+    """A pyarrow table (or a stream of batches) as pandas, dictionary columns
+    (index.store.rows' activations) as plain values rather than Categoricals."""
     import pyarrow as pa
 
+    if isinstance(table, pa.RecordBatchReader):
+        table = table.read_all()
     return pa.table({name: col.cast(col.type.value_type) if pa.types.is_dictionary(col.type) else col
                      for name, col in zip(table.column_names, table.columns)}).to_pandas()
