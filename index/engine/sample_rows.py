@@ -177,11 +177,15 @@ class SampleRows:
         limit, top = limit.reshape(-1).float().cpu(), top.reshape(-1).float().cpu()
         if self.selected and torch.equal(limit, self.limit) and torch.equal(top, self.top):
             return self
+        if torch.equal(limit, self.limit) and torch.equal(top, self.top):
+            self.cut()  # the floor is this rule's: what lies below it cannot be selected
         out = SampleRows(limit, top, self.keep, self.d_mlp, torch.zeros(self.n, HIST_BINS, dtype=torch.int32),
                          [], [], [], self.doc_id, self.segment, self.pos, 0, self.positions)
         neuron, where, act = self._take()
         ok = self._where(lambda n, a: a > limit[n], neuron, act)
-        neuron, where, act = neuron[ok], where[ok], act[ok]
+        if not ok.all():
+            neuron, where, act = neuron[ok], where[ok], act[ok]
+        del ok
         b = torch.cat([out.bins(neuron[i:i + CHUNK_ROWS], act[i:i + CHUNK_ROWS]) for i in range(0, len(act), CHUNK_ROWS)]) \
             if len(act) else torch.zeros(0, dtype=torch.int32)
         out.count(neuron, b)
@@ -206,7 +210,10 @@ class SampleRows:
         neuron, where, act = neuron[ok], where[ok], act[ok]
         del ok
         order = torch.sort(neuron, stable=True).indices
-        out.neuron, out.where, out.act = [neuron[order]], [where[order]], [act[order]]
+        neuron = neuron[order]
+        where = where[order]
+        act = act[order]
+        out.neuron, out.where, out.act = [neuron], [where], [act]
         out.stored, out.selected = len(order), True
         return out
 

@@ -24,24 +24,36 @@ MAX_TOKENS_SHOWN = 5  # tokens listed in neurons.max_tokens
 
 def model_tables(result: ModelIndex) -> dict[str, pa.Table | pa.RecordBatchReader]:
     """The model's rows for every index table but index_runs and index_details (written
-    last, with the write time: see run_tables); the activations as a stream, read once."""
+    last, with the write time: see run_tables); examples and activations as streams,
+    read once."""
     vocab = pa.array(result.vocab, pa.string())
-    neurons, examples = [], []
     cut = result.activations.sample_cut()
-    for site in result.sites:
-        acc = result.by_site[site_key(site)]
-        neurons.append(neuron_table(result, site, acc, vocab, cut))
-        examples.append(example_table(result, site, acc, vocab))
+    neurons = [neuron_table(result, site, result.by_site[site_key(site)], vocab, cut) for site in result.sites]
+    examples = (example_table(result, site, result.by_site[site_key(site)], vocab) for site in result.sites)
     return {
         "models": models_table(result),
         "neurons": pa.concat_tables(neurons),
-        "examples": pa.concat_tables(examples),
+        "examples": stream(examples),  # a site's windows at a time: all of them are 40 x 41 tokens a neuron
         "logits": logits_table(result, vocab),
         "connections": connections_table(result),
         "ablations": ablations_table(result),
         "activations": activations_table(result),
         "tokens": tokens_table(result, vocab),
     }
+
+
+def stream(tables) -> pa.RecordBatchReader:
+    """Tables of one schema as a stream that builds each only when the reader gets to it."""
+    tables = iter(tables)
+    held = [next(tables)]
+    schema = held[0].schema
+
+    def batches():
+        yield from held.pop().to_batches()
+        for table in tables:
+            yield from table.to_batches()
+
+    return pa.RecordBatchReader.from_batches(schema, batches())
 
 
 def _site_columns(result: ModelIndex, site, n: int) -> dict:
