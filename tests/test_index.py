@@ -702,3 +702,17 @@ def test_a_concept_only_after_the_first_90_percent_still_gets_a_score(tiny_check
     scored = query(db, "SELECT count(*) FROM concept_scores WHERE concept = 'base64' AND auroc IS NOT NULL "
                        "AND NOT isnan(auroc)")[0][0]
     assert scored == 2 * 64
+
+
+def test_interval_samples_drawn_in_blocks_of_neurons_are_the_same(solu, tiny_corpus, monkeypatch):
+    """Rules.intervals draws a block of neurons at a time (its candidates copy windows):
+    blocks of 7 neurons give the interval samples of one block."""
+    from index.engine import accumulator
+
+    cfg = IndexConfig(dataset=str(tiny_corpus), tokens=900, segment_tokens=62, batch_size=4, device="cpu")
+    whole = plain_frame(model_tables(index_model(solu.ref, cfg, progress=False))["examples"])
+    monkeypatch.setattr(accumulator, "INTERVAL_BLOCK", 7)
+    blocks = plain_frame(model_tables(index_model(solu.ref, cfg, progress=False))["examples"])
+    whole, blocks = (t[t.kind == "interval"].drop(columns=["tokens", "acts"]).reset_index(drop=True)
+                     for t in (whole, blocks))
+    assert len(whole) > 50 and whole.equals(blocks)

@@ -43,6 +43,7 @@ from index.engine.topk import NO_SAMPLE, sample_groups, sample_key, top_k, top_k
 from index.engine.windows import Span, WindowCache, block_maxima, by_site, first_col, first_row, token_at
 
 SEED_INTERVALS, SEED_RANDOM = 0, 1  # added to the run's seed
+INTERVAL_BLOCK = 4096  # neurons whose interval samples are drawn at once
 
 
 @dataclass(frozen=True)
@@ -178,14 +179,18 @@ class Rules:
         holds per_band units below the reservoir's priority cut, this is the
         lowest-priority sample of all of its units; sparse (high) intervals draw on the
         top-K too. A function of the set of units only, so shards merge exactly."""
-        nb, per = self.shape.bands, self.shape.per_band
-        pool = Pool.empty(len(self.keys), nb * per, self.shape.width, self.keys.device)
+        nb, per, n = self.shape.bands, self.shape.per_band, len(self.keys)
+        pool = Pool.empty(n, nb * per, self.shape.width, self.keys.device)
         if pool.size:
-            rows = torch.arange(len(self.keys), device=self.keys.device)
             select = self.select_interval(g.stats.max)
-            pool.absorb(g.reservoir.candidates(), select, rows)
-            in_reservoir = (g.top.unit[:, :, None] == g.reservoir.unit[:, None, :]).any(2)
-            pool.absorb(g.top.candidates(g.top.valid & ~in_reservoir), select, rows)
+            for start in range(0, n, INTERVAL_BLOCK):  # a block of neurons at a time: candidates copy windows
+                block = slice(start, min(start + INTERVAL_BLOCK, n))
+                part, reservoir, top = pool.rows(block), g.reservoir.rows(block), g.top.rows(block)
+                rows = torch.arange(block.stop - start, device=self.keys.device)
+                chosen = lambda value, unit, valid, r, start=start: select(value, unit, valid, r + start)  # noqa: E731
+                part.absorb(reservoir.candidates(), chosen, rows)
+                in_reservoir = (top.unit[:, :, None] == reservoir.unit[:, None, :]).any(2)
+                part.absorb(top.candidates(top.valid & ~in_reservoir), chosen, rows)
         return pool
 
     def sites(self, g: Gathered, n_sites: int) -> list[SiteResult]:

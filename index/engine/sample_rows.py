@@ -136,26 +136,16 @@ class SampleRows:
     def cut(self) -> None:
         """Drop what is stored below each neuron's floor bin."""
         floor_bin = self.floor_bin()
-        neuron, where, act = self._take()
-        ok = self._where(lambda n, a: self.bins(n, a) >= floor_bin[n], neuron, act)
-        self.neuron, self.where, self.act = [neuron[ok]], [where[ok]], [act[ok]]
-        self.stored = len(self.act[0])
+        self.filter(lambda n, w, a: self.bins(n, a) >= floor_bin[n])
 
-    def _take(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The stored rows as one array each (the chunks are let go as they are joined)."""
-        out = []
-        for name, dtype in (("neuron", torch.int32), ("where", torch.int32), ("act", torch.float32)):
-            chunks = getattr(self, name)
-            setattr(self, name, [])
-            out.append(torch.cat(chunks) if chunks else torch.zeros(0, dtype=dtype))
-            del chunks
-        return tuple(out)
-
-    @staticmethod
-    def _where(test, neuron: torch.Tensor, act: torch.Tensor) -> torch.Tensor:
-        """test(neuron, act) -> bool, evaluated CHUNK_ROWS rows at a time (bounds the temporaries)."""
-        return torch.cat([test(neuron[i:i + CHUNK_ROWS], act[i:i + CHUNK_ROWS])
-                          for i in range(0, len(act), CHUNK_ROWS)]) if len(act) else torch.zeros(0, dtype=torch.bool)
+    def filter(self, test) -> None:
+        """Keep the stored rows where test(neuron, where, act) holds, chunk by chunk (the
+        store never doubles)."""
+        for i, (n, w, a) in enumerate(zip(self.neuron, self.where, self.act)):
+            ok = test(n, w, a)
+            if not ok.all():
+                self.neuron[i], self.where[i], self.act[i] = n[ok], w[ok], a[ok]
+        self.stored = sum(len(a) for a in self.act)
 
     # ------------------------------------------------------------ merge and finish
 
@@ -172,23 +162,20 @@ class SampleRows:
     def select(self, limit: torch.Tensor, top: torch.Tensor) -> "SampleRows":
         """Exactly the rule's rows among those stored, under `limit` and `top` (the
         run's final ones): above the limit, each neuron's `keep` highest, ties to the
-        lower (doc_id, pos); sorted by neuron, and within a neuron by position (the order
-        the positions were seen in, which is (doc_id, pos) order within a shard)."""
+        lower (doc_id, pos); grouped by neuron (a stable sort: within a neuron the rows
+        above its floor bin come in the order seen, then those ranked in it)."""
         limit, top = limit.reshape(-1).float().cpu(), top.reshape(-1).float().cpu()
         if self.selected and torch.equal(limit, self.limit) and torch.equal(top, self.top):
             return self
         if torch.equal(limit, self.limit) and torch.equal(top, self.top):
             self.cut()  # the floor is this rule's: what lies below it cannot be selected
         out = SampleRows(limit, top, self.keep, self.d_mlp, torch.zeros(self.n, HIST_BINS, dtype=torch.int32),
-                         [], [], [], self.doc_id, self.segment, self.pos, 0, self.positions)
-        neuron, where, act = self._take()
-        ok = self._where(lambda n, a: a > limit[n], neuron, act)
-        if not ok.all():
-            neuron, where, act = neuron[ok], where[ok], act[ok]
-        del ok
-        b = torch.cat([out.bins(neuron[i:i + CHUNK_ROWS], act[i:i + CHUNK_ROWS]) for i in range(0, len(act), CHUNK_ROWS)]) \
-            if len(act) else torch.zeros(0, dtype=torch.int32)
-        out.count(neuron, b)
+                         self.neuron, self.where, self.act, self.doc_id, self.segment, self.pos, self.stored,
+                         self.positions)
+        self.neuron, self.where, self.act = [], [], []
+        out.filter(lambda n, w, a: a > limit[n])
+        for n, a in zip(out.neuron, out.act):
+            out.count(n, out.bins(n, a))
         floor_bin = out.floor_bin()
         above = torch.cat([out.hist.flip(1).cumsum(1, dtype=torch.int32).flip(1),
                            torch.zeros(self.n, 1, dtype=torch.int32)], 1)
@@ -196,26 +183,45 @@ class SampleRows:
         fb = floor_bin.clamp_min(0).long()
         room = (self.keep - above[rows, fb + 1]).numpy()  # what the floor bin adds to the bins above it
         over = (floor_bin >= 0) & (above[rows, fb] > self.keep)
-        f = floor_bin[neuron]
-        ok = (b > f) | ((b == f) & ~over[neuron])
-        tied = ((b == f) & over[neuron]).nonzero().squeeze(1).numpy()
-        del b, f
-        if len(tied):
+        # the floor bin of a neuron that has more there than it may keep: ranked apart
+        tied = [[], [], []]
+
+        def keep(n, w, a):
+            b, f = out.bins(n, a), floor_bin[n]
+            split = (b == f) & over[n]
+            for k, t in enumerate((n, w, a)):
+                tied[k].append(t[split])
+            return (b > f) | ((b == f) & ~over[n])
+        out.filter(keep)
+        n, w, a = (torch.cat(t).numpy() if t else np.zeros(0) for t in tied)
+        if len(a):
             rank = out.position_rank()
-            nrn = neuron.numpy()[tied]
-            order = np.lexsort((rank[where.numpy()[tied]], -act.numpy()[tied], nrn))  # act desc; (doc_id, pos)
-            tied, nrn = tied[order], nrn[order]
-            first = np.searchsorted(nrn, nrn, side="left")
-            ok[torch.as_tensor(tied[np.arange(len(tied)) - first < room[nrn]])] = True
-        neuron, where, act = neuron[ok], where[ok], act[ok]
-        del ok
-        order = torch.sort(neuron, stable=True).indices
-        neuron = neuron[order]
-        where = where[order]
-        act = act[order]
-        out.neuron, out.where, out.act = [neuron], [where], [act]
-        out.stored, out.selected = len(order), True
+            order = np.lexsort((rank[w], -a, n))  # by neuron; act desc; (doc_id, pos)
+            n, w, a = n[order], w[order], a[order]
+            take = np.arange(len(n)) - np.searchsorted(n, n, side="left") < room[n]
+            for k, t in enumerate((n, w, a)):
+                getattr(out, ("neuron", "where", "act")[k]).append(torch.as_tensor(t[take]))
+        out.group_by_neuron()
+        out.selected = True
         return out
+
+    def group_by_neuron(self) -> None:
+        """The store as one chunk, grouped by neuron, in the order stored within each: a
+        counting sort that lets each chunk go once placed (no full-size index array)."""
+        total = self.stored = sum(len(a) for a in self.act)
+        counts = np.zeros(self.n, np.int64)
+        for n in self.neuron:
+            counts += np.bincount(n.numpy(), minlength=self.n)
+        starts = np.cumsum(counts) - counts
+        out = [np.empty(total, np.int32), np.empty(total, np.int32), np.empty(total, np.float32)]
+        while self.act:
+            n, w, a = self.neuron.pop(0).numpy(), self.where.pop(0).numpy(), self.act.pop(0).numpy()
+            order = np.argsort(n, kind="stable")
+            n = n[order]
+            dest = starts[n] + np.arange(len(n)) - np.searchsorted(n, n, side="left")
+            out[0][dest], out[1][dest], out[2][dest] = n, w[order], a[order]
+            starts += np.bincount(n, minlength=self.n)
+        self.neuron, self.where, self.act = ([torch.from_numpy(t)] for t in out)
 
     def position_rank(self) -> np.ndarray:
         """Each position's rank in (doc_id, pos) order."""

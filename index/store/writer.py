@@ -26,7 +26,7 @@ from solu.outputs import writable
 TEMP_SUFFIX = ".indexing"
 
 
-WRITE_MEMORY = "1GB"  # DuckDB's own buffers while a model's rows are written (it flushes, then spills)
+WRITE_MEMORY = "512MB"  # DuckDB's own buffers while a model's rows are written (it flushes, then spills)
 
 def check_target(db: Path) -> None:
     """Refuse, before any work, a target that is not a solu index we can write."""
