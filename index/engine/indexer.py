@@ -122,8 +122,7 @@ class Indexer:
                 batch = batch.to(self.device)
                 acts = rec.run(batch.tokens)
                 index = batch.flat_index()
-                flat = torch.stack([acts[k].reshape(-1, d_mlp)[index] for k in self.keys])
                 unit, pos = batch.flat_positions()
-                rows.add(flat, doc_of(unit).cpu().numpy(), segment_of(unit).cpu().numpy().astype(np.int32),
+                rows.add((acts[k].reshape(-1, d_mlp)[index] for k in self.keys), doc_of(unit).cpu().numpy(), segment_of(unit).cpu().numpy().astype(np.int32),
                          (pos + segment_start(unit, self.segment_len)).cpu().numpy().astype(np.int32))
         return rows.select(limit, top)

@@ -77,7 +77,7 @@ class SampleRows:
     @property
     def bound(self) -> int:
         """Rows stored before the store is cut back to the floor."""
-        return self.keep * self.n * 3 // 2 + 1024
+        return self.keep * self.n * 5 // 4 + 1024
 
     # ------------------------------------------------------------ the floor
 
@@ -90,48 +90,53 @@ class SampleRows:
     def count(self, neuron: torch.Tensor, b: torch.Tensor) -> None:
         self.hist.view(-1).index_add_(0, neuron.long() * HIST_BINS + b, torch.ones_like(b))
 
-    def floor_bin(self) -> torch.Tensor:
-        """[n] int32: the highest bin at or above which `keep` activations are stored
-        (-1: fewer than `keep` so far, everything above the limit may still be needed)."""
-        at_or_above = self.hist.flip(1).cumsum(1, dtype=torch.int32).flip(1)
-        return ((at_or_above >= self.keep).sum(1, dtype=torch.int32) - 1)
+    def floor_bin(self, rows: slice = slice(None)) -> torch.Tensor:
+        """[n] int32 (or of `rows`): the highest bin at or above which `keep` activations
+        are stored (-1: fewer than `keep` so far, everything above the limit may still be
+        needed)."""
+        at_or_above = self.hist[rows].flip(1).cumsum(1, dtype=torch.int32)  # from the top bin down
+        return HIST_BINS - 1 - (at_or_above < self.keep).sum(1, dtype=torch.int32)
 
-    def floor_value(self, floor_bin: torch.Tensor) -> torch.Tensor:
-        """[n] a value at or below the floor bin's lower edge (the limit at bin -1): what
-        is below it is out of the floor bin by any rounding."""
-        edge = self.limit + (self.top - self.limit) * floor_bin.clamp_min(0).float() / HIST_BINS
-        return torch.where(floor_bin > 0, edge - edge.abs() * 1e-6, self.limit)
+    def floor_value(self, floor_bin: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
+        """[n] (or of `rows`) a value at or below the floor bin's lower edge (the limit at
+        bin -1): what is below it is out of the floor bin by any rounding."""
+        limit, top = self.limit[rows], self.top[rows]
+        edge = limit + (top - limit) * floor_bin.clamp_min(0).float() / HIST_BINS
+        return torch.where(floor_bin > 0, edge - edge.abs() * 1e-6, limit)
 
     # ------------------------------------------------------------ streaming
 
-    def add(self, flat: torch.Tensor, doc_id: np.ndarray, segment: np.ndarray, pos: np.ndarray) -> None:
-        """Take a batch's sample tokens: flat [sites, P, d_mlp] activations of P tokens
-        at (doc_id, segment, pos)."""
-        sites, n_pos, d = flat.shape
+    def add(self, acts, doc_id: np.ndarray, segment: np.ndarray, pos: np.ndarray) -> None:
+        """Take a batch's sample tokens at (doc_id, segment, pos): acts yields each site's
+        [P, d_mlp] activations in site order (one site is held at a time)."""
         base = self.positions
         self.doc_id.append(doc_id), self.segment.append(segment), self.pos.append(pos)
-        self.positions += n_pos
-        floor_bin = self.floor_bin()
-        admit = self.floor_value(floor_bin).view(sites, 1, d).to(flat.device)
-        fresh = 0  # rows stored since the floor was last read
-        for p0 in range(0, n_pos, CHUNK_POSITIONS):
-            part = flat[:, p0:p0 + CHUNK_POSITIONS]
-            s, p, j = (part > admit).nonzero(as_tuple=True)
-            act = part[s, p, j].float().cpu()
-            neuron = (s * d + j).int().cpu()
-            b = self.bins(neuron, act)
-            ok = b >= floor_bin[neuron]
-            neuron, act, b = neuron[ok], act[ok], b[ok]
-            self.count(neuron, b)
-            self.neuron.append(neuron), self.act.append(act)
-            self.where.append((p[ok].cpu() + (p0 + base)).int())
-            self.stored += len(act)
-            fresh += len(act)
-            if self.stored > self.bound:
-                self.cut()
-            if fresh >= self.n:
-                floor_bin, fresh = self.floor_bin(), 0
-                admit = self.floor_value(floor_bin).view(sites, 1, d).to(flat.device)
+        self.positions += len(doc_id)
+        d = self.d_mlp
+        for site, x in enumerate(acts):
+            rows = slice(site * d, (site + 1) * d)
+            floor_bin = self.floor_bin(rows)
+            admit = self.floor_value(floor_bin, rows).to(x.device)
+            fresh = 0  # rows stored since the floor was last read
+            for p0 in range(0, len(x), CHUNK_POSITIONS):
+                part = x[p0:p0 + CHUNK_POSITIONS]
+                p, j = (part > admit).nonzero(as_tuple=True)
+                act = part[p, j].float().cpu()
+                j = j.int().cpu()
+                neuron = j + site * d
+                b = self.bins(neuron, act)
+                ok = b >= floor_bin[j]
+                neuron, act, b = neuron[ok], act[ok], b[ok]
+                self.count(neuron, b)
+                self.neuron.append(neuron), self.act.append(act)
+                self.where.append((p[ok].cpu() + (p0 + base)).int())
+                self.stored += len(act)
+                fresh += len(act)
+                if self.stored > self.bound:
+                    self.cut()
+                if fresh >= d:
+                    floor_bin, fresh = self.floor_bin(rows), 0
+                    admit = self.floor_value(floor_bin, rows).to(x.device)
 
     def cut(self) -> None:
         """Drop what is stored below each neuron's floor bin."""
@@ -238,7 +243,7 @@ class SampleRows:
         """[n] where each neuron's rows stop (after select): the lowest activation it kept
         where it kept its whole budget, else its limit."""
         assert self.selected, "sample_cut() reads select()'s rows"
-        neuron, act = (torch.cat(c).numpy() if c else np.zeros(0, np.int32) for c in (self.neuron, self.act))
+        neuron, act = (self.neuron[0].numpy(), self.act[0].numpy()) if self.act else (np.zeros(0, np.int32),) * 2
         low = np.full(self.n, np.inf, np.float32)
         if len(act):
             starts = np.flatnonzero(np.r_[True, neuron[1:] != neuron[:-1]])

@@ -11,7 +11,8 @@ neuron's sites (labels read the primary site). Each answers its own question:
   passes the rule for a concept when top_share >= RULE_SHARE.
 * sample_share (second, over the activation sample): when the neuron fires anywhere in
   the sampled text, is it on the concept? The share of its recorded activation (every
-  activation above the index threshold, weighted by its value) on the concept's tokens,
+  activation above its neurons.sample_cut, the index threshold unless the budget of rows
+  bound it; weighted by its value) on the concept's tokens,
   read against base_rate, the concept's share of the sampled tokens. It does not
   penalise a sparse neuron: one that fires on a few base64 strings and nothing else
   scores 1, however rare its firings. It checks that the top-K are not a fluke of K
@@ -21,7 +22,7 @@ neuron's sites (labels read the primary site). Each answers its own question:
   concept (a run of consecutive concept tokens: one base64 string, one "twelve tired
   workers"), at its strongest token, outranks a chunk of other text as long as a typical
   occurrence; ties count half (Mann-Whitney). The `activations` table is sparse (only
-  activations above the threshold), so unrecorded tokens tie at the bottom: a neuron
+  activations above the neuron's sample_cut), so unrecorded tokens tie at the bottom: a neuron
   that fires at random scores about 0.5, and one narrower than the detector (a base64
   neuron that fires on PEM certificates only) scores lower. Shown, never used to label.
 
