@@ -26,6 +26,7 @@ from pathlib import Path
 
 import duckdb
 import numpy as np
+import pandas as pd
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 ROOT = Path(__file__).resolve().parent.parent
@@ -107,7 +108,7 @@ def describe(fa, fb) -> str:
         return f"{fa.shape[0]} rows unbounded, {fb.shape[0]} bounded"
     if fa.equals(fb):
         return f"equal ({len(fa)} rows)"
-    nums = [c for c in fa.columns if np.issubdtype(fa[c].dtype, np.number)]
+    nums = [c for c in fa.columns if pd.api.types.is_numeric_dtype(fa[c])]
     others = [c for c in fa.columns if c not in nums]
     differ = [c for c in others if not fa[c].equals(fb[c])]
     rel = max((np.nanmax(np.abs(fa[c] - fb[c]) / np.maximum(np.abs(fa[c]), 1e-12)) for c in nums), default=0.0)
