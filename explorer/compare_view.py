@@ -6,7 +6,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from explorer import data, db, numbers
+from explorer import data, numbers
 from index.measure import compare
 from index.measure.autolabel import RULE_SHARE
 
@@ -88,7 +88,7 @@ def show() -> None:
     if groups is None:
         return
     rule = float(st.session_state.get("compare-rule", RULE_SHARE))
-    tables = db.read(data.db_path(), compare.compare_tables, groups, rule)
+    tables = data.computed(compare.compare_tables, groups, rule)
     cut = tables["verdict_cut"].iloc[0]
     numbers.table(compare.headline(tables), mean_score=st.column_config.NumberColumn(format="%.3f"),
                   median_density=st.column_config.NumberColumn("median density (> 0)", format="percent"),

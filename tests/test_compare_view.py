@@ -38,3 +38,31 @@ def test_compare_section_shows_the_report_tables(scored_db):
     assert len(difference) == 1 and difference[0].layer.tolist() == ["0", "1", "all"]
     at.multiselect[1].select("gelu-m").run()
     assert any("one group only" in c.value for c in at.caption)
+
+
+def test_the_comparison_is_computed_once_until_the_index_changes(scored_db, monkeypatch):
+    """It takes seconds on a GPT-2-small index: a rerun of the page (coming back to it, another
+    widget) reads it from the cache; a label save rewrites the file and computes it again."""
+    import functools
+
+    from streamlit.testing.v1 import AppTest
+
+    from explorer import db as app_db
+    from index.measure import compare
+
+    calls = []
+
+    @functools.wraps(compare.compare_tables)
+    def counted(*args, **kwargs):
+        calls.append(args[1:])
+        return counted.__wrapped__(*args, **kwargs)
+
+    monkeypatch.setattr(compare, "compare_tables", counted)
+    at = AppTest.from_function(section, default_timeout=60).run()
+    first = at.dataframe[0].value
+    at.run()
+    assert len(calls) == 1 and at.dataframe[0].value.equals(first)
+    app_db.write_label(scored_db, "gelu-m", 0, 1, "a label")  # as the app saves one
+    at.run()
+    assert len(calls) == 2 and not at.exception
+    assert at.dataframe[0].value.frac_human_labeled.tolist() == [1 / 16, 0.0]
