@@ -66,3 +66,21 @@ def test_the_comparison_is_computed_once_until_the_index_changes(scored_db, monk
     at.run()
     assert len(calls) == 2 and not at.exception
     assert at.dataframe[0].value.frac_human_labeled.tolist() == [1 / 16, 0.0]
+
+
+def test_the_share_histogram_is_binned_before_it_is_sent():
+    """One row per bin and model, as Vega-Lite's bin (step 0.05 over [0, 1]) would count the
+    neurons: a share on a bin's edge starts that bin (3/20 is 0.15 in float), 1 is in the
+    last bin, a neuron without top examples (NaN) in none."""
+    import numpy as np
+    import pandas as pd
+
+    from explorer.compare_view import share_bins
+
+    shares = [0.0, 0.04, 0.05, 3 / 20, 0.15, 0.999, 1.0, np.nan, 16 / 20]
+    best = pd.DataFrame({"model_id": ["a"] * 6 + ["b"] * 3, "top_share": shares})
+    got = share_bins(best).sort_values(["model_id", "lo"]).reset_index(drop=True)
+    want = pd.DataFrame({"model_id": ["a", "a", "a", "a", "b", "b"], "lo": [0.0, 0.05, 0.15, 0.95, 0.8, 0.95],
+                         "neurons": [2, 1, 2, 1, 1, 1]})
+    assert got.model_id.tolist() == want.model_id.tolist() and got.neurons.tolist() == want.neurons.tolist()
+    assert np.allclose(got.lo, want.lo) and np.allclose(got.hi - got.lo, 0.05)
