@@ -210,7 +210,8 @@ def test_a_rule_holds_where_its_definition_says_for_every_mix_of_kinds():
         if kind[e] == RuleKind.CONCEPT:
             ids[e, 0] = rng.integers(0, len(concepts))
         elif kind[e] == RuleKind.IN_CONCEPT:
-            ids[e, 0] = rng.integers(0, len(concepts)) * positions.n_tokens + positions.features[rng.integers(0, len(tokens)), 0]
+            token = positions.features[rng.integers(0, len(tokens)), 0]
+            ids[e, 0] = rng.integers(0, len(concepts)) * positions.n_tokens + token
         else:
             column = positions.features[:, kind[e] - 1]
             ids[e, :rng.integers(1, 4)] = rng.choice(column, 3)[:1] if rng.random() < 0.5 else column[rows[e]]
