@@ -1,10 +1,14 @@
 """The pages' way to the database: which file, cached query results, label writes.
 
 Query results are cached per (file, file version), so a re-index or a label save (both
-rewrite the file) is picked up on the next run; labels themselves are read uncached.
+rewrite the file) is picked up on the next run; labels themselves are read uncached. The
+measures a page computes from the whole index (the Models page's comparison: seconds on
+a GPT-2-small index) are cached the same way (`computed`), so coming back to the page or
+changing one of its other widgets does not compute them again.
 """
 from __future__ import annotations
 
+import importlib
 import os
 from pathlib import Path
 
@@ -39,7 +43,15 @@ def require_db() -> Path:
 
 @st.cache_data(max_entries=512, show_spinner=False)
 def _cached(path: str, version: tuple, name: str, args: tuple, kwargs: tuple):
-    return db.read(path, getattr(queries, name), *args, **dict(kwargs))
+    return db.read(path, _function(name), *args, **dict(kwargs))
+
+
+def _function(name: str):
+    """queries.<name>, or for 'module:function' that module's function."""
+    if ":" not in name:
+        return getattr(queries, name)
+    module, function = name.split(":")
+    return getattr(importlib.import_module(module), function)
 
 
 def query(name: str, *args, **kwargs):
@@ -50,6 +62,12 @@ def query(name: str, *args, **kwargs):
     except OSError:
         raise UserError(f"database {path} not found (build one with 'solu index')") from None
     return _cached(str(path), version, name, args, tuple(sorted(kwargs.items())))
+
+
+def computed(fn, *args, **kwargs):
+    """fn(con, *args, **kwargs) for a module-level function outside queries (a measure that
+    reads the whole index), cached like `query` until the database file changes."""
+    return query(f"{fn.__module__}:{fn.__name__}", *args, **kwargs)
 
 
 def fresh(name: str, *args, **kwargs):

@@ -6,7 +6,7 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from explorer import data, db, numbers
+from explorer import data, numbers
 from index.measure.experiment_report import MEASURES, experiment_tables
 from index.store.queries import has_table
 
@@ -30,7 +30,7 @@ def tables(con) -> dict:
 
 
 def show() -> None:
-    found = db.read(data.db_path(), tables)
+    found = data.computed(tables)
     if not found:
         return
     st.subheader("The experiment: GELU vs SoLU across sizes and seeds")

@@ -16,11 +16,14 @@ JOIN neurons n USING (model_id, layer, neuron, site)
 WHERE n.is_primary AND t.token = ' return'
 GROUP BY ALL ORDER BY hits DESC, mean_share_of_max DESC LIMIT 10
 
--- pairs of neurons that fire on the same tokens most often
-SELECT a.model_id, a.layer, a.neuron, b.layer AS layer_b, b.neuron AS neuron_b, count(*) AS together
-FROM activations a JOIN activations b USING (model_id, site, doc_id, pos)
-WHERE a.site IN ('post', 'pre_ln') AND a.layer * 100000 + a.neuron < b.layer * 100000 + b.neuron
-GROUP BY ALL ORDER BY together DESC, 1, 2, 3, 4, 5 LIMIT 10
+-- the neurons that fire on the same tokens as one neuron most often (here: the strongest primary-site neuron)
+WITH one AS (SELECT model_id, layer, neuron, site FROM neurons WHERE is_primary
+             ORDER BY max_act DESC, model_id, layer, neuron LIMIT 1),
+fired AS (SELECT a.model_id, a.site, a.doc_id, a.pos FROM activations a JOIN one USING (model_id, layer, neuron, site))
+SELECT o.model_id, o.layer, o.neuron, b.layer AS layer_b, b.neuron AS neuron_b, count(*) AS together
+FROM fired JOIN activations b USING (model_id, site, doc_id, pos) CROSS JOIN one o
+WHERE NOT (b.layer = o.layer AND b.neuron = o.neuron)
+GROUP BY ALL ORDER BY together DESC, layer_b, neuron_b LIMIT 10
 
 -- neurons whose explanation predicts their held-out activations best (solu autolabel)
 SELECT model_id, layer, neuron, kind, explanation, round(score, 3) AS score,
@@ -51,17 +54,18 @@ SELECT m.model_id, m.act_fn, round(m.eval_loss, 3) AS eval_loss,
 FROM neurons n JOIN models m USING (model_id) WHERE n.is_primary
 GROUP BY ALL ORDER BY m.model_id
 
--- the tokens that most often carry a top example's max (one row per token of a window: example_tokens)
-SELECT model_id, token, count(*) AS top_examples, count(DISTINCT (layer, neuron)) AS neurons
-FROM example_tokens WHERE kind = 'top' AND window_pos = max_pos
+-- the tokens that most often carry a top example's max (tokens[max_pos + 1]: lists count from 1)
+SELECT model_id, tokens[max_pos + 1] AS token, count(*) AS top_examples, count(DISTINCT (layer, neuron)) AS neurons
+FROM examples WHERE kind = 'top' AND max_pos < len(tokens)
 GROUP BY ALL ORDER BY top_examples DESC, model_id, token LIMIT 10
 
 -- the heatmap of one example, token by token: the best example of the GELU neuron with the largest max
 WITH best AS (SELECT model_id, layer, neuron, site FROM neurons WHERE site = 'post'
-              ORDER BY max_act DESC, model_id, layer, neuron LIMIT 1)
-SELECT e.window_pos, e.pos, e.token, round(e.act, 3) AS act
-FROM example_tokens e JOIN best USING (model_id, layer, neuron, site)
-WHERE e.kind = 'top' AND e.rank = 1 ORDER BY e.window_pos
+              ORDER BY max_act DESC, model_id, layer, neuron LIMIT 1),
+example AS (SELECT e.start_pos, e.tokens, e.acts, generate_subscripts(e.tokens, 1) AS i
+            FROM examples e JOIN best USING (model_id, layer, neuron, site) WHERE e.kind = 'top' AND e.rank = 1)
+SELECT i - 1 AS window_pos, start_pos + i - 1 AS pos, tokens[i] AS token, round(acts[i], 3) AS act
+FROM example ORDER BY window_pos
 
 -- neurons whose direct effect on the logits most promotes one token
 SELECT model_id, layer, neuron, token, round(weight, 3) AS weight FROM logits

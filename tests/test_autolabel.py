@@ -73,6 +73,18 @@ def test_occurrence_auroc_matches_brute_force():
         assert got[g] == pytest.approx(brute_occurrence_auroc(censored[g], mask, doc_start), abs=1e-12)
 
 
+@pytest.mark.parametrize("fill", [False, True])
+def test_occurrence_auroc_without_an_occurrence_or_without_other_text_is_nan(fill):
+    """A concept absent from the sample (or everywhere in it) has no AUROC: NaN, what
+    auroc_by_group gives without positive (or negative) units, now without computing it."""
+    rng = np.random.default_rng(2)
+    dense = rng.normal(size=(3, 50))
+    group, token = np.nonzero(dense > 0.4)
+    mask, doc_start = np.full(50, fill), np.arange(50) % 10 == 0
+    got = occurrence_auroc(group, token, dense[group, token], mask, doc_start, 3)
+    assert got.shape == (3,) and np.isnan(got).all()
+
+
 def test_occurrence_auroc_rewards_firing_once_per_occurrence():
     # 3 occurrences of 3 tokens each; the neuron fires on the last token of each only
     mask = np.array([0, 1, 1, 1, 0, 0, 1, 1, 1, 0, 1, 1, 1, 0], dtype=bool)

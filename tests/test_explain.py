@@ -190,3 +190,46 @@ def test_a_user_regex_explanation_can_be_evaluated_again():
     rule = rule_of(positions, 0, np.array([0, -1, -1]))
     assert rule.args == ("todo", "TODO") and rule.text == "todo"
     assert Rule(*[rule.kind, tuple(rule.args)]).mask(tokens).tolist() == [False, True, False, False, True]
+
+
+def test_a_rule_holds_where_its_definition_says_for_every_mix_of_kinds():
+    """_holds reads, for each entry, only what its kind needs; entries of mixed kinds in one
+    call (each neuron's own explanation) against a loop over the definitions."""
+    from index.measure.explain import _holds
+    from index.measure.records import N_FEATURES, RuleKind, build_positions
+
+    tokens = (" the 12 cats , then 3 dogs\n def f ( x ) :\n return x".split(" ") * 3)
+    concepts = [CONCEPTS["number"], CONCEPTS["code_keyword"], CONCEPTS["punctuation"]]
+    positions = build_positions(np.zeros(len(tokens), np.int64), np.arange(len(tokens)), tokens, concepts)
+    rng = np.random.default_rng(0)
+    n = 400
+    rows = rng.integers(0, len(tokens), n)
+    kind = rng.integers(0, len(RuleKind), n)
+    ids = np.full((n, 3), -1, np.int64)
+    for e in range(n):
+        if kind[e] == RuleKind.CONCEPT:
+            ids[e, 0] = rng.integers(0, len(concepts))
+        elif kind[e] == RuleKind.IN_CONCEPT:
+            token = positions.features[rng.integers(0, len(tokens)), 0]
+            ids[e, 0] = rng.integers(0, len(concepts)) * positions.n_tokens + token
+        else:
+            column = positions.features[:, kind[e] - 1]
+            ids[e, :rng.integers(1, 4)] = rng.choice(column, 3)[:1] if rng.random() < 0.5 else column[rows[e]]
+    ids[rng.random(n) < 0.1, 0] = -1  # unusable candidates hold nowhere
+
+    def definition(e: int) -> bool:
+        k, i, r = kind[e], ids[e], rows[e]
+        if k == RuleKind.CONCEPT:
+            return i[0] >= 0 and bool(positions.bits[r, i[0]])
+        if k == RuleKind.IN_CONCEPT:
+            return (i[0] >= 0 and bool(positions.bits[r, i[0] // positions.n_tokens])
+                    and positions.features[r, 0] == i[0] % positions.n_tokens)
+        f = positions.features[r, min(k - 1, N_FEATURES - 1)]
+        return f >= 0 and f in i
+
+    want = np.array([definition(e) for e in range(n)])
+    assert want.any() and not want.all()
+    assert np.array_equal(_holds(positions, rows, kind, ids), want)
+    for k in (RuleKind.CONCEPT, RuleKind.TOKENS, RuleKind.IN_CONCEPT):  # one kind per call, as a candidate column
+        one = kind == k
+        assert np.array_equal(_holds(positions, rows[one], kind[one], ids[one]), want[one])

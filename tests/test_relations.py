@@ -171,6 +171,65 @@ def test_match_refuses_models_whose_tokens_differ(tmp_path, capsys):
     con.close()
 
 
+def correlated_pair(path):
+    """Models 'a' and 'b' (2 layers x 8 neurons) on the same documents: b's neurons are
+    noisy mixes of a's, b's neuron 7 of layer 1 never fires (a dead neuron); the dense
+    [tokens, neurons] activations the activations table holds (0 where unrecorded)."""
+    import random
+
+    from helpers.measure_db import THRESHOLD, dense_activations, documents, insert_model
+    from index.store.schema import migrate
+
+    con = duckdb.connect(str(path))
+    migrate(con)
+    docs = documents(40, random.Random(1))
+    rng = np.random.default_rng(2)
+    a = [dense_activations(docs, 8, np.random.default_rng(layer)) for layer in range(2)]
+    mix = rng.normal(size=(2, 8, 8))
+    b = [[np.maximum(mix[layer] @ x, 0).astype(np.float32) + dense_activations([d], 8, rng)[0]
+          for x, d in zip(a[layer], docs)] for layer in range(2)]
+    for x in b[1]:
+        x[7] = 0.0
+    insert_model(con, "a", "gelu", docs, a, top_k=5)
+    insert_model(con, "b", "gelu", docs, b, top_k=5)
+    con.close()
+    dense = [np.concatenate([np.concatenate(layer, axis=1) for layer in layers], axis=0).T for layers in (a, b)]
+    return [np.where(x > THRESHOLD, x, 0.0).astype(np.float64) for x in dense]  # [tokens, 16] each
+
+
+@pytest.mark.parametrize("block_neurons, cache_blocks", [(None, None), (3, None), (3, 0), (3, 2)])
+def test_matches_are_the_top_correlations_in_every_blocking(tmp_path, monkeypatch, block_neurons, cache_blocks):
+    """Pearson r of the dense activations by brute force, against `solu match` in one block;
+    in blocks of 3 neurons with b's blocks kept; read again for each of a's blocks (no
+    cache); and a's blocks held two at a time (b's do not fit)."""
+    from index.measure import matches
+    from solu.cli import main
+
+    db = tmp_path / "corr.duckdb"
+    xa, xb = correlated_pair(db)
+    tokens = len(xa)
+    if block_neurons:
+        monkeypatch.setattr(matches, "BLOCK_BYTES", 4 * tokens * block_neurons)
+    if cache_blocks is not None:
+        monkeypatch.setattr(matches, "CACHE_BYTES", 4 * tokens * block_neurons * cache_blocks)
+    assert main(["match", "--db", str(db), "a", "b", "--top", "3", "--no-progress"]) == 0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        r = np.corrcoef(xa.T, xb.T)[:16, 16:]
+    r[:, 15] = 0.0  # b's dead neuron: correlates 0 with every other
+    con = duckdb.connect(str(db), read_only=True)
+    got = con.execute("SELECT model_id, layer * 8 + neuron AS i, other_layer * 8 + other_neuron AS j, rank, r, tokens "
+                      "FROM neuron_matches ORDER BY model_id, i, rank").df()
+    con.close()
+    assert len(got) == 2 * 16 * 3 and (got.tokens == tokens).all()
+    for model_id, scores in (("a", r), ("b", r.T)):
+        mine = got[got.model_id == model_id]
+        for i in range(16):
+            rows = mine[mine.i == i]
+            want = np.sort(scores[i])[::-1][:3]
+            assert np.allclose(rows.r, want, atol=1e-5), (model_id, i)
+            assert np.allclose(scores[i][rows.j.to_numpy()], rows.r, atol=1e-5)  # each r is that pair's
+
+
 @pytest.fixture(scope="module")
 def ablated(tmp_path_factory, tiny_checkpoints, tiny_corpus):
     db = tmp_path_factory.mktemp("abl") / "abl.duckdb"

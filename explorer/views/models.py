@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import streamlit as st
 
-from explorer import compare_view, data, db, experiment_view, numbers
+from explorer import compare_view, data, experiment_view, numbers
 from explorer.render import md_escape
 from index.measure import compare
 
@@ -139,7 +139,7 @@ def loss_metrics(summary: pd.DataFrame) -> None:
 def side_by_side(summary: pd.DataFrame, models: pd.DataFrame, colours: alt.Scale) -> None:
     st.subheader("GELU and SoLU side by side")
     loss_metrics(summary)
-    stats = db.read(data.db_path(), compare.neuron_stats, list(models.model_id))
+    stats = data.computed(compare.neuron_stats, list(models.model_id))
     a, b = st.columns(2)
     a.caption("Share of neurons with a human label")
     a.altair_chart(bar(summary, "frac_labeled", "labeled", colours), width="stretch")

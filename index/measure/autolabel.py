@@ -137,6 +137,8 @@ def occurrence_auroc(group: np.ndarray, token: np.ndarray, acts: np.ndarray, mas
         order = np.lexsort((token, group))
         group, token, level = group[order], token[order], level[order]
     unit, n_runs, n_units = occurrence_units(mask, doc_start)
+    if n_runs == 0 or n_runs == n_units:  # no occurrence, or nothing else: no AUROC (auroc_by_group's NaN)
+        return np.full(n_groups, np.nan)
     key = group * n_units + unit[token]  # non-decreasing: units grow with the token index
     starts = np.flatnonzero(np.concatenate(([True], key[1:] != key[:-1]))) if len(key) else np.zeros(0, np.int64)
     strongest = np.maximum.reduceat(level, starts) if len(starts) else level

@@ -180,17 +180,47 @@ def _lookup(table, record: np.ndarray, kind: np.ndarray, ids: np.ndarray) -> np.
 
 
 def _holds(positions: Positions, rows: np.ndarray, kind: np.ndarray, ids: np.ndarray) -> np.ndarray:
-    """Whether each entry's rule (kind (E,), ids (E, 3)) holds at its position row."""
-    feature = positions.features[rows, np.clip(kind - 1, 0, N_FEATURES - 1)]
-    match = (feature >= 0) & (feature[:, None] == ids).any(axis=1)
+    """Whether each entry's rule (kind (E,), ids (E, 3)) holds at its position row. Each
+    kind reads only what it needs (a column of candidates has one kind for every entry)."""
+    special = (kind == RuleKind.CONCEPT) | (kind == RuleKind.IN_CONCEPT)
+    out = np.zeros(len(rows), dtype=bool)
+    for where, holds in ((~special, _feature_holds), (special, _concept_holds)):
+        if where.all():
+            return holds(positions, rows, kind, ids)
+        if where.any():
+            out[where] = holds(positions, rows[where], kind[where], ids[where])
+    return out
+
+
+def _column_holds(positions: Positions, rows: np.ndarray, neuron: np.ndarray, kind: np.ndarray,
+                  ids: np.ndarray) -> np.ndarray:
+    """_holds for entries of neurons `neuron` under each neuron's rule (kind (N,), ids (N, 3)):
+    a column of candidates where every neuron has the same concept reads that concept's
+    bits alone, without gathering each entry's rule."""
     n_concepts = positions.bits.shape[1]
-    if n_concepts:
-        c = np.where(kind == RuleKind.IN_CONCEPT, np.maximum(ids[:, 0], 0) // positions.n_tokens, ids[:, 0])
-        bit = positions.bits[rows, np.clip(c, 0, n_concepts - 1)] & (ids[:, 0] >= 0)
-    else:
-        bit = np.zeros(len(rows), bool)
-    token = positions.features[rows, 0] == np.maximum(ids[:, 0], 0) % positions.n_tokens
-    return np.select([kind == RuleKind.CONCEPT, kind == RuleKind.IN_CONCEPT], [bit, bit & token], match)
+    if (len(kind) and n_concepts and (kind == RuleKind.CONCEPT).all() and ids[0, 0] >= 0
+            and (ids[:, 0] == ids[0, 0]).all()):
+        return positions.bits[rows, min(int(ids[0, 0]), n_concepts - 1)]
+    return _holds(positions, rows, kind[neuron], ids[neuron])
+
+
+def _feature_holds(positions: Positions, rows: np.ndarray, kind: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """Kinds TOKENS to EXACT: the position's feature of that kind is one of the ids."""
+    feature = positions.features[rows, np.clip(kind - 1, 0, N_FEATURES - 1)]
+    return (feature >= 0) & (feature[:, None] == ids).any(axis=1)
+
+
+def _concept_holds(positions: Positions, rows: np.ndarray, kind: np.ndarray, ids: np.ndarray) -> np.ndarray:
+    """CONCEPT: the concept's bit at the position; IN_CONCEPT: that and the token."""
+    n_concepts = positions.bits.shape[1]
+    if not n_concepts:
+        return np.zeros(len(rows), dtype=bool)
+    in_concept = kind == RuleKind.IN_CONCEPT
+    c = np.where(in_concept, np.maximum(ids[:, 0], 0) // positions.n_tokens, ids[:, 0])
+    bit = positions.bits[rows, np.clip(c, 0, n_concepts - 1)] & (ids[:, 0] >= 0)
+    if in_concept.any():
+        bit &= ~in_concept | (positions.features[rows, 0] == np.maximum(ids[:, 0], 0) % positions.n_tokens)
+    return bit
 
 
 def _top_ids(neuron: np.ndarray, ids: np.ndarray, n: int, k: int) -> np.ndarray:
@@ -324,8 +354,8 @@ def choose_on_fit(positions: Positions, sample: Sample, chunk: Chunk, fit_table)
     stats[:, :, Stat.N] = (np.bincount(t_nb, minlength=n) + n_sample_fit)[:, None]
     stats[:, :, Stat.SUM_A], stats[:, :, Stat.SUM_AA] = sum_a[:, None], sum_aa[:, None]
     for j in range(m):
-        on_tok = _holds(positions, t_row, kinds[t_nb, j], ids[t_nb, j])
-        on_rec = _holds(positions, r_row, kinds[r_nb, j], ids[r_nb, j])
+        on_tok = _column_holds(positions, t_row, t_nb, kinds[:, j], ids[:, j])
+        on_rec = _column_holds(positions, r_row, r_nb, kinds[:, j], ids[:, j])
         in_sample = _lookup(fit_table, np.zeros(1, np.int64), kinds[:, j], ids[:, j])[:, 0]
         stats[:, j, Stat.SUM_P] = np.bincount(t_nb, weights=on_tok, minlength=n) + in_sample
         stats[:, j, Stat.SUM_PA] = (np.bincount(t_nb, weights=on_tok * t_act, minlength=n)

@@ -8,9 +8,13 @@ table records what exceeds the index threshold, and a token it does not record c
 0 for that neuron). Every primary-site neuron of each model gets its --top best matches in
 the other, written to `neuron_matches` (the pair's earlier matches are replaced).
 
-The work is a correlation matrix between the two models' neurons, computed in blocks of
-neurons (the product of the raw activations in float32, centred afterwards) so that
-memory stays under about 1 GB whatever the models' size.
+The work is a correlation matrix between the two models' primary-site neurons, in blocks
+of neurons of one layer: each block is read from the `activations` table into a dense
+[tokens, neurons] array, every column centred and scaled to unit length (float64, then
+float32), so one float32 product of two blocks is their r. What is held at once is
+bounded whatever the models' size: a block is at most BLOCK_BYTES and MAX_BLOCK neurons
+(the r of two blocks at most MAX_BLOCK^2 floats), and the blocks kept between passes
+(the other model's, when they all fit, else a group of this model's) at most CACHE_BYTES.
 """
 from __future__ import annotations
 
@@ -28,7 +32,8 @@ from index.store.queries import require_models
 from solu.errors import UserError
 
 BLOCK_BYTES = 128 * 2**20  # one dense block of activations (tokens x neurons, float32)
-CACHE_BYTES = 1 << 30  # the other model's blocks are kept between passes when they fit in this
+MAX_BLOCK = 4096  # neurons in a block at most: the r of two blocks is at most 64 MB
+CACHE_BYTES = 1 << 30  # blocks kept between passes over the other model
 METHOD = "activations"
 
 
@@ -55,45 +60,52 @@ def check_same_tokens(a: str, b: str, ta: pd.DataFrame, tb: pd.DataFrame) -> Non
 
 
 def neuron_list(con, model_id: str) -> pd.DataFrame:
-    return con.execute("SELECT layer, neuron FROM neurons WHERE model_id = ? AND is_primary ORDER BY layer, neuron",
-                       [model_id]).df()
+    """The model's primary-site neurons (layer, neuron, site), in (layer, neuron) order."""
+    return con.execute("SELECT layer, neuron, site FROM neurons WHERE model_id = ? AND is_primary "
+                       "ORDER BY layer, neuron", [model_id]).df()
 
 
-def dense_block(con, model_id: str, neurons: pd.DataFrame, keys: np.ndarray) -> np.ndarray:
-    """[tokens, len(neurons)] activations over the sample (unrecorded tokens 0)."""
-    con.register("wanted", neurons.assign(col=np.arange(len(neurons))))
-    rows = con.execute("""
-        SELECT w.col, a.doc_id, a.pos, a.act FROM activations a
-        JOIN neurons n USING (model_id, layer, neuron, site)
-        JOIN wanted w ON w.layer = a.layer AND w.neuron = a.neuron
-        WHERE a.model_id = ? AND n.is_primary""", [model_id]).fetchnumpy()
-    con.unregister("wanted")
-    out = np.zeros((len(keys), len(neurons)), np.float32)
-    key = position_key(np.asarray(rows["doc_id"], np.int64), np.asarray(rows["pos"], np.int64))
-    at = np.minimum(np.searchsorted(keys, key), max(len(keys) - 1, 0))
-    if len(key) and (keys[at] != key).any():
-        raise UserError(f"model {model_id!r} has activations outside its activation sample; re-index it")
-    out[at, np.asarray(rows["col"], np.int64)] = rows["act"]
+def blocks(neurons: pd.DataFrame, width: int) -> list[tuple[int, int]]:
+    """(start, stop) rows of `neurons` in blocks of at most `width`, none across two layers."""
+    layer = neurons.layer.to_numpy()
+    edges = np.flatnonzero(np.diff(layer)) + 1 if len(layer) else np.zeros(0, np.int64)
+    out = []
+    for lo, hi in zip(np.concatenate(([0], edges)), np.concatenate((edges, [len(layer)]))):
+        out += [(int(i), int(min(i + width, hi))) for i in range(int(lo), int(hi), width)]
     return out
 
 
-def _moments(block: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(activations, mean, standard deviation) of each neuron (column) of a block."""
-    x = torch.from_numpy(block)
-    mean = x.double().mean(0)
-    std = (x.double().pow(2).mean(0) - mean * mean).clamp_min(0).sqrt()
-    return x, mean, std
+def dense_block(con, model_id: str, neurons: pd.DataFrame, keys: np.ndarray) -> np.ndarray:
+    """[tokens, len(neurons)] activations over the sample (unrecorded tokens 0) of neurons
+    of one layer and site, read by their range of neuron ids."""
+    layer, site = int(neurons.layer.iloc[0]), str(neurons.site.iloc[0])
+    ids = neurons.neuron.to_numpy(np.int64)
+    rows = con.execute("""
+        SELECT neuron, doc_id, pos, act FROM activations
+        WHERE model_id = ? AND site = ? AND layer = ? AND neuron BETWEEN ? AND ?""",
+                       [model_id, site, layer, int(ids.min()), int(ids.max())]).fetchnumpy()
+    neuron = np.asarray(rows["neuron"], np.int64)
+    col = np.minimum(np.searchsorted(ids, neuron), len(ids) - 1)
+    wanted = ids[col] == neuron
+    out = np.zeros((len(keys), len(ids)), np.float32)
+    key = position_key(np.asarray(rows["doc_id"], np.int64)[wanted], np.asarray(rows["pos"], np.int64)[wanted])
+    at = np.minimum(np.searchsorted(keys, key), max(len(keys) - 1, 0))
+    if len(key) and (keys[at] != key).any():
+        raise UserError(f"model {model_id!r} has activations outside its activation sample; re-index it")
+    out[at, col[wanted]] = np.asarray(rows["act"], np.float32)[wanted]
+    return out
 
 
-def _correlate(a, b, tokens: int) -> torch.Tensor:
-    """Pearson r between every column of a and of b ((x, mean, std) each): the product of
-    the raw activations in float32 (most are 0), centred afterwards in float64. A dead
-    neuron (std 0) correlates 0 with every other."""
-    xa, mean_a, std_a = a
-    xb, mean_b, std_b = b
-    cov = (xa.T @ xb).double() / tokens - mean_a[:, None] * mean_b[None, :]
-    scale = std_a[:, None] * std_b[None, :]
-    return torch.where(scale > 0, cov / torch.where(scale > 0, scale, torch.ones_like(scale)), torch.zeros_like(cov))
+def _normalised(block: np.ndarray) -> torch.Tensor:
+    """Each column centred and scaled to unit length (in float64, kept in float32), so the
+    product of two such blocks is Pearson r; a dead neuron's column (std 0) is 0, so it
+    correlates 0 with every other."""
+    x = torch.from_numpy(block).double()
+    constant = (x.amax(0) == x.amin(0)) if len(x) else torch.ones(x.shape[1], dtype=torch.bool)
+    x -= x.mean(0)
+    norm = torch.linalg.vector_norm(x, dim=0)
+    x /= torch.where(constant, torch.inf, norm)
+    return x.float()
 
 
 def best_matches(con, a: str, b: str, top: int, progress: bool = False) -> pd.DataFrame:
@@ -106,32 +118,53 @@ def best_matches(con, a: str, b: str, top: int, progress: bool = False) -> pd.Da
     na, nb = neuron_list(con, a), neuron_list(con, b)
     if na.empty or nb.empty:
         raise UserError(f"model {a if na.empty else b!r} has no indexed neurons to match")
-    width = max(1, BLOCK_BYTES // (4 * max(len(keys), 1)))
-    starts_b = range(0, len(nb), width)
-    keep_b = len(starts_b) * BLOCK_BYTES <= CACHE_BYTES  # b's blocks stay in memory between a's blocks
-    blocks_b: dict[int, tuple] = {}
-    best_a, best_b = [], {}  # a: (values, labels) per a-block; b: the same per b-block, running over a
+    column_bytes = 4 * max(len(keys), 1)
+    width = max(1, min(MAX_BLOCK, BLOCK_BYTES // column_bytes))
+    blocks_a, blocks_b = blocks(na, width), blocks(nb, width)
+    keep_b = len(nb) * column_bytes <= CACHE_BYTES  # b's blocks stay in memory between a's blocks
+    group = len(blocks_a) if keep_b else max(1, CACHE_BYTES // (width * column_bytes))  # a's blocks held at once
+    cache_b: dict[int, torch.Tensor] = {}
+    best_a: dict[int, tuple] = {}  # per block: (values, labels) of the running top, over the other model
+    best_b: dict[int, tuple] = {}
     with tqdm(total=len(na), desc=f"match {a} / {b}", unit="neuron", disable=not progress) as bar:
-        for i in range(0, len(na), 4 * width):  # a's blocks are 4x wider: b's are read a quarter as often
-            xa = _moments(dense_block(con, a, na.iloc[i:i + 4 * width], keys))
-            kept = (None, None)
-            for j in starts_b:
-                xb = blocks_b.get(j) or _moments(dense_block(con, b, nb.iloc[j:j + width], keys))
-                if keep_b:
-                    blocks_b[j] = xb
-                r = _correlate(xa, xb, len(keys))  # [block of a, block of b]
-                kept = merge_top(*kept, r, _labels(j, r), top)
-                best_b[j] = merge_top(*best_b.get(j, (None, None)), r.T, _labels(i, r.T), top)
-            best_a.append(kept)
-            bar.update(xa[0].shape[1])
-    joined_b = [best_b[j] for j in starts_b]
-    return pd.concat([_rows(a, na, b, nb, *map(torch.cat, zip(*best_a)), len(keys)),
-                      _rows(b, nb, a, na, *map(torch.cat, zip(*joined_b)), len(keys))], ignore_index=True)
+        for g in range(0, len(blocks_a), group):
+            held = {}
+            for i in range(g, min(g + group, len(blocks_a))):
+                held[i] = _normalised(dense_block(con, a, na.iloc[slice(*blocks_a[i])], keys))
+                if keep_b:  # b is read once: compute a's block against it now, then drop it
+                    _pass(con, b, nb, keys, {i: held.pop(i)}, blocks_a, blocks_b, cache_b, best_a, best_b, top)
+                    bar.update(blocks_a[i][1] - blocks_a[i][0])
+            if held:
+                _pass(con, b, nb, keys, held, blocks_a, blocks_b, None, best_a, best_b, top)
+                bar.update(sum(blocks_a[i][1] - blocks_a[i][0] for i in held))
+    return pd.concat([_rows(a, na, b, nb, *map(torch.cat, zip(*(best_a[i] for i in range(len(blocks_a))))),
+                            len(keys)),
+                      _rows(b, nb, a, na, *map(torch.cat, zip(*(best_b[j] for j in range(len(blocks_b))))),
+                            len(keys))], ignore_index=True)
 
 
-def _labels(offset: int, r: torch.Tensor) -> torch.Tensor:
-    """The other model's neuron index of each column of r (its first column is `offset`)."""
-    return (offset + torch.arange(r.shape[1]))[None, :].expand_as(r)
+def _pass(con, b, nb, keys, held: dict, blocks_a, blocks_b, cache_b: dict | None, best_a: dict, best_b: dict,
+          top: int) -> None:
+    """One pass over b's blocks (from cache_b where it has them) against a's `held` blocks,
+    merging each r into both running tops."""
+    for j, (lo, hi) in enumerate(blocks_b):
+        xb = cache_b.get(j) if cache_b is not None else None
+        if xb is None:
+            xb = _normalised(dense_block(con, b, nb.iloc[lo:hi], keys))
+            if cache_b is not None:
+                cache_b[j] = xb
+        for i, xa in held.items():
+            r = xa.T @ xb  # [block of a, block of b]
+            best_a[i] = merge_top(*best_a.get(i, (None, None)), *_block_top(r, 1, lo, top), top)
+            best_b[j] = merge_top(*best_b.get(j, (None, None)), *_block_top(r, 0, blocks_a[i][0], top), top)
+
+
+def _block_top(r: torch.Tensor, dim: int, offset: int, top: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The `top` largest r of each row (dim 1) or column (dim 0) of a block, as rows of
+    (values, the other model's neuron index: `offset` + place along dim), so that a merge
+    reads [rows, top] candidates instead of the whole block."""
+    values, at = torch.topk(r if dim == 1 else r.T.contiguous(), min(top, r.shape[dim]), dim=1)  # rows: faster
+    return values, at + offset
 
 
 def _rows(model, neurons, other, others, score, index, tokens) -> pd.DataFrame:

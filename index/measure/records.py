@@ -277,12 +277,14 @@ class Sample:
 # ---------------------------------------------------------------- reading the index
 
 def read_positions(con, model_id: str, concepts: list[Concept]) -> Positions:
-    """Every position a model's windows (at every site) and activation sample cover."""
+    """Every position a model's windows (at every site) and activation sample cover. The
+    windows are unnested in the select list (generate_subscripts): a lateral join over
+    `range` made DuckDB group by the token lists, 15x slower at GPT-2-small scale."""
     rows = con.execute("""
         WITH covered AS (
-            SELECT e.doc_id, e.start_pos + i - 1 AS pos, e.tokens[i] AS token
-            FROM examples e, range(1, len(e.tokens) + 1) r(i)
-            WHERE e.model_id = ?
+            SELECT doc_id, start_pos + i - 1 AS pos, tokens[i] AS token
+            FROM (SELECT doc_id, start_pos, tokens, generate_subscripts(tokens, 1) AS i
+                  FROM examples WHERE model_id = ?)
             UNION ALL SELECT doc_id, pos, token FROM tokens WHERE model_id = ?)
         SELECT doc_id, pos, any_value(token) AS token FROM covered GROUP BY doc_id, pos ORDER BY doc_id, pos""",
                        [model_id, model_id]).fetchnumpy()
