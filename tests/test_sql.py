@@ -177,9 +177,8 @@ VIEW_FORMS = {  # two examples as they read the example_tokens view, which unnes
 
 @pytest.mark.parametrize("start", list(VIEW_FORMS))
 def test_examples_that_unnest_one_list_answer_what_the_view_does(db, start):
-    """At GPT-2-small scale a query through example_tokens runs out of memory (the view
-    unnests 1.6M windows before any filter); these examples read `examples` directly and
-    give the view's answer."""
+    """These examples read `examples` directly (the view ran out of memory at GPT-2-small
+    scale before schema step 13) and give the view's answer."""
     title = next(t for t in EXAMPLES if t.startswith(start))
     mine, _ = run_query(db, EXAMPLES[title])
     view, _ = run_query(db, VIEW_FORMS[start])

@@ -217,13 +217,21 @@ MIGRATIONS: list[str] = [
                                             s.concept) = 1;
     """,
     # 13: the activations table keeps each neuron's highest sample activations within a budget
-    # of rows (index.engine.sample_rows): the run's budget, and where each neuron's rows stop
+    # of rows (index.engine.sample_rows): the run's budget, and where each neuron's rows stop;
+    # example_tokens without a lateral join
     """
     ALTER TABLE index_runs ADD COLUMN sample_rows BIGINT;
     ALTER TABLE neurons ADD COLUMN sample_cut FLOAT;
     CREATE OR REPLACE VIEW latest_runs AS
         SELECT * FROM index_runs
         QUALIFY row_number() OVER (PARTITION BY model_id ORDER BY started_at DESC, run_id DESC) = 1;
+    -- example_tokens unnests in the select list: the lateral range join ran out of memory on
+    -- GPT-2 small's examples even for one neuron
+    CREATE OR REPLACE VIEW example_tokens AS
+        SELECT model_id, layer, neuron, site, kind, band, rank, doc_id, example_max,
+               start_pos + window_pos AS pos, window_pos, tokens[window_pos + 1] AS token, acts[window_pos + 1] AS act,
+               max_pos, window_pos = max_pos AS is_max
+        FROM (SELECT *, max_act AS example_max, unnest(range(len(tokens))) AS window_pos FROM examples);
     """,
 ]
 

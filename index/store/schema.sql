@@ -207,11 +207,11 @@ CREATE VIEW current_labels AS     -- the latest label per neuron and source
                                      ORDER BY created_at DESC, label_id DESC) AS rn
         FROM labels) WHERE rn = 1;
 
-CREATE VIEW example_tokens AS     -- 4: examples one token per row
-    SELECT model_id, layer, neuron, site, kind, band, rank, doc_id, max_act AS example_max,
-           start_pos + i - 1 AS pos, i - 1 AS window_pos, tokens[i] AS token, acts[i] AS act,
-           max_pos, i - 1 = max_pos AS is_max
-    FROM examples, range(1, len(tokens) + 1) AS r(i);
+CREATE VIEW example_tokens AS     -- 4: examples one token per row (13: unnested in the select list)
+    SELECT model_id, layer, neuron, site, kind, band, rank, doc_id, example_max,
+           start_pos + window_pos AS pos, window_pos, tokens[window_pos + 1] AS token, acts[window_pos + 1] AS act,
+           max_pos, window_pos = max_pos AS is_max
+    FROM (SELECT *, max_act AS example_max, unnest(range(len(tokens))) AS window_pos FROM examples);
 
 CREATE VIEW latest_runs AS        -- 7: each model's latest index run
     SELECT * FROM index_runs
