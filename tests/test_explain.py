@@ -193,9 +193,9 @@ def test_a_user_regex_explanation_can_be_evaluated_again():
 
 
 def test_a_rule_holds_where_its_definition_says_for_every_mix_of_kinds():
-    """_holds reads, for each entry, only what its kind needs; entries of mixed kinds in one
+    """rule_holds reads, for each entry, only what its kind needs; entries of mixed kinds in one
     call (each neuron's own explanation) against a loop over the definitions."""
-    from index.measure.explain import _holds
+    from index.measure.explain import rule_holds
     from index.measure.records import N_FEATURES, RuleKind, build_positions
 
     tokens = (" the 12 cats , then 3 dogs\n def f ( x ) :\n return x".split(" ") * 3)
@@ -229,7 +229,7 @@ def test_a_rule_holds_where_its_definition_says_for_every_mix_of_kinds():
 
     want = np.array([definition(e) for e in range(n)])
     assert want.any() and not want.all()
-    assert np.array_equal(_holds(positions, rows, kind, ids), want)
+    assert np.array_equal(rule_holds(positions, rows, kind, ids), want)
     for k in (RuleKind.CONCEPT, RuleKind.TOKENS, RuleKind.IN_CONCEPT):  # one kind per call, as a candidate column
         one = kind == k
-        assert np.array_equal(_holds(positions, rows[one], kind[one], ids[one]), want[one])
+        assert np.array_equal(rule_holds(positions, rows[one], kind[one], ids[one]), want[one])

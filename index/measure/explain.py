@@ -179,7 +179,7 @@ def _lookup(table, record: np.ndarray, kind: np.ndarray, ids: np.ndarray) -> np.
     return total
 
 
-def _holds(positions: Positions, rows: np.ndarray, kind: np.ndarray, ids: np.ndarray) -> np.ndarray:
+def rule_holds(positions: Positions, rows: np.ndarray, kind: np.ndarray, ids: np.ndarray) -> np.ndarray:
     """Whether each entry's rule (kind (E,), ids (E, 3)) holds at its position row. Each
     kind reads only what it needs (a column of candidates has one kind for every entry)."""
     special = (kind == RuleKind.CONCEPT) | (kind == RuleKind.IN_CONCEPT)
@@ -194,14 +194,14 @@ def _holds(positions: Positions, rows: np.ndarray, kind: np.ndarray, ids: np.nda
 
 def _column_holds(positions: Positions, rows: np.ndarray, neuron: np.ndarray, kind: np.ndarray,
                   ids: np.ndarray) -> np.ndarray:
-    """_holds for entries of neurons `neuron` under each neuron's rule (kind (N,), ids (N, 3)):
+    """rule_holds for entries of neurons `neuron` under each neuron's rule (kind (N,), ids (N, 3)):
     a column of candidates where every neuron has the same concept reads that concept's
     bits alone, without gathering each entry's rule."""
     n_concepts = positions.bits.shape[1]
     if (len(kind) and n_concepts and (kind == RuleKind.CONCEPT).all() and ids[0, 0] >= 0
             and (ids[:, 0] == ids[0, 0]).all()):
         return positions.bits[rows, min(int(ids[0, 0]), n_concepts - 1)]
-    return _holds(positions, rows, kind[neuron], ids[neuron])
+    return rule_holds(positions, rows, kind[neuron], ids[neuron])
 
 
 def _feature_holds(positions: Positions, rows: np.ndarray, kind: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -303,7 +303,7 @@ def fit_top_share(positions: Positions, chunk: Chunk, fit_win: np.ndarray, kinds
     n_top = np.bincount(neuron, minlength=chunk.n)
     out = np.zeros(kinds.shape)
     for j in range(kinds.shape[1]):
-        on = _holds(positions, rows, kinds[neuron, j], ids[neuron, j])
+        on = rule_holds(positions, rows, kinds[neuron, j], ids[neuron, j])
         out[:, j] = np.bincount(neuron, weights=on, minlength=chunk.n)
     with np.errstate(invalid="ignore", divide="ignore"):
         return out / n_top[:, None]
@@ -387,10 +387,10 @@ def score_held_out(positions: Positions, sample: Sample, chunk: Chunk, held_tabl
     nb = chunk.win_neuron[chunk.tok_window][tok_held]
     row, act = chunk.tok_row[tok_held], chunk.tok_act[tok_held]
     slot = win_slot[chunk.tok_window[tok_held]]
-    on = _holds(positions, row, kind[nb], rule_ids[nb])
+    on = rule_holds(positions, row, kind[nb], rule_ids[nb])
     _add(stats, nb, slot, np.ones(len(nb)), on, act)  # a window token counts in n and sum p
     rec_record = sample.record[np.searchsorted(sample.row, chunk.rec_row[rec])] if len(sample.row) else np.zeros(0, int)
-    on = _holds(positions, chunk.rec_row[rec], kind[chunk.rec_neuron[rec]], rule_ids[chunk.rec_neuron[rec]])
+    on = rule_holds(positions, chunk.rec_row[rec], kind[chunk.rec_neuron[rec]], rule_ids[chunk.rec_neuron[rec]])
     zero = np.zeros(int(rec.sum()))  # a sample token's n and p come from the counts below
     _add(stats, chunk.rec_neuron[rec], slot_of_record[rec_record], zero, zero, chunk.rec_act[rec], on)
     sizes = np.bincount(sample.record[sample.held], minlength=len(sample.record_held))[held_records]
@@ -418,9 +418,9 @@ def shares(positions: Positions, chunk: Chunk, kind: np.ndarray, rule_ids: np.nd
     """The paper's rule read with each neuron's explanation (the share of its top examples
     whose peak the rule holds at), and the rule's share of its recorded activation mass."""
     n, top = chunk.n, chunk.win_top
-    top_on = _holds(positions, chunk.win_peak[top], kind[chunk.win_neuron[top]], rule_ids[chunk.win_neuron[top]])
+    top_on = rule_holds(positions, chunk.win_peak[top], kind[chunk.win_neuron[top]], rule_ids[chunk.win_neuron[top]])
     n_top = np.bincount(chunk.win_neuron[top], minlength=n)
-    rec_on = _holds(positions, chunk.rec_row, kind[chunk.rec_neuron], rule_ids[chunk.rec_neuron])
+    rec_on = rule_holds(positions, chunk.rec_row, kind[chunk.rec_neuron], rule_ids[chunk.rec_neuron])
     mass = np.bincount(chunk.rec_neuron, weights=np.clip(chunk.rec_act, 0, None), minlength=n)
     mass_on = np.bincount(chunk.rec_neuron, weights=np.clip(chunk.rec_act, 0, None) * rec_on, minlength=n)
     with np.errstate(invalid="ignore", divide="ignore"):
