@@ -4,8 +4,10 @@ Two models indexed with the same tokenizer on the same documents have the same
 activation sample (the `tokens` table: the sample is chosen by a hash of the documents,
 not of the model). Each neuron's best matches in the other model are the neurons whose
 activations over those tokens correlate most with its own (Pearson r; the `activations`
-table records what exceeds the index threshold, and a token it does not record counts as
-0 for that neuron). Every primary-site neuron of each model gets its --top best matches in
+table records what exceeds each neuron's sample_cut, the index threshold unless its budget
+of rows bound it, and a token it does not record counts as 0 for that neuron: where the
+budget binds, as on GPT-2 small, r is a correlation of the neurons' top tokens, see
+benchmarks/RESULTS.md, "The activation rows' budget"). Every primary-site neuron of each model gets its --top best matches in
 the other, written to `neuron_matches` (the pair's earlier matches are replaced).
 
 The work is a correlation matrix between the two models' primary-site neurons, in blocks
