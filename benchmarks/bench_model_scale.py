@@ -89,13 +89,13 @@ def forward_child(path: str, dataset: str, tokens: int) -> None:
 def peak_rss_of(cmd: list[str]) -> tuple[float, float, str]:
     """(wall s, peak RSS MB from wait4, stdout) of a command in a fresh process."""
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # one pipe for both streams: reading two in turn can block on the one not read
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     out = proc.stdout.read()
-    err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - start
     if os.waitstatus_to_exitcode(status):
-        raise SystemExit(f"{' '.join(cmd)} failed:\n{err[-3000:]}")
+        raise SystemExit(f"{' '.join(cmd)} failed:\n{out[-3000:]}")
     return wall, usage.ru_maxrss / 1024, out
 
 

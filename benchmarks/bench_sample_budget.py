@@ -39,7 +39,6 @@ def solu(*args: str) -> None:
 
 
 def build(db: Path, checkpoints: list[str], tokens: int, keep: int | None) -> None:
-    con = None
     for ckpt in checkpoints:
         rows = 2**30
         if keep is not None:

@@ -36,7 +36,6 @@ import torch
 HIST_BINS = 256  # intervals of (threshold x max, max] per neuron
 CHUNK_POSITIONS = 256  # sample positions compared against the floor at a time (bounds the candidate list)
 CHUNK_ROWS = 1 << 22  # stored rows handled at a time when the store is cut or selected
-COLUMNS = ("site", "neuron", "doc_id", "segment", "pos", "act")  # site: index into the run's sites
 
 
 def per_neuron(sample_rows: int, n: int) -> int:
@@ -90,12 +89,18 @@ class SampleRows:
     def count(self, neuron: torch.Tensor, b: torch.Tensor) -> None:
         self.hist.view(-1).index_add_(0, neuron.long() * HIST_BINS + b, torch.ones_like(b))
 
-    def floor_bin(self, rows: slice = slice(None)) -> torch.Tensor:
+    def at_or_above(self, rows: slice = slice(None)) -> torch.Tensor:
+        """[n, HIST_BINS + 1] int32 (or of `rows`): stored activations in bin b or above
+        (column HIST_BINS: none)."""
+        counts = self.hist[rows].flip(1).cumsum(1, dtype=torch.int32).flip(1)
+        return torch.cat([counts, counts.new_zeros(len(counts), 1)], 1)
+
+    def floor_bin(self, rows: slice = slice(None), at_or_above: torch.Tensor | None = None) -> torch.Tensor:
         """[n] int32 (or of `rows`): the highest bin at or above which `keep` activations
         are stored (-1: fewer than `keep` so far, everything above the limit may still be
         needed)."""
-        at_or_above = self.hist[rows].flip(1).cumsum(1, dtype=torch.int32)  # from the top bin down
-        return HIST_BINS - 1 - (at_or_above < self.keep).sum(1, dtype=torch.int32)
+        counts = self.at_or_above(rows) if at_or_above is None else at_or_above
+        return (counts[:, :HIST_BINS] >= self.keep).sum(1, dtype=torch.int32) - 1
 
     def floor_value(self, floor_bin: torch.Tensor, rows: slice = slice(None)) -> torch.Tensor:
         """[n] (or of `rows`) a value at or below the floor bin's lower edge (the limit at
@@ -158,6 +163,7 @@ class SampleRows:
         """Both shards' rows (their sample tokens are disjoint), cut to the final rule:
         limit and top are the merged ones. Each shard kept its own top rows above its own
         limit (never above the merged one), and the merged top rows are among them."""
+        # self's limit, top and histogram: a lower bound of the merged floor (select starts afresh)
         merged = SampleRows(self.limit, self.top, self.keep, self.d_mlp, self.hist,
                             self.neuron + other.neuron, self.where + [w + self.positions for w in other.where],
                             self.act + other.act, self.doc_id + other.doc_id, self.segment + other.segment,
@@ -170,9 +176,10 @@ class SampleRows:
         lower (doc_id, pos); grouped by neuron (a stable sort: within a neuron the rows
         above its floor bin come in the order seen, then those ranked in it)."""
         limit, top = limit.reshape(-1).float().cpu(), top.reshape(-1).float().cpu()
-        if self.selected and torch.equal(limit, self.limit) and torch.equal(top, self.top):
+        same = torch.equal(limit, self.limit) and torch.equal(top, self.top)
+        if same and self.selected:
             return self
-        if torch.equal(limit, self.limit) and torch.equal(top, self.top):
+        if same:
             self.cut()  # the floor is this rule's: what lies below it cannot be selected
         out = SampleRows(limit, top, self.keep, self.d_mlp, torch.zeros(self.n, HIST_BINS, dtype=torch.int32),
                          self.neuron, self.where, self.act, self.doc_id, self.segment, self.pos, self.stored,
@@ -181,9 +188,8 @@ class SampleRows:
         out.filter(lambda n, w, a: a > limit[n])
         for n, a in zip(out.neuron, out.act):
             out.count(n, out.bins(n, a))
-        floor_bin = out.floor_bin()
-        above = torch.cat([out.hist.flip(1).cumsum(1, dtype=torch.int32).flip(1),
-                           torch.zeros(self.n, 1, dtype=torch.int32)], 1)
+        above = out.at_or_above()
+        floor_bin = out.floor_bin(at_or_above=above)
         rows = torch.arange(self.n)
         fb = floor_bin.clamp_min(0).long()
         room = (self.keep - above[rows, fb + 1]).numpy()  # what the floor bin adds to the bins above it
@@ -219,8 +225,10 @@ class SampleRows:
             counts += np.bincount(n.numpy(), minlength=self.n)
         starts = np.cumsum(counts) - counts
         out = [np.empty(total, np.int32), np.empty(total, np.int32), np.empty(total, np.float32)]
+        for chunks in (self.neuron, self.where, self.act):
+            chunks.reverse()  # pop() from the end takes them in stored order
         while self.act:
-            n, w, a = self.neuron.pop(0).numpy(), self.where.pop(0).numpy(), self.act.pop(0).numpy()
+            n, w, a = self.neuron.pop().numpy(), self.where.pop().numpy(), self.act.pop().numpy()
             order = np.argsort(n, kind="stable")
             n = n[order]
             dest = starts[n] + np.arange(len(n)) - np.searchsorted(n, n, side="left")
@@ -252,8 +260,8 @@ class SampleRows:
         return torch.where(full, torch.as_tensor(low), self.limit)
 
     def columns(self, chunk: int = CHUNK_ROWS):
-        """The rows (after select) as columns COLUMNS, `chunk` rows at a time, in
-        select's order: dicts of arrays."""
+        """The rows (after select), `chunk` rows at a time, in select's order: dicts of
+        arrays site (an index into the run's sites), neuron, doc_id, segment, pos, act."""
         assert self.selected, "columns() reads select()'s rows"
         doc, seg, pos = self.position_table()
         for neuron, where, act in zip(self.neuron, self.where, self.act):
