@@ -119,10 +119,14 @@ class Indexer:
         batches = make_batches(iter(sample), self.ckpt.model_cfg.n_ctx, self.cfg.batch_size, self.ckpt.bos_id)
         with torch.inference_mode(), Recorder(self.model, self.sites) as rec:
             for batch in batches:
-                batch = batch.to(self.device)
-                acts = rec.run(batch.tokens)
-                index = batch.flat_index()
-                unit, pos = batch.flat_positions()
-                rows.add((acts[k].reshape(-1, d_mlp)[index] for k in self.keys), doc_of(unit).cpu().numpy(), segment_of(unit).cpu().numpy().astype(np.int32),
-                         (pos + segment_start(unit, self.segment_len)).cpu().numpy().astype(np.int32))
+                self._sample_batch(rows, batch.to(self.device), rec)
         return rows.select(limit, top)
+
+    def _sample_batch(self, rows: SampleRows, batch: Batch, rec: Recorder) -> None:
+        """One batch of the sample pass into rows (its activations go when it returns)."""
+        acts, d_mlp = rec.run(batch.tokens), self.ckpt.model_cfg.d_mlp
+        index = batch.flat_index()
+        unit, pos = batch.flat_positions()
+        rows.add((acts[k].reshape(-1, d_mlp)[index] for k in self.keys), doc_of(unit).cpu().numpy(),
+                 segment_of(unit).cpu().numpy().astype(np.int32),
+                 (pos + segment_start(unit, self.segment_len)).cpu().numpy().astype(np.int32))

@@ -24,6 +24,7 @@ sample's size, and they reach DuckDB a chunk at a time.
 """
 from __future__ import annotations
 
+import gc
 import itertools
 import sys
 import time
@@ -240,14 +241,23 @@ def index_model(ref: ModelRef, cfg: IndexConfig, executor=None, progress: bool =
               f"{cfg.batch_size} rows x {ckpt.model_cfg.n_ctx} tokens per batch, {cfg.dtype}")
     run = executor.run(ckpt, cfg, device, layout, plan, itertools.chain([first], stream), shown)
     check_counts(run.results, plan)
-    return finish(ckpt, cfg, sites, plan, run, started_at, t0, progress)
+    return finish(ckpt, cfg, sites, plan, run, started_at, t0, progress, release_model=True)
+
+
+def drop_model(ckpt: LoadedModel) -> None:
+    """Free the checkpoint's weights (its description stays: the tables read it)."""
+    ckpt.model = None
+    gc.collect()  # the bridge's modules refer to each other
 
 
 def finish(ckpt: LoadedModel, cfg: IndexConfig, sites: list[Site], plan: Plan, run: Execution,
-           started_at: datetime, begun: float, progress: bool = False) -> ModelIndex:
+           started_at: datetime, begun: float, progress: bool = False, release_model: bool = False) -> ModelIndex:
     """Merge the shards' results, cut the activation rows at the merged max, draw the
     interval samples and read the logit effects off the weights. begun: the run's
-    time.perf_counter() at its start, for total_s."""
+    time.perf_counter() at its start, for total_s. release_model: the run loaded ckpt
+    for itself, and its model is dropped once the last reader of the weights is done
+    (before the interval samples are drawn, unless --ablation runs after them), so the
+    weights are not held beside the samples and the tables."""
     t0 = time.perf_counter()
     rules = Rules.for_run(pool_shape(cfg), sites, ckpt.model_cfg.d_mlp, "cpu")
     results = sorted(run.results, key=lambda r: r.shard)
@@ -266,11 +276,15 @@ def finish(ckpt: LoadedModel, cfg: IndexConfig, sites: list[Site], plan: Plan, r
     t1 = time.perf_counter()
     linked = connections(ckpt, cfg.connection_k, sorted({s.layer for s in sites}))
     connections_s = time.perf_counter() - t1
+    if release_model and not cfg.ablation:
+        drop_model(ckpt)
     by_site = dict(zip(keys, rules.sites(gathered, len(sites))))
     t1 = time.perf_counter()
     ablations = (ablation_effects(ckpt, sites, by_site, next(ckpt.model.parameters()).device, progress) if cfg.ablation
                  else {c: np.zeros(0) for c in ABLATION_COLUMNS})
     ablation_s = time.perf_counter() - t1
+    if release_model:
+        drop_model(ckpt)
     timings = {"merge_s": merge_s, "connections_s": connections_s, "ablation_s": ablation_s, **{k: sum(r.timings[k] for r in results)
                                       for k in ("forward_s", "accumulate_s", "sample_pass_s")}, **run.timings,
                "total_s": time.perf_counter() - begun}

@@ -34,7 +34,8 @@ def virtual_weights(model, source: int, target: int) -> torch.Tensor:
 def connections(ckpt: LoadedModel, k: int, layers: list[int]) -> dict[str, np.ndarray]:
     """Each neuron's top and bottom k partners, downstream and upstream, among `layers`:
     each pair of layers' product once, kept as a running top-k per (layer, direction,
-    sign), so memory stays at one [d_mlp, d_mlp] block."""
+    sign), so memory stays at one [d_mlp, d_mlp] block (each target's W_in is read again
+    for every source: a [d_model, d_mlp] scaling, against caching every layer's)."""
     layers = sorted(layers)
     if k == 0 or len(layers) < 2:
         return {c: np.zeros(0) for c in COLUMNS}
@@ -42,11 +43,10 @@ def connections(ckpt: LoadedModel, k: int, layers: list[int]) -> dict[str, np.nd
     kept: dict[tuple, tuple] = {}
     with torch.inference_mode():
         norm = final_norm(model)[0]
-        reads = {m: mlp_read(model, m) for m in layers[1:]}
         for i, source in enumerate(layers):
             written = mlp_written(model, source, norm)
             for target in layers[i + 1:]:
-                block = written @ reads[target]
+                block = written @ mlp_read(model, target)
                 for layer, direction, weights, other in ((source, "downstream", block, target),
                                                          (target, "upstream", block.T, source)):
                     for sign, flip in (("pos", 1.0), ("neg", -1.0)):
