@@ -10,7 +10,7 @@ import pytest
 
 from solu import corpus
 from solu.cli import main
-from solu.config import TrainConfig
+from solu.config import ModelConfig, TrainConfig
 from solu.corpus import Document, DocumentOrder, iter_documents, shuffled
 from index.engine.config import IndexConfig
 from helpers.corpora import shuffle_fills
@@ -78,6 +78,21 @@ def test_a_run_order_is_the_shuffle_of_iter_documents(tmp_path, monkeypatch):
     first, second = iter(order), iter(order)
     head = list(itertools.islice(first, 30))
     assert list(second) == want and head + list(first) == want and list(order) == want
+    assert fills == [3]
+
+
+def test_a_training_run_fills_the_shuffle_buffer_once(tmp_path, monkeypatch):
+    """The tokenizer's text, the eval split and every epoch read one DocumentOrder."""
+    from solu.train import train
+
+    path = str(sorted_corpus(tmp_path / "c.jsonl"))
+    readings, read = [], DocumentOrder.__iter__
+    monkeypatch.setattr(DocumentOrder, "__iter__", lambda self: readings.append(self) or read(self))
+    fills = shuffle_fills(monkeypatch)
+    shape = ModelConfig(act_fn="gelu", n_layers=1, d_model=32, d_mlp=64, n_heads=2, n_ctx=32, d_vocab=300)
+    train(shape, TrainConfig(dataset=path, tokens=24 * 8 * 32, batch_size=8, eval_tokens=256, warmup_tokens=256,
+                             seed=3, device="cpu", shuffle=True), tmp_path / "run")
+    assert len(readings) >= 4 and len(set(map(id, readings))) == 1  # tokenizer, eval, two epochs or more
     assert fills == [3]
 
 
