@@ -62,9 +62,10 @@ SHAPES = {"solu-1l-512": dict(n_layers=1, d_mlp=512), "solu-2l-1024": dict(n_lay
 def builtin_tokenizer():
     """A 4096-token BPE trained on 3M characters of builtin (what every benchmark model uses)."""
     from solu.batches import training_texts
+    from solu.corpus import iter_documents
     from solu.tokenizer import train_tokenizer
 
-    return train_tokenizer(training_texts("builtin", "text", 0, 3_000_000), 4096)
+    return train_tokenizer(training_texts(iter_documents("builtin"), 3_000_000), 4096)
 
 
 def random_checkpoint(path: Path, cfg: ModelConfig, tok) -> Path:

@@ -43,6 +43,7 @@ import torch  # noqa: E402
 from solu.batches import training_texts  # noqa: E402
 from solu.commands import MODEL_FLAGS  # noqa: E402
 from solu.config import ModelConfig, TrainConfig  # noqa: E402
+from solu.corpus import iter_documents  # noqa: E402
 from solu.flags import add_config_flags  # noqa: E402
 from solu.text_table import format_table  # noqa: E402
 from solu.tokenizer import train_tokenizer  # noqa: E402
@@ -84,7 +85,7 @@ def training_rows(args) -> tuple[list[dict], list[str]]:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         tokenizer = tmp / "tokenizer.json"  # fitted once on 1 MB of text, reused by every run
-        train_tokenizer(training_texts(args.dataset, "text", 0, 1_000_000), args.d_vocab).save(str(tokenizer))
+        train_tokenizer(training_texts(iter_documents(args.dataset), 1_000_000), args.d_vocab).save(str(tokenizer))
         for i in range(args.repeats):
             for n, threads in setups:
                 env_threads = threads if n == 1 else None  # the launcher gives each rank threads // n

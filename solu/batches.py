@@ -4,6 +4,8 @@ Documents are joined with an end-of-text token and cut into rows of n_ctx tokens
 Training reads only documents outside the eval split and cycles over the dataset in
 epochs when asked for more tokens than it holds. The stream's position is a small
 state dict, saved with each checkpoint, so a resumed run continues where it stopped.
+The tokenizer's text, the eval split and the training stream all read one
+DocumentOrder (solu.corpus), so a shuffled dataset's order is decided once per run.
 
 Under data-parallel training every rank packs the same stream of global batches and
 keeps only its own rows of each (`share`), so the ranks read disjoint parts of every
@@ -12,12 +14,12 @@ equal (rank 0 saves it; any number of ranks can resume it).
 """
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Iterable, Iterator
 
 import torch
 from tokenizers import Tokenizer
 
-from solu.corpus import Document, ReadStats, is_eval_document, iter_documents
+from solu.corpus import Document, DocumentOrder, is_eval_document
 from solu.errors import UserError
 from solu.tokenizer import eot_id
 
@@ -37,10 +39,10 @@ def _encode_docs(tok: Tokenizer, docs: Iterator[Document]) -> Iterator[list[int]
         yield enc.ids + [eot]
 
 
-def training_texts(spec: str, text_column: str, seed: int, max_chars: int, shuffle: bool = False) -> Iterator[str]:
-    """Up to max_chars of training text, for fitting a tokenizer."""
+def training_texts(docs: Iterable[Document], max_chars: int) -> Iterator[str]:
+    """Up to max_chars of training text (outside the eval split), for fitting a tokenizer."""
     seen = 0
-    for doc in iter_documents(spec, text_column, seed=seed, shuffle=shuffle):
+    for doc in docs:
         if is_eval_document(doc.text):
             continue
         yield doc.text
@@ -49,20 +51,18 @@ def training_texts(spec: str, text_column: str, seed: int, max_chars: int, shuff
             return
 
 
-def eval_rows(tok: Tokenizer, spec: str, text_column: str, seed: int, n_ctx: int, n_tokens: int,
-              shuffle: bool = False) -> torch.Tensor:
+def eval_rows(tok: Tokenizer, docs: DocumentOrder, n_ctx: int, n_tokens: int) -> torch.Tensor:
     """The held-out evaluation set: [rows, n_ctx] tokens from eval-split documents."""
     need = -(-n_tokens // n_ctx) * n_ctx
     buf: list[int] = []
-    docs = (d for d in iter_documents(spec, text_column, seed=seed, shuffle=shuffle) if is_eval_document(d.text))
-    for ids in _encode_docs(tok, docs):
+    for ids in _encode_docs(tok, (d for d in docs if is_eval_document(d.text))):
         buf.extend(ids)
         if len(buf) >= need:
             break
     rows = len(buf) // n_ctx
     if rows == 0:
         raise UserError(
-            f"the eval split of {spec!r} holds {len(buf)} tokens, fewer than one context of {n_ctx}; "
+            f"the eval split of {docs.spec!r} holds {len(buf)} tokens, fewer than one context of {n_ctx}; "
             "use a larger dataset or a smaller --ctx")
     return torch.tensor(buf[: rows * n_ctx], dtype=torch.long).view(rows, n_ctx)
 
@@ -72,13 +72,12 @@ class TrainStream:
     rows rank * b to (rank + 1) * b of each global batch of batch_size rows, for
     share = (rank, ranks)."""
 
-    def __init__(self, tok: Tokenizer, spec: str, text_column: str, seed: int,
-                 batch_size: int, n_ctx: int, state: dict | None = None, share: tuple[int, int] = (0, 1),
-                 shuffle: bool = False):
+    def __init__(self, tok: Tokenizer, docs: DocumentOrder, batch_size: int, n_ctx: int, state: dict | None = None,
+                 share: tuple[int, int] = (0, 1)):
         rank, ranks = share
         if batch_size % ranks or not 0 <= rank < ranks:
             raise ValueError(f"a batch of {batch_size} rows cannot be shared by rank {rank} of {ranks}")
-        self.tok, self.spec, self.text_column, self.seed, self.shuffle = tok, spec, text_column, seed, shuffle
+        self.tok, self.docs = tok, docs
         self.batch_size, self.n_ctx = batch_size, n_ctx
         rows = batch_size // ranks
         self.rows, self.first_token = rows, rank * rows * n_ctx
@@ -86,14 +85,13 @@ class TrainStream:
         self.epoch: int = state.get("epoch", 0)
         self.docs_done: int = state.get("docs_done", 0)  # documents consumed in this epoch
         self.buffer: list[int] = list(state.get("buffer", []))
-        self.stats = ReadStats()
 
     def state(self) -> dict:
         return {"epoch": self.epoch, "docs_done": self.docs_done, "buffer": list(self.buffer)}
 
     def _epoch_docs(self) -> Iterator[Document]:
         skip = self.docs_done
-        for doc in iter_documents(self.spec, self.text_column, self.stats, self.seed, self.shuffle):
+        for doc in self.docs:
             if is_eval_document(doc.text):
                 continue
             if skip:
@@ -115,7 +113,7 @@ class TrainStream:
                     yield torch.tensor(mine, dtype=torch.long).view(self.rows, self.n_ctx)
             if not produced and self.epoch > 0:
                 raise UserError(
-                    f"dataset {self.spec!r} has too few training tokens for one batch of "
+                    f"dataset {self.docs.spec!r} has too few training tokens for one batch of "
                     f"{self.batch_size} x {self.n_ctx}; use a smaller --batch-size or --ctx")
             self.epoch += 1
             self.docs_done = 0

@@ -17,6 +17,7 @@ import random
 import re
 import sys
 import sysconfig
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
@@ -34,9 +35,10 @@ LOCAL_SUFFIXES = (".txt", ".jsonl", ".parquet")
 
 @dataclass(frozen=True)
 class Document:
-    id: int
+    id: int  # its number in the order read: the file order, or the shuffled one
     text: str
     source: str
+    position: int  # its number in the file order (the id before a shuffle)
 
 
 @dataclass
@@ -48,9 +50,10 @@ class ReadStats:
     def summary(self) -> str:
         if not self.skipped_files:
             return ""
-        shown = ", ".join(self.skipped_files[:3])
-        more = f" and {len(self.skipped_files) - 3} more" if len(self.skipped_files) > 3 else ""
-        return f"skipped {len(self.skipped_files)} binary or non-UTF-8 file(s): {shown}{more}"
+        files = list(dict.fromkeys(self.skipped_files))  # a file skipped on every reading counts once
+        shown = ", ".join(files[:3])
+        more = f" and {len(files) - 3} more" if len(files) > 3 else ""
+        return f"skipped {len(files)} binary or non-UTF-8 file(s): {shown}{more}"
 
 
 def cache_dir() -> Path:
@@ -76,7 +79,7 @@ def shuffled(docs: Iterator[Document], seed: int, max_docs: int = SHUFFLE_DOCS,
     documents and max_chars characters, and leave it at random. A dataset that fits the
     buffer is shuffled whole; a longer one (or a streamed hub dataset) is mixed within
     the buffer's reach, in memory bounded by it. Documents are renumbered in their new
-    order, so ids still count up from 0."""
+    order, so ids still count up from 0; each keeps its file position."""
     rng = random.Random(f"shuffle:{seed}")
     buffer: list[Document] = []
     chars = 0
@@ -89,7 +92,7 @@ def shuffled(docs: Iterator[Document], seed: int, max_docs: int = SHUFFLE_DOCS,
         doc = buffer.pop()
         chars -= len(doc.text)
         out += 1
-        return Document(out - 1, doc.text, doc.source)
+        return Document(out - 1, doc.text, doc.source, doc.position)
 
     for doc in docs:
         buffer.append(doc)
@@ -98,6 +101,58 @@ def shuffled(docs: Iterator[Document], seed: int, max_docs: int = SHUFFLE_DOCS,
             yield take()
     while buffer:
         yield take()
+
+
+class DocumentOrder:
+    """The documents of a dataset SPEC in a run's order (iter_documents'), decided once:
+    each iteration yields them again from the first, for every reader of the run (the
+    tokenizer's text, the eval split, each training epoch).
+
+    Where iter_documents shuffles, the dataset passes through the shuffle buffer once:
+    the reading that gets furthest takes the buffer's next document and appends it to a
+    spool, and every reading reads the spool. The spool is on disk, not in memory: an
+    unlinked temporary file in the cache directory, gone with the process, holding each
+    document read once as a JSON line, so at most the text of one pass over the dataset
+    (of a streamed hub dataset, only what the run reads). A file order has nothing to
+    decide: each iteration reads the dataset again."""
+
+    def __init__(self, spec: str, text_column: str = "text", seed: int = 0, shuffle: bool = False):
+        self.spec, self.text_column, self.seed = spec, text_column, seed
+        self.shuffle = shuffle and spec != "builtin"  # iter_documents' rule: builtin is shuffled when built
+        self.stats = ReadStats()
+        self._buffer: Iterator[Document] | None = None  # the shuffle buffer's output, opened when first read
+        self._spool = None
+        self._spooled = 0  # documents in the spool
+
+    def __iter__(self) -> Iterator[Document]:
+        if not self.shuffle:
+            return iter_documents(self.spec, self.text_column, self.stats, self.seed)
+        return self._read()
+
+    def _read(self) -> Iterator[Document]:
+        offset, n = 0, 0  # this reading's place in the spool: bytes, documents
+        while n < self._spooled or self._take():
+            self._spool.seek(offset)
+            line = self._spool.readline()
+            offset, n = offset + len(line), n + 1
+            yield Document(*json.loads(line))
+
+    def _take(self) -> bool:
+        """Append the shuffle buffer's next document to the spool; False at the dataset's end."""
+        if self._buffer is None:
+            from solu.outputs import check_out_dir
+
+            self._buffer = iter_documents(self.spec, self.text_column, self.stats, self.seed, shuffle=True)
+            check_out_dir(cache_dir(), "SOLU_CACHE")
+            cache_dir().mkdir(parents=True, exist_ok=True)
+            self._spool = tempfile.TemporaryFile(dir=cache_dir())
+        doc = next(self._buffer, None)
+        if doc is None:
+            return False
+        self._spool.seek(0, os.SEEK_END)
+        self._spool.write(json.dumps([doc.id, doc.text, doc.source, doc.position]).encode("ascii") + b"\n")
+        self._spooled += 1
+        return True
 
 
 USABLE = re.compile(r"[^\s\x00-\x1f\x7f]")  # a character a tokenizer can learn from
@@ -150,7 +205,7 @@ def _iter_local(spec: str, text_column: str, stats: ReadStats) -> Iterator[Docum
             else:
                 texts = _iter_parquet(path, text_column)
             for text in texts:
-                yield Document(doc_id, text, str(path))
+                yield Document(doc_id, text, str(path), doc_id)
                 doc_id += 1
 
     return generate()
@@ -203,7 +258,7 @@ def _iter_jsonl(path: Path | str, text_column: str, stats: ReadStats) -> Iterato
                     text = row[text_column]
                     if not isinstance(text, str):
                         raise UserError(f"{path}:{lineno}: field {text_column!r} is not a string")
-                    yield Document(lineno - 1, text, row.get("source", str(path)))
+                    yield Document(lineno - 1, text, row.get("source", str(path)), lineno - 1)
             except UnicodeDecodeError:
                 raise UserError(f"{path}: not UTF-8 text") from None
 
@@ -244,7 +299,7 @@ def _iter_hf(name_split: str, text_column: str) -> Iterator[Document]:
 
     def generate():
         for i, row in enumerate(ds):
-            yield Document(i, row[text_column], f"hf:{name}")
+            yield Document(i, row[text_column], f"hf:{name}", i)
 
     return generate()
 

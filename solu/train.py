@@ -35,7 +35,7 @@ from solu import data_parallel
 from solu.batches import TrainStream, eval_rows, training_texts
 from solu.checkpoint import LOSS_CSV, LOSS_PNG, STATE, TOKENIZER, read_meta, save_checkpoint
 from solu.config import ModelConfig, TrainConfig
-from solu.corpus import check_dataset, dataset_hash
+from solu.corpus import DocumentOrder, check_dataset, dataset_hash
 from solu.data_parallel import World
 from solu.device import autocast, enable_tf32, to_device
 from solu.errors import UserError
@@ -184,9 +184,9 @@ def setup(model_cfg: ModelConfig, train_cfg: TrainConfig, out: Path, world: Worl
         raise UserError("--tokenizer takes a tokenizer.json path, got an empty one")
     state = _load_state(out / STATE, device) if resume else {}
     check_dataset(train_cfg.dataset, train_cfg.text_column, train_cfg.seed)
-    tok = _tokenizer(model_cfg, train_cfg, out, world, resume, tokenizer_path)
-    eval_set = eval_rows(tok, train_cfg.dataset, train_cfg.text_column, train_cfg.seed,
-                         model_cfg.n_ctx, train_cfg.eval_tokens, train_cfg.shuffle)
+    docs = DocumentOrder(train_cfg.dataset, train_cfg.text_column, train_cfg.seed, train_cfg.shuffle)
+    tok = _tokenizer(model_cfg, train_cfg, out, world, resume, tokenizer_path, docs)
+    eval_set = eval_rows(tok, docs, model_cfg.n_ctx, train_cfg.eval_tokens)
     if world.is_main and eval_set.numel() < train_cfg.eval_tokens:
         print(f"solu train: the eval split of {train_cfg.dataset} holds {eval_set.numel():,} tokens in whole contexts "
               f"({train_cfg.eval_tokens:,} asked); evaluating on those", file=sys.stderr)
@@ -203,9 +203,8 @@ def setup(model_cfg: ModelConfig, train_cfg: TrainConfig, out: Path, world: Worl
     if resume:
         model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
-    stream = TrainStream(tok, train_cfg.dataset, train_cfg.text_column, train_cfg.seed, train_cfg.batch_size,
-                         model_cfg.n_ctx, state.get("stream"), share=(world.rank, world.size),
-                         shuffle=train_cfg.shuffle)
+    stream = TrainStream(tok, docs, train_cfg.batch_size, model_cfg.n_ctx, state.get("stream"),
+                         share=(world.rank, world.size))
     history = state.get("history", [])
     return Run(out, model_cfg, train_cfg, world, device, tok,
                eval_set=eval_set.tensor_split(world.size)[world.rank].to(device), eval_tokens=int(eval_set.numel()),
@@ -215,7 +214,7 @@ def setup(model_cfg: ModelConfig, train_cfg: TrainConfig, out: Path, world: Worl
 
 
 def _tokenizer(model_cfg: ModelConfig, train_cfg: TrainConfig, out: Path, world: World, resume: bool,
-               tokenizer_path: str | None) -> Tokenizer:
+               tokenizer_path: str | None, docs: DocumentOrder) -> Tokenizer:
     """The run's tokenizer: saved with it, given, or trained (by rank 0, sent to the others)."""
     if resume:
         tok = load_tokenizer(out / TOKENIZER)
@@ -225,8 +224,7 @@ def _tokenizer(model_cfg: ModelConfig, train_cfg: TrainConfig, out: Path, world:
         tok = None
         if world.is_main:
             print(f"training a {model_cfg.d_vocab}-token byte-level BPE on {train_cfg.dataset}", file=sys.stderr)
-            tok = train_tokenizer(training_texts(train_cfg.dataset, train_cfg.text_column, train_cfg.seed,
-                                                 TOKENIZER_CHARS, train_cfg.shuffle), model_cfg.d_vocab)
+            tok = train_tokenizer(training_texts(docs, TOKENIZER_CHARS), model_cfg.d_vocab)
         if world.size > 1:
             tok = Tokenizer.from_str(world.from_main(tok.to_str() if tok else None))
     if tok.get_vocab_size() > model_cfg.d_vocab:
@@ -255,8 +253,8 @@ def train_to_budget(run: Run) -> float:
                 save(run, complete=False)
     bar.close()
     eval_loss = save(run, complete=True)
-    if run.world.is_main and run.stream.stats.summary():
-        print(run.stream.stats.summary(), file=sys.stderr)
+    if run.world.is_main and run.stream.docs.stats.summary():
+        print(run.stream.docs.stats.summary(), file=sys.stderr)
     return eval_loss
 
 

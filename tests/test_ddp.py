@@ -16,6 +16,7 @@ from solu.batches import TrainStream, eval_rows
 from solu.cli import build_parser, main
 from solu.commands import rank_argv
 from solu.config import ModelConfig, TrainConfig
+from solu.corpus import DocumentOrder
 from solu.device import autocast_dtype, enable_tf32, to_device
 from solu.model import build_model
 from solu.tokenizer import load_tokenizer
@@ -100,14 +101,14 @@ def test_two_torchrun_processes_train_like_one_and_resume(one_process):
 
 def test_ranks_read_disjoint_rows_of_the_same_global_batches(one_process):
     corpus, tok = str(one_process / "corpus.jsonl"), load_tokenizer(one_process / "one" / "tokenizer.json")
-    streams = [TrainStream(tok, corpus, "text", 0, BATCH, 32, share=(rank, 2)) for rank in range(2)]
-    whole = TrainStream(tok, corpus, "text", 0, BATCH, 32)
+    streams = [TrainStream(tok, DocumentOrder(corpus), BATCH, 32, share=(rank, 2)) for rank in range(2)]
+    whole = TrainStream(tok, DocumentOrder(corpus), BATCH, 32)
     for _, batch, rank0, rank1 in zip(range(50), whole, *streams):  # more than one epoch
         assert rank0.shape == rank1.shape == (BATCH // 2, 32)
         assert torch.equal(torch.cat([rank0, rank1]), batch)
     assert streams[0].state() == streams[1].state() == whole.state()
     with pytest.raises(ValueError, match="cannot be shared"):
-        TrainStream(tok, corpus, "text", 0, BATCH, 32, share=(0, 3))
+        TrainStream(tok, DocumentOrder(corpus), BATCH, 32, share=(0, 3))
 
 
 def test_nproc_mistakes_are_one_line(tmp_path, capsys, one_process):
@@ -147,7 +148,7 @@ def test_precision_picks_bf16_autocast_on_cuda_and_when_asked():
 
 def test_bf16_autocast_changes_the_arithmetic_not_the_result(one_process):
     tok = load_tokenizer(one_process / "one" / "tokenizer.json")
-    rows = eval_rows(tok, str(one_process / "corpus.jsonl"), "text", 0, 32, 512)
+    rows = eval_rows(tok, DocumentOrder(str(one_process / "corpus.jsonl")), 32, 512)
     model = build_model(ModelConfig(**SHAPE), seed=0)
     fp32, bf16 = evaluate(model, rows, 4, precision="fp32"), evaluate(model, rows, 4, precision="bf16")
     assert fp32 != bf16 and bf16 == pytest.approx(fp32, rel=2e-2)

@@ -29,7 +29,7 @@ from index.engine.shard_config import ShardOptions
 from index.store.rows import model_tables
 from solu.sources import load_model, resolve
 from solu.cli import main
-from helpers.corpora import read_plan
+from helpers.corpora import read_plan, shuffle_fills
 from helpers.db_files import digest, plain_frame
 from helpers.processes import descendants
 
@@ -109,35 +109,43 @@ class CountingTokenizer:
         return self.tok.encode_batch(texts, add_special_tokens=add_special_tokens)
 
 
-def test_shards_hold_the_run_documents_once_and_tokenize_only_their_own(tiny_checkpoints, tiny_corpus):
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_shards_hold_the_run_documents_once_and_tokenize_only_their_own(tiny_checkpoints, tiny_corpus, shuffle,
+                                                                         monkeypatch):
     tok = load_model(str(tiny_checkpoints["gelu"])).tokenizer
-    cfg = IndexConfig(dataset=str(tiny_corpus), tokens=2500, sample_tokens=700, device="cpu")
-    run = list(document_tokens(cfg.dataset, "text", tok, cfg.tokens, Tally()))
+    cfg = IndexConfig(dataset=str(tiny_corpus), tokens=2500, sample_tokens=700, device="cpu", shuffle=shuffle)
+    run = list(document_tokens(cfg.dataset, "text", tok, cfg.tokens, Tally(), cfg.seed, cfg.shuffle))
     plan = read_plan(cfg, tok, 3, segment_length(cfg.segment_tokens, 32))
     assert plan.tally.tokens == 2500 and sum(plan.tokens) == 2500 and plan.last_doc == run[-1][0]
+    fills = shuffle_fills(monkeypatch)
     got, encoded = {}, 0
     for shard in range(3):
         counting = CountingTokenizer(tok)
-        docs = list(shard_documents(cfg, counting, shard, 3, plan.stop))
+        docs = list(shard_documents(cfg, counting, plan.places_of(shard), plan.stop))
         assert all(shard_of(d, 3) == shard for d, _ in docs)
         assert len(counting.texts) == len(docs)  # nothing of the other shards was tokenized
         assert sum(len(ids) for _, ids in docs) == plan.tokens[shard]
         encoded += len(counting.texts)
         got.update(docs)
     assert encoded == len(run) and got == dict(run)  # every document once, the last one cut as in one run
+    assert fills == []  # the shards read the plan's order, not the shuffle buffer
     by_shard = [u for k in range(3) for u, _ in plan.sample_of(k)]
     assert by_shard and sorted(by_shard) == [u for u, _ in plan.sample.segments()]
 
 
-def test_two_shards_in_process_equal_one_run(tiny_checkpoints, tiny_corpus):
-    """The shard logic without Ray: two shards run in process give the one-shard run's tables."""
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_two_shards_in_process_equal_one_run(tiny_checkpoints, tiny_corpus, shuffle, monkeypatch):
+    """The shard logic without Ray: two shards run in process give the one-shard run's
+    tables; with --shuffle the plan alone fills the shuffle buffer."""
     torch.set_num_threads(1)
     ref = resolve(str(tiny_checkpoints["solu_ln"]))
-    cfg = IndexConfig(dataset=str(tiny_corpus), **CFG)
+    cfg = IndexConfig(dataset=str(tiny_corpus), **CFG, shuffle=shuffle)
     whole = index_model(ref, cfg, progress=False)
     plan = read_plan(cfg, load_model(ref).tokenizer, 2, whole.segment_len)
     assert min(plan.tokens) > 0
+    fills = shuffle_fills(monkeypatch)
     sharded = index_model(ref, cfg, InProcess(shards=2), progress=False)
+    assert len(fills) == shuffle  # once per plan, none per shard
     assert sharded.tally.tokens == whole.tally.tokens and sharded.activations.stored > 0
     # interval samples too: drawn from hash-chosen candidates once the max is known, sharding does not change them
     assert (frames_of(whole)["examples"]["kind"] == "interval").any()

@@ -1,15 +1,19 @@
 """The seeded document shuffle: a corpus sorted by source reaches training and indexing
-mixed, the same seed gives the same order, and memory stays within the buffer."""
+mixed, the same seed gives the same order, memory stays within the buffer, and a run
+passes its dataset through the buffer once, whoever reads it."""
 from __future__ import annotations
 
+import itertools
 import json
 
 import pytest
 
+from solu import corpus
 from solu.cli import main
-from solu.config import TrainConfig
-from solu.corpus import Document, iter_documents, shuffled
+from solu.config import ModelConfig, TrainConfig
+from solu.corpus import Document, DocumentOrder, iter_documents, shuffled
 from index.engine.config import IndexConfig
+from helpers.corpora import shuffle_fills
 
 
 def sorted_corpus(path, n=400):
@@ -38,7 +42,7 @@ def test_the_buffer_bounds_what_is_held():
     def docs():
         for i in range(1000):
             held.append(i)
-            yield Document(i, "x" * 10, "s")
+            yield Document(i, "x" * 10, "s", i)
 
     out = []
     for doc in shuffled(docs(), seed=0, max_docs=50, max_chars=10**9):
@@ -50,13 +54,46 @@ def test_the_buffer_bounds_what_is_held():
     def long_docs():
         for i in range(30):
             held.append(i)
-            yield Document(i, "y" * 100, "s")
+            yield Document(i, "y" * 100, "s", i)
 
     out = []
     for doc in shuffled(long_docs(), 0, max_docs=10**6, max_chars=250):  # 250 characters: at most 2 such documents
         out.append(doc)
         assert len(held) - len(out) <= 2
     assert len(out) == 30
+
+
+def test_a_run_order_is_the_shuffle_of_iter_documents(tmp_path, monkeypatch):
+    """DocumentOrder gives every reading the documents iter_documents(..., shuffle=True)
+    gives, in its order, also for a dataset longer than the buffer (50 documents here),
+    and readings may overtake one another; the buffer is filled once."""
+    path = str(sorted_corpus(tmp_path / "c.jsonl"))
+    shuffled_50 = corpus.shuffled
+    monkeypatch.setattr(corpus, "shuffled", lambda docs, seed: shuffled_50(docs, seed, max_docs=50))
+    want = list(iter_documents(path, seed=3, shuffle=True))
+    assert [d.position for d in want] != list(range(400))  # shuffled, but only within the buffer's reach:
+    assert all(d.position <= d.id + 50 for d in want)  # a document leaves it at most 50 places early
+    fills = shuffle_fills(monkeypatch)
+    order = DocumentOrder(path, seed=3, shuffle=True)
+    first, second = iter(order), iter(order)
+    head = list(itertools.islice(first, 30))
+    assert list(second) == want and head + list(first) == want and list(order) == want
+    assert fills == [3]
+
+
+def test_a_training_run_fills_the_shuffle_buffer_once(tmp_path, monkeypatch):
+    """The tokenizer's text, the eval split and every epoch read one DocumentOrder."""
+    from solu.train import train
+
+    path = str(sorted_corpus(tmp_path / "c.jsonl"))
+    readings, read = [], DocumentOrder.__iter__
+    monkeypatch.setattr(DocumentOrder, "__iter__", lambda self: readings.append(self) or read(self))
+    fills = shuffle_fills(monkeypatch)
+    shape = ModelConfig(act_fn="gelu", n_layers=1, d_model=32, d_mlp=64, n_heads=2, n_ctx=32, d_vocab=300)
+    train(shape, TrainConfig(dataset=path, tokens=24 * 8 * 32, batch_size=8, eval_tokens=256, warmup_tokens=256,
+                             seed=3, device="cpu", shuffle=True), tmp_path / "run")
+    assert len(readings) >= 4 and len(set(map(id, readings))) == 1  # tokenizer, eval, two epochs or more
+    assert fills == [3]
 
 
 def test_builtin_keeps_its_own_order():

@@ -27,7 +27,7 @@ from typing import Iterable, Iterator
 import torch
 from tokenizers import Tokenizer
 
-from solu.corpus import ReadStats, iter_documents
+from solu.corpus import Document, ReadStats, iter_documents
 from solu.errors import UserError
 
 ENCODE_GROUP = 32  # documents per tokenizer call
@@ -99,12 +99,19 @@ def _encode(group: list, tok: Tokenizer) -> Iterator[tuple[object, list[int]]]:
 def document_tokens(spec: str, text_column: str, tok: Tokenizer, budget: int, tally: Tally,
                     seed: int = 0, shuffle: bool = False) -> Iterator[tuple[int, list[int]]]:
     """(doc_id, token ids) until `budget` tokens, the last document cut to fit."""
-    for doc, ids in encoded(iter_documents(spec, text_column, tally.read, seed, shuffle), tok):
+    for doc, ids in budgeted(iter_documents(spec, text_column, tally.read, seed, shuffle), tok, budget, tally):
+        yield doc.id, ids
+
+
+def budgeted(docs: Iterable[Document], tok: Tokenizer, budget: int,
+             tally: Tally) -> Iterator[tuple[Document, list[int]]]:
+    """(document, token ids) of docs until `budget` tokens, the last document cut to fit."""
+    for doc, ids in encoded(docs, tok):
         ids = ids[: budget - tally.tokens]
         if ids:
             tally.tokens += len(ids)
             tally.documents += 1
-            yield doc.id, ids
+            yield doc, ids
         if tally.tokens >= budget:
             return
     tally.exhausted = tally.tokens < budget

@@ -20,6 +20,7 @@ from concurrent.futures.process import BrokenProcessPool
 from dataclasses import replace
 from typing import Iterator
 
+import numpy as np
 import torch
 
 from index.engine.config import IndexConfig
@@ -39,12 +40,12 @@ def _start_worker(threads: int, tokens: multiprocessing.Queue) -> None:
     _tokens = tokens
 
 
-def _index_shard(ref: ModelRef, cfg: IndexConfig, layout: Layout, shard: int, n_shards: int,
+def _index_shard(ref: ModelRef, cfg: IndexConfig, layout: Layout, shard: int, places: np.ndarray,
                  stop: tuple[int, int], sample: list) -> ShardResult:
     """In a worker: load the model, index one shard, report tokens as they are done."""
     device = device_of(cfg)
     ckpt = load_model(ref, device, cfg.dtype)
-    return run_worker_shard(ckpt, cfg, device, layout, shard, n_shards, stop, sample, _tokens.put)
+    return run_worker_shard(ckpt, cfg, device, layout, shard, places, stop, sample, _tokens.put)
 
 
 def stop_pool(pool: ProcessPoolExecutor) -> None:
@@ -96,8 +97,8 @@ class LocalShards:
         bar = progress.bar(plan.tally.tokens, f"{ckpt.name} ({n} workers)")
         t1 = time.perf_counter()
         try:
-            futures = {self.pool.submit(_index_shard, ref, cfg, layout, k, n, plan.stop, plan.sample_of(k)): k
-                       for k in range(n)}
+            futures = {self.pool.submit(_index_shard, ref, cfg, layout, k, plan.places_of(k), plan.stop,
+                                        plan.sample_of(k)): k for k in range(n)}
             results = self._collect(futures, bar)
         except BaseException:
             self._stop()  # a failed run leaves no worker busy

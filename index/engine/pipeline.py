@@ -112,10 +112,11 @@ WORKER_REPORT_S = 0.25  # how often a shard worker sends its tokens to the one p
 
 
 def run_worker_shard(ckpt: LoadedModel, cfg: IndexConfig, device: torch.device, layout: Layout, shard: int,
-                     n_shards: int, stop: tuple[int, int], sample: list,
+                     places: np.ndarray, stop: tuple[int, int], sample: list,
                      send: Callable[[int], None]) -> ShardResult:
-    """A worker's shard (local process or Ray actor): it reads the dataset itself, skipping
-    the other shards' documents, and send()s its tokens done at most every WORKER_REPORT_S."""
+    """A worker's shard (local process or Ray actor): it reads the dataset itself, picking its
+    documents by their places (Plan.places_of), and send()s its tokens done at most every
+    WORKER_REPORT_S."""
     pending, last = [0], [time.monotonic()]
 
     def report(n: int, final: bool = False) -> None:
@@ -124,7 +125,7 @@ def run_worker_shard(ckpt: LoadedModel, cfg: IndexConfig, device: torch.device, 
             send(pending[0])
             pending[0], last[0] = 0, time.monotonic()
 
-    docs = shard_documents(cfg, ckpt.tokenizer, shard, n_shards, stop)
+    docs = shard_documents(cfg, ckpt.tokenizer, places, stop)
     result = run_shard(ckpt, cfg, device, layout, shard, docs, lambda: sample, report)
     report(0, final=True)
     return result
@@ -170,7 +171,7 @@ class InProcess:
                 for _ in stream:  # the whole plan first: a shard reads only its own documents
                     pass
                 results = [run_shard(ckpt, cfg, device, layout, k,
-                                     shard_documents(cfg, ckpt.tokenizer, k, self.shards, plan.stop),
+                                     shard_documents(cfg, ckpt.tokenizer, plan.places_of(k), plan.stop),
                                      lambda k=k: plan.sample_of(k), bar.update) for k in range(self.shards)]
         finally:
             bar.close()

@@ -5,10 +5,11 @@
 The pipeline (index.engine.pipeline) is the same as without workers; only who runs
 the shards differs. While the driver reads the plan, each worker (a Ray actor: one CPU,
 or one GPU where the cluster has them) loads the checkpoint; then each indexes its
-shard with pipeline.run_shard, reading the dataset itself and skipping the other
-shards' documents before tokenizing them, and hands back its ShardResult. One progress
-bar counts every worker's tokens; a worker that dies or fails ends the run with one
-line naming its shard, before anything is written.
+shard with pipeline.run_shard, reading the dataset itself in file order (never through
+the shuffle buffer again), picking its documents by the places the plan found and
+skipping the other shards' before tokenizing them, and hands back its ShardResult. One
+progress bar counts every worker's tokens; a worker that dies or fails ends the run
+with one line naming its shard, before anything is written.
 
 Workers must see the checkpoint and the dataset at the same paths as the driver (a
 shared filesystem on a multi-node cluster); a shard whose token count disagrees with the
@@ -22,6 +23,7 @@ import time
 from dataclasses import replace
 from typing import Iterator
 
+import numpy as np
 import torch
 
 from index.engine.config import IndexConfig
@@ -56,9 +58,9 @@ class ShardWorker:
         self.ckpt = load_model(ref, self.device, cfg.dtype)
         return {"pid": os.getpid(), "node": ray.util.get_node_ip_address(), "device": str(self.device)}
 
-    def run(self, layout: Layout, shard: int, n_shards: int, stop: tuple[int, int], sample: list, counter,
+    def run(self, layout: Layout, shard: int, places: np.ndarray, stop: tuple[int, int], sample: list, counter,
             run_no: int) -> ShardResult:
-        result = run_worker_shard(self.ckpt, self.cfg, self.device, layout, shard, n_shards, stop, sample,
+        result = run_worker_shard(self.ckpt, self.cfg, self.device, layout, shard, places, stop, sample,
                                   lambda n: counter.add.remote(run_no, n))
         self.ckpt = None  # the next model's turn
         return result
@@ -163,8 +165,8 @@ class RayShards:
         """Run every shard; the bar follows the counter without ever waiting on it."""
         ray, n, counter = self.ray, len(workers), self.counter
         self.runs += 1
-        refs = {workers[k].run.remote(layout, k, n, plan.stop, plan.sample_of(k), counter, self.runs): k
-                for k in range(n)}
+        refs = {workers[k].run.remote(layout, k, plan.places_of(k), plan.stop, plan.sample_of(k), counter,
+                                      self.runs): k for k in range(n)}
         results, pending, asked = [], list(refs), None
         try:
             while pending:

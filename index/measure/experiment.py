@@ -239,6 +239,7 @@ def prepare(out: Path, grid: Grid) -> Path:
     """The folder, the grid file, the shared tokenizer and the database; returns the database."""
     from solu.batches import training_texts
     from solu.config import TrainConfig
+    from solu.corpus import iter_documents
     from solu.outputs import write_text
     from solu.tokenizer import train_tokenizer
     from solu.train import TOKENIZER_CHARS
@@ -248,7 +249,8 @@ def prepare(out: Path, grid: Grid) -> Path:
         write_text(out / GRID_FILE, json.dumps(grid.to_dict(), indent=2) + "\n", "--out")
     tok = out / TOKENIZER_FILE
     if not tok.exists():
-        texts = training_texts(grid.dataset, "text", grid.seeds[0], TOKENIZER_CHARS, TrainConfig.shuffle)
+        docs = iter_documents(grid.dataset, seed=grid.seeds[0], shuffle=TrainConfig.shuffle)
+        texts = training_texts(docs, TOKENIZER_CHARS)
         write_text(tok, train_tokenizer(texts, grid.vocab).to_str(), "--out")
     db = out / "index.duckdb"
     if not db.exists():  # an empty index, made the way `solu index` makes one (atomically)

@@ -1,4 +1,5 @@
-"""A small offline corpus of real text, and the plan of a run read to its end."""
+"""A small offline corpus of real text, the plan of a run read to its end, and a count
+of shuffle buffer fills."""
 from __future__ import annotations
 
 import base64
@@ -17,6 +18,21 @@ def read_plan(cfg, tokenizer, n_shards: int, segment_len: int):
     for _ in planned(plan, cfg, tokenizer):
         pass
     return plan
+
+
+def shuffle_fills(monkeypatch) -> list:
+    """A list that gets the seed of each pass of a dataset through the shuffle buffer
+    (each call of solu.corpus.shuffled) from here on."""
+    from solu import corpus
+
+    fills, shuffled = [], corpus.shuffled
+
+    def counted(docs, seed, *args, **kwargs):
+        fills.append(seed)
+        return shuffled(docs, seed, *args, **kwargs)
+
+    monkeypatch.setattr(corpus, "shuffled", counted)
+    return fills
 
 
 def make_corpus(path: Path, n_docs: int = 300, seed: int = 0) -> Path:
