@@ -401,7 +401,7 @@ def test_automatic_batch_size_keeps_activations_within_budget():
     ours = ModelShape("solu_ln", 1, 128, 512, 4, 128, 4096)
     assert [fit_batch_size(gpt2, 12), fit_batch_size(solu_12l, 24), fit_batch_size(ours, 2)] == [1, 1, 32]
     rows = fit_batch_size(gpt2, 12)
-    assert 2 * rows * 1024 * 3072 * 12 * 4 <= BATCH_BYTES < 2 * (rows + 1) * 1024 * 3072 * 12 * 4
+    assert rows * 1024 * 3072 * 12 * 4 <= BATCH_BYTES < (rows + 1) * 1024 * 3072 * 12 * 4
 
 
 def test_on_cuda_the_batch_fills_the_device(monkeypatch):

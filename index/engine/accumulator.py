@@ -40,7 +40,7 @@ from index.engine.batching import Batch
 from index.engine.pools import Candidates, Pool
 from index.engine.stats import Duplicates, RowsOf, RunningStats, Workspace
 from index.engine.topk import NO_SAMPLE, sample_groups, sample_key, top_k, top_key, unit_priority, value_bands
-from index.engine.windows import Span, WindowCache, block_maxima, by_site, first_col, first_row, token_at
+from index.engine.windows import Edge, Span, WindowCache, block_maxima, by_site, first_col, first_row, token_at
 
 SEED_INTERVALS, SEED_RANDOM = 0, 1  # added to the run's seed
 INTERVAL_BLOCK = 4096  # neurons whose interval samples are drawn at once
@@ -255,6 +255,37 @@ class Accumulator:
             if pool.size:
                 open_rows = gate(pool, cand) if stale is None else gate(pool, cand) | stale
                 pool.absorb(cand, select, open_rows.nonzero().squeeze(1), replaced)
+
+    def open_windows(self, batch: Batch) -> list[tuple[str, torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """After update: the kept windows that reach past this batch's end, of the unit
+        running on into the next batch, as (pool, neuron, arena slot, head index of the
+        window's first slot) (fill_windows completes them)."""
+        if not batch.continues_next:
+            return []
+        first, count = batch.last_span
+        last, shape = int(batch.unit_ids[-1]), self.rules.shape
+        out = []
+        for name, _, _ in self.rules.streaming():
+            pool = getattr(self.gathered, name)
+            n, c = ((pool.unit == last) & (pool.pos - first + shape.after >= count)).nonzero(as_tuple=True)
+            if len(n):
+                out.append((name, n, pool.slot[n, c], pool.pos[n, c] - first - count - shape.before))
+        return out
+
+    def fill_windows(self, windows: list, head: Edge) -> None:
+        """Write open_windows' head positions: head is the next batch's first positions
+        of that unit (index.engine.windows.head_of), read before the batch is taken in."""
+        acts, tokens = head
+        steps = torch.arange(self.rules.shape.width, device=tokens.device)
+        for name, n, slot, start in windows:
+            pool = getattr(self.gathered, name)
+            h = start[:, None] + steps  # [E, W] index into the head
+            ok = (h >= 0) & (h < len(tokens))
+            h = h.clamp(0, max(len(tokens) - 1, 0))
+            if len(tokens):
+                site, j = n // self.d_mlp, n % self.d_mlp
+                pool.win_acts[n, slot] = torch.where(ok, acts[site[:, None], h, j[:, None]], pool.win_acts[n, slot])
+                pool.win_tokens[n, slot] = torch.where(ok, tokens[h].int(), pool.win_tokens[n, slot])
 
     def _holds(self, unit: int) -> torch.Tensor:
         g = self.gathered

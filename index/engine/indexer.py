@@ -1,11 +1,11 @@
 """The streaming part of a shard: token batches through the model, into an Accumulator.
 
 The model runs batch by batch under inference_mode with hooks on the neuron sites only
-(and stops after the last of them). A batch's activations are held until the next
-batch's forward pass is done, so that windows can run on across the batch boundary
-(index.engine.windows); then the accumulator takes them. After streaming, the sample
-pass runs the activation sample's segments again for the sparse activations table,
-whose threshold, a fraction of each neuron's max, needs the max.
+(and stops after the last of them). The accumulator takes each batch as soon as its
+forward pass is done, so one batch of activations is held at a time; windows that run
+on into the next batch are completed from it (index.engine.windows). After streaming,
+the sample pass runs the activation sample's segments again for the sparse activations
+table, whose threshold, a fraction of each neuron's max, needs the max.
 """
 from __future__ import annotations
 
@@ -80,17 +80,11 @@ class Indexer:
         self.run(make_batches(units, self.ckpt.model_cfg.n_ctx, self.cfg.batch_size, self.ckpt.bos_id), on_batch)
 
     def run(self, batches: Iterable[Batch], on_batch: Callable[[int], None] = lambda n: None) -> None:
-        tail = None
+        tail, open_windows = None, []
         with torch.inference_mode(), Recorder(self.model, self.sites) as rec:
-            prev = None
             for batch in batches:
-                cur = self._forward(batch.to(self.device), rec)
-                if prev is not None:
-                    tail = self._absorb(prev, cur, tail)
-                prev = cur
+                tail, open_windows = self._absorb(self._forward(batch.to(self.device), rec), tail, open_windows)
                 on_batch(batch.n_tokens)
-            if prev is not None:
-                self._absorb(prev, None, tail)
 
     def _forward(self, batch: Batch, rec: Recorder) -> Prepared:
         start = time.perf_counter()
@@ -98,16 +92,18 @@ class Indexer:
         self.forward_s += time.perf_counter() - start
         return Prepared(batch, [acts[k] for k in self.keys])
 
-    def _absorb(self, cur: Prepared, nxt: Prepared | None, tail: Edge | None) -> Edge | None:
-        """Take batch cur (its head from nxt, its tail from the batch before); returns
-        the tail cur leaves for nxt."""
+    def _absorb(self, cur: Prepared, tail: Edge | None, open_windows: list) -> tuple[Edge | None, list]:
+        """Take batch cur: first the windows the batch before left open (their head is
+        cur's first positions), then cur itself (its tail from the batch before); returns
+        the tail and the open windows cur leaves for the next batch."""
         start = time.perf_counter()
-        head = head_of(build_span(nxt.acts, nxt.batch), self.cfg.window_after) \
-            if nxt is not None and cur.batch.continues_next else None
-        span = build_span(cur.acts, cur.batch, tail if cur.batch.continues_prev else None, head)
+        span = build_span(cur.acts, cur.batch, tail if cur.batch.continues_prev else None)
+        if open_windows:
+            self.acc.fill_windows(open_windows, head_of(span, self.cfg.window_after))
         self.acc.update(span, cur.batch)
+        open_windows = self.acc.open_windows(cur.batch)
         self.accumulate_s += time.perf_counter() - start
-        return next_tail(span, self.cfg.window_before)
+        return next_tail(span, self.cfg.window_before), open_windows
 
     def sample_pass(self, sample: list[tuple[int, list[int]]]) -> SampleRows:
         """The activation rows of the sample's segments (index.engine.sample_rows), selected

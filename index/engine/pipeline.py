@@ -18,12 +18,13 @@
 A one-shard run and a sharded one differ only in who runs the shards, so the sharded
 index equals the unsharded one by construction. Memory does not grow with the dataset:
 documents are read and tokenized a group at a time and the indexer keeps per neuron its
-stats and pools (neurons x (K + samples) windows), plus two batches of activations
+stats and pools (neurons x (K + samples) windows), plus one batch of activations
 (BATCH_BYTES); the sample pass keeps about --sample-rows activation rows whatever the
 sample's size, and they reach DuckDB a chunk at a time.
 """
 from __future__ import annotations
 
+import ctypes
 import gc
 import itertools
 import sys
@@ -52,9 +53,9 @@ from solu.sources import LoadedModel, ModelRef, load_model
 from solu.tokenizer import token_strings
 
 BATCH_TOKENS = 4096  # tokens per forward pass when the batch size is chosen automatically
-BATCH_BYTES = 1 << 29  # and at most this much float32 activation memory (two batches are held)
+BATCH_BYTES = 1 << 28  # and at most this much float32 activation memory (one batch is held)
 GPU_BATCH_TOKENS = 65_536  # on CUDA: a GPU idles on 4,096-token batches (issue 17's table)
-GPU_MEMORY_SHARE = 4  # on CUDA: the two batches held take at most 1/4 of the device's free memory
+GPU_MEMORY_SHARE = 8  # on CUDA: the batch held takes at most 1/8 of the device's free memory
 
 
 @dataclass
@@ -102,7 +103,9 @@ def run_shard(ckpt: LoadedModel, cfg: IndexConfig, device: torch.device, layout:
     counted = Count()
     indexer.index_documents(counted.through(docs), on_tokens)
     stream_s = time.perf_counter() - t0
+    trim_heap()
     activations = indexer.sample_pass(sample_of())
+    trim_heap()
     timings = {"stream_s": stream_s, "forward_s": indexer.forward_s, "accumulate_s": indexer.accumulate_s,
                "sample_pass_s": time.perf_counter() - t0 - stream_s}
     return ShardResult(shard, counted.tokens, counted.documents, indexer.acc.gathered.to("cpu"), activations, timings)
@@ -251,6 +254,18 @@ def drop_model(ckpt: LoadedModel) -> None:
     gc.collect()  # the bridge's modules refer to each other
 
 
+def trim_heap() -> None:
+    """Hand the C heap's free pages back to the system between phases (glibc's
+    malloc_trim). glibc serves blocks below its mmap threshold, which rises to 32 MB as
+    large blocks are freed, from its heap, and keeps what is freed there resident: after
+    streaming solu-12l (25 MB a site's activations) that is about 1 GB, which the sample
+    pass and connections would otherwise hold on top of their own."""
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass  # not glibc: nothing to trim this way
+
+
 def finish(ckpt: LoadedModel, cfg: IndexConfig, sites: list[Site], plan: Plan, run: Execution,
            started_at: datetime, begun: float, progress: bool = False, release_model: bool = False) -> ModelIndex:
     """Merge the shards' results, cut the activation rows at the merged max, draw the
@@ -302,12 +317,11 @@ def check_counts(results: list[ShardResult], plan: Plan) -> None:
 
 
 def fit_batch_size(shape, n_sites: int, device: torch.device | None = None) -> int:
-    """Rows per batch: about BATCH_TOKENS tokens, and the two batches of float32
-    activations the indexer holds within BATCH_BYTES (512 MiB: on GPT-2 small one row of
-    1,024 tokens holds 302 MB); at least one row. On CUDA about
-    GPU_BATCH_TOKENS tokens, the two batches within 1/GPU_MEMORY_SHARE of the device's
-    free memory."""
-    row_bytes = 2 * shape.n_ctx * shape.d_mlp * n_sites * 4
+    """Rows per batch: about BATCH_TOKENS tokens, and the batch of float32 activations
+    the indexer holds within BATCH_BYTES (256 MiB: on GPT-2 small one row of 1,024 tokens
+    holds 151 MB, on solu-12l 604 MB); at least one row. On CUDA about GPU_BATCH_TOKENS
+    tokens, the batch within 1/GPU_MEMORY_SHARE of the device's free memory."""
+    row_bytes = shape.n_ctx * shape.d_mlp * n_sites * 4
     if device is not None and device.type == "cuda":
         free, _ = torch.cuda.mem_get_info(device)
         return max(1, min(GPU_BATCH_TOKENS // shape.n_ctx, free // GPU_MEMORY_SHARE // row_bytes))

@@ -20,6 +20,7 @@ import torch
 
 from index.engine.topk import EMPTY
 
+ABSORB_ROWS = 16_384  # neurons a pool takes candidates for at once
 Select = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -87,12 +88,15 @@ class Pool:
         return self.win_acts.gather(1, idx), self.win_tokens.gather(1, idx)
 
     def absorb(self, cand: Candidates, select: Select, rows: torch.Tensor, replaced: int | None = None) -> None:
-        """Keep, for neurons `rows`, the best of this pool and the candidates.
-        replaced: the unit of candidate column 0 when it ran on from the previous
-        batch; where that candidate is valid (its max went up) it supersedes the
-        unit's kept entry."""
-        if len(rows) == 0:
-            return
+        """Keep, for neurons `rows` (ascending), the best of this pool and the
+        candidates, ABSORB_ROWS neurons at a time (the selection's work arrays are a few
+        times the entries'). replaced: the unit of candidate column 0 when it ran on from
+        the previous batch; where that candidate is valid (its max went up) it supersedes
+        the unit's kept entry."""
+        for start in range(0, len(rows), ABSORB_ROWS):
+            self._absorb(cand, select, rows[start:start + ABSORB_ROWS], replaced)
+
+    def _absorb(self, cand: Candidates, select: Select, rows: torch.Tensor, replaced: int | None) -> None:
         sub, cand = self.entries(rows), cand.rows(rows)
         old_valid = sub.valid
         if replaced is not None:

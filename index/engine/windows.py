@@ -9,12 +9,13 @@ window may need positions on either side of it:
     tail | this batch's positions | head
 
 tail: the last `before` positions of the unit that ran in from the previous batch
-(kept from it: `before` x neurons floats); head: the first `after` positions of the
-unit that runs on into the next batch (the indexer holds a batch's activations until
-the next batch's forward pass is done, then cuts them). Memory stays two batches of
-activations plus the kept windows, however long the documents or the dataset. The
-alternative, re-running the units that entered a list in a second pass, would cost a
-forward pass over up to neurons x K units.
+(kept from it: `before` x neurons floats). head: the first `after` positions of the unit
+that runs on into the next batch; they are not known yet, so a window is cut without
+them (NaN, token -1) and the accumulator fills them in when the next batch's forward
+pass is done (Accumulator.open_windows, fill_windows), before that batch is taken in. So
+the indexer holds one batch of activations at a time, plus the kept windows, however
+long the documents or the dataset. The alternative, re-running the units that entered
+a list in a second pass, would cost a forward pass over up to neurons x K units.
 
 Neurons of all sites are numbered site-major: neuron i is neuron j = i % d_mlp of site
 i // d_mlp. Inside a batch a unit is named by its index u there (0..D-1).
@@ -38,34 +39,28 @@ class Span:
     batch: Batch
     tail: torch.Tensor  # [sites, Lt, d_mlp]: the positions just before unit 0's first here
     tail_tokens: torch.Tensor  # [Lt]
-    head: torch.Tensor  # [sites, Lh, d_mlp]: the positions just after the last unit's last here
-    head_tokens: torch.Tensor  # [Lh]
 
 
-def build_span(acts: list[torch.Tensor], batch: Batch, tail: Edge | None = None, head: Edge | None = None) -> Span:
+def build_span(acts: list[torch.Tensor], batch: Batch, tail: Edge | None = None) -> Span:
     empty = (acts[0].new_zeros(len(acts), 0, acts[0].shape[-1]), batch.tokens.new_zeros(0))
-    return Span(acts, batch, *(tail or empty), *(head or empty))
+    return Span(acts, batch, *(tail or empty))
 
 
 def _locate(span: Span, u: torch.Tensor, q: torch.Tensor):
-    """Where position q of unit u lives: (where, a, b) with where 0 for
-    the tail (index a), 1 for the batch (row a, column b), 2 for the head (index a)."""
+    """Where position q (before this batch's end) of unit u lives: (from_tail, row,
+    col, tail index): the tail, or row and column of the batch."""
     b = span.batch
     width = span.acts[0].shape[1] - 1
     row0 = (torch.cumsum(b.unit_rows, 0) - b.unit_rows)[u]
     local = q - b.unit_first[u]
-    end = b.unit_count[u]
-    where = torch.where(local < 0, 0, torch.where(local >= end, 2, 1))
     row = row0 + local.clamp(0, None) // width
     col = 1 + local.clamp(0, None) % width
-    tail_idx = span.tail.shape[1] + local
-    head_idx = local - end
-    return where, row, col, tail_idx, head_idx
+    return local < 0, row, col, span.tail.shape[1] + local
 
 
 def token_at(span: Span, u: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     """Token ids at positions `pos` (inside this batch) of units `u`."""
-    _, row, col, _, _ = _locate(span, u, pos)
+    _, row, col, _ = _locate(span, u, pos)
     return span.batch.tokens[row, col]
 
 
@@ -73,14 +68,15 @@ def capture(span: Span, neuron: torch.Tensor, u: torch.Tensor, pos: torch.Tensor
             before: int, after: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Windows for entries (neuron, u, pos) [E], neurons in ascending order: acts
     [E, W] (NaN outside the unit) and token ids [E, W] (-1 outside),
-    W = before + 1 + after, slot `before` holding the max."""
+    W = before + 1 + after, slot `before` holding the max. Positions in the next batch
+    (the head) are left NaN and -1: Accumulator.fill_windows writes them from that batch."""
     b = span.batch
     t = span.acts[0].shape[1]
     d_mlp = span.acts[0].shape[-1]
     first, count = b.unit_first[u][:, None], b.unit_count[u][:, None]
     row0 = (torch.cumsum(b.unit_rows, 0) - b.unit_rows)[u][:, None]
     q = (pos[:, None] - first) + torch.arange(-before, after + 1, device=pos.device)  # position - first here
-    inside = (q + first >= 0) & (q + first < b.unit_len[u][:, None])
+    inside = (q + first >= 0) & (q < count)  # the unit's positions up to this batch's end
     local = torch.minimum(q.clamp_min(0), count - 1)
     flat = row0 * t + local + local // (t - 1) + 1  # index into [B * T]; rows start with BOS
     site, j = neuron // d_mlp, (neuron % d_mlp)[:, None]
@@ -88,15 +84,12 @@ def capture(span: Span, neuron: torch.Tensor, u: torch.Tensor, pos: torch.Tensor
     for s, part in by_site(site, len(span.acts)):
         acts[part] = take(span.acts[s], flat[part] * d_mlp + j[part])
     tokens = b.tokens.reshape(-1)[flat]
-    edges = ((span.tail, span.tail_tokens, q < 0, q + span.tail.shape[1]),
-             (span.head, span.head_tokens, q >= count, q - count))
-    for edge, edge_tokens, outside, idx in edges:
-        rows = (outside & inside).any(1).nonzero().squeeze(1)
-        if len(rows):
-            i = idx[rows].clamp(0, edge.shape[1] - 1)
-            o = outside[rows]
-            acts[rows] = torch.where(o, edge[site[rows, None], i, j[rows]], acts[rows])
-            tokens[rows] = torch.where(o, edge_tokens[i], tokens[rows])
+    rows = ((q < 0) & inside).any(1).nonzero().squeeze(1)  # windows reaching into the tail
+    if len(rows):
+        i = (q[rows] + span.tail.shape[1]).clamp(0, span.tail.shape[1] - 1)
+        o = q[rows] < 0
+        acts[rows] = torch.where(o, span.tail[site[rows, None], i, j[rows]], acts[rows])
+        tokens[rows] = torch.where(o, span.tail_tokens[i], tokens[rows])
     acts = torch.where(inside, acts, torch.nan)
     return acts, torch.where(inside, tokens, -1).to(torch.int32)
 
@@ -119,11 +112,10 @@ def edge_positions(span: Span, u: int, q: torch.Tensor) -> tuple[torch.Tensor, t
     """Every neuron's activations [sites, len(q), d_mlp] and token ids at positions q of
     unit `u`, from the tail, the batch or the head."""
     d = torch.full_like(q, u)
-    where, row, col, tail_idx, _ = _locate(span, d, q)
+    from_tail, row, col, tail_idx = _locate(span, d, q)
     acts = torch.stack([a[row.clamp(0, len(span.batch.row_len) - 1), col] for a in span.acts])
     tokens = span.batch.tokens[row.clamp(0, len(span.batch.row_len) - 1), col]
     if span.tail.shape[1]:  # positions before this batch come from the tail (no branch on the data)
-        from_tail = where == 0
         i = tail_idx.clamp(0, span.tail.shape[1] - 1)
         acts = torch.where(from_tail[None, :, None], span.tail[:, i], acts)
         tokens = torch.where(from_tail, span.tail_tokens[i], tokens)
