@@ -44,8 +44,8 @@ class IndexConfig:
     connection_k: int = option(10, "strongest positive and negative partners kept per neuron, upstream and "
                                    "downstream, by virtual weight (models of 2+ layers)", EXAMPLES)
     batch_size: int = option(0, "rows of n_ctx tokens per forward pass; 0: as many as fit, about 4096 tokens "
-                                "and 512 MiB of activations (on CUDA: 65,536 tokens, within a quarter of the "
-                                "device's free memory)", (4096, "rows of context in one forward pass"))
+                                "and 256 MiB of activations, at least one row (on CUDA: 65,536 tokens, within an "
+                                "eighth of the device's free memory)", (4096, "rows of context in one forward pass"))
     dtype: str = option("float32", "dtype the model runs in: float32, bfloat16 or float16 (activations are "
                                    "accumulated in float32)")
     layers: str = option("", "layers to index, e.g. 0,2-3 (empty: all)")
