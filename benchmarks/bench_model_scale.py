@@ -19,10 +19,13 @@ For each shape and each --tokens count, in fresh processes, one after another:
            merge, connections, write), its peak RSS (wait4), the database's size, and
            its phases as index_details.timings records them
 index/forward is the index wall time over the forward time. Several --tokens give the
-peak RSS at 1x and 4x (memory must not grow with the tokens).
+peak RSS at 1x and 4x (memory must not grow with the tokens). With --workers N (and
+--ray-address of a running cluster) the index runs sharded: each shard records its
+process's peak RSS, and 'shard peak RSS' is the largest (index_details.timings).
 
   python benchmarks/bench_model_scale.py --shapes gpt2-small --tokens 16384 65536
   python benchmarks/bench_model_scale.py --shapes solu-1l gpt2-small solu-12l --tokens 16384
+  python benchmarks/bench_model_scale.py --shapes gpt2-small --tokens 16384 --workers 2 --ray-address ADDR
 """
 from __future__ import annotations
 
@@ -99,13 +102,13 @@ def peak_rss_of(cmd: list[str]) -> tuple[float, float, str]:
     return wall, usage.ru_maxrss / 1024, out
 
 
-def bench(path: Path, name: str, tokens: int, dataset: str, root: Path) -> dict:
+def bench(path: Path, name: str, tokens: int, dataset: str, root: Path, shards: list[str]) -> dict:
     _, _, out = peak_rss_of([sys.executable, __file__, "--forward-child", str(path), "--dataset", dataset,
                              "--tokens", str(tokens)])
     fwd = json.loads(out.strip().splitlines()[-1])
     db = root / f"{name}-{tokens}.duckdb"
     wall, rss, _ = peak_rss_of([sys.executable, "-m", "solu.cli", "index", str(path), "--db", str(db),
-                                "--dataset", dataset, "--tokens", str(tokens), "--no-progress"])
+                                "--dataset", dataset, "--tokens", str(tokens), "--no-progress", *shards])
     con = duckdb.connect(str(db), read_only=True)
     timings = json.loads(con.execute("SELECT timings FROM index_details").fetchone()[0])
     act_rows = con.execute("SELECT count(*) FROM activations").fetchone()[0]
@@ -113,9 +116,11 @@ def bench(path: Path, name: str, tokens: int, dataset: str, root: Path) -> dict:
     con.close()
     size_mb = db.stat().st_size / 2**20
     db.unlink()
-    row = {"shape": name, "tokens": runs[0], "sample tokens": runs[1], "rows/batch": fwd["rows"],
+    row = {"shape": name, "workers": " ".join(shards) or "1 (in process)", "tokens": runs[0],
+           "sample tokens": runs[1], "rows/batch": fwd["rows"],
            "bare forward s": fwd["forward_s"], "index wall s": wall, "index/forward": wall / fwd["forward_s"],
-           "peak RSS MB": rss, "DB MB": size_mb, "activation rows": act_rows,
+           "peak RSS MiB": rss, "shard peak RSS MiB": timings.get("shard_peak_rss_mib"), "DB MB": size_mb,
+           "activation rows": act_rows,
            **{k.removesuffix("_s") + " s": v for k, v in timings.items()},
            "load avg": os.getloadavg()[0]}
     print(json.dumps(row), flush=True)
@@ -129,6 +134,10 @@ def main() -> None:
     p.add_argument("--dataset", default="builtin")
     p.add_argument("--checkpoints", type=Path, default=None,
                    help="folder to keep the random checkpoints in (default: a temporary one)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="index with `--workers N` (local worker processes, or Ray workers with --ray-address); "
+                        "peak RSS is then the driver's, and 'shard peak RSS' the largest worker's")
+    p.add_argument("--ray-address", default="", help="with --workers: a running Ray cluster (`ray start --head`)")
     p.add_argument("--forward-child", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.forward_child:
@@ -136,13 +145,15 @@ def main() -> None:
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {os.cpu_count()} CPUs, "
           f"load average {os.getloadavg()[0]:.1f}", flush=True)
     rows = []
+    shards = ["--workers", str(args.workers)] if args.workers else []
+    shards += ["--ray-address", args.ray_address] if args.workers and args.ray_address else []
     with tempfile.TemporaryDirectory() as tmp:
         root = args.checkpoints or Path(tmp)
         for name in args.shapes:
             path = checkpoint(root, name)
-            rows += [bench(path, name, n, args.dataset, Path(tmp)) for n in args.tokens]
-    columns = ["shape", "tokens", "sample tokens", "bare forward s", "index wall s", "index/forward", "peak RSS MB",
-               "DB MB", "activation rows", "stream s", "forward s", "accumulate s", "sample_pass s", "merge s",
+            rows += [bench(path, name, n, args.dataset, Path(tmp), shards) for n in args.tokens]
+    columns = ["shape", "workers", "tokens", "sample tokens", "bare forward s", "index wall s", "index/forward",
+               "peak RSS MiB", "shard peak RSS MiB", "DB MB", "activation rows", "stream s", "forward s", "accumulate s", "sample_pass s", "merge s",
                "connections s", "total s"]
     print(format_table([{c: round(r[c], 2) if isinstance(r.get(c), float) else r.get(c) for c in dict.fromkeys(columns)}
                         for r in rows]))

@@ -523,6 +523,8 @@ def test_database_holds_every_table(built_db):
     details = query(built_db, "SELECT d.tokens_requested, d.stats_every, json_extract(d.config, '$.top_k') "
                               "FROM index_details d JOIN index_runs r USING (run_id)")
     assert details == [(2000, 1, "5")] * 2
+    peaks = query(built_db, "SELECT CAST(json_extract(timings, '$.shard_peak_rss_mib') AS DOUBLE) FROM index_details")
+    assert all(100 < p < 24 * 1024 for (p,) in peaks)  # MiB of a process that imported torch, on a 24 GB machine
     runs = query(built_db, "SELECT model_id, tokens, top_k, sites, band_kind FROM index_runs ORDER BY 1")
     assert runs == [("gelu-tiny", 2000, 5, ["post"], "interval"), ("solu_ln-tiny", 2000, 5, ["pre_ln", "post_ln"], "interval")]
     assert query(built_db, "SELECT count(*) FROM logits WHERE model_id = 'gelu-tiny'")[0][0] == 2 * 64 * 2 * 10

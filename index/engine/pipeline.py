@@ -27,6 +27,7 @@ from __future__ import annotations
 import ctypes
 import gc
 import itertools
+import resource
 import sys
 import time
 from dataclasses import dataclass, field, replace
@@ -67,7 +68,7 @@ class ShardResult:
     documents: int
     gathered: Gathered
     activations: SampleRows  # the sample's rows, against this shard's own max
-    timings: dict[str, float]  # stream_s, forward_s, accumulate_s, sample_pass_s
+    timings: dict[str, float]  # stream_s, forward_s, accumulate_s, sample_pass_s; peak_rss_mib of its process
 
 
 @dataclass
@@ -107,7 +108,7 @@ def run_shard(ckpt: LoadedModel, cfg: IndexConfig, device: torch.device, layout:
     activations = indexer.sample_pass(sample_of())
     trim_heap()
     timings = {"stream_s": stream_s, "forward_s": indexer.forward_s, "accumulate_s": indexer.accumulate_s,
-               "sample_pass_s": time.perf_counter() - t0 - stream_s}
+               "sample_pass_s": time.perf_counter() - t0 - stream_s, "peak_rss_mib": peak_rss_mib()}
     return ShardResult(shard, counted.tokens, counted.documents, indexer.acc.gathered.to("cpu"), activations, timings)
 
 
@@ -254,6 +255,11 @@ def drop_model(ckpt: LoadedModel) -> None:
     gc.collect()  # the bridge's modules refer to each other
 
 
+def peak_rss_mib() -> float:
+    """This process's peak resident memory so far, MiB (a shard's, where a worker runs it)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # kB on Linux
+
+
 def trim_heap() -> None:
     """Hand the C heap's free pages back to the system between phases (glibc's
     malloc_trim). glibc serves blocks below its mmap threshold, which rises to 32 MB as
@@ -303,6 +309,7 @@ def finish(ckpt: LoadedModel, cfg: IndexConfig, sites: list[Site], plan: Plan, r
         drop_model(ckpt)
     timings = {"merge_s": merge_s, "connections_s": connections_s, "ablation_s": ablation_s, **{k: sum(r.timings[k] for r in results)
                                       for k in ("forward_s", "accumulate_s", "sample_pass_s")}, **run.timings,
+               "shard_peak_rss_mib": max(r.timings["peak_rss_mib"] for r in results),
                "total_s": time.perf_counter() - begun}
     return ModelIndex(ckpt, cfg, sites, by_site, plan.tally, vocab, plan.sample, plan.segment_len, activations,
                       logits, linked, ablations, started_at, run.device, timings)
