@@ -264,8 +264,8 @@ def trim_heap() -> None:
     """Hand the C heap's free pages back to the system between phases (glibc's
     malloc_trim). glibc serves blocks below its mmap threshold, which rises to 32 MB as
     large blocks are freed, from its heap, and keeps what is freed there resident: after
-    streaming solu-12l (25 MB a site's activations) that is about 1 GB, which the sample
-    pass and connections would otherwise hold on top of their own."""
+    the sample pass on solu-12l (its rows' chunks, the forward's temporaries) about 600
+    MB, which connections and the write would otherwise hold on top of their own."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):
