@@ -121,7 +121,7 @@ def bench(path: Path, name: str, tokens: int, dataset: str, root: Path, shards: 
            "bare forward s": fwd["forward_s"], "index wall s": wall, "index/forward": wall / fwd["forward_s"],
            "peak RSS MiB": rss, "shard peak RSS MiB": timings.get("shard_peak_rss_mib"), "DB MB": size_mb,
            "activation rows": act_rows,
-           **{k.removesuffix("_s") + " s": v for k, v in timings.items()},
+           **{k.removesuffix("_s") + " s": v for k, v in timings.items() if k.endswith("_s")},
            "load avg": os.getloadavg()[0]}
     print(json.dumps(row), flush=True)
     return row

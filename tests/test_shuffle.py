@@ -6,8 +6,6 @@ from __future__ import annotations
 import itertools
 import json
 
-import pytest
-
 from solu import corpus
 from solu.cli import main
 from solu.config import ModelConfig, TrainConfig
