@@ -367,6 +367,7 @@ def test_sample_follows_the_rule_and_activations_equal_brute_force(solu, tiny_co
     cfg = IndexConfig(dataset=str(tiny_corpus), tokens=900, sample_tokens=300, segment_tokens=62, batch_size=4,
                       top_k=3, threshold=0.3, device="cpu", sample_rows=sample_rows)
     result = index_model(solu.ref, cfg, progress=False)
+    assert result.ckpt.model is None  # the run's own copy of the weights is let go once read
     docs = list(document_tokens(str(tiny_corpus), "text", solu.tokenizer, 900, Tally()))
     units = list(segments(docs, result.segment_len))
     want = brute_sample(units, 300, cfg.seed)

@@ -277,15 +277,13 @@ class Accumulator:
         of that unit (index.engine.windows.head_of), read before the batch is taken in."""
         acts, tokens = head
         steps = torch.arange(self.rules.shape.width, device=tokens.device)
-        for name, n, slot, start in windows:
+        for name, n, slot, start in windows if len(tokens) else ():
             pool = getattr(self.gathered, name)
             h = start[:, None] + steps  # [E, W] index into the head
             ok = (h >= 0) & (h < len(tokens))
-            h = h.clamp(0, max(len(tokens) - 1, 0))
-            if len(tokens):
-                site, j = n // self.d_mlp, n % self.d_mlp
-                pool.win_acts[n, slot] = torch.where(ok, acts[site[:, None], h, j[:, None]], pool.win_acts[n, slot])
-                pool.win_tokens[n, slot] = torch.where(ok, tokens[h].int(), pool.win_tokens[n, slot])
+            h, site, j = h.clamp(0, len(tokens) - 1), n // self.d_mlp, n % self.d_mlp
+            pool.win_acts[n, slot] = torch.where(ok, acts[site[:, None], h, j[:, None]], pool.win_acts[n, slot])
+            pool.win_tokens[n, slot] = torch.where(ok, tokens[h].int(), pool.win_tokens[n, slot])
 
     def _holds(self, unit: int) -> torch.Tensor:
         g = self.gathered

@@ -305,7 +305,7 @@ def finish(ckpt: LoadedModel, cfg: IndexConfig, sites: list[Site], plan: Plan, r
     ablations = (ablation_effects(ckpt, sites, by_site, next(ckpt.model.parameters()).device, progress) if cfg.ablation
                  else {c: np.zeros(0) for c in ABLATION_COLUMNS})
     ablation_s = time.perf_counter() - t1
-    if release_model:
+    if release_model and cfg.ablation:
         drop_model(ckpt)
     timings = {"merge_s": merge_s, "connections_s": connections_s, "ablation_s": ablation_s, **{k: sum(r.timings[k] for r in results)
                                       for k in ("forward_s", "accumulate_s", "sample_pass_s")}, **run.timings,
