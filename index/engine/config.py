@@ -34,6 +34,10 @@ class IndexConfig:
     sample_rows: int = option(2**25, "rows the activations table keeps in all: each (site, neuron) keeps its highest "
                                      "sample activations above the threshold, at most sample_rows / neurons of them "
                                      "(12 bytes a row in memory)", (2**30, "activation rows held"))
+    match_tokens: int = option(8192, "tokens of the activation sample, chosen one by one by a hash of (seed, doc_id, "
+                                     "pos), at which every primary-site neuron's activation is kept whole for solu "
+                                     "match (the match_sample table, 2 bytes a token and neuron; 0: none, and solu "
+                                     "match reads the activations table)", (2**20, "match tokens"))
     segment_tokens: int = option(1024, "documents longer than this are ranked and sampled as segments of this many "
                                        "tokens, rounded down to whole rows of the model's context", (2**20, "tokens per segment"))
     hist_bins: int = option(32, "histogram bins per neuron", (10_000, "bins per neuron"))
@@ -59,7 +63,7 @@ class IndexConfig:
         for name in ("tokens", "top_k", "hist_bins", "segment_tokens", "bands", "band_candidates", "sample_rows"):
             _check_int(self, name, minimum=1)
         for name in ("window_before", "window_after", "per_band", "random",
-                     "sample_tokens", "logit_k", "connection_k", "seed", "batch_size"):
+                     "sample_tokens", "match_tokens", "logit_k", "connection_k", "seed", "batch_size"):
             _check_int(self, name, minimum=0)
         check_bounds(self)
         if not 0 <= self.threshold < 1:

@@ -20,6 +20,7 @@ from index.engine.accumulator import Accumulator, PoolShape, Rules, SiteResult, 
 from index.engine.batching import Batch, doc_of, make_batches, segment_length, segment_of, segment_start, segments
 from index.engine.config import IndexConfig
 from index.engine.hooks import Recorder, index_sites, site_key
+from index.engine.match_sample import MatchRows, match_cut
 from index.engine.sample_rows import SampleRows, per_neuron
 from index.engine.windows import Edge, build_span, head_of, next_tail
 from solu.errors import UserError
@@ -112,6 +113,9 @@ class Indexer:
         top = self.acc.gathered.stats.max
         limit = activation_limit(top, len(self.sites), self.cfg.threshold)
         rows = SampleRows.empty(limit, top, per_neuron(self.cfg.sample_rows, len(top)), d_mlp)
+        if self.cfg.match_tokens:
+            cut = match_cut(self.cfg.match_tokens, self.cfg.sample_tokens, self.cfg.tokens)
+            rows.match = MatchRows(cut, self.cfg.seed, sum(s.primary for s in self.sites), d_mlp)
         batches = make_batches(iter(sample), self.ckpt.model_cfg.n_ctx, self.cfg.batch_size, self.ckpt.bos_id)
         with torch.inference_mode(), Recorder(self.model, self.sites) as rec:
             for batch in batches:
@@ -123,6 +127,16 @@ class Indexer:
         acts, d_mlp = rec.run(batch.tokens), self.ckpt.model_cfg.d_mlp
         index = batch.flat_index()
         unit, pos = batch.flat_positions()
-        rows.add((acts[k].reshape(-1, d_mlp)[index] for k in self.keys), doc_of(unit).cpu().numpy(),
-                 segment_of(unit).cpu().numpy().astype(np.int32),
-                 (pos + segment_start(unit, self.segment_len)).cpu().numpy().astype(np.int32))
+        doc_id = doc_of(unit).cpu().numpy()
+        pos = (pos + segment_start(unit, self.segment_len)).cpu().numpy().astype(np.int32)
+        match = rows.match.choose(doc_id, pos) if rows.match else None
+
+        def by_site():  # one site's rows at a time; the match tokens' of a primary site go to rows.match
+            primary = 0
+            for key, site in zip(self.keys, self.sites):
+                x = acts[key].reshape(-1, d_mlp)[index]
+                if match is not None and site.primary:
+                    rows.match.add(primary, x[torch.from_numpy(match).to(x.device)])
+                    primary += 1
+                yield x
+        rows.add(by_site(), doc_id, segment_of(unit).cpu().numpy().astype(np.int32), pos)

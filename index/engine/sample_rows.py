@@ -33,6 +33,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from index.engine.match_sample import MatchRows
+
 HIST_BINS = 256  # intervals of (threshold x max, max] per neuron
 CHUNK_POSITIONS = 256  # sample positions compared against the floor at a time (bounds the candidate list)
 CHUNK_ROWS = 1 << 22  # stored rows handled at a time when the store is cut or selected
@@ -63,6 +65,7 @@ class SampleRows:
     stored: int = 0
     positions: int = 0
     selected: bool = False  # the rows are exactly the rule's, sorted (select)
+    match: MatchRows | None = None  # the match sample's activations (index.engine.match_sample)
 
     @classmethod
     def empty(cls, limit: torch.Tensor, top: torch.Tensor, keep: int, d_mlp: int) -> "SampleRows":
@@ -167,7 +170,8 @@ class SampleRows:
         merged = SampleRows(self.limit, self.top, self.keep, self.d_mlp, self.hist,
                             self.neuron + other.neuron, self.where + [w + self.positions for w in other.where],
                             self.act + other.act, self.doc_id + other.doc_id, self.segment + other.segment,
-                            self.pos + other.pos, self.stored + other.stored, self.positions + other.positions)
+                            self.pos + other.pos, self.stored + other.stored, self.positions + other.positions,
+                            match=self.match.merge(other.match) if self.match and other.match else None)
         return merged.select(limit, top)
 
     def select(self, limit: torch.Tensor, top: torch.Tensor) -> "SampleRows":
@@ -183,7 +187,7 @@ class SampleRows:
             self.cut()  # the floor is this rule's: what lies below it cannot be selected
         out = SampleRows(limit, top, self.keep, self.d_mlp, torch.zeros(self.n, HIST_BINS, dtype=torch.int32),
                          self.neuron, self.where, self.act, self.doc_id, self.segment, self.pos, self.stored,
-                         self.positions)
+                         self.positions, match=self.match)
         self.neuron, self.where, self.act = [], [], []
         out.filter(lambda n, w, a: a > limit[n])
         for n, a in zip(out.neuron, out.act):

@@ -3,20 +3,26 @@
 Two models indexed with the same tokenizer on the same documents have the same
 activation sample (the `tokens` table: the sample is chosen by a hash of the documents,
 not of the model). Each neuron's best matches in the other model are the neurons whose
-activations over those tokens correlate most with its own (Pearson r; the `activations`
-table records what exceeds each neuron's sample_cut, the index threshold unless its budget
-of rows bound it, and a token it does not record counts as 0 for that neuron: where the
-budget binds, as on GPT-2 small, r is a correlation of the neurons' top tokens, see
-benchmarks/RESULTS.md, "The activation rows' budget"). Every primary-site neuron of each model gets its --top best matches in
-the other, written to `neuron_matches` (the pair's earlier matches are replaced).
+activations over those tokens correlate most with its own (Pearson r of the activations
+the `activations` table would record without its budget of rows: above threshold x the
+neuron's max, else 0). They are read from the match sample (index.engine.match_sample:
+every primary-site neuron's activations at about --match-tokens tokens of the sample,
+chosen one by one by a hash, the same tokens in both models), so r does not depend on
+how many rows the activations table keeps. A model indexed before the match sample
+existed, or with --match-tokens 0, is read from the `activations` table instead over the
+whole sample, a token it does not record counting as 0: where its budget binds, as on
+GPT-2 small, r is then a correlation of the neurons' top tokens (benchmarks/RESULTS.md,
+"The activation rows' budget"). `neuron_matches.method` says which was read. Every
+primary-site neuron of each model gets its --top best matches in the other, written to
+`neuron_matches` (the pair's earlier matches are replaced).
 
 The work is a correlation matrix between the two models' primary-site neurons, in blocks
-of neurons of one layer: each block is read from the `activations` table into a dense
-[tokens, neurons] array, every column centred and scaled to unit length (float64, then
-float32), so one float32 product of two blocks is their r. What is held at once is
-bounded whatever the models' size: a block is at most BLOCK_BYTES and MAX_BLOCK neurons
-(the r of two blocks at most MAX_BLOCK^2 floats), and the blocks kept between passes
-(the other model's, when they all fit, else a group of this model's) at most CACHE_BYTES.
+of neurons of one layer: each block is read into a dense [tokens, neurons] array, every
+column centred and scaled to unit length (float64, then float32), so one float32 product
+of two blocks is their r. What is held at once is bounded whatever the models' size: a
+block is at most BLOCK_BYTES and MAX_BLOCK neurons (the r of two blocks at most
+MAX_BLOCK^2 floats), and the blocks kept between passes (the other model's, when they all
+fit, else a group of this model's) at most CACHE_BYTES.
 """
 from __future__ import annotations
 
@@ -36,7 +42,7 @@ from solu.errors import UserError
 BLOCK_BYTES = 128 * 2**20  # one dense block of activations (tokens x neurons, float32)
 MAX_BLOCK = 4096  # neurons in a block at most: the r of two blocks is at most 64 MB
 CACHE_BYTES = 1 << 30  # blocks kept between passes over the other model
-METHOD = "activations"
+MATCH_SAMPLE, ACTIVATIONS = "match_sample", "activations"  # neuron_matches.method: what r was read from
 
 
 def sample_tokens(con, model_id: str) -> pd.DataFrame:
@@ -74,6 +80,48 @@ def blocks(neurons: pd.DataFrame, width: int) -> list[tuple[int, int]]:
     out = []
     for lo, hi in zip(np.concatenate(([0], edges)), np.concatenate((edges, [len(layer)]))):
         out += [(int(i), int(min(i + width, hi))) for i in range(int(lo), int(hi), width)]
+    return out
+
+
+def match_tokens(con, model_id: str) -> pd.DataFrame:
+    """The model's match tokens (doc_id, pos, token, match_index), by match_index; empty
+    when it has no match sample."""
+    if not con.execute("SELECT count(*) FROM match_sample WHERE model_id = ?", [model_id]).fetchone()[0]:
+        return pd.DataFrame({"doc_id": [], "pos": [], "token": [], "match_index": []})
+    return con.execute("SELECT doc_id, pos, token, match_index FROM tokens WHERE model_id = ? "
+                       "AND match_index IS NOT NULL ORDER BY match_index", [model_id]).df()
+
+
+def shared_match_tokens(ma: pd.DataFrame, mb: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """The places in a's and b's match samples of the tokens both hold, in (doc_id, pos)
+    order: with the same flags, all of them; else the smaller cut's (a subset of the other)."""
+    ka = position_key(ma.doc_id.to_numpy(np.int64), ma.pos.to_numpy(np.int64))
+    kb = position_key(mb.doc_id.to_numpy(np.int64), mb.pos.to_numpy(np.int64))
+    _, ia, ib = np.intersect1d(ka, kb, assume_unique=True, return_indices=True)
+    return ma.match_index.to_numpy(np.int64)[ia], mb.match_index.to_numpy(np.int64)[ib]
+
+
+def match_block(con, model_id: str, neurons: pd.DataFrame, at: np.ndarray) -> np.ndarray:
+    """[len(at), len(neurons)] activations of neurons of one layer and site at match
+    tokens `at` (match_index values), from the match sample."""
+    layer, site = int(neurons.layer.iloc[0]), str(neurons.site.iloc[0])
+    ids = neurons.neuron.to_numpy(np.int64)
+    rows = con.execute("SELECT neuron, acts FROM match_sample WHERE model_id = ? AND site = ? AND layer = ? "
+                       "AND neuron BETWEEN ? AND ?", [model_id, site, layer, int(ids.min()), int(ids.max())]).fetchall()
+    column = {int(n): j for j, n in enumerate(ids)}
+    out = np.zeros((len(at), len(ids)), np.float32)
+    found = 0
+    for neuron, acts in rows:
+        j = column.get(neuron)
+        if j is None:
+            continue
+        values = np.frombuffer(acts, "<f2")
+        if len(at) and (len(values) <= at.max()):
+            raise UserError(f"model {model_id!r} has a damaged match sample; re-index it")
+        out[:, j] = values[at]
+        found += 1
+    if found != len(ids):
+        raise UserError(f"model {model_id!r} has a match sample without some of its neurons; re-index it")
     return out
 
 
@@ -116,11 +164,23 @@ def best_matches(con, a: str, b: str, top: int, progress: bool = False) -> pd.Da
 
     ta, tb = sample_tokens(con, a), sample_tokens(con, b)
     check_same_tokens(a, b, ta, tb)
-    keys = position_key(ta.doc_id.to_numpy(np.int64), ta.pos.to_numpy(np.int64))
     na, nb = neuron_list(con, a), neuron_list(con, b)
     if na.empty or nb.empty:
         raise UserError(f"model {a if na.empty else b!r} has no indexed neurons to match")
-    column_bytes = 4 * max(len(keys), 1)
+    ma, mb = match_tokens(con, a), match_tokens(con, b)
+    if len(ma) and len(mb):
+        at = dict(zip((a, b), shared_match_tokens(ma, mb)))
+        method, n_tokens = MATCH_SAMPLE, len(at[a])
+
+        def read(model: str, neurons: pd.DataFrame) -> torch.Tensor:
+            return _normalised(match_block(con, model, neurons, at[model]))
+    else:
+        keys = position_key(ta.doc_id.to_numpy(np.int64), ta.pos.to_numpy(np.int64))
+        method, n_tokens = ACTIVATIONS, len(keys)
+
+        def read(model: str, neurons: pd.DataFrame) -> torch.Tensor:
+            return _normalised(dense_block(con, model, neurons, keys))
+    column_bytes = 4 * max(n_tokens, 1)
     width = max(1, min(MAX_BLOCK, BLOCK_BYTES // column_bytes))
     blocks_a, blocks_b = blocks(na, width), blocks(nb, width)
     keep_b = len(nb) * column_bytes <= CACHE_BYTES  # b's blocks stay in memory between a's blocks
@@ -132,27 +192,27 @@ def best_matches(con, a: str, b: str, top: int, progress: bool = False) -> pd.Da
         for g in range(0, len(blocks_a), group):
             held = {}
             for i in range(g, min(g + group, len(blocks_a))):
-                held[i] = _normalised(dense_block(con, a, na.iloc[slice(*blocks_a[i])], keys))
+                held[i] = read(a, na.iloc[slice(*blocks_a[i])])
                 if keep_b:  # b is read once: compute a's block against it now, then drop it
-                    _pass(con, b, nb, keys, {i: held.pop(i)}, blocks_a, blocks_b, cache_b, best_a, best_b, top)
+                    _pass(read, b, nb, {i: held.pop(i)}, blocks_a, blocks_b, cache_b, best_a, best_b, top)
                     bar.update(blocks_a[i][1] - blocks_a[i][0])
             if held:
-                _pass(con, b, nb, keys, held, blocks_a, blocks_b, None, best_a, best_b, top)
+                _pass(read, b, nb, held, blocks_a, blocks_b, None, best_a, best_b, top)
                 bar.update(sum(blocks_a[i][1] - blocks_a[i][0] for i in held))
     return pd.concat([_rows(a, na, b, nb, *map(torch.cat, zip(*(best_a[i] for i in range(len(blocks_a))))),
-                            len(keys)),
+                            n_tokens, method),
                       _rows(b, nb, a, na, *map(torch.cat, zip(*(best_b[j] for j in range(len(blocks_b))))),
-                            len(keys))], ignore_index=True)
+                            n_tokens, method)], ignore_index=True)
 
 
-def _pass(con, b, nb, keys, held: dict, blocks_a, blocks_b, cache_b: dict | None, best_a: dict, best_b: dict,
+def _pass(read, b, nb, held: dict, blocks_a, blocks_b, cache_b: dict | None, best_a: dict, best_b: dict,
           top: int) -> None:
     """One pass over b's blocks (from cache_b where it has them) against a's `held` blocks,
     merging each r into both running tops."""
     for j, (lo, hi) in enumerate(blocks_b):
         xb = cache_b.get(j) if cache_b is not None else None
         if xb is None:
-            xb = _normalised(dense_block(con, b, nb.iloc[lo:hi], keys))
+            xb = read(b, nb.iloc[lo:hi])
             if cache_b is not None:
                 cache_b[j] = xb
         for i, xa in held.items():
@@ -169,14 +229,14 @@ def _block_top(r: torch.Tensor, dim: int, offset: int, top: int) -> tuple[torch.
     return values, at + offset
 
 
-def _rows(model, neurons, other, others, score, index, tokens) -> pd.DataFrame:
+def _rows(model, neurons, other, others, score, index, tokens, method) -> pd.DataFrame:
     n, top = score.shape
     idx = index.numpy().ravel()
     return pd.DataFrame({
         "model_id": model, "layer": np.repeat(neurons.layer.to_numpy(), top),
         "neuron": np.repeat(neurons.neuron.to_numpy(), top), "other_model": other,
         "other_layer": others.layer.to_numpy()[idx], "other_neuron": others.neuron.to_numpy()[idx],
-        "rank": np.tile(np.arange(1, top + 1), n), "r": score.numpy().ravel(), "tokens": tokens, "method": METHOD})
+        "rank": np.tile(np.arange(1, top + 1), n), "r": score.numpy().ravel(), "tokens": tokens, "method": method})
 
 
 def match(db: str | Path, a: str, b: str, top: int = 3, progress: bool = False) -> pd.DataFrame:

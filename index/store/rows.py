@@ -15,6 +15,7 @@ import solu
 from index.engine.accumulator import SiteResult
 from index.engine.batching import doc_of, segment_of, segment_start
 from index.engine.hooks import site_key
+from index.engine.match_sample import chosen
 from index.engine.pipeline import ModelIndex
 from solu.checkpoint import LOSS_CSV
 from solu.corpus import dataset_hash
@@ -39,6 +40,7 @@ def model_tables(result: ModelIndex) -> dict[str, pa.Table | pa.RecordBatchReade
         "ablations": ablations_table(result),
         "activations": activations_table(result),
         "tokens": tokens_table(result, vocab),
+        "match_sample": match_sample_table(result),
     }
 
 
@@ -208,14 +210,43 @@ def tokens_table(result: ModelIndex, vocab: pa.Array) -> pa.Table:
     ids = np.concatenate([np.asarray(t, np.int64) for _, t in units]) if units else np.zeros(0, np.int64)
     local = np.arange(len(ids)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
     n = len(ids)
+    doc_id, pos = doc_of(unit), (segment_start(unit, result.segment_len) + local).astype(np.int32)
+    match = result.activations.match
+    in_match = chosen(doc_id, pos, match.seed, match.cut) if match else np.zeros(n, bool)
+    if match and in_match.sum() != match.n:  # the rows are in (doc_id, pos) order, as match_index counts
+        raise RuntimeError(f"the match sample holds {match.n} tokens, the activation sample {in_match.sum()}")
     return pa.table({
         "model_id": pa.array([result.model_id] * n, pa.string()),
-        "doc_id": pa.array(doc_of(unit)),
+        "doc_id": pa.array(doc_id),
         "segment": pa.array(segment_of(unit).astype(np.int32)),
-        "pos": pa.array((segment_start(unit, result.segment_len) + local).astype(np.int32)),
+        "pos": pa.array(pos),
         "token": vocab.take(pa.array(ids)),
         "token_id": pa.array(ids.astype(np.int32)),
+        "match_index": pa.array(np.cumsum(in_match, dtype=np.int64).astype(np.int32) - 1, mask=~in_match),
     })
+
+
+def match_sample_table(result: ModelIndex) -> pa.RecordBatchReader:
+    """Each primary-site neuron's activations at the match tokens (index.engine.match_sample),
+    a site at a time: float16 bytes in (doc_id, pos) order, 0 at or below the neuron's limit."""
+    schema = pa.schema([("model_id", pa.string()), ("layer", pa.int32()), ("neuron", pa.int32()),
+                        ("site", pa.string()), ("acts", pa.binary())])
+    rows, match = result.activations, result.activations.match
+    primary = [(i, s) for i, s in enumerate(result.sites) if s.primary]
+    d = result.ckpt.model_cfg.d_mlp
+
+    def batches():
+        order = match.order()
+        for k, (i, site) in enumerate(primary):
+            x = match.site(k)[order]
+            limit = rows.limit[i * d:(i + 1) * d].numpy()
+            x[~(x.astype(np.float32) > limit)] = 0  # what the activations table records without its budget
+            x = np.ascontiguousarray(x.T.astype("<f2"))  # [d_mlp, tokens]: a neuron's bytes are one row
+            yield pa.record_batch([pa.array([result.model_id] * d, pa.string()), pa.array(np.full(d, site.layer, np.int32)),
+                                   pa.array(np.arange(d, dtype=np.int32)), pa.array([site.name] * d, pa.string()),
+                                   pa.array([row.tobytes() for row in x], pa.binary())], schema=schema)
+
+    return pa.RecordBatchReader.from_batches(schema, batches() if match else iter(()))
 
 
 def models_table(result: ModelIndex) -> pa.Table:

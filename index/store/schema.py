@@ -7,7 +7,7 @@ migrated to the end is exactly what schema.sql creates. A change to the schema i
 step here and the same change in schema.sql.
 
 Rebuildable index data (models, index_runs, neurons, examples, logits, activations,
-tokens) is kept apart from human data (labels), which the indexer never deletes:
+tokens, match_sample) is kept apart from human data (labels), which the indexer never deletes:
 re-indexing a model replaces its index rows and leaves every label in place.
 Labels are append-only; `current_labels` shows the latest row per neuron and source.
 """
@@ -233,12 +233,18 @@ MIGRATIONS: list[str] = [
                max_pos, window_pos = max_pos AS is_max
         FROM (SELECT *, max_act AS example_max, unnest(range(len(tokens))) AS window_pos FROM examples);
     """,
+    # 14: the match sample (index.engine.match_sample): each primary-site neuron's whole
+    # activations at a few thousand sample tokens, which `solu match` reads
+    """
+    ALTER TABLE tokens ADD COLUMN match_index INTEGER;
+    CREATE TABLE match_sample(model_id VARCHAR, layer INTEGER, neuron INTEGER, site VARCHAR, acts BLOB);
+    """,
 ]
 
 SCHEMA_VERSION = len(MIGRATIONS)
 SCHEMA_SQL = Path(__file__).with_name("schema.sql")
 INDEX_TABLES = ("models", "index_runs", "index_details", "neurons", "examples", "logits", "activations", "tokens",
-                "connections", "ablations")
+                "match_sample", "connections", "ablations")
 HUMAN_TABLES = ("labels", "studies", "study_answers")
 
 

@@ -1,4 +1,4 @@
--- The database as it is today (schema version 13). A new database is created from this
+-- The database as it is today (schema version 14). A new database is created from this
 -- file; an older one is brought here by the numbered steps in schema.py, and a test
 -- checks that migrating a version-1 database gives exactly this.
 --
@@ -6,7 +6,7 @@
 -- step comes last in its table, with the step that added it in a comment.
 --
 -- Rebuildable index data, replaced whenever a model is re-indexed: models, index_runs,
--- index_details, neurons, examples, logits, activations, tokens, connections, ablations; neuron_matches,
+-- index_details, neurons, examples, logits, activations, tokens, match_sample, connections, ablations; neuron_matches,
 -- rebuilt by `solu match`; concept_scores and
 -- concepts and explanations, rebuilt by `solu autolabel`. Human data, never deleted by the indexer:
 -- labels, studies, study_answers.
@@ -96,7 +96,13 @@ CREATE TABLE activations(         -- the activation sample: tokens above neurons
 
 CREATE TABLE tokens(              -- the token ids of the activation sample's segments
     model_id VARCHAR, doc_id BIGINT, pos INTEGER, token VARCHAR, token_id INTEGER,
-    segment INTEGER               -- 6
+    segment INTEGER,              -- 6
+    match_index INTEGER           -- 14: the token's place in the match sample (NULL: not in it)
+);
+
+CREATE TABLE match_sample(        -- 14: each primary-site neuron's activations at the match tokens
+    model_id VARCHAR, layer INTEGER, neuron INTEGER, site VARCHAR,
+    acts BLOB                     -- float16, little-endian, in tokens.match_index order; 0 at or below the threshold
 );
 
 CREATE TABLE index_details(       -- 4: all of a run's settings and where its time went
