@@ -2,15 +2,22 @@
 
 The same trained checkpoints are indexed twice, on the same tokens:
   unbounded  --sample-rows 2**30: every sample token above threshold x max is kept
-             (the rule before the budget)
+             (the rule before the budget), and --match-tokens 0, so that `solu match`
+             reads r over the whole sample from the activations table
   bounded    each (site, neuron) keeps at most --keep rows, the share GPT-2 small gets
-             at default flags (2**25 rows / 36,864 neurons = 910 of a 65,536-token sample)
-Then `solu autolabel` and `solu match` run on both databases, and every SQL example of
-explorer/sql_examples.sql (the SQL page's, included in docs/sql.md) runs on both. Printed: how many neurons the budget bound; the held-out
-explanation scores (the same explanation chosen? |score difference| median, 95th
-percentile, max); the best concept per neuron (same?); `solu match` (the same best
-match? |r difference|); and each SQL example (equal results, or the largest relative
-difference of its numbers).
+             at default flags (2**25 rows / 36,864 neurons = 910 of a 65,536-token sample),
+             and the default match sample (`solu match` reads r over its tokens)
+Then `solu autolabel` and `solu match` run on both databases (on the unbounded one with
+the best 1,000 a neuron kept: every pair of models of up to 1,000 neurons, so that the
+whole sample's r of any pair is known), and every SQL
+example of explorer/sql_examples.sql (the SQL page's, included in docs/sql.md) runs on
+both. Printed: how many neurons the budget bound; the held-out explanation scores (the
+same explanation chosen? |score difference| median, 95th percentile, max); the best
+concept per neuron (same?); `solu match`: the same best match?, the shortfall (the whole
+sample's r of the best match minus its r of the bounded index's best match: 0 when the
+two are the same or tie), and |r difference| of the bounded index's best match (its r
+against the whole sample's r of that pair); and each SQL example (equal results, or the
+largest relative difference of its numbers).
 
   python benchmarks/bench_sample_budget.py runs/seeds/gelu-s0 runs/seeds/solu-s0 --tokens 1000000
 """
@@ -40,18 +47,20 @@ def solu(*args: str) -> None:
 
 def build(db: Path, checkpoints: list[str], tokens: int, keep: int | None) -> None:
     for ckpt in checkpoints:
-        rows = 2**30
+        rows, flags = 2**30, ["--match-tokens", "0"]
         if keep is not None:
+            flags = []
             cfg = json.loads((Path(ckpt) / "config.json").read_text())["model"]
             sites = 2 if cfg["act_fn"] == "solu_ln" else 1
             rows = keep * cfg["n_layers"] * cfg["d_mlp"] * sites
-        solu("index", ckpt, "--db", str(db), "--tokens", str(tokens), "--sample-rows", str(rows), "--no-progress")
+        solu("index", ckpt, "--db", str(db), "--tokens", str(tokens), "--sample-rows", str(rows), "--no-progress",
+             *flags)
     solu("autolabel", "--db", str(db), "--no-progress")
     con = duckdb.connect(str(db), read_only=True)
     models = [m for (m,) in con.execute("SELECT model_id FROM models ORDER BY model_id").fetchall()]
     con.close()
-    if len(models) == 2:
-        solu("match", "--db", str(db), *models, "--no-progress")
+    if len(models) == 2:  # the unbounded index keeps every pair's r: the reference of any match
+        solu("match", "--db", str(db), *models, "--no-progress", *(["--top", "1000"] if keep is None else []))
 
 
 def frame(db: Path, sql: str):
@@ -92,11 +101,22 @@ def compare(a: Path, b: Path) -> None:
              for db in (a, b)]
     u = auroc[0].merge(auroc[1], on=key + ["concept"], suffixes=("_a", "_b"))
     print(f"concept AUROC: {summary((u.auroc_a - u.auroc_b).to_numpy())}")
-    m = [frame(db, "SELECT model_id, layer, neuron, other_neuron, r FROM neuron_matches WHERE rank = 1") for db in (a, b)]
+    m = [frame(db, "SELECT model_id, layer, neuron, other_layer, other_neuron, r, tokens, method FROM neuron_matches "
+                   "WHERE rank = 1") for db in (a, b)]
     if len(m[0]):
+        pair = ["model_id", "layer", "neuron", "other_layer", "other_neuron"]
+        every = frame(a, "SELECT model_id, layer, neuron, other_layer, other_neuron, r FROM neuron_matches")
         j = m[0].merge(m[1], on=["model_id", "layer", "neuron"], suffixes=("_a", "_b"))
-        print(f"solu match: the same best match for {(j.other_neuron_a == j.other_neuron_b).mean():.1%} of {len(j)} "
-              f"neurons; |r difference| of the best match: {summary((j.r_a - j.r_b).to_numpy())}")
+        chosen = m[1][pair].merge(every, on=pair, how="left")  # the whole sample's r of the bounded index's best
+        j = j.merge(chosen.rename(columns={"other_layer": "other_layer_b", "other_neuron": "other_neuron_b",
+                                           "r": "r_ref"}), on=["model_id", "layer", "neuron", "other_layer_b",
+                                                               "other_neuron_b"])
+        same = ((j.other_neuron_a == j.other_neuron_b) & (j.other_layer_a == j.other_layer_b)).mean()
+        shortfall = (j.r_a - j.r_ref).to_numpy()
+        print(f"solu match: {m[0].method.iloc[0]} ({m[0].tokens.iloc[0]:,} tokens) against {m[1].method.iloc[0]} "
+              f"({m[1].tokens.iloc[0]:,} tokens); the same best match for {same:.1%} of {len(j)} neurons; "
+              f"shortfall: {summary(shortfall)}, within 0.02 for {(shortfall <= 0.02).mean():.1%}; "
+              f"|r difference| of the bounded best match: {summary((j.r_b - j.r_ref).to_numpy())}")
     for i, sql in enumerate(sql_examples(), 1):
         fa, fb = frame(a, sql), frame(b, sql)
         print(f"SQL example {i}: {describe(fa, fb)}")
