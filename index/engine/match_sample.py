@@ -47,8 +47,8 @@ def match_cut(match_tokens: int, sample_tokens: int, tokens: int) -> int:
 
 def match_hash(doc_id: np.ndarray, pos: np.ndarray, seed: int) -> np.ndarray:
     """The 32-bit hash of each (doc_id, pos) that picks the match tokens (int64)."""
-    doc = torch.as_tensor(np.asarray(doc_id, np.int64))
-    p = torch.as_tensor(np.asarray(pos, np.int64))
+    doc = torch.from_numpy(np.array(doc_id, np.int64))  # a copy: the arrays may be read-only (Arrow's)
+    p = torch.from_numpy(np.array(pos, np.int64))
     salt = mix32(torch.tensor((seed + SEED_MATCH) * 0x9E3779B9 + 0x632BE5AB))
     return mix32(mix32(mix32(doc & 0xFFFFFFFF) ^ (doc >> 32) ^ salt) ^ p).numpy()
 

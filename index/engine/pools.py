@@ -46,9 +46,9 @@ class Candidates:
 class Pool:
     value: torch.Tensor  # [n, S] max activation of each kept unit
     unit: torch.Tensor  # [n, S] unit id (index.engine.batching), EMPTY where the slot is free
-    pos: torch.Tensor  # [n, S] position of the max
-    token: torch.Tensor  # [n, S] token id at the max
-    slot: torch.Tensor  # [n, S] the entry's window in the arena
+    pos: torch.Tensor  # [n, S] int32 position of the max
+    token: torch.Tensor  # [n, S] int32 token id at the max
+    slot: torch.Tensor  # [n, S] int32 the entry's window in the arena
     win_acts: torch.Tensor  # [n, S, W] arena of windows
     win_tokens: torch.Tensor  # [n, S, W] int32, -1 outside the unit
 
@@ -56,10 +56,10 @@ class Pool:
 
     @classmethod
     def empty(cls, n: int, slots: int, width: int, device) -> "Pool":
-        long = dict(dtype=torch.long, device=device)
-        return cls(torch.zeros(n, slots, device=device), torch.full((n, slots), EMPTY, **long),
-                   torch.zeros(n, slots, **long), torch.zeros(n, slots, **long),
-                   torch.arange(slots, device=device).repeat(n, 1),
+        int32 = dict(dtype=torch.int32, device=device)  # 12 bytes an entry less than int64 (100 MB on solu-12l)
+        return cls(torch.zeros(n, slots, device=device), torch.full((n, slots), EMPTY, dtype=torch.long, device=device),
+                   torch.zeros(n, slots, **int32), torch.zeros(n, slots, **int32),
+                   torch.arange(slots, **int32).repeat(n, 1),
                    torch.full((n, slots, width), torch.nan, device=device),
                    torch.full((n, slots, width), -1, dtype=torch.int32, device=device))
 
@@ -84,7 +84,7 @@ class Pool:
 
     def windows(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Each entry's window, in entry order: [n, S, W] acts and tokens."""
-        idx = self.slot[:, :, None].expand(-1, -1, self.win_acts.shape[2])
+        idx = self.slot[:, :, None].long().expand(-1, -1, self.win_acts.shape[2])
         return self.win_acts.gather(1, idx), self.win_tokens.gather(1, idx)
 
     def absorb(self, cand: Candidates, select: Select, rows: torch.Tensor, replaced: int | None = None) -> None:
@@ -128,10 +128,11 @@ class Pool:
         value = torch.where(fresh, cand.value.gather(1, new), keep(sub.value))
         unit = torch.where(fresh, cand.unit.gather(1, new), keep(sub.unit))
         pos, token, slot = keep(sub.pos), keep(sub.token), keep(sub.slot)
-        slot = torch.where(fresh | empty, _free_slots(slot, ~(fresh | empty)), slot)
+        slot = torch.where(fresh | empty, _free_slots(slot, ~(fresh | empty)).to(slot.dtype), slot)
         r, c = fresh.nonzero(as_tuple=True)
         if len(r):
-            pos[r, c], token[r, c] = cand.locate(r, new[r, c])
+            at, tok = cand.locate(r, new[r, c])
+            pos[r, c], token[r, c] = at.to(pos.dtype), tok.to(token.dtype)
             self.win_acts[rows[r], slot[r, c]], self.win_tokens[rows[r], slot[r, c]] = \
                 cand.capture(r, new[r, c], pos[r, c])
         for name, t in zip(self.ENTRY, (torch.where(empty, 0.0, value), torch.where(empty, EMPTY, unit),
@@ -143,7 +144,7 @@ def _free_slots(slot: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
     """For every entry not kept, an arena slot no kept entry uses, each used once per row."""
     n, size = slot.shape
     used = torch.zeros(n, size + 1, dtype=torch.bool, device=slot.device)
-    used.scatter_(1, torch.where(kept, slot, size), True)
+    used.scatter_(1, torch.where(kept, slot, size).long(), True)
     free = torch.sort(used[:, :size].to(torch.int8), dim=1, stable=True).indices  # free slots first, ascending
     rank = torch.cumsum(~kept, dim=1) - 1
     return free.gather(1, rank.clamp(0, size - 1))
