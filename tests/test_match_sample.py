@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from helpers.db_files import frame, query
 from index.build import build_index
 from index.engine.config import IndexConfig
 from index.engine.match_sample import FULL, MatchRows, chosen, match_cut
@@ -24,21 +25,13 @@ CFG = dict(tokens=2000, sample_tokens=2000, top_k=5, bands=3, per_band=2, random
 def build(db, checkpoints, corpus, **flags):
     build_index([checkpoints["gelu"], checkpoints["solu_ln"]], IndexConfig(dataset=str(corpus), **{**CFG, **flags}),
                 db, progress=False, name=None)
-    con = duckdb.connect(str(db), read_only=True)
-    gelu, solu = (con.execute("SELECT model_id FROM models WHERE act_fn = ?", [a]).fetchone()[0]
-                  for a in ("gelu", "solu_ln"))
-    con.close()
-    return gelu, solu
+    return tuple(query(db, "SELECT model_id FROM models WHERE act_fn = ?", [a])[0][0] for a in ("gelu", "solu_ln"))
 
 
 def matches_of(db, a, b):
     assert main(["match", "--db", str(db), a, b, "--top", "3", "--no-progress"]) == 0
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute("SELECT model_id, layer, neuron, rank, other_layer, other_neuron, r, tokens, method "
-                           "FROM neuron_matches ORDER BY model_id, layer, neuron, rank").df()
-    finally:
-        con.close()
+    return frame(db, "SELECT model_id, layer, neuron, rank, other_layer, other_neuron, r, tokens, method "
+                     "FROM neuron_matches ORDER BY model_id, layer, neuron, rank")
 
 
 @pytest.fixture(scope="module")
@@ -129,11 +122,9 @@ def test_match_tokens_are_chosen_one_by_one_the_same_in_both_models(tmp_path, ti
     smaller set."""
     db = tmp_path / "m.duckdb"
     gelu, solu = build(db, tiny_checkpoints, tiny_corpus, match_tokens=300)
-    con = duckdb.connect(str(db), read_only=True)
-    picked = {m: con.execute("SELECT doc_id, pos FROM tokens WHERE model_id = ? AND match_index IS NOT NULL "
-                             "ORDER BY match_index", [m]).df() for m in (gelu, solu)}
-    every = con.execute("SELECT doc_id, pos FROM tokens WHERE model_id = ? ORDER BY doc_id, pos", [gelu]).df()
-    con.close()
+    picked = {m: frame(db, "SELECT doc_id, pos FROM tokens WHERE model_id = ? AND match_index IS NOT NULL "
+                           "ORDER BY match_index", [m]) for m in (gelu, solu)}
+    every = frame(db, "SELECT doc_id, pos FROM tokens WHERE model_id = ? ORDER BY doc_id, pos", [gelu])
     assert picked[gelu].equals(picked[solu])
     assert 200 <= len(picked[gelu]) <= 400
     rule = chosen(every.doc_id.to_numpy(), every.pos.to_numpy(), 0, match_cut(300, 2000, 2000))
@@ -142,9 +133,7 @@ def test_match_tokens_are_chosen_one_by_one_the_same_in_both_models(tmp_path, ti
     # a larger cut holds the smaller's tokens; matching across the two reads the smaller set
     build_index([tiny_checkpoints["gelu"]], IndexConfig(dataset=str(tiny_corpus), **CFG, match_tokens=600), db,
                 progress=False, name="gelu-600")
-    con = duckdb.connect(str(db), read_only=True)
-    more = con.execute("SELECT doc_id, pos FROM tokens WHERE model_id = 'gelu-600' AND match_index IS NOT NULL").df()
-    con.close()
+    more = frame(db, "SELECT doc_id, pos FROM tokens WHERE model_id = 'gelu-600' AND match_index IS NOT NULL")
     assert set(map(tuple, picked[gelu].values)) < set(map(tuple, more.values))
     got = matches_of(db, "gelu-600", solu)
     assert (got.tokens == len(picked[gelu])).all() and set(got.method) == {"match_sample"}

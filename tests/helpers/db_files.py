@@ -1,4 +1,4 @@
-"""Test helpers for database files: a read-only query, and a file's digest to check it is unchanged."""
+"""Test helpers for database files: a read-only query (rows, or a frame), and a file's digest to check it is unchanged."""
 from __future__ import annotations
 
 import hashlib
@@ -11,6 +11,15 @@ def query(db: Path, sql: str, params=()):
     con = duckdb.connect(str(db), read_only=True)
     try:
         return con.execute(sql, list(params)).fetchall()
+    finally:
+        con.close()
+
+
+def frame(db: Path, sql: str, params=()):
+    """A read-only query's result as a DataFrame."""
+    con = duckdb.connect(str(db), read_only=True)
+    try:
+        return con.execute(sql, list(params)).df()
     finally:
         con.close()
 
