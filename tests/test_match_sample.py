@@ -166,3 +166,16 @@ def test_match_rows_merge_and_travel(tmp_path, monkeypatch):
         np.testing.assert_array_equal(merged.site(site), np.concatenate(want[site]))
     doc, pos = merged.positions()
     assert list(doc[merged.order()][:5]) == [0] * 5 and list(doc[merged.order()][-5:]) == [12] * 5
+
+
+def test_match_sample_rows_written_in_blocks_are_the_same(whole, tmp_path, tiny_checkpoints, tiny_corpus, monkeypatch):
+    """The match_sample table built 7 neurons at a time equals the one built in one block."""
+    from index.store import rows
+
+    db = whole[0]
+    monkeypatch.setattr(rows, "MATCH_WRITE_NEURONS", 7)
+    blocks = tmp_path / "blocks.duckdb"
+    build(blocks, tiny_checkpoints, tiny_corpus)
+    sql = "SELECT model_id, layer, neuron, site, acts FROM match_sample ORDER BY ALL"
+    want, got = query(db, sql), query(blocks, sql)
+    assert len(want) == 2 * 2 * 64 and got == want

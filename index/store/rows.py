@@ -21,6 +21,7 @@ from solu.checkpoint import LOSS_CSV
 from solu.corpus import dataset_hash
 
 MAX_TOKENS_SHOWN = 5  # tokens listed in neurons.max_tokens
+MATCH_WRITE_NEURONS = 1024  # match_sample rows built at a time (on solu-12l at 8,192 tokens: 32 MB of float32)
 
 
 def model_tables(result: ModelIndex) -> dict[str, pa.Table | pa.RecordBatchReader]:
@@ -228,7 +229,9 @@ def tokens_table(result: ModelIndex, vocab: pa.Array) -> pa.Table:
 
 def match_sample_table(result: ModelIndex) -> pa.RecordBatchReader:
     """Each primary-site neuron's activations at the match tokens (index.engine.match_sample),
-    a site at a time: float16 bytes in (doc_id, pos) order, 0 at or below the neuron's limit."""
+    MATCH_WRITE_NEURONS neurons at a time (one site's values are read once, the copies
+    made of them are a block's): float16 bytes in (doc_id, pos) order, 0 at or below the
+    neuron's limit."""
     schema = pa.schema([("model_id", pa.string()), ("layer", pa.int32()), ("neuron", pa.int32()),
                         ("site", pa.string()), ("acts", pa.binary())])
     rows, match = result.activations, result.activations.match
@@ -238,13 +241,18 @@ def match_sample_table(result: ModelIndex) -> pa.RecordBatchReader:
     def batches():
         order = match.order()
         for k, (i, site) in enumerate(primary):
-            x = match.site(k)[order]
+            x = match.site(k)
             limit = rows.limit[i * d:(i + 1) * d].numpy()
-            x[~(x.astype(np.float32) > limit)] = 0  # what the activations table records without its budget
-            x = np.ascontiguousarray(x.T.astype("<f2"))  # [d_mlp, tokens]: a neuron's bytes are one row
-            yield pa.record_batch([pa.array([result.model_id] * d, pa.string()), pa.array(np.full(d, site.layer, np.int32)),
-                                   pa.array(np.arange(d, dtype=np.int32)), pa.array([site.name] * d, pa.string()),
-                                   pa.array([row.tobytes() for row in x], pa.binary())], schema=schema)
+            for lo in range(0, d, MATCH_WRITE_NEURONS):
+                hi = min(lo + MATCH_WRITE_NEURONS, d)
+                part = x[order, lo:hi].T.astype(np.float32)  # [neurons, tokens]: a neuron's values are one row
+                part[~(part > limit[lo:hi, None])] = 0  # what the activations table records without its budget
+                part = part.astype("<f2")
+                n = hi - lo
+                yield pa.record_batch([pa.array([result.model_id] * n, pa.string()),
+                                       pa.array(np.full(n, site.layer, np.int32)),
+                                       pa.array(np.arange(lo, hi, dtype=np.int32)), pa.array([site.name] * n, pa.string()),
+                                       pa.array([row.tobytes() for row in part], pa.binary())], schema=schema)
 
     return pa.RecordBatchReader.from_batches(schema, batches() if match else iter(()))
 
