@@ -5,7 +5,8 @@ The model runs batch by batch under inference_mode with hooks on the neuron site
 forward pass is done, so one batch of activations is held at a time; windows that run
 on into the next batch are completed from it (index.engine.windows). After streaming,
 the sample pass runs the activation sample's segments again for the sparse activations
-table, whose threshold, a fraction of each neuron's max, needs the max.
+table, whose threshold, a fraction of each neuron's max, needs the max, and for the
+match sample (index.engine.match_sample).
 """
 from __future__ import annotations
 
@@ -131,7 +132,7 @@ class Indexer:
         pos = (pos + segment_start(unit, self.segment_len)).cpu().numpy().astype(np.int32)
         match = rows.match.choose(doc_id, pos) if rows.match else None
 
-        def by_site():  # one site's rows at a time; the match tokens' of a primary site go to rows.match
+        def by_site():  # one site's rows at a time; a primary site's values at the match tokens go to rows.match
             primary = 0
             for key, site in zip(self.keys, self.sites):
                 x = acts[key].reshape(-1, d_mlp)[index]
