@@ -130,14 +130,14 @@ class Indexer:
         unit, pos = batch.flat_positions()
         doc_id = doc_of(unit).cpu().numpy()
         pos = (pos + segment_start(unit, self.segment_len)).cpu().numpy().astype(np.int32)
-        match = rows.match.choose(doc_id, pos) if rows.match else None
+        match = torch.from_numpy(rows.match.choose(doc_id, pos)).to(index.device) if rows.match else None
 
         def by_site():  # one site's rows at a time; a primary site's values at the match tokens go to rows.match
             primary = 0
             for key, site in zip(self.keys, self.sites):
                 x = acts[key].reshape(-1, d_mlp)[index]
                 if match is not None and site.primary:
-                    rows.match.add(primary, x[torch.from_numpy(match).to(x.device)])
+                    rows.match.add(primary, x[match])
                     primary += 1
                 yield x
         rows.add(by_site(), doc_id, segment_of(unit).cpu().numpy().astype(np.int32), pos)

@@ -15,7 +15,6 @@ import solu
 from index.engine.accumulator import SiteResult
 from index.engine.batching import doc_of, segment_of, segment_start
 from index.engine.hooks import site_key
-from index.engine.match_sample import chosen
 from index.engine.pipeline import ModelIndex
 from solu.checkpoint import LOSS_CSV
 from solu.corpus import dataset_hash
@@ -213,9 +212,12 @@ def tokens_table(result: ModelIndex, vocab: pa.Array) -> pa.Table:
     n = len(ids)
     doc_id, pos = doc_of(unit), (segment_start(unit, result.segment_len) + local).astype(np.int32)
     match = result.activations.match
-    in_match = chosen(doc_id, pos, match.seed, match.cut) if match else np.zeros(n, bool)
-    if match and in_match.sum() != match.n:  # the rows are in (doc_id, pos) order, as match_index counts
-        raise RuntimeError(f"the match sample holds {match.n} tokens, the activation sample {in_match.sum()}")
+    in_match = np.zeros(n, bool)
+    if match:  # the rows are in (doc_id, pos) order, as match_index counts
+        key = lambda d, p: (np.asarray(d, np.int64) << 32) | np.asarray(p, np.int64)  # noqa: E731
+        in_match = np.isin(key(doc_id, pos), key(*match.positions()))
+        if in_match.sum() != match.n:
+            raise RuntimeError(f"the match sample holds {match.n} tokens, the activation sample {in_match.sum()} of them")
     return pa.table({
         "model_id": pa.array([result.model_id] * n, pa.string()),
         "doc_id": pa.array(doc_id),
