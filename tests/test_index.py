@@ -311,6 +311,37 @@ def test_first_max_column_among_ties():
         assert got.tolist() == want.tolist(), n_ctx
 
 
+@pytest.mark.parametrize("vocab, dtype", [(4096, torch.int16), (50_257, torch.int16), (65_535, torch.int16),
+                                          (65_536, torch.int32), (128_256, torch.int32)])
+def test_window_token_ids_round_trip_through_the_arena(vocab, dtype):
+    """The window arena keeps token ids in 16 bits where the vocabulary fits: ids from
+    32,768 (stored negative) and -1 (outside the unit) read back as written, through a
+    pool's absorb, its windows and a merge; a larger vocabulary keeps 32 bits."""
+    from index.engine.pools import Candidates, Pool, token_dtype
+    from index.engine.topk import top_k
+
+    assert token_dtype(vocab) == dtype
+    ids = torch.tensor([0, 1, 32_767, 32_768, 50_256, vocab - 1, -1], dtype=torch.int32)
+    windows = torch.stack([ids, ids.flip(0)])  # [neurons, W]: one window each
+    n, width = windows.shape
+
+    def select(value, unit, valid, rows):
+        return top_k(value, unit, valid, 1)
+
+    def offered(unit: int, windows: torch.Tensor) -> Candidates:
+        zeros = lambda r: torch.zeros(len(r), dtype=torch.int32)  # noqa: E731
+        return Candidates(torch.full((n, 1), float(unit + 1)), torch.full((n, 1), unit), torch.ones(n, 1, dtype=torch.bool),
+                          lambda r, c: (zeros(r), zeros(r)), lambda r, c, p: (torch.zeros(len(r), width), windows[r]))
+
+    pool = Pool.empty(n, 1, width, "cpu", dtype)
+    pool.absorb(offered(0, windows), select, torch.arange(n))
+    assert pool.win_tokens.dtype == dtype
+    assert torch.equal(pool.windows()[1][:, 0], windows)
+    other = Pool.empty(n, 1, width, "cpu", dtype)
+    other.absorb(offered(1, windows.flip(0)), select, torch.arange(n))  # ranks above: the merge takes it
+    assert torch.equal(pool.merge(other, select).windows()[1][:, 0], windows.flip(0))
+
+
 def test_histogram_regrids_without_losing_counts():
     stats = RunningStats.empty(2, "cpu")
     rng = np.random.default_rng(0)

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 
 from index.engine.batching import Batch
-from index.engine.pools import Candidates, Pool
+from index.engine.pools import Candidates, Pool, pack_tokens
 from index.engine.stats import Duplicates, RowsOf, RunningStats, Workspace
 from index.engine.topk import NO_SAMPLE, sample_groups, sample_key, top_k, top_key, unit_priority, value_bands
 from index.engine.windows import Edge, Span, WindowCache, block_maxima, by_site, first_col, first_row, token_at
@@ -56,6 +56,7 @@ class PoolShape:
     after: int
     seed: int
     band_candidates: int = 32
+    tokens: torch.dtype = torch.int32  # the window arenas' token dtype (pools.token_dtype)
 
     @property
     def reservoir(self) -> int:
@@ -96,8 +97,8 @@ class Gathered:
     @classmethod
     def empty(cls, n: int, shape: PoolShape, device) -> "Gathered":
         w = shape.width
-        return cls(RunningStats.empty(n, device), Pool.empty(n, shape.top_k, w, device),
-                   Pool.empty(n, shape.reservoir, w, device), Pool.empty(n, shape.random, w, device))
+        return cls(RunningStats.empty(n, device), *(Pool.empty(n, size, w, device, shape.tokens)
+                                                    for size in (shape.top_k, shape.reservoir, shape.random)))
 
     def to(self, device) -> "Gathered":
         return Gathered(self.stats.to(device), self.top.to(device), self.reservoir.to(device), self.random.to(device))
@@ -180,7 +181,7 @@ class Rules:
         lowest-priority sample of all of its units; sparse (high) intervals draw on the
         top-K too. A function of the set of units only, so shards merge exactly."""
         nb, per, n = self.shape.bands, self.shape.per_band, len(self.keys)
-        pool = Pool.empty(n, nb * per, self.shape.width, self.keys.device)
+        pool = Pool.empty(n, nb * per, self.shape.width, self.keys.device, self.shape.tokens)
         if pool.size:
             select = self.select_interval(g.stats.max)
             for start in range(0, n, INTERVAL_BLOCK):  # a block of neurons at a time: candidates copy windows
@@ -283,7 +284,8 @@ class Accumulator:
             ok = (h >= 0) & (h < len(tokens))
             h, site, j = h.clamp(0, len(tokens) - 1), n // self.d_mlp, n % self.d_mlp
             pool.win_acts[n, slot] = torch.where(ok, acts[site[:, None], h, j[:, None]], pool.win_acts[n, slot])
-            pool.win_tokens[n, slot] = torch.where(ok, tokens[h].int(), pool.win_tokens[n, slot])
+            pool.win_tokens[n, slot] = torch.where(ok, pack_tokens(tokens[h], pool.win_tokens.dtype),
+                                                   pool.win_tokens[n, slot])
 
     def _holds(self, unit: int) -> torch.Tensor:
         g = self.gathered

@@ -22,6 +22,7 @@ from index.engine.batching import Batch, doc_of, make_batches, segment_length, s
 from index.engine.config import IndexConfig
 from index.engine.hooks import Recorder, index_sites, site_key
 from index.engine.match_sample import MatchRows, match_cut
+from index.engine.pools import token_dtype
 from index.engine.sample_rows import SampleRows, per_neuron
 from index.engine.windows import Edge, build_span, head_of, next_tail
 from solu.errors import UserError
@@ -46,9 +47,11 @@ class Layout:
         return cls(tuple(sites), segment_length(cfg.segment_tokens, ckpt.model_cfg.n_ctx))
 
 
-def pool_shape(cfg: IndexConfig) -> PoolShape:
+def pool_shape(cfg: IndexConfig, ckpt: LoadedModel) -> PoolShape:
+    """The run's pool shape; its windows' token dtype fits every id of the model and its tokenizer."""
+    vocab = max(ckpt.model_cfg.d_vocab, ckpt.tokenizer.get_vocab_size())
     return PoolShape(cfg.top_k, cfg.bands, cfg.per_band, cfg.random, cfg.window_before, cfg.window_after, cfg.seed,
-                     cfg.band_candidates)
+                     cfg.band_candidates, token_dtype(vocab))
 
 
 @dataclass
@@ -66,7 +69,7 @@ class Indexer:
         self.ckpt, self.model, self.cfg, self.device = ckpt, ckpt.model, cfg, device
         self.sites = list(layout.sites)
         self.keys = [site_key(s) for s in self.sites]
-        rules = Rules.for_run(pool_shape(cfg), self.sites, ckpt.model_cfg.d_mlp, device)
+        rules = Rules.for_run(pool_shape(cfg, ckpt), self.sites, ckpt.model_cfg.d_mlp, device)
         self.acc = Accumulator(rules, len(self.sites))
         self.segment_len = layout.segment_len
         self.forward_s = self.accumulate_s = 0.0

@@ -281,7 +281,7 @@ def finish(ckpt: LoadedModel, cfg: IndexConfig, sites: list[Site], plan: Plan, r
     (before the interval samples are drawn, unless --ablation runs after them), so the
     weights are not held beside the samples and the tables."""
     t0 = time.perf_counter()
-    rules = Rules.for_run(pool_shape(cfg), sites, ckpt.model_cfg.d_mlp, "cpu")
+    rules = Rules.for_run(pool_shape(cfg, ckpt), sites, ckpt.model_cfg.d_mlp, "cpu")
     results = sorted(run.results, key=lambda r: r.shard)
     gathered = results[0].gathered
     for r in results[1:]:

@@ -21,6 +21,7 @@ import torch
 from index.engine.topk import EMPTY
 
 ABSORB_ROWS = 16_384  # neurons a pool takes candidates for at once
+OUTSIDE = 0xFFFF  # a 16-bit window token slot outside the unit (read back as -1)
 Select = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
 
@@ -50,18 +51,19 @@ class Pool:
     token: torch.Tensor  # [n, S] int32 token id at the max
     slot: torch.Tensor  # [n, S] int32 the entry's window in the arena
     win_acts: torch.Tensor  # [n, S, W] arena of windows
-    win_tokens: torch.Tensor  # [n, S, W] int32, -1 outside the unit
+    win_tokens: torch.Tensor  # [n, S, W] token ids, -1 outside the unit: packed (pack_tokens)
 
     ENTRY = ("value", "unit", "pos", "token", "slot")
 
     @classmethod
-    def empty(cls, n: int, slots: int, width: int, device) -> "Pool":
+    def empty(cls, n: int, slots: int, width: int, device, tokens: torch.dtype = torch.int32) -> "Pool":
+        """tokens: the window arena's dtype (token_dtype of the vocabulary)."""
         int32 = dict(dtype=torch.int32, device=device)  # 12 bytes an entry less than int64 (100 MB on solu-12l)
         return cls(torch.zeros(n, slots, device=device), torch.full((n, slots), EMPTY, dtype=torch.long, device=device),
                    torch.zeros(n, slots, **int32), torch.zeros(n, slots, **int32),
                    torch.arange(slots, **int32).repeat(n, 1),
                    torch.full((n, slots, width), torch.nan, device=device),
-                   torch.full((n, slots, width), -1, dtype=torch.int32, device=device))
+                   torch.full((n, slots, width), -1, dtype=tokens, device=device))
 
     @property
     def size(self) -> int:
@@ -83,9 +85,9 @@ class Pool:
         return Pool(*(getattr(self, name)[rows] for name in self.ENTRY), self.win_acts[:0], self.win_tokens[:0])
 
     def windows(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Each entry's window, in entry order: [n, S, W] acts and tokens."""
+        """Each entry's window, in entry order: [n, S, W] acts and int32 tokens (-1 outside)."""
         idx = self.slot[:, :, None].long().expand(-1, -1, self.win_acts.shape[2])
-        return self.win_acts.gather(1, idx), self.win_tokens.gather(1, idx)
+        return self.win_acts.gather(1, idx), unpack_tokens(self.win_tokens.gather(1, idx))
 
     def absorb(self, cand: Candidates, select: Select, rows: torch.Tensor, replaced: int | None = None) -> None:
         """Keep, for neurons `rows` (ascending), the best of this pool and the
@@ -133,11 +135,34 @@ class Pool:
         if len(r):
             at, tok = cand.locate(r, new[r, c])
             pos[r, c], token[r, c] = at.to(pos.dtype), tok.to(token.dtype)
-            self.win_acts[rows[r], slot[r, c]], self.win_tokens[rows[r], slot[r, c]] = \
-                cand.capture(r, new[r, c], pos[r, c])
+            acts, tokens = cand.capture(r, new[r, c], pos[r, c])
+            self.win_acts[rows[r], slot[r, c]] = acts
+            self.win_tokens[rows[r], slot[r, c]] = pack_tokens(tokens, self.win_tokens.dtype)
         for name, t in zip(self.ENTRY, (torch.where(empty, 0.0, value), torch.where(empty, EMPTY, unit),
                                         torch.where(empty, 0, pos), torch.where(empty, 0, token), slot)):
             getattr(self, name)[rows] = t
+
+
+def token_dtype(vocab_size: int) -> torch.dtype:
+    """The window arena's dtype: 16 bits where every token id of the vocabulary fits in
+    them beside OUTSIDE (GPT-2's 50,257, Pythia's 50,304), else 32. The arena is the
+    largest thing an index holds (solu-12l: 147,456 neurons x 57 windows x 41 tokens),
+    and 16-bit ids take 690 MB off it there."""
+    return torch.int16 if vocab_size <= OUTSIDE else torch.int32
+
+
+def pack_tokens(tokens: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Token ids (-1 outside) as the arena's dtype: to int16 an id keeps its low 16 bits
+    (ids from 32,768 read negative there) and -1 becomes OUTSIDE."""
+    return tokens.to(dtype)
+
+
+def unpack_tokens(packed: torch.Tensor) -> torch.Tensor:
+    """pack_tokens' inverse: int32 token ids, -1 outside."""
+    if packed.dtype != torch.int16:
+        return packed.int()
+    ids = packed.int() & OUTSIDE
+    return torch.where(ids == OUTSIDE, -1, ids)
 
 
 def _free_slots(slot: torch.Tensor, kept: torch.Tensor) -> torch.Tensor:
