@@ -283,15 +283,16 @@ def finish(ckpt: LoadedModel, cfg: IndexConfig, sites: list[Site], plan: Plan, r
     t0 = time.perf_counter()
     rules = Rules.for_run(pool_shape(cfg, ckpt), sites, ckpt.model_cfg.d_mlp, "cpu")
     results = sorted(run.results, key=lambda r: r.shard)
-    gathered = results[0].gathered
-    for r in results[1:]:
-        gathered = rules.merge(gathered, r.gathered)
+    gathered, results[0].gathered = results[0].gathered, None
+    for r in results[1:]:  # each shard's part is let go once merged: the driver holds two at most
+        gathered, r.gathered = rules.merge(gathered, r.gathered), None
     keys = [site_key(s) for s in sites]
     limit = activation_limit(gathered.stats.max, len(sites), cfg.threshold)
-    kept = results[0].activations
+    kept, results[0].activations = results[0].activations, None
     for r in results[1:]:
-        kept = kept.merge(r.activations, limit, gathered.stats.max)
+        kept, r.activations = kept.merge(r.activations, limit, gathered.stats.max), None
     activations = kept.select(limit, gathered.stats.max)
+    del kept
     merge_s = time.perf_counter() - t0
     vocab = token_strings(ckpt.tokenizer, range(ckpt.tokenizer.get_vocab_size()))
     logits = direct_logits(ckpt, cfg.logit_k, len(vocab), sorted({s.layer for s in sites}), progress)

@@ -115,11 +115,13 @@ class Pool:
         return out
 
     def candidates(self, valid: torch.Tensor | None = None) -> Candidates:
-        """This pool's entries offered to another pool (windows and all)."""
-        acts, tokens = self.windows()
+        """This pool's entries offered to another pool (windows and all): a window is read
+        off the arena when taken, so offering a pool copies none of its windows."""
+        def capture(n, c, p):
+            slot = self.slot[n, c].long()
+            return self.win_acts[n, slot], unpack_tokens(self.win_tokens[n, slot])
         return Candidates(self.value, self.unit, self.valid if valid is None else valid,
-                          lambda n, c: (self.pos[n, c], self.token[n, c]),
-                          lambda n, c, p: (acts[n, c], tokens[n, c]))
+                          lambda n, c: (self.pos[n, c], self.token[n, c]), capture)
 
     def _assemble(self, rows: torch.Tensor, sub: "Pool", idx: torch.Tensor, cand: Candidates) -> None:
         size = sub.size
