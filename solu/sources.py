@@ -70,7 +70,7 @@ class LoadedModel:
     ref: ModelRef
     revision: str | None  # hub commit; None for a local directory
     model_cfg: ModelShape
-    model: object  # TransformerBridge (None once an index run has read its weights: index.engine.pipeline.finish)
+    model: object  # TransformerBridge (None while an index run does not need its weights: index.engine.pipeline)
     tokenizer: Tokenizer
     bos_id: int  # starts every row (stands in for BOS; its activations are not indexed)
     sites: list[Site]

@@ -190,10 +190,18 @@ def built_both(request, one_process, tiny_checkpoints, tiny_corpus, tmp_path_fac
     """The same index built in one process and with --workers 2 (local processes, or Ray)."""
     models = [tiny_checkpoints["gelu"], tiny_checkpoints["solu_ln"]]
     two = tmp_path_factory.mktemp("sharded") / "two.duckdb"
-    bars = []
+    bars, weights_held = [], []
+    finish = pipeline.finish
+
+    def merge_and_finish(ckpt, *args, **kwargs):
+        weights_held.append(ckpt.model is not None)  # while the shards' parts arrive and merge
+        return finish(ckpt, *args, **kwargs)
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(pipeline, "progress_bar", lambda enabled, total, name: bars.append(FakeBar(total, name)) or bars[-1])
+        mp.setattr(pipeline, "finish", merge_and_finish)
         assert main(index_args(two, models, tiny_corpus, *backend_flags(request.param, request))) == 0
+    assert weights_held == [False, False]  # the driver's copy of each model waited on disk (loaded again to finish)
     return frames_in(one_process), frames_in(two), runs_in(one_process), runs_in(two), bars
 
 

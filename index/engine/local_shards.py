@@ -64,6 +64,7 @@ class LocalShards:
     def __init__(self, options: ShardOptions):
         self.options = options
         self.shards = options.workers
+        self.workers_load = True  # the driver lets its copy of the weights go while they run (pipeline.index_model)
         self.pool: ProcessPoolExecutor | None = None
         self.tokens: multiprocessing.Queue | None = None
 

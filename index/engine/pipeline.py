@@ -153,6 +153,8 @@ class InProcess:
     (the default) is the plain local run: it indexes the planned documents as they are
     read, so the dataset is read once."""
 
+    workers_load = False  # the shards run on the driver's own copy of the model
+
     def __init__(self, shards: int = 1):
         self.shards = shards
 
@@ -244,6 +246,8 @@ def index_model(ref: ModelRef, cfg: IndexConfig, executor=None, progress: bool =
     shown.say(f"{ckpt.name}{position}: {_span(layers)} of {ckpt.model_cfg.n_layers}, "
               f"{ckpt.model_cfg.d_mlp} neurons each, sites {', '.join(sorted({s.name for s in sites}))}; "
               f"{cfg.batch_size} rows x {ckpt.model_cfg.n_ctx} tokens per batch, {cfg.dtype}")
+    if executor.workers_load:  # each worker loads its own copy: the driver's waits on disk until finish
+        drop_model(ckpt)
     run = executor.run(ckpt, cfg, device, layout, plan, itertools.chain([first], stream), shown)
     check_counts(run.results, plan)
     return finish(ckpt, cfg, sites, plan, run, started_at, t0, progress, release_model=True)
@@ -275,7 +279,9 @@ def trim_heap() -> None:
 def finish(ckpt: LoadedModel, cfg: IndexConfig, sites: list[Site], plan: Plan, run: Execution,
            started_at: datetime, begun: float, progress: bool = False, release_model: bool = False) -> ModelIndex:
     """Merge the shards' results, cut the activation rows at the merged max, draw the
-    interval samples and read the logit effects off the weights. begun: the run's
+    interval samples and read the logit effects off the weights (a sharded run's driver,
+    which let its copy go while the workers ran, loads them again once the shards' parts
+    are merged, so they are never held beside both). begun: the run's
     time.perf_counter() at its start, for total_s. release_model: the run loaded ckpt
     for itself, and its model is dropped once the last reader of the weights is done
     (before the interval samples are drawn, unless --ablation runs after them), so the
@@ -294,6 +300,10 @@ def finish(ckpt: LoadedModel, cfg: IndexConfig, sites: list[Site], plan: Plan, r
     activations = kept.select(limit, gathered.stats.max)
     del kept
     merge_s = time.perf_counter() - t0
+    t1 = time.perf_counter()
+    if ckpt.model is None:  # a sharded run's driver: the weights again, now that the shards' parts are merged
+        ckpt.model = load_model(ckpt.ref, "cpu", cfg.dtype, ckpt.revision).model
+    reload_s = time.perf_counter() - t1
     vocab = token_strings(ckpt.tokenizer, range(ckpt.tokenizer.get_vocab_size()))
     logits = direct_logits(ckpt, cfg.logit_k, len(vocab), sorted({s.layer for s in sites}), progress)
     t1 = time.perf_counter()
@@ -308,7 +318,7 @@ def finish(ckpt: LoadedModel, cfg: IndexConfig, sites: list[Site], plan: Plan, r
     ablation_s = time.perf_counter() - t1
     if release_model and cfg.ablation:
         drop_model(ckpt)
-    timings = {"merge_s": merge_s, "connections_s": connections_s, "ablation_s": ablation_s, **{k: sum(r.timings[k] for r in results)
+    timings = {"merge_s": merge_s, "reload_s": reload_s, "connections_s": connections_s, "ablation_s": ablation_s, **{k: sum(r.timings[k] for r in results)
                                       for k in ("forward_s", "accumulate_s", "sample_pass_s")}, **run.timings,
                "shard_peak_rss_mib": max(r.timings["peak_rss_mib"] for r in results),
                "total_s": time.perf_counter() - begun}

@@ -74,6 +74,7 @@ class RayShards:
     def __init__(self, options: ShardOptions):
         self.options = options
         self.shards = options.workers
+        self.workers_load = True  # the driver lets its copy of the weights go while they run (pipeline.index_model)
         self.ray = None
         self.started = False
         self.start_s = 0.0  # ray.init
