@@ -184,7 +184,7 @@ class Rules:
         pool = Pool.empty(n, nb * per, self.shape.width, self.keys.device, self.shape.tokens)
         if pool.size:
             select = self.select_interval(g.stats.max)
-            for start in range(0, n, INTERVAL_BLOCK):  # a block of neurons at a time: candidates copy windows
+            for start in range(0, n, INTERVAL_BLOCK):  # a block of neurons at a time: rows() copies their pools
                 block = slice(start, min(start + INTERVAL_BLOCK, n))
                 part, reservoir, top = pool.rows(block), g.reservoir.rows(block), g.top.rows(block)
                 rows = torch.arange(block.stop - start, device=self.keys.device)

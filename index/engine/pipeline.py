@@ -290,7 +290,7 @@ def finish(ckpt: LoadedModel, cfg: IndexConfig, sites: list[Site], plan: Plan, r
     rules = Rules.for_run(pool_shape(cfg, ckpt), sites, ckpt.model_cfg.d_mlp, "cpu")
     results = sorted(run.results, key=lambda r: r.shard)
     gathered, results[0].gathered = results[0].gathered, None
-    for r in results[1:]:  # each shard's part is let go once merged: the driver holds two at most
+    for r in results[1:]:  # each shard's part is let go once merged
         gathered, r.gathered = rules.merge(gathered, r.gathered), None
     keys = [site_key(s) for s in sites]
     limit = activation_limit(gathered.stats.max, len(sites), cfg.threshold)
@@ -298,7 +298,6 @@ def finish(ckpt: LoadedModel, cfg: IndexConfig, sites: list[Site], plan: Plan, r
     for r in results[1:]:
         kept, r.activations = kept.merge(r.activations, limit, gathered.stats.max), None
     activations = kept.select(limit, gathered.stats.max)
-    del kept
     merge_s = time.perf_counter() - t0
     t1 = time.perf_counter()
     if ckpt.model is None:  # a sharded run's driver: the weights again, now that the shards' parts are merged
@@ -318,8 +317,9 @@ def finish(ckpt: LoadedModel, cfg: IndexConfig, sites: list[Site], plan: Plan, r
     ablation_s = time.perf_counter() - t1
     if release_model and cfg.ablation:
         drop_model(ckpt)
-    timings = {"merge_s": merge_s, "reload_s": reload_s, "connections_s": connections_s, "ablation_s": ablation_s, **{k: sum(r.timings[k] for r in results)
-                                      for k in ("forward_s", "accumulate_s", "sample_pass_s")}, **run.timings,
+    timings = {"merge_s": merge_s, "reload_s": reload_s, "connections_s": connections_s, "ablation_s": ablation_s,
+               **{k: sum(r.timings[k] for r in results) for k in ("forward_s", "accumulate_s", "sample_pass_s")},
+               **run.timings,
                "shard_peak_rss_mib": max(r.timings["peak_rss_mib"] for r in results),
                "total_s": time.perf_counter() - begun}
     return ModelIndex(ckpt, cfg, sites, by_site, plan.tally, vocab, plan.sample, plan.segment_len, activations,
