@@ -261,29 +261,36 @@ def app_page(db: Path, page: str, params: dict) -> dict:
 # ---------------------------------------------------------------- building the index
 
 def build(root: Path, tokens: int, sample_tokens: int) -> tuple[Path, list[dict]]:
-    """DIR/gpt2-a, DIR/gpt2-b and DIR/gpt2.duckdb (what exists is kept); the index rows."""
-    from bench_index import builtin_tokenizer
-    from solu.checkpoint import save_checkpoint
-    from solu.config import ModelConfig
-    from solu.model import build_model
-
+    """DIR/gpt2-a, DIR/gpt2-b and DIR/gpt2.duckdb (what exists is kept); the index rows.
+    Each checkpoint is made in a child process: Linux starts a child's peak RSS (wait4) at
+    its parent's, so a benchmark process that had held the weights would floor every
+    measured command's peak RSS at its own."""
     root.mkdir(parents=True, exist_ok=True)
-    db, rows, tok = root / "gpt2.duckdb", [], None
+    db, rows = root / "gpt2.duckdb", []
     for name, seed in (("gpt2-a", 0), ("gpt2-b", 1)):
         ckpt = root / name
         if not (ckpt / "config.json").exists():
-            tok = tok or builtin_tokenizer()
-            cfg = ModelConfig(**GPT2_SMALL, d_vocab=tok.get_vocab_size())
-            model = build_model(cfg, seed=seed)
-            meta = {"model": cfg.to_dict(), "act_fn": cfg.act_fn, "eval_loss": None, "tokens_seen": 0,
-                    "n_params": sum(p.numel() for p in model.parameters())}
-            save_checkpoint(ckpt, model, tok, meta)
-            del model
+            subprocess.run([sys.executable, __file__, "--make-checkpoint", str(ckpt), "--seed", str(seed)], check=True)
         if name not in model_ids(db):
             cmd = solu("index", str(ckpt), "--db", str(db), "--tokens", str(tokens), "--sample-tokens",
                        str(sample_tokens), "--no-progress")
             rows.append(row(f"solu index {name}", measure(cmd, root / f"index-{name}.log"), " ".join(cmd[2:])))
     return db, rows
+
+
+def make_checkpoint(ckpt: Path, seed: int) -> None:
+    """A GPT-2-small-shaped GELU checkpoint with random weights, on the 4,096-token BPE."""
+    from bench_index import builtin_tokenizer
+    from solu.checkpoint import save_checkpoint
+    from solu.config import ModelConfig
+    from solu.model import build_model
+
+    tok = builtin_tokenizer()
+    cfg = ModelConfig(**GPT2_SMALL, d_vocab=tok.get_vocab_size())
+    model = build_model(cfg, seed=seed)
+    meta = {"model": cfg.to_dict(), "act_fn": cfg.act_fn, "eval_loss": None, "tokens_seen": 0,
+            "n_params": sum(p.numel() for p in model.parameters())}
+    save_checkpoint(ckpt, model, tok, meta)
 
 
 def model_ids(db: Path) -> list[str]:
@@ -422,7 +429,7 @@ def markdown(rows: list[dict]) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
-    where = p.add_mutually_exclusive_group(required=True)
+    where = p.add_mutually_exclusive_group()
     where.add_argument("--db", type=Path, help="an index holding two models (it is copied, not changed)")
     where.add_argument("--build", type=Path, metavar="DIR", help="build the checkpoints and the index in DIR first")
     p.add_argument("--tokens", type=int, default=8192, help="with --build: tokens indexed per model (default 8192)")
@@ -436,7 +443,14 @@ def main() -> int:
     p.add_argument("--neurons", type=int, default=20, help=argparse.SUPPRESS)
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--kwargs", default="{}", help=argparse.SUPPRESS)
+    p.add_argument("--make-checkpoint", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.make_checkpoint:
+        make_checkpoint(args.make_checkpoint, args.seed)
+        return 0
+    if not (args.db or args.build):
+        p.error("one of the arguments --db --build is required")
     if args.child:
         print(json.dumps(run_child(args.child, args.db, args)), flush=True)
         return 0
