@@ -130,6 +130,8 @@ def test_recorder_matches_a_full_forward_and_solu_is_x_softmax_x(solu, indexed):
 
 def test_top_k_equals_brute_force(indexed):
     _, _, indexer, acts, toks = indexed
+    g = indexer.acc.gathered
+    assert {p.win_tokens.dtype for p in (g.top, g.reservoir, g.random)} == {torch.int16}  # the vocabulary fits 16 bits
     assert_top_k_exact(indexer, acts, toks)
 
 
@@ -330,8 +332,9 @@ def test_window_token_ids_round_trip_through_the_arena(vocab, dtype):
 
     def offered(unit: int, windows: torch.Tensor) -> Candidates:
         zeros = lambda r: torch.zeros(len(r), dtype=torch.int32)  # noqa: E731
-        return Candidates(torch.full((n, 1), float(unit + 1)), torch.full((n, 1), unit), torch.ones(n, 1, dtype=torch.bool),
-                          lambda r, c: (zeros(r), zeros(r)), lambda r, c, p: (torch.zeros(len(r), width), windows[r]))
+        return Candidates(torch.full((n, 1), float(unit + 1)), torch.full((n, 1), unit),
+                          torch.ones(n, 1, dtype=torch.bool), lambda r, c: (zeros(r), zeros(r)),
+                          lambda r, c, p: (torch.zeros(len(r), width), windows[r]))
 
     pool = Pool.empty(n, 1, width, "cpu", dtype)
     pool.absorb(offered(0, windows), select, torch.arange(n))

@@ -61,10 +61,11 @@ class LocalShards:
     A pool of --workers processes (--threads torch threads each) serves every model of
     the build in turn; the driver's copy of the model is on the CPU."""
 
+    workers_load = True  # each worker loads the model: the driver lets its copy go meanwhile (pipeline.index_model)
+
     def __init__(self, options: ShardOptions):
         self.options = options
         self.shards = options.workers
-        self.workers_load = True  # the driver lets its copy of the weights go while they run (pipeline.index_model)
         self.pool: ProcessPoolExecutor | None = None
         self.tokens: multiprocessing.Queue | None = None
 

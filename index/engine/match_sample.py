@@ -113,6 +113,11 @@ class MatchRows:
         return (np.concatenate(self.doc_id) if self.doc_id else np.zeros(0, np.int64),
                 np.concatenate(self.pos) if self.pos else np.zeros(0, np.int32))
 
+    def holds(self, doc_id: np.ndarray, pos: np.ndarray) -> np.ndarray:
+        """Which of these (doc_id, pos) are match tokens (stored ones, not the rule applied again)."""
+        key = lambda d, p: (np.asarray(d, np.int64) << 32) | np.asarray(p, np.int64)  # noqa: E731
+        return np.isin(key(doc_id, pos), key(*self.positions()))
+
     def order(self) -> np.ndarray:
         """The stored order's permutation into (doc_id, pos) order."""
         doc, pos = self.positions()

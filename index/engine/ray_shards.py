@@ -71,10 +71,11 @@ class RayShards:
     Starts (or joins) Ray once; its workers serve every model of the build in turn. The
     driver's copy of the model (tokenizer, models row, logit effects) is on the CPU."""
 
+    workers_load = True  # each worker loads the model: the driver lets its copy go meanwhile (pipeline.index_model)
+
     def __init__(self, options: ShardOptions):
         self.options = options
         self.shards = options.workers
-        self.workers_load = True  # the driver lets its copy of the weights go while they run (pipeline.index_model)
         self.ray = None
         self.started = False
         self.start_s = 0.0  # ray.init

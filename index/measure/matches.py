@@ -41,7 +41,7 @@ from solu.errors import UserError
 
 BLOCK_BYTES = 128 * 2**20  # one dense block of activations (tokens x neurons, float32)
 MAX_BLOCK = 4096  # neurons in a block at most: the r of two blocks is at most 64 MB
-CACHE_BYTES = 3 << 28  # blocks kept between passes over the other model (768 MiB: two GPT-2-small models match in under 2 GB)
+CACHE_BYTES = 3 << 28  # blocks kept between passes over the other model (768 MiB: GPT-2 small pairs within 2 GB)
 MATCH_SAMPLE, ACTIVATIONS = "match_sample", "activations"  # neuron_matches.method: what r was read from
 
 

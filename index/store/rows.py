@@ -212,12 +212,9 @@ def tokens_table(result: ModelIndex, vocab: pa.Array) -> pa.Table:
     n = len(ids)
     doc_id, pos = doc_of(unit), (segment_start(unit, result.segment_len) + local).astype(np.int32)
     match = result.activations.match
-    in_match = np.zeros(n, bool)
-    if match:  # the rows are in (doc_id, pos) order, as match_index counts
-        key = lambda d, p: (np.asarray(d, np.int64) << 32) | np.asarray(p, np.int64)  # noqa: E731
-        in_match = np.isin(key(doc_id, pos), key(*match.positions()))
-        if in_match.sum() != match.n:
-            raise RuntimeError(f"the match sample holds {match.n} tokens, the activation sample {in_match.sum()} of them")
+    in_match = match.holds(doc_id, pos) if match else np.zeros(n, bool)  # rows in (doc_id, pos) order, as match_index
+    if match and in_match.sum() != match.n:
+        raise RuntimeError(f"the match sample holds {match.n} tokens, the activation sample {in_match.sum()} of them")
     return pa.table({
         "model_id": pa.array([result.model_id] * n, pa.string()),
         "doc_id": pa.array(doc_id),
@@ -253,7 +250,8 @@ def match_sample_table(result: ModelIndex) -> pa.RecordBatchReader:
                 n = hi - lo
                 yield pa.record_batch([pa.array([result.model_id] * n, pa.string()),
                                        pa.array(np.full(n, site.layer, np.int32)),
-                                       pa.array(np.arange(lo, hi, dtype=np.int32)), pa.array([site.name] * n, pa.string()),
+                                       pa.array(np.arange(lo, hi, dtype=np.int32)),
+                                       pa.array([site.name] * n, pa.string()),
                                        pa.array([row.tobytes() for row in part], pa.binary())], schema=schema)
 
     return pa.RecordBatchReader.from_batches(schema, batches() if match else iter(()))

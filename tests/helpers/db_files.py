@@ -1,4 +1,5 @@
-"""Test helpers for database files: a read-only query (rows, or a frame), and a file's digest to check it is unchanged."""
+"""Test helpers for database files: a read-only query (rows, or a frame), and a file's
+digest to check it is unchanged."""
 from __future__ import annotations
 
 import hashlib
@@ -8,18 +9,19 @@ import duckdb
 
 
 def query(db: Path, sql: str, params=()):
-    con = duckdb.connect(str(db), read_only=True)
-    try:
-        return con.execute(sql, list(params)).fetchall()
-    finally:
-        con.close()
+    """A read-only query's rows."""
+    return _read(db, sql, params, lambda result: result.fetchall())
 
 
 def frame(db: Path, sql: str, params=()):
     """A read-only query's result as a DataFrame."""
+    return _read(db, sql, params, lambda result: result.df())
+
+
+def _read(db: Path, sql: str, params, fetch):
     con = duckdb.connect(str(db), read_only=True)
     try:
-        return con.execute(sql, list(params)).df()
+        return fetch(con.execute(sql, list(params)))
     finally:
         con.close()
 
